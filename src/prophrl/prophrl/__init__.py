@@ -1,0 +1,1 @@
+"""ProphRL bringup: launch files, configs, profiles and the prophrl CLI."""

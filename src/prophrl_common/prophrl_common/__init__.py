@@ -1,0 +1,1 @@
+"""Shared ROS-side utilities: image conversion, action-chunk validation, robot configs, QoS."""

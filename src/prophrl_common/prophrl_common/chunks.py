@@ -1,0 +1,58 @@
+"""prophrl_msgs/ActionChunk <-> numpy, with the validation every consumer needs."""
+
+from __future__ import annotations
+
+import numpy as np
+
+# Action spaces and their per-step dimension (0 = any, e.g. one value per joint).
+ACTION_SPACES = {
+    "ee_delta_7d": 7,    # dx dy dz droll dpitch dyaw gripper (gripper: 0 open .. 1 closed)
+    "ee_delta_14d": 14,  # two end effectors; single-arm data zero-pads the second
+    "joint_position": 0,
+}
+
+
+class InvalidChunkError(ValueError):
+    """An ActionChunk that must not be executed."""
+
+
+def chunk_to_array(msg) -> np.ndarray:
+    """Return the chunk as a (horizon, action_dim) float32 array or raise InvalidChunkError."""
+    horizon, dim = int(msg.horizon), int(msg.action_dim)
+    if msg.action_space not in ACTION_SPACES:
+        raise InvalidChunkError(f"unknown action_space {msg.action_space!r}; known: {sorted(ACTION_SPACES)}")
+    expected_dim = ACTION_SPACES[msg.action_space]
+    if expected_dim and dim != expected_dim:
+        raise InvalidChunkError(f"action_space {msg.action_space} needs action_dim {expected_dim}, got {dim}")
+    if horizon == 0 or dim == 0:
+        raise InvalidChunkError(f"empty chunk (horizon={horizon}, action_dim={dim})")
+    data = np.asarray(msg.data, dtype=np.float32)
+    if data.size != horizon * dim:
+        raise InvalidChunkError(
+            f"data has {data.size} values but horizon*action_dim = {horizon}*{dim} = {horizon * dim}"
+        )
+    if not np.all(np.isfinite(data)):
+        raise InvalidChunkError("data contains NaN or inf")
+    if not (np.isfinite(msg.control_period_s) and msg.control_period_s > 0):
+        raise InvalidChunkError(f"control_period_s must be > 0, got {msg.control_period_s}")
+    return data.reshape(horizon, dim)
+
+
+def array_to_chunk(actions: np.ndarray, action_space: str, control_period_s: float,
+                   policy_version: int = 0, instruction: str = "", stamp=None, frame_id: str = ""):
+    from prophrl_msgs.msg import ActionChunk
+
+    actions = np.asarray(actions, dtype=np.float32)
+    if actions.ndim != 2:
+        raise ValueError(f"actions must be (horizon, action_dim), got shape {actions.shape}")
+    msg = ActionChunk()
+    if stamp is not None:
+        msg.header.stamp = stamp
+    msg.header.frame_id = frame_id
+    msg.action_space = action_space
+    msg.horizon, msg.action_dim = actions.shape
+    msg.data = actions.ravel().tolist()
+    msg.control_period_s = float(control_period_s)
+    msg.policy_version = int(policy_version)
+    msg.instruction = instruction
+    return msg

@@ -1,0 +1,1 @@
+"""FA-GRPO + FlowScale RL for flow-matching VLA policies, SFT, trainer node, evaluation."""
