@@ -26,10 +26,10 @@ fi
 VPY="$VENV/bin/python"
 
 # 1. Pinned dependencies.
-deps_hash=$(hash_of requirements.txt requirements-nodeps.txt)
+deps_hash=$(hash_of requirements-ros.txt requirements.txt requirements-nodeps.txt)
 if ! stamp_ok deps "$deps_hash"; then
   log "installing pinned dependencies (cold: a few minutes)"
-  pip_quiet install --quiet --disable-pip-version-check -r requirements.txt
+  pip_quiet install --quiet --disable-pip-version-check -r requirements-ros.txt -r requirements.txt
   pip_quiet install --quiet --disable-pip-version-check --no-deps -r requirements-nodeps.txt
   stamp_set deps "$deps_hash"
   rm -f "$VENV/.stamp-cmakefix" "$VENV/.stamp-msgs"
@@ -39,7 +39,7 @@ fi
 if ! stamp_ok cmakefix "$deps_hash"; then
   pyinc=$("$VPY" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
   npinc=$("$VPY" -c 'import numpy; print(numpy.get_include())')
-  grep -rl --include='*.cmake' '/opt/python/cp311-cp311' "$VENV/share" 2>/dev/null | while read -r f; do
+  { grep -rl --include='*.cmake' '/opt/python/cp311-cp311' "$VENV/share" 2>/dev/null || true; } | while read -r f; do
     sed -i "s#/opt/python/cp311-cp311/lib/python3.11/site-packages/numpy/_core/include#$npinc#g; s#/opt/python/cp311-cp311/include/python3.11#$pyinc#g" "$f"
   done
   stamp_set cmakefix "$deps_hash"

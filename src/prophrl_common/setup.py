@@ -18,6 +18,7 @@ setup(
     license="Apache-2.0",
     entry_points={
         "console_scripts": [
+            "interface_test_node = prophrl_common.testing_nodes:main",
         ],
     },
 )

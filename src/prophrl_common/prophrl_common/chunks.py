@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import array
+
 import numpy as np
 
 # Action spaces and their per-step dimension (0 = any, e.g. one value per joint).
@@ -51,7 +53,7 @@ def array_to_chunk(actions: np.ndarray, action_space: str, control_period_s: flo
     msg.header.frame_id = frame_id
     msg.action_space = action_space
     msg.horizon, msg.action_dim = actions.shape
-    msg.data = actions.ravel().tolist()
+    msg.data = array.array("f", actions.ravel().tobytes())  # a list is checked element by element
     msg.control_period_s = float(control_period_s)
     msg.policy_version = int(policy_version)
     msg.instruction = instruction

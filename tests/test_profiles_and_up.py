@@ -1,0 +1,176 @@
+"""Launch files, profiles and `prophrl up` (a real supervisor of real node processes)."""
+
+import ast
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import rclpy
+from rclpy.node import Node
+
+from prophrl.profiles import available_profiles, load_profile, parse_overrides
+from prophrl.up import find_entry_point, node_command
+from prophrl_common.config_io import ConfigError
+from prophrl_common.paths import config_dir, launch_dir
+from prophrl_common.testing import spin_until
+
+LAUNCH_FILES = sorted(launch_dir().glob("*.launch.py"))
+
+
+def _launch_profile_name(path: Path) -> str:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    functions = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+    assert "generate_launch_description" in functions, f"{path.name} has no generate_launch_description()"
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and [t.id for t in node.targets if isinstance(t, ast.Name)] == ["PROFILE"]:
+            return ast.literal_eval(node.value)
+    raise AssertionError(f"{path.name} does not name its PROFILE")
+
+
+def test_the_documented_launch_files_exist():
+    assert {"real_robot.launch.py", "sim.launch.py"} <= {p.name for p in LAUNCH_FILES}
+
+
+@pytest.mark.parametrize("path", LAUNCH_FILES, ids=lambda p: p.name)
+def test_launch_file_names_only_existing_executables_and_configs(path):
+    profile = load_profile(_launch_profile_name(path))
+    for spec in profile.nodes:
+        entry = find_entry_point(spec.package, spec.executable)  # raises if the console script is missing
+        assert entry.load(), f"{spec.package}/{spec.executable} does not resolve"
+        assert spec.params_file is None or spec.params_file.is_file()
+        assert spec.params_file is None or spec.params_file.is_relative_to(config_dir())
+
+
+@pytest.mark.parametrize("name", available_profiles())
+def test_every_profile_loads_and_resolves(name):
+    profile = load_profile(name)
+    for spec in profile.nodes:
+        argv = node_command(spec)
+        assert argv[argv.index("-r") + 1] == f"__node:={spec.name}"
+
+
+def test_profile_arguments_substitute_with_types():
+    profile = load_profile("sim", {"robot": "ur5e_sim", "seed": "7"})
+    params = {spec.name: dict(spec.parameters) for spec in profile.nodes}
+    assert params["sim"]["robot"] == "ur5e_sim" and params["sim"]["seed"] == 7
+    assert params["executor"]["robot"] == "ur5e_sim"
+
+
+def _write(tmp_path, text, name="p.yaml"):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+@pytest.mark.parametrize("text, message", [
+    ("nodes: []\n", "non-empty list"),
+    ("nodes:\n  - {name: a, package: p}\n", "'executable' is required"),
+    ("nodes:\n  - {name: a, package: p, executable: e, colour: red}\n", "unknown key"),
+    ("nodes:\n  - {name: a-b, package: p, executable: e}\n", "not a valid ROS node name"),
+    ("nodes:\n  - {name: a, package: p, executable: e}\n  - {name: a, package: p, executable: e}\n", "duplicate"),
+    ("nodes:\n  - {name: a, package: p, executable: e, params_file: nodes/none.yaml}\n", "does not exist"),
+    ("nodes:\n  - {name: a, package: p, executable: e, parameters: {x: '${nope}'}}\n", "not a declared argument"),
+    ("nodes: [\n", "not valid YAML"),
+])
+def test_bad_profiles_fail_with_one_clear_error(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message):
+        load_profile(_write(tmp_path, text))
+
+
+def test_unknown_override_and_bad_syntax_are_rejected():
+    with pytest.raises(ConfigError, match="has no argument 'colour'"):
+        load_profile("sim", {"colour": "red"})
+    with pytest.raises(ConfigError, match="expected name:=value"):
+        parse_overrides(["robot=ur5e"])
+    with pytest.raises(ConfigError, match="no executable 'nope'"):
+        find_entry_point("prophrl_policy", "nope")
+
+
+RELAY_PROFILE = """
+description: two relay nodes
+arguments:
+  exit_after: {default: "0.0"}
+nodes:
+  - {name: relay_a, package: prophrl_common, executable: interface_test_node, required: false}
+  - {name: relay_b, package: prophrl_common, executable: interface_test_node, parameters: {exit_after_s: "${exit_after}"}}
+"""
+
+
+def _start_up(profile_path, *overrides):
+    return subprocess.Popen([sys.executable, "-m", "prophrl.cli", "up", str(profile_path), *overrides],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.fixture()
+def graph_node():
+    rclpy.init()
+    node = Node("profile_test_observer")
+    yield node
+    node.destroy_node()
+    rclpy.shutdown()
+
+
+def _wait_for_nodes(node, names, timeout=30.0):
+    return spin_until(node, lambda: set(names) <= set(node.get_node_names()), timeout)
+
+
+def _descendants(pid):
+    return psutil.Process(pid).children(recursive=True)
+
+
+def _assert_all_gone(processes, timeout=10.0):
+    _gone, alive = psutil.wait_procs(processes, timeout=timeout)
+    assert not alive, f"orphaned processes: {[p.pid for p in alive]}"
+
+
+def test_up_starts_nodes_prefixes_logs_and_sigterm_stops_all(tmp_path, graph_node):
+    up = _start_up(_write(tmp_path, RELAY_PROFILE))
+    try:
+        assert _wait_for_nodes(graph_node, ["relay_a", "relay_b"]), "nodes never appeared in the graph"
+        children = _descendants(up.pid)
+        assert len(children) >= 2
+        up.send_signal(signal.SIGTERM)
+        out, _ = up.communicate(timeout=20)
+    finally:
+        up.kill()
+    assert up.returncode == 0, out
+    assert "[relay_a] " in out and "[relay_b] " in out and "ready" in out
+    _assert_all_gone(children)
+
+
+def test_up_exits_nonzero_when_a_required_node_dies(tmp_path):
+    up = _start_up(_write(tmp_path, RELAY_PROFILE), "exit_after:=1.0")
+    try:
+        out, _ = up.communicate(timeout=30)
+    finally:
+        up.kill()
+    assert up.returncode == 3, out
+    assert "required node relay_b exited with code 3" in out
+
+
+def test_children_die_with_a_killed_supervisor(tmp_path, graph_node):
+    up = _start_up(_write(tmp_path, RELAY_PROFILE))
+    try:
+        assert _wait_for_nodes(graph_node, ["relay_a", "relay_b"])
+        children = _descendants(up.pid)
+        os.kill(up.pid, signal.SIGKILL)
+        up.wait(10)
+    finally:
+        up.kill()
+        up.stdout.close()
+    _assert_all_gone(children)
+
+
+def test_up_reports_config_errors_without_starting_anything(tmp_path):
+    start = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "prophrl.cli", "up", "sim", "robot:=nope", "colour:=red"],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert "has no argument 'colour'" in result.stderr
+    assert time.monotonic() - start < 20
