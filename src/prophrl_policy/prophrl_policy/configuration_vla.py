@@ -1,0 +1,85 @@
+"""VLA policy configuration: named configs in a registry (openpi-style), saved as JSON beside weights."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from prophrl_common.config_io import ConfigError, dataclass_from_mapping
+
+VISION_BACKBONES = ("small_cnn", "mobilenet_v2", "hf_vision")
+TEXT_ENCODERS = ("minilm", "hashed_bow", "hf_text")
+
+
+@dataclasses.dataclass(frozen=True)
+class VLAConfig:
+    name: str = "tiny"
+    # Observation encoders
+    vision_backbone: str = "small_cnn"        # small_cnn | mobilenet_v2 (ImageNet weights, frozen) | hf_vision
+    freeze_vision: bool = False
+    image_size: int = 96                      # square input after resize
+    text_encoder: str = "hashed_bow"          # minilm (frozen MiniLM-L6) | hashed_bow (trainable) | hf_text
+    backbone_path: str = ""                   # local path for hf_* backbones (no hub at run time)
+    state_dim: int = 8                        # proprio: ee position (3) + ee rotation (4, quat) + gripper (1)
+    # Action chunk
+    action_dim: int = 14                      # model space: 2 end effectors x 7 (single arm zero-pads)
+    robot_action_dim: int = 7                 # what the robot executes (ee_delta_7d)
+    horizon: int = 10
+    # Flow-matching head (pi0-style action expert: action tokens attend to observation tokens)
+    hidden_dim: int = 128
+    num_layers: int = 3
+    num_heads: int = 4
+    dropout: float = 0.0
+    num_inference_steps: int = 10
+    time_beta_alpha: float = 1.5              # t ~ Beta(1.5, 1) scaled into (0.001, 1]
+    time_beta_beta: float = 1.0
+
+    def validate(self, source: str = "VLAConfig") -> "VLAConfig":
+        if self.vision_backbone not in VISION_BACKBONES:
+            raise ConfigError(f"{source}: vision_backbone must be one of {VISION_BACKBONES}")
+        if self.text_encoder not in TEXT_ENCODERS:
+            raise ConfigError(f"{source}: text_encoder must be one of {TEXT_ENCODERS}")
+        if self.vision_backbone.startswith("hf_") or self.text_encoder.startswith("hf_"):
+            if not self.backbone_path:
+                raise ConfigError(f"{source}: hf_* encoders need backbone_path (a local directory)")
+        if not 0 < self.robot_action_dim <= self.action_dim:
+            raise ConfigError(f"{source}: need 0 < robot_action_dim <= action_dim")
+        if self.hidden_dim % self.num_heads:
+            raise ConfigError(f"{source}: hidden_dim must be divisible by num_heads")
+        for key in ("image_size", "state_dim", "horizon", "hidden_dim", "num_layers", "num_inference_steps"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"{source}: {key} must be positive")
+        return self
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json_file(cls, path: str | Path) -> "VLAConfig":
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"{path}: cannot read policy config: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: policy config must be a JSON object")
+        return dataclass_from_mapping(cls, data, str(path)).validate(str(path))
+
+
+VLA_CONFIGS: dict[str, VLAConfig] = {
+    # Trains on a 2-core CPU in minutes.
+    "tiny": VLAConfig(),
+    # Pretrained frozen encoders shipped in PyPI packages (MobileNetV2 ImageNet, MiniLM-L6).
+    "tiny_pretrained": VLAConfig(name="tiny_pretrained", vision_backbone="mobilenet_v2", freeze_vision=True,
+                                 image_size=128, text_encoder="minilm"),
+    # A transformers vision-language backbone from a local path (SigLIP / SmolVLM class).
+    "base": VLAConfig(name="base", vision_backbone="hf_vision", freeze_vision=True, image_size=224,
+                      text_encoder="hf_text", hidden_dim=512, num_layers=6, num_heads=8, horizon=20),
+}
+
+
+def get_vla_config(name: str, **overrides) -> VLAConfig:
+    if name not in VLA_CONFIGS:
+        raise ConfigError(f"unknown policy config '{name}'; available: {sorted(VLA_CONFIGS)}")
+    return dataclasses.replace(VLA_CONFIGS[name], **overrides).validate(name)

@@ -1,0 +1,278 @@
+"""VLA policy: image + instruction + proprio state -> action chunk from a pi0-style flow-matching head.
+
+Pure torch, no ROS. LeRobot-style API: `compute_loss` for SFT, `predict_action_chunk` for rollouts
+(ODE, or Flow-GRPO's SDE with per-step log-probabilities), `sde_log_probs` to recompute those
+log-probabilities under the current weights (what FA-GRPO differentiates), `save_pretrained` /
+`from_pretrained` with safetensors + JSON.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from prophrl_common.config_io import ConfigError
+from prophrl_policy import flow_matching as fm
+from prophrl_policy.configuration_vla import VLAConfig
+from prophrl_policy.encoders import (FrozenSentenceEncoder, HashedBagOfWords, HFVisionTokens, MobileNetTokens,
+                                     SmallCNN)
+from prophrl_policy.transforms import NormStats
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+STATS_NAME = "norm_stats.json"
+
+
+@dataclasses.dataclass
+class Observation:
+    """A batch of observations. images: (B,3,H,W) float in [0,1]; states: (B, state_dim) raw units."""
+
+    images: torch.Tensor
+    instructions: list[str]
+    states: torch.Tensor
+
+    def __post_init__(self):
+        b = self.images.shape[0]
+        if self.images.ndim != 4 or self.images.shape[1] != 3:
+            raise ValueError(f"images must be (B,3,H,W), got {tuple(self.images.shape)}")
+        if len(self.instructions) != b or self.states.shape[0] != b:
+            raise ValueError(f"batch sizes differ: images {b}, instructions {len(self.instructions)}, "
+                             f"states {self.states.shape[0]}")
+
+    def repeat(self, n: int) -> "Observation":
+        """Each observation n times in a row (a GRPO group shares its initial observation)."""
+        return Observation(self.images.repeat_interleave(n, 0), [t for t in self.instructions for _ in range(n)],
+                           self.states.repeat_interleave(n, 0))
+
+
+@dataclasses.dataclass
+class ChunkSample:
+    """Result of predict_action_chunk. Normalised-space tensors keep what RL needs to recompute."""
+
+    actions: torch.Tensor            # (B, H, robot_action_dim), robot units
+    latents: torch.Tensor            # (B, K+1, H, action_dim), x_0 .. x_K along the denoising path
+    log_probs: torch.Tensor | None   # (B, K) per-step log-probabilities (SDE mode)
+    means: torch.Tensor | None       # (B, K, H, action_dim)
+    stds: torch.Tensor | None        # (K,) per-step Gaussian std (std_k * sqrt(|dt_k|))
+
+
+def sinusoidal_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
+    half = dim // 2
+    freqs = torch.exp(-math.log(10_000.0) * torch.arange(half, device=t.device, dtype=t.dtype) / half)
+    args = t[:, None] * 1000.0 * freqs[None]
+    return torch.cat([torch.sin(args), torch.cos(args)], dim=-1)
+
+
+class VLAPolicy(nn.Module):
+    def __init__(self, config: VLAConfig, norm_stats: NormStats | None = None, load_pretrained: bool = True):
+        super().__init__()
+        self.config = config.validate()
+        d = config.hidden_dim
+        self.norm_stats = norm_stats or NormStats.identity(config.state_dim, config.robot_action_dim)
+        if self.norm_stats.state_dim != config.state_dim or self.norm_stats.action_dim != config.robot_action_dim:
+            raise ConfigError(f"norm stats are for state {self.norm_stats.state_dim} / action "
+                              f"{self.norm_stats.action_dim}, config needs {config.state_dim} / {config.robot_action_dim}")
+
+        if config.vision_backbone == "small_cnn":
+            self.vision = SmallCNN(d)
+        elif config.vision_backbone == "mobilenet_v2":
+            self.vision = MobileNetTokens(d, pretrained=load_pretrained, freeze=config.freeze_vision)
+        else:
+            self.vision = HFVisionTokens(d, config.backbone_path, freeze=config.freeze_vision)
+        if config.text_encoder == "hashed_bow":
+            self.text = HashedBagOfWords(d)
+        elif config.text_encoder == "minilm":
+            self.text = FrozenSentenceEncoder(d, FrozenSentenceEncoder.minilm_dir())
+        else:
+            self.text = FrozenSentenceEncoder(d, config.backbone_path)
+        self.state_proj = nn.Sequential(nn.Linear(config.state_dim, d), nn.SiLU(), nn.Linear(d, d))
+        self.obs_type = nn.Parameter(torch.zeros(3, d))  # vision / text / state
+
+        self.action_in = nn.Linear(config.action_dim, d)
+        self.time_mlp = nn.Sequential(nn.Linear(2 * d, d), nn.SiLU(), nn.Linear(d, d))
+        self.action_pos = nn.Parameter(torch.randn(config.horizon, d) * 0.02)
+        layer = nn.TransformerDecoderLayer(d, config.num_heads, 4 * d, config.dropout, batch_first=True,
+                                           norm_first=True, activation="gelu")
+        self.denoiser = nn.TransformerDecoder(layer, config.num_layers)
+        self.action_out = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, config.action_dim))
+        nn.init.zeros_(self.action_out[1].weight)
+        nn.init.zeros_(self.action_out[1].bias)
+
+    # ----- observation -------------------------------------------------------------------------
+    def encode_observation(self, obs: Observation) -> torch.Tensor:
+        """(B, N_obs, D) tokens, computed once per observation and reused by every denoising step."""
+        size = self.config.image_size
+        images = obs.images.to(self.action_pos.device, torch.float32)
+        if images.shape[-2:] != (size, size):
+            images = nn.functional.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
+        states = self.norm_stats.normalize_state(obs.states.to(self.action_pos.device, torch.float32))
+        vision = self.vision(images) + self.obs_type[0]
+        text = self.text(obs.instructions) + self.obs_type[1]
+        state = self.state_proj(states).unsqueeze(1) + self.obs_type[2]
+        return torch.cat([vision, text, state], dim=1)
+
+    def velocity(self, x_t: torch.Tensor, t: torch.Tensor, obs_tokens: torch.Tensor) -> torch.Tensor:
+        """v_theta(x_t, t, obs): x_t (B,H,A) normalised actions, t (B,) in [0,1]."""
+        time = sinusoidal_embedding(t, self.config.hidden_dim)[:, None].expand(-1, x_t.shape[1], -1)
+        tokens = self.time_mlp(torch.cat([self.action_in(x_t), time], dim=-1)) + self.action_pos
+        return self.action_out(self.denoiser(tokens, obs_tokens))
+
+    # ----- actions <-> model space ----------------------------------------------------------------
+    def to_model_space(self, actions: torch.Tensor) -> torch.Tensor:
+        """(B,H,robot_dim) robot units -> (B,H,action_dim) normalised, zero-padded."""
+        normalised = self.norm_stats.normalize_action(actions)
+        pad = self.config.action_dim - self.config.robot_action_dim
+        return nn.functional.pad(normalised, (0, pad)) if pad else normalised
+
+    def to_robot_space(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm_stats.unnormalize_action(x[..., : self.config.robot_action_dim])
+
+    @property
+    def action_mask(self) -> torch.Tensor:
+        """1 for the dimensions the robot executes, 0 for padding."""
+        mask = torch.zeros(self.config.action_dim, device=self.action_pos.device)
+        mask[: self.config.robot_action_dim] = 1
+        return mask
+
+    # ----- training ----------------------------------------------------------------------------
+    def sample_time(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """t ~ Beta(alpha, beta) scaled into (0.001, 1] (pi0)."""
+        alpha, beta = self.config.time_beta_alpha, self.config.time_beta_beta
+        if beta == 1.0:  # Beta(alpha, 1) has CDF x^alpha: inverse-transform sampling keeps the seeded stream
+            u = torch.rand(batch, generator=generator) ** (1.0 / alpha)
+        else:
+            u = torch.distributions.Beta(alpha, beta).sample((batch,))
+        return (u * 0.999 + 0.001).to(self.action_pos.device)
+
+    def compute_loss(self, obs: Observation, actions: torch.Tensor, generator: torch.Generator | None = None):
+        """Flow-matching loss: x_t = t eps + (1 - t) a, target u = eps - a (robot dims only)."""
+        if actions.shape[1:] != (self.config.horizon, self.config.robot_action_dim):
+            raise ValueError(f"actions must be (B, {self.config.horizon}, {self.config.robot_action_dim}), "
+                             f"got {tuple(actions.shape)}")
+        a = self.to_model_space(actions.to(self.action_pos.device, torch.float32))
+        noise = torch.randn(a.shape, generator=generator, device=a.device)
+        t = self.sample_time(a.shape[0], generator)
+        x_t = t[:, None, None] * noise + (1 - t[:, None, None]) * a
+        v = self.velocity(x_t, t, self.encode_observation(obs))
+        err = ((v - (noise - a)) ** 2) * self.action_mask
+        return err.sum() / (self.action_mask.sum() * a.shape[0] * a.shape[1])
+
+    # ----- sampling ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def predict_action_chunk(self, obs: Observation, mode: str = "ode", num_steps: int | None = None,
+                             noise_level: float = 0.7, generator: torch.Generator | None = None) -> ChunkSample:
+        """Sample a chunk. mode="sde" also returns per-step log-probs/means (Flow-GRPO's SDE)."""
+        if mode not in ("ode", "sde"):
+            raise ValueError(f"mode must be 'ode' or 'sde', got {mode!r}")
+        k_steps = num_steps or self.config.num_inference_steps
+        obs_tokens = self.encode_observation(obs)
+        b = obs_tokens.shape[0]
+        shape = (b, self.config.horizon, self.config.action_dim)
+        x = torch.randn(shape, generator=generator, device=obs_tokens.device)
+        grid = fm.sigmas(k_steps).tolist()
+        latents, log_probs, means, stds = [x], [], [], []
+        for k in range(k_steps):
+            sigma, sigma_next = grid[k], grid[k + 1]
+            v = self.velocity(x, torch.full((b,), sigma, device=x.device), obs_tokens)
+            if mode == "ode":
+                x = fm.ode_step(x, v, sigma, sigma_next)
+            else:
+                step = fm.sde_step(x, v, sigma, sigma_next, noise_level, generator)
+                x = step.sample
+                log_probs.append(fm.gaussian_log_prob(x, step.mean, step.std, self.action_mask))
+                means.append(step.mean)
+                stds.append(step.std)
+            latents.append(x)
+        return ChunkSample(
+            actions=self.to_robot_space(x),
+            latents=torch.stack(latents, dim=1),
+            log_probs=torch.stack(log_probs, dim=1) if log_probs else None,
+            means=torch.stack(means, dim=1) if means else None,
+            stds=torch.stack(stds) if stds else None,
+        )
+
+    def sde_log_probs(self, obs: Observation, latents: torch.Tensor, noise_level: float = 0.7,
+                      obs_tokens: torch.Tensor | None = None):
+        """Per-step log p(x_{k+1} | x_k) of a stored denoising path under the CURRENT weights.
+
+        latents: (B, K+1, H, A) from predict_action_chunk(mode="sde"). Returns (log_probs (B,K),
+        means (B,K,H,A), stds (K,)), differentiable w.r.t. the policy parameters.
+        """
+        k_steps = latents.shape[1] - 1
+        if obs_tokens is None:
+            obs_tokens = self.encode_observation(obs)
+        b = latents.shape[0]
+        grid = fm.sigmas(k_steps).tolist()
+        mask = self.action_mask
+        log_probs, means, stds = [], [], []
+        for k in range(k_steps):
+            sigma, sigma_next = grid[k], grid[k + 1]
+            x = latents[:, k]
+            v = self.velocity(x, torch.full((b,), sigma, device=x.device), obs_tokens)
+            mean, std = fm.sde_mean(x, v, sigma, sigma_next, noise_level)
+            log_probs.append(fm.gaussian_log_prob(latents[:, k + 1], mean, std, mask))
+            means.append(mean)
+            stds.append(std)
+        return torch.stack(log_probs, 1), torch.stack(means, 1), torch.tensor(stds)
+
+    def select_action(self, obs: Observation) -> torch.Tensor:
+        """First action of a freshly predicted chunk (ODE): (B, robot_action_dim)."""
+        return self.predict_action_chunk(obs).actions[:, 0]
+
+    # ----- persistence -------------------------------------------------------------------------
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """config.json + norm_stats.json + model.safetensors, written atomically (temp dir + rename)."""
+        directory = Path(directory)
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+        (tmp / CONFIG_NAME).write_text(self.config.to_json())
+        (tmp / STATS_NAME).write_text(self.norm_stats.to_json())
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "policy": "prophrl_vla"})
+        if directory.exists():
+            old = directory.with_name(f".{directory.name}.old")
+            os.replace(directory, old)
+            os.replace(tmp, directory)
+            _rmtree(old)
+        else:
+            os.replace(tmp, directory)
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, map_location: str = "cpu") -> "VLAPolicy":
+        directory = Path(directory)
+        for name in (CONFIG_NAME, STATS_NAME, WEIGHTS_NAME):
+            if not (directory / name).is_file():
+                raise ConfigError(f"{directory}: not a policy checkpoint (missing {name})")
+        config = VLAConfig.from_json_file(directory / CONFIG_NAME)
+        stats = NormStats.from_json_file(directory / STATS_NAME)
+        policy = cls(config, stats, load_pretrained=False)
+        try:
+            state = load_file(str(directory / WEIGHTS_NAME), device=map_location)
+        except Exception as exc:  # safetensors raises its own error types for corrupt files
+            raise ConfigError(f"{directory / WEIGHTS_NAME}: cannot read weights: {exc}") from exc
+        try:
+            missing, unexpected = policy.load_state_dict(state, strict=False)
+        except RuntimeError as exc:  # shape mismatches
+            raise ConfigError(f"{directory / WEIGHTS_NAME}: weights do not match the config: "
+                              f"{str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else exc}") from exc
+        if missing or unexpected:
+            raise ConfigError(f"{directory / WEIGHTS_NAME}: weights do not match the config "
+                              f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
+        for name, tensor in state.items():
+            if not torch.isfinite(tensor).all():
+                raise ConfigError(f"{directory / WEIGHTS_NAME}: tensor {name} contains NaN/inf")
+        return policy
+
+
+def _rmtree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,133 @@
+import json
+
+import pytest
+import torch
+
+from prophrl_common.config_io import ConfigError
+from prophrl_policy.configuration_vla import get_vla_config
+from prophrl_policy.modeling_vla import Observation, VLAPolicy
+from prophrl_policy.transforms import NormStats
+
+
+def _obs(batch=3, seed=0, size=64):
+    g = torch.Generator().manual_seed(seed)
+    return Observation(torch.rand(batch, 3, size, size, generator=g), ["lift the red cube"] * batch,
+                       torch.randn(batch, 8, generator=g))
+
+
+@pytest.fixture(scope="module")
+def policy():
+    torch.manual_seed(0)
+    p = VLAPolicy(get_vla_config("tiny", hidden_dim=64, num_layers=2, image_size=64, horizon=6))
+    with torch.no_grad():  # the output layer starts at zero; give it weights so velocities depend on inputs
+        p.action_out[1].weight.normal_(0, 0.1)
+    return p.eval()
+
+
+def test_ode_sampling_is_deterministic_given_a_seed(policy):
+    obs = _obs()
+    a = policy.predict_action_chunk(obs, generator=torch.Generator().manual_seed(1)).actions
+    b = policy.predict_action_chunk(obs, generator=torch.Generator().manual_seed(1)).actions
+    c = policy.predict_action_chunk(obs, generator=torch.Generator().manual_seed(2)).actions
+    torch.testing.assert_close(a, b)
+    assert not torch.allclose(a, c)
+    assert a.shape == (3, 6, 7)
+
+
+def test_sde_sample_exposes_per_step_log_probs_that_recompute_exactly(policy):
+    obs = _obs()
+    sample = policy.predict_action_chunk(obs, mode="sde", num_steps=5, noise_level=0.7,
+                                         generator=torch.Generator().manual_seed(4))
+    assert sample.log_probs.shape == (3, 5) and sample.latents.shape == (3, 6, 6, 14)
+    log_probs, means, stds = policy.sde_log_probs(obs, sample.latents, noise_level=0.7)
+    torch.testing.assert_close(log_probs, sample.log_probs, rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(means, sample.means, rtol=1e-4, atol=1e-5)
+    # closed form, robot dims only (padding carries no reward signal)
+    k = 2
+    density = torch.distributions.Normal(means[:, k, :, :7], stds[k]).log_prob(sample.latents[:, k + 1, :, :7])
+    torch.testing.assert_close(log_probs[:, k], density.flatten(1).sum(1), rtol=1e-4, atol=1e-3)
+
+
+def test_log_prob_gradients_reach_the_action_head(policy):
+    obs = _obs()
+    sample = policy.predict_action_chunk(obs, mode="sde", num_steps=4, generator=torch.Generator().manual_seed(5))
+    policy.zero_grad()
+    log_probs, _, _ = policy.sde_log_probs(obs, sample.latents)
+    log_probs.sum().backward()
+    for module in (policy.action_out, policy.denoiser, policy.vision, policy.state_proj):
+        grads = [p.grad for p in module.parameters() if p.requires_grad]
+        assert grads and all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
+    policy.zero_grad()
+
+
+def test_flow_matching_learns_a_state_conditioned_chunk():
+    torch.manual_seed(0)
+    policy = VLAPolicy(get_vla_config("tiny", hidden_dim=64, num_layers=2, image_size=32, horizon=4))
+    opt = torch.optim.AdamW(policy.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(0)
+
+    def batch(n=32):
+        states = torch.randn(n, 8, generator=g)
+        target = states[:, :7].unsqueeze(1).repeat(1, 4, 1) * 0.5  # chunk = a function of the state
+        return Observation(torch.zeros(n, 3, 32, 32), ["go"] * n, states), target
+
+    losses = []
+    for _ in range(150):
+        obs, target = batch()
+        loss = policy.compute_loss(obs, target, generator=g)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert sum(losses[-10:]) / 10 < 0.5 * sum(losses[:10]) / 10
+    obs, target = batch(64)
+    predicted = policy.eval().predict_action_chunk(obs, generator=g).actions
+    baseline = ((target - target.mean(0)) ** 2).mean()
+    assert ((predicted - target) ** 2).mean() < 0.5 * baseline
+
+
+def test_save_and_load_round_trip_and_corrupt_checkpoints(policy, tmp_path):
+    obs = _obs()
+    policy.norm_stats = NormStats((0.1,) * 8, (2.0,) * 8, (0.0,) * 7, (0.05,) * 7)
+    path = policy.save_pretrained(tmp_path / "ckpt")
+    loaded = VLAPolicy.from_pretrained(path).eval()
+    g1, g2 = torch.Generator().manual_seed(9), torch.Generator().manual_seed(9)
+    torch.testing.assert_close(loaded.predict_action_chunk(obs, generator=g1).actions,
+                               policy.predict_action_chunk(obs, generator=g2).actions)
+    assert loaded.norm_stats == policy.norm_stats
+
+    (path / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(ConfigError, match="cannot read weights"):
+        VLAPolicy.from_pretrained(path)
+    with pytest.raises(ConfigError, match="missing config.json"):
+        VLAPolicy.from_pretrained(tmp_path)
+    policy.save_pretrained(path)
+    config = json.loads((path / "config.json").read_text())
+    config["hidden_dim"] = 32
+    (path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ConfigError, match="do not match"):
+        VLAPolicy.from_pretrained(path)
+
+
+def test_bad_inputs_fail_clearly(policy):
+    with pytest.raises(ValueError, match="batch sizes differ"):
+        Observation(torch.rand(2, 3, 8, 8), ["a"], torch.zeros(2, 8))
+    with pytest.raises(ValueError, match="actions must be"):
+        policy.compute_loss(_obs(), torch.zeros(3, 5, 7))
+    with pytest.raises(ConfigError, match="unknown policy config"):
+        get_vla_config("huge")
+
+
+def test_pretrained_mobilenet_loads_imagenet_weights():
+    from prophrl_policy.encoders import MobileNetV2Features
+
+    net = MobileNetV2Features()
+    before = net.features[0][0].weight.clone()
+    net.load_imagenet_weights()
+    assert not torch.equal(before, net.features[0][0].weight)
+    net.eval()
+    # ImageNet features respond to image content: two different images give different features
+    with torch.no_grad():
+        a = net(torch.rand(1, 3, 64, 64)).mean((2, 3))
+        b = net(torch.zeros(1, 3, 64, 64)).mean((2, 3))
+    assert (a - b).abs().mean() > 1e-3

@@ -1,0 +1,43 @@
+"""`colcon build` at the workspace root builds every package the way a real ROS 2 install does."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from prophrl_common.paths import repo_root
+
+ROOT = repo_root()
+
+
+@pytest.mark.slow
+def test_colcon_builds_all_packages_and_installs_launch_and_config(tmp_path):
+    assert ROOT is not None, "run from a source checkout"
+    workspace = tmp_path / "ws"
+    for part in ("src", "launch", "config"):
+        shutil.copytree(ROOT / part, workspace / part,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "build", "install", "log"))
+    venv = Path(sys.prefix)
+    env = dict(os.environ, AMENT_PREFIX_PATH=str(venv), PATH=f"{venv / 'bin'}:{os.environ['PATH']}")
+    result = subprocess.run(
+        [str(venv / "bin" / "colcon"), "build", "--base-paths", "src", "--event-handlers", "console_direct-",
+         "--cmake-args", "-DBUILD_TESTING=OFF", f"-DPython3_EXECUTABLE={sys.executable}"],
+        cwd=workspace, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    install = workspace / "install"
+    packages = {p.name for p in (ROOT / "src").iterdir() if (p / "package.xml").is_file()}
+    assert packages <= {p.name for p in install.iterdir()}, "colcon skipped a package"
+    share = install / "prophrl" / "share" / "prophrl"
+    for launch_file in (ROOT / "launch").glob("*.launch.py"):
+        assert (share / "launch" / launch_file.name).is_file()
+    for config_file in (ROOT / "config").rglob("*.yaml"):
+        assert (share / config_file.relative_to(ROOT)).is_file()
+    # ament_python executables land in lib/<package>/ where `ros2 run` / launch_ros look for them
+    assert (install / "prophrl" / "lib" / "prophrl" / "prophrl").is_file()
+    assert (install / "prophrl_policy" / "lib" / "prophrl_policy" / "executor_node").is_file()
+    generated = list((install / "prophrl_msgs").rglob("prophrl_msgs/msg/_action_chunk.py"))
+    assert generated, "prophrl_msgs Python bindings were not generated"
