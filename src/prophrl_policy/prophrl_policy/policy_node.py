@@ -1,0 +1,234 @@
+"""Policy node: camera + robot state + instruction -> ActionChunks, the same in real, sim and imagination.
+
+A thin lifecycle adapter around prophrl_policy.modeling_vla.VLAPolicy (Nav2 style; with `autostart`
+it configures and activates itself). Every `replan_period_s` it runs the policy on the latest
+camera frame, end-effector pose, gripper state and instruction, and publishes a chunk (receding
+horizon: the executor switches to the newest chunk). The chunk's header stamp is the camera
+frame's, so camera -> chunk latency can be measured downstream. `~/load_policy` (LoadPolicy)
+hot-swaps the weights atomically: a checkpoint that fails to load leaves the old one serving.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+import time
+from collections import deque
+
+import numpy as np
+import rclpy
+import torch
+from geometry_msgs.msg import PoseStamped
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import String
+
+from prophrl_common.chunks import array_to_chunk
+from prophrl_common.config_io import ConfigError
+from prophrl_common.images import ImageConversionError, to_rgb8
+from prophrl_common.robots import load_robot_config
+from prophrl_msgs.msg import ActionChunk
+from prophrl_msgs.srv import LoadPolicy
+from prophrl_policy.modeling_vla import Observation, VLAPolicy
+
+SENSOR_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT, history=HistoryPolicy.KEEP_LAST)
+LATCHED = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+
+def policy_state(ee_pose: np.ndarray, gripper_opening: float) -> np.ndarray:
+    """The proprio vector the policy sees: ee position (3), ee orientation quaternion xyzw (4), gripper (1)."""
+    return np.concatenate([ee_pose, [gripper_opening]]).astype(np.float32)
+
+
+class PolicyNode(LifecycleNode):
+    def __init__(self, node_name: str = "policy_node"):
+        super().__init__(node_name)
+        for name, default in (("checkpoint_path", ""), ("robot", "panda_sim"), ("autostart", True),
+                              ("image_topic", "/camera/image_raw"), ("joint_states_topic", "/joint_states"),
+                              ("instruction_topic", "/prophrl/instruction"), ("instruction", ""),
+                              ("action_chunk_topic", "/prophrl/action_chunk"), ("replan_period_s", 0.4),
+                              ("mode", "ode"), ("num_steps", 0), ("noise_level", 0.7), ("seed", 0),
+                              ("device", "cpu"), ("max_state_age_s", 1.0), ("latency_log_period_s", 10.0)):
+            self.declare_parameter(name, default)
+        self.policy: VLAPolicy | None = None
+        self.policy_version = 0
+        self._policy_lock = threading.Lock()
+        self._image: Image | None = None
+        self._ee_pose: np.ndarray | None = None
+        self._ee_stamp = 0.0
+        self._gripper = 0.0
+        self._entities = []
+        self.latencies_ms: deque[float] = deque(maxlen=1000)
+        self.chunks_published = 0
+
+    @property
+    def autostart(self) -> bool:
+        return bool(self.get_parameter("autostart").value)
+
+    def p(self, name: str):
+        return self.get_parameter(name).value
+
+    # ---------------------------------------------------------------- lifecycle
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            if self.p("mode") not in ("ode", "sde"):
+                raise ConfigError(f"parameter mode must be ode or sde, got {self.p('mode')!r}")
+            if not self.p("replan_period_s") > 0:
+                raise ConfigError("parameter replan_period_s must be > 0")
+            if not self.p("checkpoint_path"):
+                raise ConfigError("parameter checkpoint_path is required (a directory from `prophrl policy sft`)")
+            self.robot = load_robot_config(self.p("robot"))
+            self.device = torch.device(self.p("device"))
+            self.policy = self._load(self.p("checkpoint_path"))
+        except (ConfigError, RuntimeError) as exc:
+            self.get_logger().error(f"configure failed: {exc}")
+            return TransitionCallbackReturn.FAILURE
+        self.generator = torch.Generator(device=self.device).manual_seed(int(self.p("seed")))
+        self.instruction = self.p("instruction")
+        self.chunk_pub = self.create_publisher(ActionChunk, self.p("action_chunk_topic"), 10)
+        sensors = MutuallyExclusiveCallbackGroup()
+        self._entities = [
+            self.chunk_pub,
+            self.create_subscription(Image, self.p("image_topic"), self._on_image, SENSOR_QOS, callback_group=sensors),
+            self.create_subscription(PoseStamped, self.robot.ee_pose_topic, self._on_ee_pose, 10,
+                                     callback_group=sensors),
+            self.create_subscription(JointState, self.p("joint_states_topic"), self._on_joints, 10,
+                                     callback_group=sensors),
+            self.create_subscription(String, self.p("instruction_topic"), self._on_instruction, LATCHED,
+                                     callback_group=sensors),
+            self.create_service(LoadPolicy, "~/load_policy", self._on_load_policy,
+                                callback_group=MutuallyExclusiveCallbackGroup()),
+        ]
+        self.get_logger().info(f"configured: robot {self.robot.name}, policy {self.policy.config.name} "
+                               f"from {self.p('checkpoint_path')}")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._timer = self.create_timer(self.p("replan_period_s"), self._on_timer,
+                                        callback_group=MutuallyExclusiveCallbackGroup())
+        self._latency_timer = self.create_timer(self.p("latency_log_period_s"), self._log_latency)
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        for timer in (self._timer, self._latency_timer):
+            self.destroy_timer(timer)
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        for entity in self._entities:
+            entity.destroy()
+        self._entities = []
+        self.policy = None
+        return TransitionCallbackReturn.SUCCESS
+
+    # ---------------------------------------------------------------- inputs
+    def _on_image(self, msg: Image) -> None:
+        self._image = msg
+
+    def _on_ee_pose(self, msg: PoseStamped) -> None:
+        p, q = msg.pose.position, msg.pose.orientation
+        self._ee_pose = np.array([p.x, p.y, p.z, q.x, q.y, q.z, q.w])
+        self._ee_stamp = time.monotonic()
+
+    def _on_joints(self, msg: JointState) -> None:
+        names = self.robot.gripper_joint_names
+        if names:
+            positions = dict(zip(msg.name, msg.position))
+            if all(n in positions for n in names):
+                self._gripper = float(sum(positions[n] for n in names))
+
+    def _on_instruction(self, msg: String) -> None:
+        self.instruction = msg.data
+
+    # ---------------------------------------------------------------- inference
+    def _observation(self, image: Image) -> Observation:
+        rgb = to_rgb8(image)
+        tensor = torch.from_numpy(rgb).permute(2, 0, 1).unsqueeze(0).float().div_(255)
+        state = torch.from_numpy(policy_state(self._ee_pose, self._gripper)).unsqueeze(0)
+        return Observation(tensor.to(self.device), [self.instruction], state.to(self.device))
+
+    def _on_timer(self) -> None:
+        image = self._image
+        if image is None or self._ee_pose is None:
+            return
+        if time.monotonic() - self._ee_stamp > self.p("max_state_age_s"):
+            self.get_logger().warning("end-effector pose is stale: not publishing", throttle_duration_sec=5.0)
+            return
+        try:
+            obs = self._observation(image)
+        except ImageConversionError as exc:
+            self.get_logger().error(f"camera frame rejected: {exc}", throttle_duration_sec=5.0)
+            return
+        with self._policy_lock:
+            policy, version = self.policy, self.policy_version
+        start = time.perf_counter()
+        with torch.inference_mode():
+            sample = policy.predict_action_chunk(obs, mode=self.p("mode"), num_steps=self.p("num_steps") or None,
+                                                 noise_level=self.p("noise_level"), generator=self.generator)
+        self.latencies_ms.append((time.perf_counter() - start) * 1e3)
+        actions = sample.actions[0].cpu().numpy()
+        if not np.isfinite(actions).all():
+            self.get_logger().error("policy produced NaN/inf actions: chunk dropped")
+            return
+        self.chunk_pub.publish(array_to_chunk(actions, "ee_delta_7d", self.robot.control_period_s,
+                                              policy_version=version, instruction=self.instruction,
+                                              stamp=image.header.stamp, frame_id=self.robot.base_frame))
+        self.chunks_published += 1
+
+    def _log_latency(self) -> None:
+        if self.latencies_ms:
+            lat = np.array(self.latencies_ms)
+            self.get_logger().info(f"inference latency p50 {np.percentile(lat, 50):.1f} ms, "
+                                   f"p95 {np.percentile(lat, 95):.1f} ms over {len(lat)} chunks")
+
+    # ---------------------------------------------------------------- hot swap
+    def _load(self, path: str) -> VLAPolicy:
+        policy = VLAPolicy.from_pretrained(path, map_location=str(self.device)).to(self.device).eval()
+        if policy.config.robot_action_dim != 7:
+            raise ConfigError(f"{path}: policy emits {policy.config.robot_action_dim}-D actions, ee_delta_7d needs 7")
+        return policy
+
+    def _on_load_policy(self, request: LoadPolicy.Request, response: LoadPolicy.Response) -> LoadPolicy.Response:
+        try:
+            new_policy = self._load(request.checkpoint_path)
+        except (ConfigError, RuntimeError, OSError) as exc:
+            response.success = False
+            response.message = f"kept policy version {self.policy_version}: {exc}"
+            self.get_logger().error(f"LoadPolicy failed: {exc}")
+            return response
+        with self._policy_lock:
+            self.policy, self.policy_version = new_policy, int(request.policy_version)
+        response.success = True
+        response.message = f"serving policy version {request.policy_version} from {request.checkpoint_path}"
+        self.get_logger().info(response.message)
+        return response
+
+
+def main(args: list[str] | None = None) -> int:
+    rclpy.init(args=args if args is not None else sys.argv)
+    node = PolicyNode()
+    signal.signal(signal.SIGTERM, lambda *_: rclpy.try_shutdown())
+    if node.autostart:
+        if node.trigger_configure() != TransitionCallbackReturn.SUCCESS or \
+                node.trigger_activate() != TransitionCallbackReturn.SUCCESS:
+            node.destroy_node()
+            rclpy.try_shutdown()
+            return 1
+    executor = MultiThreadedExecutor(num_threads=3)
+    executor.add_node(node)
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

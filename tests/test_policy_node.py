@@ -1,0 +1,97 @@
+"""Policy node in its own process: camera + state -> ActionChunks; LoadPolicy hot swap under load."""
+
+import numpy as np
+import pytest
+import rclpy
+import torch
+from geometry_msgs.msg import PoseStamped
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, QoSProfile
+from sensor_msgs.msg import Image
+from std_msgs.msg import String
+
+from prophrl_common.chunks import chunk_to_array
+from prophrl_common.images import numpy_to_image
+from prophrl_common.testing import node_process, python_module_argv, spin_until
+from prophrl_msgs.msg import ActionChunk
+from prophrl_msgs.srv import LoadPolicy
+from prophrl_policy.configuration_vla import get_vla_config
+from prophrl_policy.modeling_vla import VLAPolicy
+
+
+def _checkpoint(path, seed):
+    torch.manual_seed(seed)
+    policy = VLAPolicy(get_vla_config("tiny", hidden_dim=32, num_layers=1, image_size=32, horizon=5))
+    with torch.no_grad():
+        policy.action_out[1].weight.normal_(0, 0.1)
+    return policy.save_pretrained(path)
+
+
+def _call(node, client, request):
+    future = client.call_async(request)
+    rclpy.spin_until_future_complete(node, future, timeout_sec=20)
+    return future.result()
+
+
+@pytest.fixture()
+def ros():
+    rclpy.init()
+    node = Node("policy_node_test")
+    yield node
+    node.destroy_node()
+    rclpy.shutdown()
+
+
+def test_policy_node_publishes_chunks_and_survives_a_corrupt_checkpoint(ros, tmp_path):
+    node = ros
+    good_v1, good_v2 = _checkpoint(tmp_path / "v1", 0), _checkpoint(tmp_path / "v2", 1)
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    for name in ("config.json", "norm_stats.json"):
+        (corrupt / name).write_text((good_v1 / name).read_text())
+    (corrupt / "model.safetensors").write_bytes(b"\x00" * 100)
+
+    chunks = []
+    node.create_subscription(ActionChunk, "/prophrl/action_chunk", chunks.append, 10)
+    image_pub = node.create_publisher(Image, "/camera/image_raw", 1)
+    pose_pub = node.create_publisher(PoseStamped, "/prophrl/ee_pose", 10)
+    node.create_publisher(String, "/prophrl/instruction",
+                          QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)).publish(
+        String(data="lift the red cube"))
+    frame = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+
+    def feed():
+        stamp = node.get_clock().now().to_msg()
+        image_pub.publish(numpy_to_image(frame, "rgb8", stamp=stamp))
+        pose = PoseStamped()
+        pose.pose.position.z = 1.0
+        pose.pose.orientation.w = 1.0
+        pose_pub.publish(pose)
+
+    feeder = node.create_timer(0.05, feed)
+    argv = python_module_argv("prophrl_policy.policy_node", "-p", f"checkpoint_path:={good_v1}",
+                              "-p", "replan_period_s:=0.1", "-p", "robot:=panda_sim")
+    with node_process(argv) as policy:
+        assert spin_until(node, lambda: len(chunks) >= 3, 60), policy.output()
+        first = chunks[-1]
+        actions = chunk_to_array(first)
+        assert actions.shape == (5, 7) and np.isfinite(actions).all()
+        assert first.instruction == "lift the red cube" and first.policy_version == 0
+        assert first.header.stamp.sec > 0, "chunks carry the camera frame's stamp"
+
+        client = node.create_client(LoadPolicy, "/policy_node/load_policy")
+        assert spin_until(node, client.service_is_ready, 20)
+        bad = _call(node, client, LoadPolicy.Request(checkpoint_path=str(corrupt), policy_version=5))
+        assert not bad.success and "kept policy version 0" in bad.message and "cannot read weights" in bad.message
+        missing = _call(node, client, LoadPolicy.Request(checkpoint_path=str(tmp_path / "nope"), policy_version=6))
+        assert not missing.success
+        count = len(chunks)
+        assert spin_until(node, lambda: len(chunks) >= count + 3, 20), "the node stopped serving after a bad swap"
+        assert all(c.policy_version == 0 for c in chunks)
+
+        ok = _call(node, client, LoadPolicy.Request(checkpoint_path=str(good_v2), policy_version=2))
+        assert ok.success, ok.message
+        assert spin_until(node, lambda: chunks[-1].policy_version == 2, 20)
+        assert not np.allclose(chunk_to_array(chunks[-1]), actions), "new weights, new actions"
+        assert policy.alive()
+    node.destroy_timer(feeder)
