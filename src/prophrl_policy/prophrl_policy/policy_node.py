@@ -3,7 +3,8 @@
 A thin lifecycle adapter around prophrl_policy.modeling_vla.VLAPolicy (Nav2 style; with `autostart`
 it configures and activates itself). Every `replan_period_s` it runs the policy on the latest
 camera frame, end-effector pose, gripper state and instruction, and publishes a chunk (receding
-horizon: the executor switches to the newest chunk). The chunk's header stamp is the camera
+horizon: the executor switches to the newest chunk). With `replan_period_s: 0` it runs on every
+camera frame instead (frames that arrive during inference are dropped). The chunk's header stamp is the camera
 frame's, so camera -> chunk latency can be measured downstream. `~/load_policy` (LoadPolicy)
 hot-swaps the weights atomically: a checkpoint that fails to load leaves the old one serving.
 """
@@ -64,6 +65,7 @@ class PolicyNode(LifecycleNode):
         self._entities = []
         self.latencies_ms: deque[float] = deque(maxlen=1000)
         self.chunks_published = 0
+        self.active = False
 
     @property
     def autostart(self) -> bool:
@@ -77,8 +79,8 @@ class PolicyNode(LifecycleNode):
         try:
             if self.p("mode") not in ("ode", "sde"):
                 raise ConfigError(f"parameter mode must be ode or sde, got {self.p('mode')!r}")
-            if not self.p("replan_period_s") > 0:
-                raise ConfigError("parameter replan_period_s must be > 0")
+            if not self.p("replan_period_s") >= 0:
+                raise ConfigError("parameter replan_period_s must be >= 0 (0: run on every camera frame)")
             if not self.p("checkpoint_path"):
                 raise ConfigError("parameter checkpoint_path is required (a directory from `prophrl policy sft`)")
             self.robot = load_robot_config(self.p("robot"))
@@ -108,13 +110,16 @@ class PolicyNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._timer = self.create_timer(self.p("replan_period_s"), self._on_timer,
-                                        callback_group=MutuallyExclusiveCallbackGroup())
-        self._latency_timer = self.create_timer(self.p("latency_log_period_s"), self._log_latency)
+        self._timers = [self.create_timer(self.p("latency_log_period_s"), self._log_latency)]
+        if self.p("replan_period_s") > 0:
+            self._timers.append(self.create_timer(self.p("replan_period_s"), self._on_timer,
+                                                  callback_group=MutuallyExclusiveCallbackGroup()))
+        self.active = True
         return super().on_activate(state)
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        for timer in (self._timer, self._latency_timer):
+        self.active = False
+        for timer in self._timers:
             self.destroy_timer(timer)
         return super().on_deactivate(state)
 
@@ -128,6 +133,8 @@ class PolicyNode(LifecycleNode):
     # ---------------------------------------------------------------- inputs
     def _on_image(self, msg: Image) -> None:
         self._image = msg
+        if self.active and self.p("replan_period_s") == 0:
+            self._on_timer()
 
     def _on_ee_pose(self, msg: PoseStamped) -> None:
         p, q = msg.pose.position, msg.pose.orientation
