@@ -1,0 +1,689 @@
+"""Action-chunk executor: ActionChunk -> safety filter -> the robot's standard command interface.
+
+A thin rclpy adapter around :mod:`prophrl_policy.safety` (all limit logic lives there).
+
+Run: ``ros2 run prophrl_policy executor_node --ros-args -p robot:=panda_sim`` (or the console
+script ``executor_node``, or ``python -m prophrl_policy.executor_node``); params file:
+``config/nodes/executor_node.yaml``.
+
+It is a lifecycle node (Nav2 style). With ``autostart`` (default true) it configures and
+activates itself, so it works without a lifecycle manager; if that fails (e.g. an unknown
+``robot``) it logs one clear error and the process exits with status 2.
+
+Interfaces (defaults):
+
+* subscribes ``/prophrl/action_chunk`` (prophrl_msgs/ActionChunk, reliable): a valid chunk
+  replaces the one being executed (receding horizon) and is executed from its step 0, one step
+  per ``max(chunk.control_period_s, robot.control_period_s)``; a malformed one is rejected with
+  one warning and counted (``rejected_chunks``).
+* subscribes the robot's ``ee_pose_topic`` (geometry_msgs/PoseStamped) and ``/joint_states``
+  (sensor_msgs/JointState, mapped by name, extra joints ignored) as the current state.
+* subscribes ``/prophrl/estop`` (std_msgs/Bool; TRANSIENT_LOCAL and VOLATILE subscriptions so both
+  latched and plain publishers reach it): True latches the e-stop (immediate hold, chunks dropped);
+  only the ``~/reset_estop`` service (std_srvs/Trigger) releases it.
+* publishes, by the robot's ``command_interface``:
+  ``twist``: geometry_msgs/TwistStamped on ``twist_topic`` (velocity = filtered delta / step
+  duration, frame ``base_frame``) and std_msgs/Float64 on ``gripper_topic`` (0 open .. 1 closed);
+  ``joint_trajectory``: trajectory_msgs/JointTrajectory on ``joint_trajectory_topic`` (one point,
+  ``time_from_start`` = step duration). ``joint_position`` chunks are sent as JointTrajectory on
+  every robot; ``ee_delta`` chunks on a joint_trajectory robot need moveit_py (IK), else rejected.
+* watchdog: once the chunk is exhausted and no new chunk came within the robot's
+  ``watchdog_timeout_s`` of the last executed step, one hold (zero twist / JointTrajectory at the
+  measured joint positions) per stop.
+* ``/diagnostics`` (diagnostic_msgs/DiagnosticArray) every ``diagnostics_period_s``: status
+  ``"<node name>: safety"`` with every counter, and the same counters as JSON (std_msgs/String)
+  on ``~/safety_counters``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import signal
+import sys
+import threading
+import time
+import traceback
+from typing import Any
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from geometry_msgs.msg import PoseStamped, TwistStamped
+from prophrl_msgs.msg import ActionChunk
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.duration import Duration
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
+                       qos_profile_sensor_data)
+from rclpy.signals import SignalHandlerOptions
+from sensor_msgs.msg import JointState
+from std_msgs.msg import Bool, Float64, String
+from std_srvs.srv import Trigger
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+from prophrl_common.chunks import InvalidChunkError, chunk_to_array
+from prophrl_common.config_io import ConfigError
+from prophrl_common.robots import RobotConfig, load_robot_config
+from prophrl_policy.safety import SafetyFilter, Watchdog
+
+EE_SPACES = ("ee_delta_7d", "ee_delta_14d")
+NODE_COUNTERS = (
+    "received_chunks",       # every ActionChunk that arrived
+    "accepted_chunks",       # valid chunks that started executing
+    "rejected_chunks",       # malformed / incompatible chunks (one warning each)
+    "estop_dropped_chunks",  # chunks dropped while the e-stop was engaged
+    "inactive_dropped_chunks",  # chunks that arrived while the node was not active
+    "preempted_chunks",      # chunks replaced by a newer one before their last step
+    "completed_chunks",      # chunks executed to their last step
+    "executed_steps",        # steps taken (commands and per-step holds)
+    "hold_commands",         # hold commands published (per-step, watchdog, e-stop, deactivate)
+    "watchdog_holds",        # holds commanded by the watchdog
+    "estop_engagements",     # times the e-stop latched
+    "estop_resets",          # times ~/reset_estop released it
+    "callback_errors",       # unexpected exceptions caught by the spin loop (each followed by a hold)
+)
+
+
+# ------------------------------------------------------------------------------ small helpers
+def _quat_mul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Hamilton product of (x, y, z, w) quaternions."""
+    ax, ay, az, aw = a
+    bx, by, bz, bw = b
+    return np.array([aw * bx + ax * bw + ay * bz - az * by,
+                     aw * by - ax * bz + ay * bw + az * bx,
+                     aw * bz + ax * by - ay * bx + az * bw,
+                     aw * bw - ax * bx - ay * by - az * bz])
+
+
+def _quat_from_rotvec(rv: np.ndarray) -> np.ndarray:
+    angle = float(np.linalg.norm(rv))
+    if angle < 1e-12:
+        return np.array([0.0, 0.0, 0.0, 1.0])
+    axis = rv / angle
+    s = math.sin(angle / 2.0)
+    return np.array([axis[0] * s, axis[1] * s, axis[2] * s, math.cos(angle / 2.0)])
+
+
+def moveit_py_available() -> bool:
+    try:
+        return importlib.util.find_spec("moveit") is not None and \
+            importlib.util.find_spec("moveit.planning") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+class MoveItIkBackend:
+    """End-effector deltas -> joint targets with moveit_py's IK (only where moveit_py exists).
+
+    Uses moveit_py's documented API: ``moveit.planning.MoveItPy`` for the robot model and
+    ``moveit.core.robot_state.RobotState`` (``joint_positions``, ``update``, ``get_pose``,
+    ``set_from_ik``). MoveItPy reads robot_description / SRDF / kinematics from its parameters,
+    so start this node from a launch file that passes the MoveIt config (moveit_configs_utils'
+    ``MoveItConfigsBuilder(...).to_dict()``) as parameters. The returned joint targets still go
+    through the joint safety filter (limits + per-step rate).
+    """
+
+    def __init__(self, robot: RobotConfig, group: str, ik_timeout_s: float, node_name: str):
+        from moveit.core.robot_state import RobotState  # noqa: PLC0415 (optional dependency)
+        from moveit.planning import MoveItPy  # noqa: PLC0415
+
+        self._RobotState = RobotState
+        self._moveit = MoveItPy(node_name=node_name)
+        self._model = self._moveit.get_robot_model()
+        self._robot = robot
+        self._group = group
+        self._timeout = float(ik_timeout_s)
+
+    def _state(self, joints: np.ndarray):
+        state = self._RobotState(self._model)
+        state.joint_positions = {n: float(v) for n, v in zip(self._robot.joint_names, joints)}
+        state.update()
+        return state
+
+    def ee_position(self, joints: np.ndarray) -> np.ndarray:
+        pose = self._state(joints).get_pose(self._robot.ee_frame)
+        return np.array([pose.position.x, pose.position.y, pose.position.z])
+
+    def solve(self, joints: np.ndarray, delta: np.ndarray) -> np.ndarray | None:
+        """Joint positions reaching ``current ee pose (+) delta`` (base frame), or None."""
+        state = self._state(joints)
+        pose = state.get_pose(self._robot.ee_frame)
+        q = np.array([pose.orientation.x, pose.orientation.y, pose.orientation.z, pose.orientation.w])
+        q = _quat_mul(_quat_from_rotvec(np.asarray(delta[3:6], dtype=np.float64)), q)
+        q /= np.linalg.norm(q)
+        pose.position.x += float(delta[0])
+        pose.position.y += float(delta[1])
+        pose.position.z += float(delta[2])
+        pose.orientation.x, pose.orientation.y, pose.orientation.z, pose.orientation.w = (float(v) for v in q)
+        if not state.set_from_ik(self._group, pose, self._robot.ee_frame, self._timeout):
+            return None
+        solved = state.joint_positions
+        return np.array([solved[n] for n in self._robot.joint_names], dtype=np.float64)
+
+
+# ------------------------------------------------------------------------------ the node
+class ExecutorNode(LifecycleNode):
+    """Executes ActionChunks on one robot through :class:`SafetyFilter`."""
+
+    def __init__(self, node_name: str = "executor_node", **kwargs: Any):
+        super().__init__(node_name, **kwargs)
+        dyn = ParameterDescriptor(dynamic_typing=True)
+        self.declare_parameter("robot", "panda_sim",
+                               ParameterDescriptor(description="robot name in config/robots or a YAML path"))
+        self.declare_parameter("action_chunk_topic", "/prophrl/action_chunk")
+        self.declare_parameter("joint_states_topic", "/joint_states")
+        self.declare_parameter("estop_topic", "/prophrl/estop")
+        self.declare_parameter("diagnostics_period_s", 1.0, dyn)
+        self.declare_parameter("state_timeout_s", 0.5, ParameterDescriptor(
+            dynamic_typing=True,
+            description="hold when the current ee pose / joint state is older than this (0: no check)"))
+        self.declare_parameter("autostart", True)
+        self.declare_parameter("moveit_planning_group", "", ParameterDescriptor(
+            description="MoveIt planning group for ee_delta chunks on joint_trajectory robots (needs moveit_py)"))
+        self.declare_parameter("ik_timeout_s", 0.02, dyn)
+        self._entities: list[Any] = []
+        self._active = False
+        self.robot: RobotConfig | None = None
+        self.filter: SafetyFilter | None = None
+        self.watchdog: Watchdog | None = None
+        self._moveit: MoveItIkBackend | None = None
+        self._counters = {k: 0 for k in NODE_COUNTERS}
+        self._reset_runtime_state()
+
+    @property
+    def autostart(self) -> bool:
+        return bool(self.get_parameter("autostart").value)
+
+    def _reset_runtime_state(self) -> None:
+        self._chunk: np.ndarray | None = None
+        self._chunk_space = ""
+        self._chunk_dt = 0.0
+        self._chunk_index = 0
+        self._chunk_version = 0
+        self._next_due = 0.0
+        self._last_step_time: float | None = None
+        self._last_mode: str | None = None  # "twist" | "joint"
+        self._last_joint_cmd: np.ndarray | None = None
+        self._ee_pos: np.ndarray | None = None
+        self._ee_time: float | None = None
+        self._joints: np.ndarray | None = None
+        self._joint_time: float | None = None
+        self._state = "idle"
+
+    # ---------------------------------------------------------------- parameters
+    def _number(self, name: str, minimum: float, allow_zero: bool = False) -> float:
+        value = self.get_parameter(name).value
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"parameter {name} must be a number, got {value!r}")
+        value = float(value)
+        ok = math.isfinite(value) and (value >= minimum if allow_zero else value > minimum)
+        if not ok:
+            raise ConfigError(f"parameter {name} must be {'>=' if allow_zero else '>'} {minimum}, got {value}")
+        return value
+
+    def _read_parameters(self) -> None:
+        robot = self.get_parameter("robot").value
+        if not isinstance(robot, str) or not robot:
+            raise ConfigError(f"parameter robot must be a non-empty string, got {robot!r}")
+        self.robot = load_robot_config(robot)  # ConfigError names the available robots
+        for name in ("action_chunk_topic", "joint_states_topic", "estop_topic", "moveit_planning_group"):
+            value = self.get_parameter(name).value
+            if not isinstance(value, str) or (not value and name != "moveit_planning_group"):
+                raise ConfigError(f"parameter {name} must be a non-empty string, got {value!r}")
+        self.diagnostics_period_s = self._number("diagnostics_period_s", 0.0)
+        self.state_timeout_s = self._number("state_timeout_s", 0.0, allow_zero=True)
+        self.ik_timeout_s = self._number("ik_timeout_s", 0.0)
+
+    # ---------------------------------------------------------------- lifecycle
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            self._read_parameters()
+        except ConfigError as exc:
+            self.get_logger().error(f"cannot configure: {exc}")
+            return TransitionCallbackReturn.FAILURE
+        robot = self.robot
+        was_estopped = self.filter is not None and self.filter.estopped
+        self.filter = SafetyFilter(robot)
+        if was_estopped:  # a cleanup/configure cycle never releases the e-stop; only ~/reset_estop does
+            self.filter.engage_estop()
+        self.watchdog = Watchdog(robot.watchdog_timeout_s)
+        self._joint_index = {n: i for i, n in enumerate(robot.joint_names)}
+        self._reset_runtime_state()
+        try:
+            self._create_entities()
+        except Exception as exc:  # e.g. an invalid topic name
+            self.get_logger().error(f"cannot configure: {exc}")
+            self._destroy_entities()
+            return TransitionCallbackReturn.FAILURE
+        self._moveit = None
+        if robot.command_interface == "joint_trajectory":
+            group = self.get_parameter("moveit_planning_group").value
+            if moveit_py_available() and group:
+                try:
+                    self._moveit = MoveItIkBackend(robot, group, self.ik_timeout_s, f"{self.get_name()}_moveit_py")
+                except Exception as exc:  # misconfigured MoveIt: ee chunks will be rejected
+                    self.get_logger().warning(
+                        f"moveit_py present but unusable ({exc}); ee_delta chunks will be rejected")
+        self.get_logger().info(
+            f"configured for robot {robot.name} ({robot.command_interface}); chunks on "
+            f"{self.get_parameter('action_chunk_topic').value}, e-stop on {self.get_parameter('estop_topic').value}")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._active = True
+        self._state = "estop" if self.filter.estopped else "idle"
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._drop_chunk()
+        if self._state == "executing":
+            self._publish_hold("deactivate")
+        self._active = False
+        self._state = "inactive"
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._destroy_entities()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        if self._active and self._state == "executing":
+            self._publish_hold("shutdown")
+        self._active = False
+        self._destroy_entities()
+        return TransitionCallbackReturn.SUCCESS
+
+    def _create_entities(self) -> None:
+        robot = self.robot
+        p = self.get_parameter
+        reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        self._twist_pub = self.create_publisher(TwistStamped, robot.twist_topic, reliable)
+        self._gripper_pub = self.create_publisher(Float64, robot.gripper_topic, reliable)
+        self._traj_pub = self.create_publisher(JointTrajectory, robot.joint_trajectory_topic, reliable)
+        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", reliable)
+        self._counters_pub = self.create_publisher(String, "~/safety_counters", reliable)
+        chunk_qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
+        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL, history=HistoryPolicy.KEEP_LAST)
+        volatile = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        self._entities = [
+            self._twist_pub, self._gripper_pub, self._traj_pub, self._diag_pub, self._counters_pub,
+            self.create_subscription(ActionChunk, p("action_chunk_topic").value, self._on_chunk, chunk_qos),
+            self.create_subscription(PoseStamped, robot.ee_pose_topic, self._on_ee_pose, qos_profile_sensor_data),
+            self.create_subscription(JointState, p("joint_states_topic").value, self._on_joint_state,
+                                     qos_profile_sensor_data),
+            # Latched publishers (the e-stop contract) and plain ones (`ros2 topic pub`) both match one of these.
+            self.create_subscription(Bool, p("estop_topic").value, self._on_estop, latched),
+            self.create_subscription(Bool, p("estop_topic").value, self._on_estop, volatile),
+            self.create_service(Trigger, "~/reset_estop", self._on_reset_estop),
+        ]
+        self._step_period = robot.control_period_s
+        self._watchdog_period = min(max(robot.watchdog_timeout_s / 10.0, 0.005), robot.control_period_s)
+        self._entities += [
+            self.create_timer(self._step_period, self._on_step_timer),
+            self.create_timer(self._watchdog_period, self._on_watchdog_timer),
+            self.create_timer(self.diagnostics_period_s, self._publish_diagnostics),
+        ]
+
+    def _destroy_entities(self) -> None:
+        for entity in self._entities:
+            kind = type(entity).__name__
+            destroy = {"Publisher": self.destroy_publisher, "Subscription": self.destroy_subscription,
+                       "Service": self.destroy_service, "Timer": self.destroy_timer}.get(kind)
+            if destroy is not None:
+                destroy(entity)
+        self._entities = []
+
+    # ---------------------------------------------------------------- state inputs
+    def _on_ee_pose(self, msg: PoseStamped) -> None:
+        p = msg.pose.position
+        self._ee_pos = np.array([p.x, p.y, p.z], dtype=np.float64)
+        self._ee_time = time.monotonic()
+
+    def _on_joint_state(self, msg: JointState) -> None:
+        if len(msg.position) != len(msg.name):
+            return
+        joints = np.full(len(self._joint_index), np.nan) if self._joints is None else self._joints.copy()
+        seen = False
+        for name, pos in zip(msg.name, msg.position):
+            i = self._joint_index.get(name)
+            if i is not None:  # extra joints (gripper fingers, ...) are ignored
+                joints[i] = pos
+                seen = True
+        if seen:
+            self._joints = joints
+            self._joint_time = time.monotonic()
+
+    def _fresh(self, value: np.ndarray | None, stamp: float | None, now: float) -> np.ndarray | None:
+        if value is None or stamp is None:
+            return None
+        if self.state_timeout_s > 0 and now - stamp > self.state_timeout_s:
+            return None
+        return value
+
+    # ---------------------------------------------------------------- chunks
+    def _reject(self, msg: ActionChunk, reason: str) -> None:
+        self._counters["rejected_chunks"] += 1
+        self.get_logger().warning(
+            f"rejected ActionChunk (action_space={msg.action_space!r}, policy_version={msg.policy_version}): {reason}")
+
+    def _on_chunk(self, msg: ActionChunk) -> None:
+        self._counters["received_chunks"] += 1
+        if self.filter is None or not self._active:
+            self._counters["inactive_dropped_chunks"] += 1
+            return
+        if self.filter.estopped:
+            self._counters["estop_dropped_chunks"] += 1
+            self.get_logger().warning("e-stop engaged: dropping ActionChunk (call ~/reset_estop to release)",
+                                      throttle_duration_sec=2.0)
+            return
+        try:
+            actions = chunk_to_array(msg).astype(np.float64)
+        except InvalidChunkError as exc:
+            self._reject(msg, str(exc))
+            return
+        space = msg.action_space
+        robot = self.robot
+        if space == "ee_delta_14d":
+            if np.any(actions[:, 7:] != 0.0):
+                self._reject(msg, f"ee_delta_14d moves a second end effector; robot {robot.name} has one arm")
+                return
+            actions, space = actions[:, :7], "ee_delta_7d"
+        if space == "ee_delta_7d" and robot.command_interface == "joint_trajectory" and self._moveit is None:
+            self._reject(msg, f"robot {robot.name} uses command_interface joint_trajectory, and ee_delta chunks "
+                              "need moveit_py IK (not importable here, or moveit_planning_group unset); "
+                              "send joint_position chunks to this robot")
+            return
+        if space == "joint_position" and actions.shape[1] != robot.num_joints:
+            self._reject(msg, f"joint_position chunk has action_dim {actions.shape[1]} but robot {robot.name} "
+                              f"has {robot.num_joints} joints {list(robot.joint_names)}")
+            return
+        if self._chunk is not None and self._chunk_index < len(self._chunk):
+            self._counters["preempted_chunks"] += 1
+        self._counters["accepted_chunks"] += 1
+        self._chunk, self._chunk_space, self._chunk_index = actions, space, 0
+        self._chunk_dt = self.filter.effective_dt(msg.control_period_s)
+        self._chunk_version = int(msg.policy_version)
+        self._state = "executing"
+        now = time.monotonic()
+        # Low latency when idle; never faster than one step per step duration.
+        if self._last_step_time is None or now - self._last_step_time >= self._chunk_dt:
+            self._execute_step(now)
+
+    def _drop_chunk(self) -> None:
+        self._chunk = None
+        self._chunk_index = 0
+
+    def _on_step_timer(self) -> None:
+        if not self._active or self._chunk is None or self._chunk_index >= len(self._chunk):
+            return
+        now = time.monotonic()
+        if now >= self._next_due:
+            self._execute_step(now)
+
+    def _execute_step(self, now: float) -> None:
+        row = self._chunk[self._chunk_index]
+        self._chunk_index += 1
+        dt = self._chunk_dt
+        # Due one step later; half a timer period early is fine (the timer ticks at the control period).
+        self._next_due = now + dt - 0.5 * min(self._step_period, dt)
+        self._last_step_time = now
+        self._counters["executed_steps"] += 1
+        if self._chunk_space == "joint_position":
+            self._step_joint(row, dt, now)
+        elif self.robot.command_interface == "twist":
+            self._step_ee_twist(row, dt, now)
+        else:
+            self._step_ee_moveit(row, dt, now)
+        self.watchdog.step_executed(now)
+        if self._chunk_index >= len(self._chunk):
+            self._counters["completed_chunks"] += 1
+
+    def _log_hold(self, reasons: tuple[str, ...]) -> None:
+        self.get_logger().warning(f"safety hold: {', '.join(reasons)}", throttle_duration_sec=1.0)
+
+    def _step_ee_twist(self, row: np.ndarray, dt: float, now: float) -> None:
+        result = self.filter.filter_ee_delta(row, self._fresh(self._ee_pos, self._ee_time, now))
+        self._last_mode = "twist"
+        if result.hold:
+            self._log_hold(result.reasons)
+            self._publish_zero_twist()
+            self._state = "holding"
+            return
+        linear, angular = self.filter.twist_from_delta(result.command, dt)
+        self._publish_twist(linear, angular)
+        self._gripper_pub.publish(Float64(data=float(result.command[6])))
+        self._state = "executing"
+
+    def _step_ee_moveit(self, row: np.ndarray, dt: float, now: float) -> None:
+        joints = self._fresh(self._joints, self._joint_time, now)
+        ee = self._fresh(self._ee_pos, self._ee_time, now)
+        if ee is None and joints is not None and np.all(np.isfinite(joints)):
+            try:
+                ee = self._moveit.ee_position(joints)
+            except Exception as exc:  # noqa: BLE001 (never crash on a solver error)
+                self.get_logger().warning(f"moveit_py forward kinematics failed: {exc}", throttle_duration_sec=1.0)
+        result = self.filter.filter_ee_delta(row, ee)
+        target = None
+        if not result.hold and joints is not None and np.all(np.isfinite(joints)):
+            try:
+                target = self._moveit.solve(joints, result.command)
+            except Exception as exc:  # noqa: BLE001
+                self.get_logger().warning(f"moveit_py IK failed: {exc}", throttle_duration_sec=1.0)
+            if target is None:
+                self.get_logger().warning("no IK solution for the filtered ee step: holding", throttle_duration_sec=1.0)
+        if target is None:
+            self._log_hold(result.reasons or ("no_ik",))
+            self._publish_joint_hold()
+            self._last_joint_cmd = None
+            self._state = "holding"
+            return
+        self._step_joint(target, dt, now)
+        self._gripper_pub.publish(Float64(data=float(result.command[6])))
+
+    def _step_joint(self, row: np.ndarray, dt: float, now: float) -> None:
+        current = self._fresh(self._joints, self._joint_time, now)
+        reference = None
+        if (self._last_mode == "joint" and self._last_joint_cmd is not None and current is not None
+                and np.all(np.isfinite(current))):
+            # Stream from the last command while the arm tracks it (bounded tracking error),
+            # else restart from the measured position.
+            if np.all(np.abs(self._last_joint_cmd - current) <= 2.0 * self.filter.joint_step_limits(dt)):
+                reference = self._last_joint_cmd
+        result = self.filter.filter_joint_position(row, current, dt, reference=reference)
+        self._last_mode = "joint"
+        if result.hold:
+            self._log_hold(result.reasons)
+            self._publish_joint_hold()
+            self._last_joint_cmd = None
+            self._state = "holding"
+            return
+        self._publish_trajectory(result.command, dt)
+        self._last_joint_cmd = result.command
+        self._state = "executing"
+
+    # ---------------------------------------------------------------- outputs
+    def _publish_twist(self, linear: np.ndarray, angular: np.ndarray) -> None:
+        msg = TwistStamped()
+        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.header.frame_id = self.robot.base_frame
+        msg.twist.linear.x, msg.twist.linear.y, msg.twist.linear.z = (float(v) for v in linear)
+        msg.twist.angular.x, msg.twist.angular.y, msg.twist.angular.z = (float(v) for v in angular)
+        self._twist_pub.publish(msg)
+
+    def _publish_zero_twist(self) -> None:
+        self._counters["hold_commands"] += 1
+        self._publish_twist(np.zeros(3), np.zeros(3))
+
+    def _publish_trajectory(self, positions: np.ndarray, duration_s: float) -> None:
+        msg = JointTrajectory()  # header.stamp zero: start now (JointTrajectoryController semantics)
+        msg.joint_names = list(self.robot.joint_names)
+        point = JointTrajectoryPoint()
+        point.positions = [float(v) for v in positions]
+        point.time_from_start = Duration(seconds=duration_s).to_msg()
+        msg.points = [point]
+        self._traj_pub.publish(msg)
+
+    def _publish_joint_hold(self) -> None:
+        joints = self._joints
+        self._counters["hold_commands"] += 1
+        if joints is None or not np.all(np.isfinite(joints)):
+            # JointTrajectoryController rejects empty trajectories, so there is nothing valid to send.
+            self.get_logger().error("hold requested but the joint positions are unknown: no JointTrajectory sent",
+                                    throttle_duration_sec=1.0)
+            return
+        self._publish_trajectory(joints, self.robot.control_period_s)
+
+    def _publish_hold(self, why: str) -> None:
+        """One hold in every interface this robot was (or may be) commanded through."""
+        if self.robot is None or not self._entities:
+            return
+        if self.robot.command_interface == "twist":
+            self._publish_zero_twist()
+        if self.robot.command_interface == "joint_trajectory" or self._last_mode == "joint":
+            self._publish_joint_hold()
+        self._last_joint_cmd = None
+        self.get_logger().info(f"hold ({why})")
+
+    # ---------------------------------------------------------------- watchdog / e-stop
+    def _on_watchdog_timer(self) -> None:
+        if not self._active or self.filter.estopped:
+            return
+        if self._chunk is not None and self._chunk_index < len(self._chunk):
+            return
+        if self.watchdog.hold_due(time.monotonic()):
+            self._drop_chunk()
+            self._counters["watchdog_holds"] += 1
+            self._publish_hold("watchdog: chunk exhausted and no new chunk")
+            self._state = "holding"
+
+    def _on_estop(self, msg: Bool) -> None:
+        if self.filter is None:
+            return
+        if not msg.data:
+            if self.filter.estopped:
+                self.get_logger().warning(
+                    "e-stop False received: the e-stop stays engaged until ~/reset_estop is called",
+                    throttle_duration_sec=2.0)
+            return
+        if self.filter.estopped:
+            return
+        self.filter.engage_estop()
+        self._counters["estop_engagements"] += 1
+        self._drop_chunk()
+        self._publish_hold("e-stop")
+        self._state = "estop"
+        self.get_logger().error("E-STOP engaged: holding; chunks are dropped until ~/reset_estop")
+
+    def _on_reset_estop(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        if self.filter is None:
+            response.success, response.message = False, "node is not configured"
+            return response
+        if not self.filter.estopped:
+            response.success, response.message = True, "e-stop was not engaged"
+            return response
+        self.filter.reset()
+        self.watchdog.reset()
+        self._counters["estop_resets"] += 1
+        self._last_step_time = None
+        self._state = "idle" if self._active else "inactive"
+        self.get_logger().warning("e-stop released by ~/reset_estop")
+        response.success, response.message = True, "e-stop released"
+        return response
+
+    def on_callback_error(self, trace: str) -> None:
+        """An unexpected exception escaped a callback: drop the chunk, hold, count, log."""
+        self._counters["callback_errors"] += 1
+        self.get_logger().error(f"unexpected error in a callback (chunk dropped, holding):\n{trace}")
+        try:
+            self._drop_chunk()
+            self._publish_hold("internal error")
+            self._state = "holding"
+        except Exception as exc:  # noqa: BLE001
+            self.get_logger().error(f"could not publish the hold: {exc}")
+
+    # ---------------------------------------------------------------- diagnostics
+    def counters(self) -> dict[str, int]:
+        """Every counter: the safety filter's (steps, holds, one per reason) and the node's."""
+        out = dict(self.filter.counters) if self.filter is not None else {}
+        out.update(self._counters)
+        return out
+
+    def _publish_diagnostics(self) -> None:
+        counters = self.counters()
+        status = DiagnosticStatus()
+        status.name = f"{self.get_name()}: safety"
+        status.hardware_id = self.robot.name
+        estopped = self.filter.estopped
+        if estopped:
+            status.level, status.message = DiagnosticStatus.ERROR, "e-stop engaged"
+        elif self._state == "holding":
+            status.level, status.message = DiagnosticStatus.WARN, "holding"
+        else:
+            status.level, status.message = DiagnosticStatus.OK, self._state
+        now = time.monotonic()
+
+        def age(stamp: float | None) -> str:
+            return "never" if stamp is None else f"{now - stamp:.3f}"
+
+        extra = {"state": self._state, "estop": str(estopped).lower(), "robot": self.robot.name,
+                 "command_interface": self.robot.command_interface, "policy_version": str(self._chunk_version),
+                 "ee_pose_age_s": age(self._ee_time), "joint_state_age_s": age(self._joint_time)}
+        status.values = [KeyValue(key=k, value=str(v)) for k, v in counters.items()] + \
+            [KeyValue(key=k, value=v) for k, v in extra.items()]
+        msg = DiagnosticArray()
+        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.status = [status]
+        self._diag_pub.publish(msg)
+        self._counters_pub.publish(String(data=json.dumps({**counters, **extra}, sort_keys=True)))
+
+
+def main(args: list[str] | None = None) -> int:
+    """Run the executor; returns 0 on a clean stop, 2 when it cannot start (bad parameters)."""
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    stop = threading.Event()
+
+    def _request_stop(signum, frame):  # noqa: ARG001
+        stop.set()
+
+    signal.signal(signal.SIGINT, _request_stop)
+    signal.signal(signal.SIGTERM, _request_stop)
+    node = None
+    code = 0
+    try:
+        node = ExecutorNode()
+        if node.autostart:
+            if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+                node.get_logger().error("executor_node failed to configure (see above); exiting")
+                return 2
+            if node.trigger_activate() != TransitionCallbackReturn.SUCCESS:
+                node.get_logger().error("executor_node failed to activate; exiting")
+                return 2
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        while not stop.is_set() and rclpy.ok():
+            try:
+                executor.spin_once(timeout_sec=0.05)
+            except (KeyboardInterrupt, ExternalShutdownException):
+                raise
+            except Exception:  # a bug in a callback: stop the arm, report, keep serving the e-stop
+                node.on_callback_error(traceback.format_exc())
+        if node._active and node._state == "executing":  # a last hold on the way out (SIGINT/SIGTERM)
+            node._publish_hold("shutdown")
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except Exception as exc:  # parameter type errors etc.: one clear line, non-zero exit
+        print(f"executor_node: {type(exc).__name__}: {exc}", file=sys.stderr)
+        code = 2
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
