@@ -18,6 +18,8 @@ setup(
     license="Apache-2.0",
     entry_points={
         "console_scripts": [
+            "executor_node = prophrl_policy.executor_node:main",
+            "recorder_node = prophrl_policy.recorder_node:main",
         ],
     },
 )

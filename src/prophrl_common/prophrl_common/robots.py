@@ -38,8 +38,6 @@ class RobotConfig:
     control_period_s: float
     watchdog_timeout_s: float
     sim_model: str = ""
-    # Finger joints in /joint_states; the policy's gripper state is the sum of their positions.
-    gripper_joint_names: tuple[str, ...] = ()
 
     @property
     def num_joints(self) -> int:

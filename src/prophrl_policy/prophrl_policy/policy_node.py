@@ -25,8 +25,8 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import Image, JointState
-from std_msgs.msg import String
+from sensor_msgs.msg import Image
+from std_msgs.msg import Float64, String
 
 from prophrl_common.chunks import array_to_chunk
 from prophrl_common.config_io import ConfigError
@@ -40,16 +40,18 @@ SENSOR_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT, hist
 LATCHED = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 
-def policy_state(ee_pose: np.ndarray, gripper_opening: float) -> np.ndarray:
-    """The proprio vector the policy sees: ee position (3), ee orientation quaternion xyzw (4), gripper (1)."""
-    return np.concatenate([ee_pose, [gripper_opening]]).astype(np.float32)
+def policy_state(ee_pose: np.ndarray, gripper_command: float) -> np.ndarray:
+    """The proprio vector the policy sees: ee position (3), orientation quaternion xyzw (4), and the
+    gripper command in force (0 open .. 1 closed: what the executor last sent on the gripper topic;
+    offline, the previous step's gripper action)."""
+    return np.concatenate([ee_pose, [gripper_command]]).astype(np.float32)
 
 
 class PolicyNode(LifecycleNode):
     def __init__(self, node_name: str = "policy_node"):
         super().__init__(node_name)
         for name, default in (("checkpoint_path", ""), ("robot", "panda_sim"), ("autostart", True),
-                              ("image_topic", "/camera/image_raw"), ("joint_states_topic", "/joint_states"),
+                              ("image_topic", "/camera/image_raw"),
                               ("instruction_topic", "/prophrl/instruction"), ("instruction", ""),
                               ("action_chunk_topic", "/prophrl/action_chunk"), ("replan_period_s", 0.4),
                               ("mode", "ode"), ("num_steps", 0), ("noise_level", 0.7), ("seed", 0),
@@ -98,7 +100,7 @@ class PolicyNode(LifecycleNode):
             self.create_subscription(Image, self.p("image_topic"), self._on_image, SENSOR_QOS, callback_group=sensors),
             self.create_subscription(PoseStamped, self.robot.ee_pose_topic, self._on_ee_pose, 10,
                                      callback_group=sensors),
-            self.create_subscription(JointState, self.p("joint_states_topic"), self._on_joints, 10,
+            self.create_subscription(Float64, self.robot.gripper_topic, self._on_gripper, 10,
                                      callback_group=sensors),
             self.create_subscription(String, self.p("instruction_topic"), self._on_instruction, LATCHED,
                                      callback_group=sensors),
@@ -141,12 +143,9 @@ class PolicyNode(LifecycleNode):
         self._ee_pose = np.array([p.x, p.y, p.z, q.x, q.y, q.z, q.w])
         self._ee_stamp = time.monotonic()
 
-    def _on_joints(self, msg: JointState) -> None:
-        names = self.robot.gripper_joint_names
-        if names:
-            positions = dict(zip(msg.name, msg.position))
-            if all(n in positions for n in names):
-                self._gripper = float(sum(positions[n] for n in names))
+    def _on_gripper(self, msg: Float64) -> None:
+        if np.isfinite(msg.data):
+            self._gripper = float(msg.data)
 
     def _on_instruction(self, msg: String) -> None:
         self.instruction = msg.data

@@ -1,0 +1,189 @@
+"""Supervised fine-tuning of the VLA policy on demonstrations (bags2dataset shards), flow-matching loss.
+
+Targets: for the camera frame at step i of an episode, the chunk of the H actions executed from
+that frame on, actions[i : i + H] (the dataset's per-frame executed actions; the camera runs at the
+control rate). Past the episode's end the chunk is padded with zero motion and the last gripper
+command. The proprio state is the end-effector pose (7) and the gripper command in force, i.e. the
+previous step's gripper action (0 = open at the first frame), the same as the policy node reads
+from the executor's gripper topic.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from prophrl_common.config_io import ConfigError
+from prophrl_policy.configuration_vla import VLAConfig
+from prophrl_policy.modeling_vla import Observation, VLAPolicy
+from prophrl_policy.transforms import NormStats
+
+SHARD_FORMAT = "prophrl-samples-v1"
+
+
+@dataclasses.dataclass(frozen=True)
+class SFTConfig:
+    steps: int = 2000
+    batch_size: int = 32
+    learning_rate: float = 3e-4
+    weight_decay: float = 1e-4
+    warmup_steps: int = 100
+    grad_clip: float = 1.0
+    seed: int = 0
+    log_every: int = 50
+    only_successful: bool = True     # behaviour cloning from successful demonstrations
+    max_pixel_shift: int = 4         # random-shift augmentation (DrQ-style), pixels at image_size
+
+
+@dataclasses.dataclass
+class DemoData:
+    frames: np.ndarray         # (N, H, W, 3) uint8
+    states: np.ndarray         # (N, 8) float32
+    chunks: np.ndarray         # (N, horizon, 7) float32
+    instructions: list[str]
+    episode_index: np.ndarray  # (N,) int
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+
+def policy_states(ee_pose: np.ndarray, actions: np.ndarray) -> np.ndarray:
+    """(N, 8): ee pose and the gripper command in force (previous step's gripper action)."""
+    gripper = np.concatenate([[0.0], actions[:-1, 6]]).astype(np.float32)
+    return np.concatenate([ee_pose.astype(np.float32), gripper[:, None]], axis=1)
+
+
+def target_chunks(actions: np.ndarray, horizon: int) -> np.ndarray:
+    """(N, horizon, 7): actions[i : i + horizon], padded with zero motion and the last gripper value."""
+    n = len(actions)
+    pad = np.zeros((horizon, actions.shape[1]), np.float32)
+    pad[:, 6] = actions[-1, 6]
+    padded = np.concatenate([actions.astype(np.float32), pad])
+    return np.stack([padded[i:i + horizon] for i in range(n)])
+
+
+def load_demonstrations(dataset_dir: str | Path, horizon: int, only_successful: bool = True) -> DemoData:
+    dataset_dir = Path(dataset_dir)
+    index_path = dataset_dir / "index.json"
+    try:
+        index = json.loads(index_path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{dataset_dir}: not a bags2dataset output (cannot read index.json: {exc})") from exc
+    if index.get("format") != SHARD_FORMAT:
+        raise ConfigError(f"{index_path}: format {index.get('format')!r}, expected {SHARD_FORMAT!r}")
+    if index.get("action_space") != "ee_delta_7d":
+        raise ConfigError(f"{index_path}: SFT needs ee_delta_7d actions, dataset has {index.get('action_space')!r}")
+    frames, states, chunks, instructions, episode_index = [], [], [], [], []
+    for i, episode in enumerate(index["episodes"]):
+        if only_successful and not episode["success"]:
+            continue
+        with np.load(dataset_dir / episode["shard"], allow_pickle=False) as shard:
+            actions = shard["actions"]
+            frames.append(shard["frames"])
+            states.append(policy_states(shard["ee_pose"], actions))
+            chunks.append(target_chunks(actions, horizon))
+        instructions += [episode["instruction"]] * len(actions)
+        episode_index.append(np.full(len(actions), i))
+    if not frames:
+        raise ConfigError(f"{dataset_dir}: no {'successful ' if only_successful else ''}episodes to learn from")
+    return DemoData(np.concatenate(frames), np.concatenate(states), np.concatenate(chunks), instructions,
+                    np.concatenate(episode_index))
+
+
+class _DemoDataset(Dataset):
+    def __init__(self, data: DemoData):
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int):
+        return (torch.from_numpy(self.data.frames[i]), torch.from_numpy(self.data.states[i]),
+                torch.from_numpy(self.data.chunks[i]), self.data.instructions[i])
+
+
+def _collate(items):
+    frames, states, chunks, instructions = zip(*items)
+    return torch.stack(frames), torch.stack(states), torch.stack(chunks), list(instructions)
+
+
+def random_shift(images: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
+    """Pad by max_shift (replicate) and crop back at a random offset per image."""
+    if max_shift <= 0:
+        return images
+    b, _, h, w = images.shape
+    padded = torch.nn.functional.pad(images, (max_shift,) * 4, mode="replicate")
+    offsets = torch.randint(0, 2 * max_shift + 1, (b, 2), generator=generator)
+    return torch.stack([padded[i, :, y:y + h, x:x + w] for i, (y, x) in enumerate(offsets.tolist())])
+
+
+def to_observation(frames_uint8: torch.Tensor, instructions: list[str], states: torch.Tensor) -> Observation:
+    images = frames_uint8.permute(0, 3, 1, 2).float().div_(255)
+    return Observation(images, instructions, states)
+
+
+def train_sft(data: DemoData, policy_config: VLAConfig, cfg: SFTConfig, out_dir: str | Path,
+              log_dir: str | Path | None = None, show_progress: bool = True) -> tuple[Path, list[float]]:
+    """Train, save the policy (safetensors + JSON + norm stats) to out_dir; return it and the loss curve."""
+    from tqdm import tqdm
+
+    if policy_config.robot_action_dim != 7 or policy_config.state_dim != 8:
+        raise ConfigError("SFT on ee_delta_7d demonstrations needs robot_action_dim 7 and state_dim 8")
+    torch.manual_seed(cfg.seed)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    stats = NormStats.from_data(data.states, data.chunks)
+    policy = VLAPolicy(policy_config, stats)
+    params = [p for p in policy.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / max(cfg.warmup_steps, 1)) *
+        0.5 * (1 + np.cos(np.pi * min(s, cfg.steps) / cfg.steps)))
+    loader = DataLoader(_DemoDataset(data), batch_size=cfg.batch_size, shuffle=True, drop_last=len(data) > cfg.batch_size,
+                        collate_fn=_collate, generator=generator)
+    writer = None
+    if log_dir is not None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(log_dir))
+    losses: list[float] = []
+    step, start = 0, time.time()
+    policy.train()
+    with tqdm(total=cfg.steps, desc="policy sft", unit="step", disable=not show_progress) as bar:
+        while step < cfg.steps:
+            for frames, states, chunks, instructions in loader:
+                obs = to_observation(frames, instructions, states)
+                size = policy_config.image_size
+                obs.images = torch.nn.functional.interpolate(obs.images, size=(size, size), mode="bilinear",
+                                                             align_corners=False)
+                obs.images = random_shift(obs.images, cfg.max_pixel_shift, generator)
+                loss = policy.compute_loss(obs, chunks, generator=generator)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                optimizer.step()
+                schedule.step()
+                losses.append(loss.item())
+                step += 1
+                bar.update(1)
+                if step % cfg.log_every == 0 or step == cfg.steps:
+                    recent = float(np.mean(losses[-cfg.log_every:]))
+                    bar.set_postfix(loss=f"{recent:.4f}")
+                    if writer is not None:
+                        writer.add_scalar("sft/loss", recent, step)
+                        writer.add_scalar("sft/lr", schedule.get_last_lr()[0], step)
+                if step >= cfg.steps:
+                    break
+    if writer is not None:
+        writer.add_scalar("sft/wall_time_s", time.time() - start, step)
+        writer.close()
+    path = policy.eval().save_pretrained(out_dir)
+    (Path(path) / "sft.json").write_text(json.dumps({"sft_config": dataclasses.asdict(cfg), "num_samples": len(data),
+                                                     "final_loss": float(np.mean(losses[-cfg.log_every:]))},
+                                                    indent=2))
+    return Path(path), losses

@@ -1,0 +1,661 @@
+"""rosbag2 episodes -> aligned training samples: numpy shards, and a LeRobot v3 export.
+
+Alignment (one sample per camera frame, all times are the recorder's receive times, MCAP log_time,
+so every stream is on one clock even when the sources stamp headers with different clocks):
+
+- ``frame``: the image as (H, W, 3) uint8 RGB;
+- ``joint_positions``: the latest JointState at or before the frame, in the robot config's joint
+  order (by name; extra joints ignored, missing ones are an error);
+- ``ee_pose``: the latest end-effector PoseStamped (x y z qx qy qz qw);
+- ``action_chunk``: the latest ActionChunk at or before the frame as (horizon, action_dim), and
+  ``chunk_step``: the step of that chunk due at the frame, floor(elapsed / control_period_s),
+  clipped to the last step when the chunk has run out (the executor holds until the next chunk);
+- the episode's ``instruction`` and ``success`` (bag custom_data, else the recorded instruction
+  topic / a SUCCESS EpisodeEvent).
+
+Frames before the first chunk, joint state and pose have no action or state and are dropped
+(counted as ``skipped_frames``). Every chunk of the whole dataset must share action_space,
+horizon and action_dim, and every frame one image size; anything else is a :class:`BagError`
+naming the bag.
+
+Output (written into a temporary sibling directory and renamed into place only when everything
+succeeded, so an error leaves no output directory behind)::
+
+    OUT/index.json                   dataset + per-episode metadata (no pickle anywhere)
+    OUT/shards/episode_000000.npz    frames, frame_times_ns, joint_positions, ee_pose, state,
+                                     action_chunks, chunk_steps, actions (np.load(allow_pickle=False))
+    OUT/lerobot/                     with lerobot=True: a LeRobot v3.0 dataset
+
+The LeRobot v3.0 layout is written with pyarrow + PyAV (``lerobot`` needs torchvision, which does not
+install here). It follows LeRobot's own writer (``lerobot/datasets/utils.py`` and
+``dataset_metadata.py`` of huggingface/lerobot at codebase v3.0, and the LeRobotDataset v3.0 blog
+post): ``meta/info.json`` (codebase_version "v3.0", features incl. the default timestamp /
+frame_index / episode_index / index / task_index, fps, splits, data_path / video_path templates,
+chunks_size, *_files_size_in_mb), ``meta/stats.json`` (min / max / mean / std / count per feature,
+images per channel in [0, 1] with shape (3, 1, 1)), ``meta/tasks.parquet`` (task_index, indexed by
+task, with the pandas index metadata LeRobot's ``pd.read_parquet`` expects),
+``meta/episodes/chunk-000/file-000.parquet`` (episode_index, tasks, length, data/*, videos/*/*,
+dataset_from_index / dataset_to_index, meta/episodes/*, stats/*/*, plus our ``success``),
+``data/chunk-000/file-000.parquet`` (one row per frame) and
+``videos/observation.images.<camera>/chunk-000/file-000.mp4`` (all episodes back to back, yuv420p,
+GOP 2, LeRobot's default libsvtav1 unless another codec is asked for). ``observation.state`` is the
+joint positions + ee pose, ``action`` the chunk step due at the frame, the task the instruction, and
+``observation.images.<camera>`` is named after the image topic's first segment. Frame timestamps are
+frame_index / fps, the convention LeRobot's video decoding relies on; everything goes to file 000
+(LeRobot's size-based file rollover is not needed to read the dataset).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import os
+import secrets
+import shutil
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from prophrl_common.bags import Bag, BagError, discover_bags, open_bag
+from prophrl_common.chunks import InvalidChunkError, chunk_to_array
+from prophrl_common.config_io import ConfigError
+from prophrl_common.images import ImageConversionError, to_rgb8
+from prophrl_common.robots import RobotConfig, load_robot_config
+
+SHARD_FORMAT = "prophrl-samples-v1"
+EE_POSE_NAMES = ("ee_x", "ee_y", "ee_z", "ee_qx", "ee_qy", "ee_qz", "ee_qw")
+EE_DELTA_NAMES = ("dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper")
+LEROBOT_CODEBASE_VERSION = "v3.0"
+LEROBOT_DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
+LEROBOT_VIDEO_PATH = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
+LEROBOT_EPISODES_PATH = "meta/episodes/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
+LEROBOT_DEFAULT_FEATURES = {
+    "timestamp": {"dtype": "float32", "shape": [1], "names": None},
+    "frame_index": {"dtype": "int64", "shape": [1], "names": None},
+    "episode_index": {"dtype": "int64", "shape": [1], "names": None},
+    "index": {"dtype": "int64", "shape": [1], "names": None},
+    "task_index": {"dtype": "int64", "shape": [1], "names": None},
+}
+DEFAULT_VIDEO_CODEC = "libsvtav1"
+STATS_IMAGE_SAMPLES = 100  # frames per episode for image statistics, evenly spaced (LeRobot samples too)
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetTopics:
+    image: str = "/camera/image_raw"
+    joint_states: str = "/joint_states"
+    ee_pose: str = "/prophrl/ee_pose"
+    action_chunk: str = "/prophrl/action_chunk"
+    instruction: str = "/prophrl/instruction"
+    episode: str = "/prophrl/episode"
+
+    @classmethod
+    def for_robot(cls, robot: RobotConfig, image: str = "/camera/image_raw") -> DatasetTopics:
+        return cls(image=image, ee_pose=robot.ee_pose_topic)
+
+    def required(self) -> dict[str, str]:
+        return {
+            self.image: "sensor_msgs/msg/Image",
+            self.joint_states: "sensor_msgs/msg/JointState",
+            self.ee_pose: "geometry_msgs/msg/PoseStamped",
+            self.action_chunk: "prophrl_msgs/msg/ActionChunk",
+        }
+
+    @property
+    def camera_name(self) -> str:
+        """'/camera/image_raw' -> 'camera' (the LeRobot feature is observation.images.<camera_name>)."""
+        return self.image.strip("/").split("/")[0] or "camera"
+
+
+@dataclasses.dataclass
+class EpisodeSamples:
+    """One bag's aligned samples; every array has one row per kept camera frame."""
+
+    bag_path: Path
+    episode_id: str
+    instruction: str
+    task: str
+    success: bool
+    recovered: bool
+    frames: np.ndarray  # (N, H, W, 3) uint8
+    frame_times_ns: np.ndarray  # (N,) int64, receive times
+    joint_positions: np.ndarray  # (N, J) float32, robot joint order
+    ee_pose: np.ndarray  # (N, 7) float32
+    action_chunks: np.ndarray  # (N, horizon, action_dim) float32: the chunk in force at each frame
+    chunk_steps: np.ndarray  # (N,) int32
+    action_space: str
+    control_period_s: float
+    skipped_frames: int
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    @property
+    def state(self) -> np.ndarray:
+        return np.concatenate([self.joint_positions, self.ee_pose], axis=1)
+
+    @property
+    def actions(self) -> np.ndarray:
+        """(N, action_dim): the step of the chunk in force that is due at each frame."""
+        return self.action_chunks[np.arange(len(self)), self.chunk_steps]
+
+    @property
+    def camera_rate_hz(self) -> float | None:
+        if len(self) < 2:
+            return None
+        return 1e9 / float(np.median(np.diff(self.frame_times_ns)))
+
+
+class _ChunkStream:
+    """ActionChunks of one bag, checked for one shape and action space."""
+
+    def __init__(self, bag: Bag):
+        self.bag = bag
+        self.times: list[int] = []
+        self.arrays: list[np.ndarray] = []
+        self.action_space = ""
+        self.control_period_s = 0.0
+
+    def add(self, time_ns: int, msg) -> None:
+        number = len(self.arrays)
+        try:
+            actions = chunk_to_array(msg)
+        except InvalidChunkError as exc:
+            raise BagError(self.bag.path, f"action chunk #{number} (t={time_ns} ns) is invalid: {exc}") from None
+        if self.arrays:
+            first = self.arrays[0]
+            if actions.shape != first.shape or msg.action_space != self.action_space:
+                raise BagError(self.bag.path, f"action chunk #{number} is {msg.action_space} with (horizon,"
+                                              f" action_dim) = {actions.shape}, but earlier chunks are"
+                                              f" {self.action_space} with {first.shape}")
+        else:
+            self.action_space, self.control_period_s = msg.action_space, float(msg.control_period_s)
+        self.times.append(time_ns)
+        self.arrays.append(actions)
+
+
+def _joint_reorder(bag: Bag, robot: RobotConfig, names: Sequence[str], cache: dict) -> np.ndarray:
+    key = tuple(names)
+    if key not in cache:
+        index = {name: i for i, name in enumerate(names)}
+        missing = [name for name in robot.joint_names if name not in index]
+        if missing:
+            raise BagError(bag.path, f"joint_states lack joints {missing} of robot {robot.name}"
+                                     f" (they name {list(names)})")
+        cache[key] = np.array([index[name] for name in robot.joint_names])
+    return cache[key]
+
+
+def _sorted_by_time(times: list[int], values: list) -> tuple[np.ndarray, list]:
+    order = np.argsort(np.asarray(times, dtype=np.int64), kind="stable")
+    return np.asarray(times, dtype=np.int64)[order], [values[i] for i in order]
+
+
+def _truthy(text: str) -> bool:
+    return text.strip().lower() in ("true", "1", "yes")
+
+
+def load_episode(bag_path: str | Path, robot: RobotConfig, topics: DatasetTopics | None = None) -> EpisodeSamples:
+    """Read one bag and align its streams to its camera frames (see the module docstring)."""
+    topics = topics or DatasetTopics.for_robot(robot)
+    bag = open_bag(bag_path)
+    bag.require_topics(topics.required())
+    frame_times, frames = [], []
+    joint_times, joints = [], []
+    pose_times, poses = [], []
+    chunks = _ChunkStream(bag)
+    instructions, success_events = [], 0
+    reorder_cache: dict = {}
+    optional = {topics.instruction: "std_msgs/msg/String", topics.episode: "prophrl_msgs/msg/EpisodeEvent"}
+    wanted = [*topics.required(), *(topic for topic, msgtype in optional.items()
+                                    if topic in bag.topics and bag.topics[topic].msgtype == msgtype)]
+    for message in bag.messages(wanted):
+        msg = bag.deserialize(message)
+        t = message.log_time_ns
+        if message.topic == topics.image:
+            try:
+                frame = to_rgb8(msg)
+            except ImageConversionError as exc:
+                raise BagError(bag.path, f"image at t={t} ns: {exc}") from None
+            if frames and frame.shape != frames[0].shape:
+                raise BagError(bag.path, f"image at t={t} ns is {frame.shape}, earlier ones {frames[0].shape}")
+            frame_times.append(t)
+            frames.append(frame)
+        elif message.topic == topics.joint_states:
+            positions = np.asarray(msg.position, dtype=np.float32)
+            if len(positions) != len(msg.name):
+                raise BagError(bag.path, f"joint_states at t={t} ns have {len(msg.name)} names but"
+                                         f" {len(positions)} positions")
+            joint_times.append(t)
+            joints.append(positions[_joint_reorder(bag, robot, msg.name, reorder_cache)])
+        elif message.topic == topics.ee_pose:
+            p, q = msg.pose.position, msg.pose.orientation
+            pose_times.append(t)
+            poses.append(np.array([p.x, p.y, p.z, q.x, q.y, q.z, q.w], dtype=np.float32))
+        elif message.topic == topics.action_chunk:
+            chunks.add(t, msg)
+        elif message.topic == topics.instruction:
+            instructions.append(msg.data)
+        elif msg.event == msg.SUCCESS:
+            success_events += 1
+
+    frame_times, frames = _sorted_by_time(frame_times, frames)
+    joint_times, joints = _sorted_by_time(joint_times, joints)
+    pose_times, poses = _sorted_by_time(pose_times, poses)
+    chunk_times, chunk_arrays = _sorted_by_time(chunks.times, chunks.arrays)
+    latest = {
+        "joint": np.searchsorted(joint_times, frame_times, side="right") - 1,
+        "pose": np.searchsorted(pose_times, frame_times, side="right") - 1,
+        "chunk": np.searchsorted(chunk_times, frame_times, side="right") - 1,
+    }
+    keep = np.flatnonzero((latest["joint"] >= 0) & (latest["pose"] >= 0) & (latest["chunk"] >= 0))
+    if keep.size == 0:
+        raise BagError(bag.path, f"none of its {len(frames)} camera frames comes after the first action chunk,"
+                                 " joint state and end-effector pose: nothing to align")
+    chunk_index = latest["chunk"][keep]
+    horizon = chunk_arrays[0].shape[0]
+    elapsed_ns = frame_times[keep] - chunk_times[chunk_index]
+    period_ns = chunks.control_period_s * 1e9
+    steps = np.minimum(np.floor(elapsed_ns / period_ns), horizon - 1).astype(np.int32)
+
+    custom = bag.custom_data
+    instruction = custom.get("instruction") or (instructions[-1] if instructions else "")
+    success = _truthy(custom["success"]) if "success" in custom else success_events > 0
+    return EpisodeSamples(
+        bag_path=bag.path,
+        episode_id=custom.get("episode_id") or bag.path.name,
+        instruction=instruction,
+        task=custom.get("task", ""),
+        success=success,
+        recovered=bag.recovered,
+        frames=np.stack([frames[i] for i in keep]),
+        frame_times_ns=frame_times[keep],
+        joint_positions=np.stack([joints[i] for i in latest["joint"][keep]]),
+        ee_pose=np.stack([poses[i] for i in latest["pose"][keep]]),
+        action_chunks=np.stack([chunk_arrays[i] for i in chunk_index]),
+        chunk_steps=steps,
+        action_space=chunks.action_space,
+        control_period_s=chunks.control_period_s,
+        skipped_frames=int(keep[0]),
+    )
+
+
+def _action_names(action_space: str, action_dim: int, robot: RobotConfig) -> list[str]:
+    if action_space == "ee_delta_7d":
+        return list(EE_DELTA_NAMES)
+    if action_space == "ee_delta_14d":
+        return [f"ee{arm}_{name}" for arm in (0, 1) for name in EE_DELTA_NAMES]
+    if action_space == "joint_position" and action_dim == robot.num_joints:
+        return list(robot.joint_names)
+    return [f"action_{i}" for i in range(action_dim)]
+
+
+def _feature_stats(values: np.ndarray) -> dict[str, np.ndarray]:
+    """LeRobot's per-episode stats of a (N, ...) array, reduced over frames."""
+    values = values.astype(np.float64).reshape(len(values), -1)
+    return {"min": values.min(axis=0), "max": values.max(axis=0), "mean": values.mean(axis=0),
+            "std": values.std(axis=0), "count": np.array([len(values)])}
+
+
+def _image_stats(frames: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-channel stats in [0, 1] with LeRobot's (3, 1, 1) shape, over evenly spaced frames."""
+    picked = frames[np.unique(np.linspace(0, len(frames) - 1, STATS_IMAGE_SAMPLES).round().astype(int))]
+    pixels = picked.astype(np.float64).reshape(-1, 3) / 255.0
+    stats = {"min": pixels.min(axis=0), "max": pixels.max(axis=0), "mean": pixels.mean(axis=0),
+             "std": pixels.std(axis=0)}
+    return {**{k: v.reshape(3, 1, 1) for k, v in stats.items()}, "count": np.array([len(picked)])}
+
+
+def _aggregate_stats(per_episode: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Count-weighted mean and pooled variance, as LeRobot's aggregate_stats."""
+    counts = np.array([s["count"][0] for s in per_episode], dtype=np.float64)
+    means = np.stack([s["mean"] for s in per_episode])
+    weights = (counts / counts.sum()).reshape(-1, *([1] * (means.ndim - 1)))
+    mean = (means * weights).sum(axis=0)
+    variance = ((np.stack([s["std"] for s in per_episode]) ** 2 + (means - mean) ** 2) * weights).sum(axis=0)
+    return {"min": np.min([s["min"] for s in per_episode], axis=0),
+            "max": np.max([s["max"] for s in per_episode], axis=0),
+            "mean": mean, "std": np.sqrt(variance), "count": np.array([int(counts.sum())])}
+
+
+def _fixed_size_lists(values: np.ndarray):
+    import pyarrow as pa
+
+    return pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), values.shape[1])
+
+
+class LeRobotV3Writer:
+    """Streams episodes into one LeRobot v3.0 dataset directory (see the module docstring)."""
+
+    def __init__(self, root: Path, *, fps: int, robot: RobotConfig, camera_name: str, image_shape: tuple[int, ...],
+                 action_space: str, action_dim: int, video_codec: str = DEFAULT_VIDEO_CODEC):
+        import av
+
+        height, width = image_shape[:2]
+        if height % 2 or width % 2:
+            raise ValueError(f"LeRobot video export needs an even image size (yuv420p), got {width}x{height}")
+        self.root = root
+        self.fps = fps
+        self.robot = robot
+        self.video_key = f"observation.images.{camera_name}"
+        self.image_shape = image_shape
+        self.state_names = [*robot.joint_names, *EE_POSE_NAMES]
+        self.action_names = _action_names(action_space, action_dim, robot)
+        self.video_codec = video_codec
+        self._video_path = root / LEROBOT_VIDEO_PATH.format(video_key=self.video_key, chunk_index=0, file_index=0)
+        self._video_path.parent.mkdir(parents=True)
+        os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 otherwise prints its whole configuration per file
+        self._container = av.open(str(self._video_path), "w")
+        self._stream = self._container.add_stream(video_codec, rate=fps, options={"g": "2", "crf": "30"})
+        self._stream.width, self._stream.height, self._stream.pix_fmt = width, height, "yuv420p"
+        self._columns: dict[str, list[np.ndarray]] = {name: [] for name in (
+            "observation.state", "action", "timestamp", "frame_index", "episode_index", "index", "task_index")}
+        self._episodes: list[dict] = []
+        self._episode_stats: list[dict[str, dict[str, np.ndarray]]] = []
+        self._tasks: dict[str, int] = {}
+        self._total_frames = 0
+
+    def add_episode(self, episode: EpisodeSamples) -> None:
+        import av
+
+        episode_index, length, first = len(self._episodes), len(episode), self._total_frames
+        task_index = self._tasks.setdefault(episode.instruction, len(self._tasks))
+        for offset, frame in enumerate(episode.frames):
+            video_frame = av.VideoFrame.from_ndarray(frame, format="rgb24")
+            video_frame.pts, video_frame.time_base = first + offset, Fraction(1, self.fps)
+            for packet in self._stream.encode(video_frame):
+                self._container.mux(packet)
+        frame_index = np.arange(length, dtype=np.int64)
+        columns = {
+            "observation.state": episode.state.astype(np.float32),
+            "action": episode.actions.astype(np.float32),
+            "timestamp": (frame_index / self.fps).astype(np.float32),
+            "frame_index": frame_index,
+            "episode_index": np.full(length, episode_index, dtype=np.int64),
+            "index": first + frame_index,
+            "task_index": np.full(length, task_index, dtype=np.int64),
+        }
+        for name, values in columns.items():
+            self._columns[name].append(values)
+        stats = {name: _feature_stats(values) for name, values in columns.items()}
+        stats[self.video_key] = _image_stats(episode.frames)
+        self._episode_stats.append(stats)
+        self._episodes.append({
+            "episode_index": episode_index,
+            "tasks": [episode.instruction],
+            "length": length,
+            "data/chunk_index": 0, "data/file_index": 0,
+            "dataset_from_index": first, "dataset_to_index": first + length,
+            f"videos/{self.video_key}/chunk_index": 0, f"videos/{self.video_key}/file_index": 0,
+            f"videos/{self.video_key}/from_timestamp": first / self.fps,
+            f"videos/{self.video_key}/to_timestamp": (first + length) / self.fps,
+            "meta/episodes/chunk_index": 0, "meta/episodes/file_index": 0,
+            **{f"stats/{feature}/{name}": value.tolist()
+               for feature, feature_stats in stats.items() for name, value in feature_stats.items()},
+            "success": episode.success,
+        })
+        self._total_frames += length
+
+    def close(self) -> None:
+        """Finish the video and write the data, episode, task, stats and info files."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        self._finish_video()
+        data = {name: np.concatenate(parts) for name, parts in self._columns.items()}
+        table = pa.table({name: _fixed_size_lists(values) if values.ndim == 2 else pa.array(values)
+                          for name, values in data.items()})
+        self._write_parquet(pq, table, LEROBOT_DATA_PATH.format(chunk_index=0, file_index=0))
+        self._write_parquet(pq, pa.Table.from_pylist(self._episodes),
+                            LEROBOT_EPISODES_PATH.format(chunk_index=0, file_index=0))
+        self._write_parquet(pq, self._tasks_table(pa), "meta/tasks.parquet")
+        features = list(self._episode_stats[0])
+        stats = {feature: _aggregate_stats([s[feature] for s in self._episode_stats]) for feature in features}
+        self._write_json("meta/stats.json", {feature: {name: value.tolist() for name, value in feature_stats.items()}
+                                             for feature, feature_stats in stats.items()})
+        self._write_json("meta/info.json", self._info())
+
+    def abort(self) -> None:
+        """Release the encoder, best effort: the caller discards the directory anyway."""
+        with contextlib.suppress(Exception):
+            self._finish_video()
+
+    def _finish_video(self) -> None:
+        for packet in self._stream.encode():  # drain the encoder (SVT-AV1 complains when closed without it)
+            self._container.mux(packet)
+        self._container.close()
+
+    def _tasks_table(self, pa):
+        # pandas' own index metadata: LeRobot reads tasks with pd.read_parquet and looks tasks up by index
+        table = pa.table({"task_index": pa.array(list(self._tasks.values()), pa.int64()),
+                          "task": pa.array(list(self._tasks), pa.string())})
+        pandas_metadata = {
+            "index_columns": ["task"],
+            "column_indexes": [{"name": None, "field_name": None, "pandas_type": "unicode", "numpy_type": "object",
+                                "metadata": {"encoding": "UTF-8"}}],
+            "columns": [
+                {"name": "task_index", "field_name": "task_index", "pandas_type": "int64", "numpy_type": "int64",
+                 "metadata": None},
+                {"name": "task", "field_name": "task", "pandas_type": "unicode", "numpy_type": "object",
+                 "metadata": None},
+            ],
+            "creator": {"library": "pyarrow", "version": pa.__version__},
+            "pandas_version": "2.2.3",
+        }
+        return table.replace_schema_metadata({b"pandas": json.dumps(pandas_metadata).encode()})
+
+    def _info(self) -> dict:
+        height, width, channels = self.image_shape
+        features = {
+            "observation.state": {"dtype": "float32", "shape": [len(self.state_names)], "names": self.state_names},
+            "action": {"dtype": "float32", "shape": [len(self.action_names)], "names": self.action_names},
+            self.video_key: {
+                "dtype": "video", "shape": [height, width, channels], "names": ["height", "width", "channels"],
+                "info": {
+                    "video.height": height, "video.width": width,
+                    "video.codec": self._stream.codec_context.codec.canonical_name, "video.pix_fmt": "yuv420p",
+                    "video.is_depth_map": False, "video.fps": self.fps, "video.channels": channels,
+                    "has_audio": False,
+                },
+            },
+            **LEROBOT_DEFAULT_FEATURES,
+        }
+        return {
+            "codebase_version": LEROBOT_CODEBASE_VERSION,
+            "robot_type": self.robot.name,
+            "total_episodes": len(self._episodes),
+            "total_frames": self._total_frames,
+            "total_tasks": len(self._tasks),
+            "chunks_size": 1000,
+            "data_files_size_in_mb": 100,
+            "video_files_size_in_mb": 500,
+            "fps": self.fps,
+            "splits": {"train": f"0:{len(self._episodes)}"},
+            "data_path": LEROBOT_DATA_PATH,
+            "video_path": LEROBOT_VIDEO_PATH,
+            "features": features,
+        }
+
+    def _write_parquet(self, pq, table, relative: str) -> None:
+        path = self.root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(table, path)
+
+    def _write_json(self, relative: str, content: dict) -> None:
+        path = self.root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(content, indent=4))
+
+
+@contextlib.contextmanager
+def _atomic_directory(out: Path, overwrite: bool) -> Iterator[Path]:
+    """A fresh sibling directory that becomes `out` only if the block succeeds; removed otherwise."""
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} already exists (pass overwrite=True / --overwrite to replace it)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.parent / f".{out.name}.partial-{secrets.token_hex(4)}"
+    staging.mkdir()
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if out.exists():
+        retired = out.parent / f".{out.name}.old-{secrets.token_hex(4)}"
+        out.rename(retired)
+        staging.rename(out)
+        shutil.rmtree(retired)
+    else:
+        staging.rename(out)
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSummary:
+    out_dir: Path
+    episodes: int
+    samples: int
+    lerobot_dir: Path | None
+
+
+def bags2dataset(bags: Iterable[str | Path], out_dir: str | Path, robot: RobotConfig | str, *,
+                 topics: DatasetTopics | None = None, lerobot: bool = False, fps: int | None = None,
+                 video_codec: str = DEFAULT_VIDEO_CODEC, overwrite: bool = False,
+                 show_progress: bool = False) -> DatasetSummary:
+    """Convert rosbag2 episodes into training shards (and a LeRobot v3 dataset); all or nothing.
+
+    ``bags``: bag directories / .mcap files, or directories of bags. ``fps`` (LeRobot only) defaults
+    to the first episode's camera rate. Raises BagError naming the bag for malformed input,
+    FileExistsError when ``out_dir`` exists (unless ``overwrite``).
+    """
+    from tqdm import tqdm
+
+    robot = robot if isinstance(robot, RobotConfig) else load_robot_config(robot)
+    topics = topics or DatasetTopics.for_robot(robot)
+    bag_paths = discover_bags(bags)
+    if not bag_paths:
+        raise ValueError("no bags given")
+    out_dir = Path(out_dir)
+    index_episodes: list[dict] = []
+    reference: EpisodeSamples | None = None
+    writer: LeRobotV3Writer | None = None
+    with _atomic_directory(out_dir, overwrite) as staging:
+        (staging / "shards").mkdir()
+        try:
+            for bag_path in tqdm(bag_paths, desc="bags2dataset", unit="bag", disable=not show_progress):
+                episode = load_episode(bag_path, robot, topics)
+                if reference is None:
+                    reference = episode
+                else:
+                    _check_compatible(episode, reference)
+                shard = f"shards/episode_{len(index_episodes):06d}.npz"
+                _write_shard(staging / shard, episode)
+                index_episodes.append({
+                    "shard": shard, "bag": str(bag_path), "episode_id": episode.episode_id,
+                    "instruction": episode.instruction, "task": episode.task, "success": episode.success,
+                    "num_samples": len(episode), "skipped_frames": episode.skipped_frames,
+                    "recovered": episode.recovered,
+                })
+                if lerobot:
+                    if writer is None:
+                        writer = LeRobotV3Writer(
+                            staging / "lerobot", fps=fps or _dataset_fps(episode), robot=robot,
+                            camera_name=topics.camera_name, image_shape=episode.frames.shape[1:],
+                            action_space=episode.action_space, action_dim=episode.action_chunks.shape[2],
+                            video_codec=video_codec)
+                    _check_camera_rate(episode, writer.fps)
+                    writer.add_episode(episode)
+            if writer is not None:
+                writer.close()
+        except BaseException:
+            if writer is not None:
+                writer.abort()
+            raise
+        _write_index(staging / "index.json", robot, topics, reference, index_episodes)
+    samples = sum(e["num_samples"] for e in index_episodes)
+    return DatasetSummary(out_dir, len(index_episodes), samples, out_dir / "lerobot" if lerobot else None)
+
+
+def _check_compatible(episode: EpisodeSamples, reference: EpisodeSamples) -> None:
+    for what, mine, theirs in (
+        ("action_space", episode.action_space, reference.action_space),
+        ("action chunk (horizon, action_dim)", episode.action_chunks.shape[1:], reference.action_chunks.shape[1:]),
+        ("image shape", episode.frames.shape[1:], reference.frames.shape[1:]),
+    ):
+        if mine != theirs:
+            raise BagError(episode.bag_path, f"{what} is {mine}, but {theirs} in the first bag {reference.bag_path}")
+
+
+def _dataset_fps(episode: EpisodeSamples) -> int:
+    rate = episode.camera_rate_hz or 1.0 / episode.control_period_s
+    return max(1, round(rate))
+
+
+def _check_camera_rate(episode: EpisodeSamples, fps: int) -> None:
+    rate = episode.camera_rate_hz
+    if rate is not None and abs(rate - fps) > 0.1 * fps:
+        raise BagError(episode.bag_path, f"its camera runs at {rate:.1f} Hz but the LeRobot dataset is at {fps} fps"
+                                         " (set fps, or convert episodes of different rates separately)")
+
+
+def _write_shard(path: Path, episode: EpisodeSamples) -> None:
+    with path.open("wb") as f:
+        np.savez(f, frames=episode.frames, frame_times_ns=episode.frame_times_ns,
+                 joint_positions=episode.joint_positions, ee_pose=episode.ee_pose, state=episode.state,
+                 action_chunks=episode.action_chunks, chunk_steps=episode.chunk_steps, actions=episode.actions)
+
+
+def _write_index(path: Path, robot: RobotConfig, topics: DatasetTopics, reference: EpisodeSamples,
+                 episodes: list[dict]) -> None:
+    horizon, action_dim = reference.action_chunks.shape[1:]
+    path.write_text(json.dumps({
+        "format": SHARD_FORMAT,
+        "robot": robot.name,
+        "joint_names": list(robot.joint_names),
+        "state_names": [*robot.joint_names, *EE_POSE_NAMES],
+        "action_space": reference.action_space,
+        "action_names": _action_names(reference.action_space, action_dim, robot),
+        "horizon": int(horizon),
+        "action_dim": int(action_dim),
+        "control_period_s": reference.control_period_s,
+        "image_shape": list(reference.frames.shape[1:]),
+        "topics": dataclasses.asdict(topics),
+        "num_samples": sum(e["num_samples"] for e in episodes),
+        "episodes": episodes,
+    }, indent=2))
+
+
+def main_bags2dataset(argv: Sequence[str] | None = None) -> int:
+    """`prophrl bags2dataset`: rosbag2 episodes -> training shards (+ LeRobot v3). Returns the exit status."""
+    parser = argparse.ArgumentParser(
+        prog="prophrl bags2dataset",
+        description="Convert rosbag2 episode bags into aligned training shards (and a LeRobot v3 dataset).")
+    parser.add_argument("--bags", nargs="+", required=True, metavar="DIR_OR_FILE",
+                        help="bag directories or .mcap files, or directories holding bags")
+    parser.add_argument("--out", required=True, type=Path, help="output directory (must not exist)")
+    parser.add_argument("--robot", required=True, help="robot config name (config/robots) or YAML path")
+    parser.add_argument("--lerobot", action="store_true", help="also export a LeRobot v3 dataset to OUT/lerobot")
+    parser.add_argument("--image-topic", default=DatasetTopics.image)
+    parser.add_argument("--fps", type=int, help="LeRobot fps (default: the first episode's camera rate)")
+    parser.add_argument("--video-codec", default=DEFAULT_VIDEO_CODEC, help="PyAV encoder for the LeRobot videos")
+    parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    args = parser.parse_args(argv)
+    try:
+        robot = load_robot_config(args.robot)
+        summary = bags2dataset(args.bags, args.out, robot, topics=DatasetTopics.for_robot(robot, args.image_topic),
+                               lerobot=args.lerobot, fps=args.fps, video_codec=args.video_codec,
+                               overwrite=args.overwrite, show_progress=True)
+    except (BagError, ConfigError, FileExistsError, ValueError) as exc:
+        print(f"bags2dataset: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {summary.samples} samples from {summary.episodes} episodes to {summary.out_dir}"
+          + (f" (LeRobot v3: {summary.lerobot_dir})" if summary.lerobot_dir else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main_bags2dataset())
