@@ -18,6 +18,8 @@ setup(
     license="Apache-2.0",
     entry_points={
         "console_scripts": [
+            "sim_node = prophrl_sim.sim_node:main",
+            "scripted_expert_node = prophrl_sim.scripted_expert_node:main",
         ],
     },
 )

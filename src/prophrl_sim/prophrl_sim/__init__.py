@@ -1,1 +1,5 @@
 """Physics-simulated Franka Panda / UR5e arms (robosuite on MuJoCo) exposing the real drivers' topics."""
+
+# Sim-only ground truth (geometry_msgs/PoseArray, base frame): the task's objects in
+# prophrl_sim.tasks.TASKS[task].object_names order. Real robots have no such topic.
+OBJECT_POSES_TOPIC = "/prophrl/sim/object_poses"

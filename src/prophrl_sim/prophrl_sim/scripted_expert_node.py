@@ -1,0 +1,146 @@
+"""scripted_expert_node: the scripted expert (expert.py) on the sim's ground truth, over ROS.
+
+Run: ``ros2 run prophrl_sim scripted_expert_node --ros-args -p robot:=panda_sim -p task:=lift``
+
+Subscribes /prophrl/sim/object_poses (PoseArray, published by sim_node), the robot config's
+ee_pose_topic (PoseStamped), /prophrl/instruction (String) and /prophrl/episode (EpisodeEvent:
+every START restarts the expert, with seed + the number of episodes seen so far).
+
+output = "action_chunk" (default): publishes prophrl_msgs/ActionChunk (action_space ee_delta_7d,
+  action_dim 7, control_period_s of the robot config) on /prophrl/action_chunk at rate_hz, each
+  planned from the latest poses (receding horizon), for the executor to run through its safety filter.
+output = "twist": drives the arm directly, without an executor: every control period it sends the
+  first step of a fresh chunk as a TwistStamped (delta / control period, base frame) on the robot
+  config's twist_topic and the gripper command on its gripper_topic.
+
+No output while the poses are older than stale_after_s (e.g. the sim is not running).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy as np
+import rclpy
+from geometry_msgs.msg import PoseArray, PoseStamped, TwistStamped
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from std_msgs.msg import Float64, String
+
+from prophrl_common.chunks import array_to_chunk
+from prophrl_common.robots import load_robot_config
+from prophrl_msgs.msg import ActionChunk, EpisodeEvent
+from prophrl_sim.arm_sim import Pose
+from prophrl_sim.expert import ScriptedExpert
+from prophrl_sim import OBJECT_POSES_TOPIC
+from prophrl_sim.tasks import get_task
+
+OUTPUTS = ("action_chunk", "twist")
+RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+
+def _pose(msg) -> Pose:
+    p, q = msg.position, msg.orientation
+    return Pose(np.array([p.x, p.y, p.z]), np.array([q.x, q.y, q.z, q.w]))
+
+
+class ScriptedExpertNode(Node):
+    def __init__(self):
+        super().__init__("scripted_expert")
+        p = self.declare_parameter
+        self.robot = load_robot_config(p("robot", "panda_sim").value)
+        self.task = get_task(p("task", "lift").value)
+        self.output = p("output", "action_chunk").value
+        if self.output not in OUTPUTS:
+            raise ValueError(f"parameter output must be one of {OUTPUTS}, got {self.output!r}")
+        self.seed = p("seed", 0).value
+        self.stale_after_s = p("stale_after_s", 0.5).value
+        self.expert = ScriptedExpert(self.task.name, self.robot.control_period_s, horizon=p("horizon", 10).value,
+                                     noise_std=p("noise_std", 0.0).value, skill=p("skill", 1.0).value, seed=self.seed)
+        self._episodes = 0
+        self._instruction = ""
+        self._ee_pose: Pose | None = None
+        self._objects: dict[str, Pose] | None = None
+        self._received_s = {"ee": -np.inf, "objects": -np.inf}
+
+        self.create_subscription(PoseArray, OBJECT_POSES_TOPIC, self._on_objects, RELIABLE)
+        self.create_subscription(PoseStamped, self.robot.ee_pose_topic, self._on_ee_pose, RELIABLE)
+        self.create_subscription(String, "/prophrl/instruction", self._on_instruction, LATCHED)
+        self.create_subscription(EpisodeEvent, "/prophrl/episode", self._on_episode, RELIABLE)
+        if self.output == "action_chunk":
+            self._chunk_pub = self.create_publisher(ActionChunk, "/prophrl/action_chunk", RELIABLE)
+            self.create_timer(1.0 / p("rate_hz", 10.0).value, self._publish_chunk)
+        else:
+            self._twist_pub = self.create_publisher(TwistStamped, self.robot.twist_topic, RELIABLE)
+            self._gripper_pub = self.create_publisher(Float64, self.robot.gripper_topic, RELIABLE)
+            self.create_timer(self.robot.control_period_s, self._publish_twist)
+        self.get_logger().info(f"scripted expert for {self.task.name!r} on {self.robot.name}, output {self.output}")
+
+    def _on_objects(self, msg: PoseArray) -> None:
+        if len(msg.poses) != len(self.task.object_names):
+            self.get_logger().error(f"{OBJECT_POSES_TOPIC} has {len(msg.poses)} poses; task {self.task.name} "
+                                    f"needs {list(self.task.object_names)}", throttle_duration_sec=5.0)
+            return
+        self._objects = {name: _pose(pose) for name, pose in zip(self.task.object_names, msg.poses)}
+        self._received_s["objects"] = time.monotonic()
+
+    def _on_ee_pose(self, msg: PoseStamped) -> None:
+        self._ee_pose = _pose(msg.pose)
+        self._received_s["ee"] = time.monotonic()
+
+    def _on_instruction(self, msg: String) -> None:
+        self._instruction = msg.data
+
+    def _on_episode(self, msg: EpisodeEvent) -> None:
+        if msg.event == EpisodeEvent.START:
+            self._episodes += 1
+            self.expert.reset(self.seed + self._episodes)
+            # Poses from before the reset would restart the new episode's plan from the old scene.
+            self._received_s = {"ee": -np.inf, "objects": -np.inf}
+
+    def _plan(self) -> np.ndarray | None:
+        now = time.monotonic()
+        if any(now - received > self.stale_after_s for received in self._received_s.values()):
+            return None
+        return self.expert.plan(self._ee_pose, self._objects, self.get_clock().now().nanoseconds * 1e-9)
+
+    def _publish_chunk(self) -> None:
+        chunk = self._plan()
+        if chunk is not None:
+            self._chunk_pub.publish(array_to_chunk(chunk, "ee_delta_7d", self.robot.control_period_s,
+                                                   instruction=self._instruction,
+                                                   stamp=self.get_clock().now().to_msg(),
+                                                   frame_id=self.robot.base_frame))
+
+    def _publish_twist(self) -> None:
+        chunk = self._plan()
+        if chunk is None:
+            return
+        step = chunk[0].astype(float) / self.robot.control_period_s
+        twist = TwistStamped()
+        twist.header.stamp = self.get_clock().now().to_msg()
+        twist.header.frame_id = self.robot.base_frame
+        twist.twist.linear.x, twist.twist.linear.y, twist.twist.linear.z = step[:3]
+        twist.twist.angular.x, twist.twist.angular.y, twist.twist.angular.z = step[3:6]
+        self._twist_pub.publish(twist)
+        self._gripper_pub.publish(Float64(data=float(chunk[0, 6])))
+
+
+def main(argv=None) -> int:
+    rclpy.init(args=argv if argv is not None else sys.argv)
+    node = ScriptedExpertNode()
+    try:
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,314 @@
+"""sim_node: a simulated arm (ArmSim) behind the topics and command interfaces of the real drivers.
+
+Run: ``ros2 run prophrl_sim sim_node --ros-args -p robot:=panda_sim -p task:=lift -p seed:=0``
+
+Publishes (all poses in the robot config's base_frame)
+- /camera/image_raw (sensor_msgs/Image, rgb8) and /camera/camera_info, paced at camera_rate_hz,
+  reliable with depth 2 (a best-effort subscriber also matches); frame camera_optical_frame.
+- /camera/pose (geometry_msgs/PoseStamped, latched): the optical frame's pose; the extrinsics
+  (tf2 is not available here, so they are not on /tf).
+- /joint_states (sensor_msgs/JointState): the arm joints (RobotConfig.joint_names) then the
+  gripper's, every control period; also the robot config's ee_pose_topic (PoseStamped, the TCP).
+- /prophrl/episode (prophrl_msgs/EpisodeEvent): START on every reset (STOP for the episode it
+  ends), SUCCESS once when the task first succeeds.
+- /prophrl/instruction (std_msgs/String, latched), e.g. "lift the red cube".
+- /prophrl/sim/object_poses (geometry_msgs/PoseArray): SIM-ONLY ground truth for scripted experts
+  and evaluation, the task's objects in prophrl_sim.tasks.TASKS[task].object_names order
+  (lift: cube; stack: cube_a, cube_b; door: handle, hinge).
+- /clock (rosgraph_msgs/Clock) when realtime is false.
+
+Subscribes (the robot config's topics)
+- twist_topic (geometry_msgs/TwistStamped, base frame, like MoveIt Servo): the velocity is applied
+  every control period until a newer one arrives or twist_timeout_s passes; then the arm holds.
+- gripper_topic (std_msgs/Float64): 0 open .. 1 closed, held until the next command.
+- joint_trajectory_topic (trajectory_msgs/JointTrajectory, like a JointTrajectoryController): the
+  points are followed from the current positions, starting when it arrives (header.stamp is not
+  used); joints it does not name keep their positions. The newest twist or trajectory wins.
+
+Services
+- ~/reset (std_srvs/Trigger): new episode with the next seed (seed + 1).
+- Setting the ``seed`` parameter (``ros2 param set /sim seed 42``) starts an episode with that seed.
+
+realtime (default true): the sim advances one control period per control period of wall time.
+false: it steps as fast as it can; command timeouts, trajectory timing, camera pacing and message
+stamps then use sim time, which is published on /clock (run other nodes with use_sim_time).
+"""
+
+from __future__ import annotations
+
+import datetime
+import sys
+import time
+
+import numpy as np
+import rclpy
+from builtin_interfaces.msg import Time
+from geometry_msgs.msg import Pose as PoseMsg
+from geometry_msgs.msg import PoseArray, PoseStamped, TwistStamped
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy._rclpy_pybind11 import RCLError
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from rosgraph_msgs.msg import Clock
+from sensor_msgs.msg import CameraInfo, Image, JointState
+from std_msgs.msg import Float64, String
+from std_srvs.srv import Trigger
+from trajectory_msgs.msg import JointTrajectory
+
+from prophrl_common.images import numpy_to_image
+from prophrl_common.robots import load_robot_config
+from prophrl_msgs.msg import EpisodeEvent
+from prophrl_sim import OBJECT_POSES_TOPIC
+from prophrl_sim.arm_sim import ArmSim, Pose
+
+CAMERA_FRAME = "camera_optical_frame"
+IMAGE_QOS = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE)
+STATE_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+
+def _time_msg(seconds: float) -> Time:
+    nanoseconds = int(round(seconds * 1e9))
+    return Time(sec=nanoseconds // 10**9, nanosec=nanoseconds % 10**9)
+
+
+def _pose_msg(pose: Pose) -> PoseMsg:
+    msg = PoseMsg()
+    msg.position.x, msg.position.y, msg.position.z = (float(v) for v in pose.position)
+    (msg.orientation.x, msg.orientation.y, msg.orientation.z, msg.orientation.w) = (float(v) for v in pose.quaternion)
+    return msg
+
+
+class JointTrajectoryFollower:
+    """Linear interpolation through a JointTrajectory's points, starting from given positions."""
+
+    def __init__(self, msg: JointTrajectory, joint_names: tuple[str, ...], start_positions: np.ndarray,
+                 start_time_s: float):
+        unknown = sorted(set(msg.joint_names) - set(joint_names))
+        if unknown:
+            raise ValueError(f"unknown joints {unknown}; this arm has {list(joint_names)}")
+        if not msg.points:
+            raise ValueError("trajectory has no points")
+        columns = [joint_names.index(name) for name in msg.joint_names]
+        self.start_time_s = start_time_s
+        times, waypoints = [0.0], [np.array(start_positions, float)]
+        for point in msg.points:
+            if len(point.positions) != len(columns):
+                raise ValueError(f"a point has {len(point.positions)} positions for {len(columns)} joints")
+            if not np.all(np.isfinite(point.positions)):
+                raise ValueError("a point has non-finite positions")
+            t = point.time_from_start.sec + point.time_from_start.nanosec * 1e-9
+            if t < times[-1]:
+                raise ValueError("points must have non-decreasing time_from_start")
+            waypoint = waypoints[-1].copy()
+            waypoint[columns] = point.positions
+            times.append(t)
+            waypoints.append(waypoint)
+        self._times = np.array(times)
+        self._waypoints = np.array(waypoints)
+
+    def positions_at(self, time_s: float) -> np.ndarray:
+        t = time_s - self.start_time_s
+        return np.array([np.interp(t, self._times, self._waypoints[:, j]) for j in range(self._waypoints.shape[1])])
+
+
+class SimNode(Node):
+    def __init__(self):
+        super().__init__("sim")
+        p = self.declare_parameter
+        robot = load_robot_config(p("robot", "panda_sim").value)
+        self.robot = robot
+        self.task_name = p("task", "lift").value
+        seed = p("seed", 0, ParameterDescriptor(description="episode seed; setting it starts a new episode")).value
+        camera = p("camera", "", ParameterDescriptor(
+            description="agentview | frontview | sideview | birdview; empty: the task's default")).value
+        width = p("image_width", 128).value
+        height = p("image_height", 128).value
+        self.camera_period_s = 1.0 / p("camera_rate_hz", 20.0).value
+        self.twist_timeout_s = p("twist_timeout_s", 0.2).value
+        self.realtime = p("realtime", True).value
+        self.sim = ArmSim(robot, self.task_name, camera=camera, image_width=width, image_height=height,
+                          camera_position_jitter_m=p("camera_position_jitter_m", 0.0).value,
+                          camera_rotation_jitter_rad=p("camera_rotation_jitter_rad", 0.0).value,
+                          antialias=p("antialias", False).value)
+        self.arm_joint_names = tuple(robot.joint_names)
+
+        self._image_pub = self.create_publisher(Image, "/camera/image_raw", IMAGE_QOS)
+        self._info_pub = self.create_publisher(CameraInfo, "/camera/camera_info", IMAGE_QOS)
+        self._camera_pose_pub = self.create_publisher(PoseStamped, "/camera/pose", LATCHED)
+        self._joints_pub = self.create_publisher(JointState, "/joint_states", STATE_QOS)
+        self._ee_pub = self.create_publisher(PoseStamped, robot.ee_pose_topic, STATE_QOS)
+        self._objects_pub = self.create_publisher(PoseArray, OBJECT_POSES_TOPIC, STATE_QOS)
+        self._episode_pub = self.create_publisher(EpisodeEvent, "/prophrl/episode", STATE_QOS)
+        self._instruction_pub = self.create_publisher(String, "/prophrl/instruction", LATCHED)
+        self._clock_pub = None if self.realtime else self.create_publisher(Clock, "/clock", STATE_QOS)
+        self.create_subscription(TwistStamped, robot.twist_topic, self._on_twist, STATE_QOS)
+        self.create_subscription(Float64, robot.gripper_topic, self._on_gripper, STATE_QOS)
+        self.create_subscription(JointTrajectory, robot.joint_trajectory_topic, self._on_trajectory, STATE_QOS)
+        self.create_service(Trigger, "~/reset", self._on_reset)
+        self.add_post_set_parameters_callback(self._on_parameters_set)
+
+        self._episode_id = ""
+        self._episode_succeeded = False
+        self._reset_episode(seed)
+        if self.realtime:
+            self.create_timer(robot.control_period_s, self.tick)
+        self.get_logger().info(
+            f"{robot.name} on task {self.task_name!r} ({self.sim.camera} camera {width}x{height}, "
+            f"{'real time' if self.realtime else 'as fast as possible'}); episode {self._episode_id}")
+
+    # ------------------------------------------------------------------ time
+    def _now_s(self) -> float:
+        """The clock commands are timed with: wall clock in real time, else sim time."""
+        return time.monotonic() if self.realtime else self.sim.time_s
+
+    def _stamp(self) -> Time:
+        if self.realtime:
+            return self.get_clock().now().to_msg()
+        return _time_msg(self.sim.time_s)
+
+    # ------------------------------------------------------------------ commands
+    def _on_twist(self, msg: TwistStamped) -> None:
+        if msg.header.frame_id not in ("", self.robot.base_frame):
+            self.get_logger().warning(f"ignoring twist in frame {msg.header.frame_id!r}; expected "
+                                      f"{self.robot.base_frame!r}", throttle_duration_sec=5.0)
+            return
+        linear, angular = msg.twist.linear, msg.twist.angular
+        twist = (np.array([linear.x, linear.y, linear.z]), np.array([angular.x, angular.y, angular.z]))
+        if not all(np.all(np.isfinite(part)) for part in twist):
+            self.get_logger().warning("ignoring non-finite twist", throttle_duration_sec=5.0)
+            return
+        self._twist = twist
+        self._twist_received_s = self._now_s()
+        self._trajectory = None
+
+    def _on_gripper(self, msg: Float64) -> None:
+        if not np.isfinite(msg.data):
+            self.get_logger().warning("ignoring non-finite gripper command", throttle_duration_sec=5.0)
+            return
+        self._gripper = float(np.clip(msg.data, 0.0, 1.0))
+
+    def _on_trajectory(self, msg: JointTrajectory) -> None:
+        current = self.sim.observe().joint_positions[: len(self.arm_joint_names)]
+        try:
+            self._trajectory = JointTrajectoryFollower(msg, self.arm_joint_names, current, self._now_s())
+        except ValueError as exc:
+            self.get_logger().error(f"rejected JointTrajectory: {exc}")
+            return
+        self._twist = None
+
+    # ------------------------------------------------------------------ episodes
+    def _reset_episode(self, seed: int) -> None:
+        if self._episode_id:
+            self._publish_event(EpisodeEvent.STOP, success=self._episode_succeeded, message="reset")
+        observation = self.sim.reset(seed)
+        self._twist = None
+        self._twist_received_s = -np.inf
+        self._trajectory = None
+        self._gripper = 0.0
+        self._last_image_s = -np.inf
+        started = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        self._episode_id = f"{self.robot.name}-{self.task_name}-seed{seed}-{started}"
+        self._episode_succeeded = False
+        self._instruction_pub.publish(String(data=self.sim.instruction))
+        camera_pose = PoseStamped(pose=_pose_msg(self.sim.camera_model().pose))
+        camera_pose.header.stamp, camera_pose.header.frame_id = self._stamp(), self.robot.base_frame
+        self._camera_pose_pub.publish(camera_pose)
+        self._publish_event(EpisodeEvent.START, success=False, message=f"seed {seed}")
+        self._publish_state(observation)
+
+    def _publish_event(self, event: int, success: bool, message: str) -> None:
+        msg = EpisodeEvent(event=event, episode_id=self._episode_id, instruction=self.sim.instruction,
+                           robot=self.robot.name, task=self.task_name, success=success, message=message)
+        msg.header.stamp = self._stamp()
+        self._episode_pub.publish(msg)
+
+    def _on_reset(self, request, response):
+        seed = self.sim.seed + 1
+        self._reset_episode(seed)
+        self.set_parameters([Parameter("seed", Parameter.Type.INTEGER, seed)])
+        response.success, response.message = True, f"episode {self._episode_id} (seed {seed})"
+        return response
+
+    def _on_parameters_set(self, parameters: list[Parameter]) -> None:
+        for parameter in parameters:
+            if parameter.name == "seed" and parameter.value != self.sim.seed:
+                self._reset_episode(int(parameter.value))
+
+    # ------------------------------------------------------------------ stepping
+    def tick(self) -> None:
+        """Advance one control period with the active command and publish the new state."""
+        now = self._now_s()
+        if self._trajectory is not None:
+            self.sim.step_joint_positions(self._trajectory.positions_at(now), self._gripper)
+        elif self._twist is not None and now - self._twist_received_s <= self.twist_timeout_s:
+            self.sim.step_ee_velocity(*self._twist, self._gripper)
+        else:
+            self.sim.step_ee_delta(np.zeros(3), np.zeros(3), self._gripper)
+        observation = self.sim.observe()
+        if self._clock_pub is not None:
+            self._clock_pub.publish(Clock(clock=self._stamp()))
+        self._publish_state(observation)
+        if observation.success and not self._episode_succeeded:
+            self._episode_succeeded = True
+            self._publish_event(EpisodeEvent.SUCCESS, success=True,
+                                message=f"succeeded after {observation.time_s:.2f} s")
+        if observation.time_s - self._last_image_s >= self.camera_period_s - 1e-9:
+            self._last_image_s = observation.time_s
+            self._publish_camera()
+
+    def _publish_state(self, observation) -> None:
+        stamp = self._stamp()
+        joints = JointState(name=list(observation.joint_names), position=observation.joint_positions.tolist(),
+                            velocity=observation.joint_velocities.tolist())
+        joints.header.stamp = stamp
+        self._joints_pub.publish(joints)
+        ee = PoseStamped(pose=_pose_msg(observation.ee_pose))
+        ee.header.stamp, ee.header.frame_id = stamp, self.robot.base_frame
+        self._ee_pub.publish(ee)
+        objects = PoseArray(poses=[_pose_msg(observation.object_poses[n]) for n in self.sim.task.object_names])
+        objects.header.stamp, objects.header.frame_id = stamp, self.robot.base_frame
+        self._objects_pub.publish(objects)
+
+    def _publish_camera(self) -> None:
+        stamp = self._stamp()
+        image = numpy_to_image(self.sim.render(), "rgb8", stamp=stamp, frame_id=CAMERA_FRAME)
+        camera = self.sim.camera_model()
+        info = CameraInfo(width=camera.width, height=camera.height, distortion_model="plumb_bob",
+                          d=[0.0] * 5, k=camera.k, r=[1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0], p=camera.p)
+        info.header = image.header
+        try:
+            self._image_pub.publish(image)
+            self._info_pub.publish(info)
+        except RCLError as exc:  # back-pressure from a slow reliable subscriber: drop this frame
+            self.get_logger().warning(f"camera frame dropped: {exc}", throttle_duration_sec=5.0)
+
+    def destroy_node(self) -> None:
+        self.sim.close()
+        super().destroy_node()
+
+
+def main(argv=None) -> int:
+    rclpy.init(args=argv if argv is not None else sys.argv)
+    node = SimNode()
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    try:
+        if node.realtime:
+            executor.spin()
+        else:
+            while rclpy.ok():
+                executor.spin_once(timeout_sec=0.0)
+                node.tick()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

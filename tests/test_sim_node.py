@@ -1,0 +1,210 @@
+"""sim_node and scripted_expert_node as separate processes over DDS (no mocks).
+
+The test process stands where the real stack's nodes would: it reads the sim's camera, joint
+states and poses, commands it like MoveIt Servo / a JointTrajectoryController, and watches the
+episode events while the scripted expert closes the loop.
+"""
+
+import time
+
+import numpy as np
+import pytest
+import rclpy
+from geometry_msgs.msg import PoseArray, PoseStamped, TwistStamped
+from rcl_interfaces.msg import Parameter as ParameterMsg
+from rcl_interfaces.msg import ParameterType, ParameterValue
+from rcl_interfaces.srv import SetParameters
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CameraInfo, Image, JointState
+from std_msgs.msg import String
+from std_srvs.srv import Trigger
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+from prophrl_common.chunks import chunk_to_array
+from prophrl_common.images import image_to_numpy
+from prophrl_common.robots import load_robot_config
+from prophrl_common.testing import isolate_ros_domain, node_process, python_module_argv, spin_until
+from prophrl_msgs.msg import ActionChunk, EpisodeEvent
+
+isolate_ros_domain()  # before rclpy.init; the child processes inherit it
+
+ROBOT = load_robot_config("panda_sim")
+TWIST_TIMEOUT_S = 0.3
+STARTUP_TIMEOUT_S = 60.0  # robosuite import + scene creation, on a busy 2-core machine
+RELIABLE = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
+LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+
+class Probe:
+    """A node recording what the sim and the expert publish and commanding the sim's arm."""
+
+    def __init__(self):
+        self.node = Node("sim_node_test_probe")
+        self.latest = {}
+        self.events: list[tuple[float, EpisodeEvent]] = []
+        for topic, msg_type, qos in (
+            ("/camera/image_raw", Image, RELIABLE), ("/camera/camera_info", CameraInfo, RELIABLE),
+            ("/camera/pose", PoseStamped, LATCHED), ("/joint_states", JointState, RELIABLE),
+            (ROBOT.ee_pose_topic, PoseStamped, RELIABLE), ("/prophrl/sim/object_poses", PoseArray, RELIABLE),
+            ("/prophrl/instruction", String, LATCHED), ("/prophrl/action_chunk", ActionChunk, RELIABLE),
+        ):
+            self.node.create_subscription(msg_type, topic, lambda msg, topic=topic: self.latest.__setitem__(topic, msg),
+                                          qos)
+        self.node.create_subscription(EpisodeEvent, "/prophrl/episode",
+                                      lambda msg: self.events.append((time.monotonic(), msg)), RELIABLE)
+        self.twist_pub = self.node.create_publisher(TwistStamped, ROBOT.twist_topic, RELIABLE)
+        self.trajectory_pub = self.node.create_publisher(JointTrajectory, ROBOT.joint_trajectory_topic, RELIABLE)
+
+    def spin(self, seconds: float, every_tick=None) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if every_tick is not None:
+                every_tick()
+            rclpy.spin_once(self.node, timeout_sec=ROBOT.control_period_s)
+
+    def wait_for(self, predicate, timeout: float) -> bool:
+        return spin_until(self.node, predicate, timeout)
+
+    def ee_position(self) -> np.ndarray:
+        p = self.latest[ROBOT.ee_pose_topic].pose.position
+        return np.array([p.x, p.y, p.z])
+
+    def joint_positions(self) -> dict[str, float]:
+        msg = self.latest["/joint_states"]
+        return dict(zip(msg.name, msg.position))
+
+    def send_twist(self, vz: float) -> None:
+        twist = TwistStamped()
+        twist.header.stamp = self.node.get_clock().now().to_msg()
+        twist.header.frame_id = ROBOT.base_frame
+        twist.twist.linear.z = vz
+        self.twist_pub.publish(twist)
+
+    def events_since(self, since: float, event: int) -> list[EpisodeEvent]:
+        return [msg for received, msg in self.events if received >= since and msg.event == event]
+
+
+@pytest.fixture(scope="module")
+def probe():
+    rclpy.init()
+    probe = Probe()
+    yield probe
+    probe.node.destroy_node()
+    rclpy.shutdown()
+
+
+def sim_argv(robot: str, *params: str) -> list[str]:
+    return python_module_argv("prophrl_sim.sim_node", "-p", f"robot:={robot}", "-p", "task:=lift", "-p", "seed:=0",
+                              "-p", f"twist_timeout_s:={TWIST_TIMEOUT_S}", *params)
+
+
+def expert_argv(robot: str, output: str) -> list[str]:
+    return python_module_argv("prophrl_sim.scripted_expert_node", "-p", f"robot:={robot}", "-p", "task:=lift",
+                              "-p", f"output:={output}")
+
+
+@pytest.fixture(scope="class")
+def sim(probe):
+    """Panda sim + the expert publishing ActionChunks (no executor: they do not move the arm)."""
+    with node_process(sim_argv("panda_sim")) as sim, node_process(expert_argv("panda_sim", "action_chunk")) as expert:
+        started = probe.wait_for(lambda: {"/camera/image_raw", "/prophrl/action_chunk"} <= set(probe.latest),
+                                 STARTUP_TIMEOUT_S)
+        assert started, sim.output() + expert.output()
+        yield sim
+
+
+class TestSimNodeInterfaces:
+    def test_publishes_what_the_real_drivers_publish(self, probe, sim):
+        topics = {"/camera/image_raw", "/camera/camera_info", "/camera/pose", "/joint_states", ROBOT.ee_pose_topic,
+                  "/prophrl/sim/object_poses", "/prophrl/instruction"}
+        assert probe.wait_for(lambda: topics <= set(probe.latest), 10), sorted(topics - set(probe.latest))
+        image = probe.latest["/camera/image_raw"]
+        assert (image.height, image.width, image.encoding) == (128, 128, "rgb8")
+        assert image_to_numpy(image).shape == (128, 128, 3)
+        info = probe.latest["/camera/camera_info"]
+        assert (info.height, info.width) == (128, 128) and info.k[0] > 0 and info.k[2] == 64.0
+        assert info.header.frame_id == image.header.frame_id == "camera_optical_frame"
+        assert info.header.stamp == image.header.stamp
+        assert probe.latest["/camera/pose"].header.frame_id == ROBOT.base_frame
+        joints = probe.latest["/joint_states"]
+        assert tuple(joints.name[:ROBOT.num_joints]) == ROBOT.joint_names
+        assert {"panda_finger_joint1", "panda_finger_joint2"} <= set(joints.name)
+        assert len(joints.position) == len(joints.name)
+        ee = probe.latest[ROBOT.ee_pose_topic]
+        assert ee.header.frame_id == ROBOT.base_frame
+        assert np.all(np.array(ROBOT.workspace_min) < probe.ee_position())
+        assert np.all(probe.ee_position() < np.array(ROBOT.workspace_max))
+        assert len(probe.latest["/prophrl/sim/object_poses"].poses) == 1
+        assert probe.latest["/prophrl/instruction"].data.startswith("lift the ")
+
+    def test_scripted_expert_publishes_action_chunks(self, probe, sim):
+        chunk = probe.latest["/prophrl/action_chunk"]
+        actions = chunk_to_array(chunk)
+        assert chunk.action_space == "ee_delta_7d" and actions.shape == (10, 7)
+        assert chunk.control_period_s == pytest.approx(ROBOT.control_period_s)
+        assert chunk.instruction == probe.latest["/prophrl/instruction"].data
+
+    def test_twist_moves_the_arm_and_stops_after_the_timeout(self, probe, sim):
+        assert probe.wait_for(lambda: probe.twist_pub.get_subscription_count() > 0, 10)
+        start = probe.ee_position()
+        probe.spin(1.0, every_tick=lambda: probe.send_twist(0.1))  # 0.1 m/s up for 1 s
+        raised = probe.ee_position()
+        assert raised[2] - start[2] > 0.06, (start, raised)
+
+        probe.spin(1.0)  # no more twists: the arm coasts for twist_timeout_s, then holds
+        stopped = probe.ee_position()
+        probe.spin(0.5)
+        assert np.linalg.norm(probe.ee_position() - stopped) < 0.002
+        assert stopped[2] - raised[2] < 0.1 * TWIST_TIMEOUT_S + 0.02
+
+        probe.send_twist(0.1)  # a single twist moves the arm for twist_timeout_s only
+        probe.spin(1.5)
+        moved = probe.ee_position()[2] - stopped[2]
+        assert 0.5 * 0.1 * TWIST_TIMEOUT_S < moved < 0.1 * (TWIST_TIMEOUT_S + 0.1) + 0.005, moved
+
+    def test_joint_trajectory_is_followed(self, probe, sim):
+        assert probe.wait_for(lambda: probe.trajectory_pub.get_subscription_count() > 0, 10)
+        start = probe.joint_positions()["panda_joint1"]
+        trajectory = JointTrajectory(joint_names=["panda_joint1"])
+        trajectory.points = [JointTrajectoryPoint(positions=[start + 0.2])]
+        trajectory.points[0].time_from_start.sec = 1
+        probe.trajectory_pub.publish(trajectory)
+        probe.spin(2.0)
+        assert probe.joint_positions()["panda_joint1"] == pytest.approx(start + 0.2, abs=0.02)
+
+    def test_reset_service_and_seed_parameter_start_episodes(self, probe, sim):
+        reset = probe.node.create_client(Trigger, "/sim/reset")
+        assert reset.wait_for_service(timeout_sec=10)
+        since = time.monotonic()
+        future = reset.call_async(Trigger.Request())
+        assert probe.wait_for(future.done, 10) and future.result().success, sim.output()
+        assert probe.wait_for(lambda: probe.events_since(since, EpisodeEvent.START), 5)
+        (start,) = probe.events_since(since, EpisodeEvent.START)
+        (stop,) = probe.events_since(since, EpisodeEvent.STOP)
+        assert start.episode_id != stop.episode_id and "seed1" in start.episode_id
+        assert (start.robot, start.task) == ("panda_sim", "lift") and start.instruction.startswith("lift the ")
+
+        set_parameters = probe.node.create_client(SetParameters, "/sim/set_parameters")
+        assert set_parameters.wait_for_service(timeout_sec=10)
+        since = time.monotonic()
+        seed = ParameterMsg(name="seed", value=ParameterValue(type=ParameterType.PARAMETER_INTEGER, integer_value=7))
+        future = set_parameters.call_async(SetParameters.Request(parameters=[seed]))
+        assert probe.wait_for(future.done, 10) and future.result().results[0].successful
+        assert probe.wait_for(lambda: probe.events_since(since, EpisodeEvent.START), 5)
+        assert "seed7" in probe.events_since(since, EpisodeEvent.START)[0].episode_id
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("robot", ["panda_sim", "ur5e_sim"])
+def test_scripted_expert_lifts_the_cube_over_dds(probe, robot):
+    since = time.monotonic()
+    with node_process(sim_argv(robot)) as sim, node_process(expert_argv(robot, "twist")) as expert:
+        def succeeded():
+            return any(event.robot == robot for event in probe.events_since(since, EpisodeEvent.SUCCESS))
+
+        assert probe.wait_for(succeeded, STARTUP_TIMEOUT_S + 20), sim.output() + expert.output()
+    # (The START published as the sim comes up may precede discovery, so it is not required here.)
+    success = next(e for e in probe.events_since(since, EpisodeEvent.SUCCESS) if e.robot == robot)
+    assert success.success and success.task == "lift" and success.episode_id.startswith(f"{robot}-lift-seed0-")
+    assert success.instruction.startswith("lift the ")
