@@ -18,11 +18,25 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 DOMAIN_ID = 1 + os.getpid() % 100
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = ROOT / "config" / "nodes" / "executor_node.yaml"
-ROBOT = "panda_sim"
+# panda_sim with a fixed workspace box (x, y in +-0.45, z in [0.8, 1.4]) that the expected values use.
+ROBOT_FILE = Path(tempfile.gettempdir()) / f"prophrl_test_executor_robot_{os.getpid()}.yaml"
+ROBOT = str(ROBOT_FILE)
+
+
+def _write_test_robot() -> None:
+    from prophrl_common.paths import config_dir
+
+    data = yaml.safe_load((config_dir() / "robots" / "panda_sim.yaml").read_text())
+    data.update(workspace_min=[-0.45, -0.45, 0.8], workspace_max=[0.45, 0.45, 1.4])
+    ROBOT_FILE.write_text(yaml.safe_dump(data))
+
+
+_write_test_robot()
 FINGERS = ["panda_finger_joint1", "panda_finger_joint2"]
 
 # Set before rclpy is initialised in this process, and inherited by the child.

@@ -20,6 +20,9 @@ setup(
         "console_scripts": [
             "executor_node = prophrl_policy.executor_node:main",
             "recorder_node = prophrl_policy.recorder_node:main",
+            "policy_node = prophrl_policy.policy_node:main",
+            "teleop_node = prophrl_policy.teleop_node:main",
+            "collector_node = prophrl_policy.collector_node:main",
         ],
     },
 )

@@ -33,6 +33,72 @@ def _cmd_profiles(_args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bags2dataset(args: argparse.Namespace) -> int:
+    from prophrl_worldmodel.dataset import main_bags2dataset
+
+    return main_bags2dataset(args.rest)
+
+
+def _cmd_policy_sft(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from prophrl_policy.configuration_vla import get_vla_config
+    from prophrl_trainer.sft import SFTConfig, load_demonstrations, train_sft
+
+    policy_config = get_vla_config(args.config, **({"horizon": args.horizon} if args.horizon else {}))
+    cfg = SFTConfig(steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed,
+                    only_successful=not args.include_failures)
+    data = load_demonstrations(args.dataset, policy_config.horizon, cfg.only_successful)
+    print(f"SFT on {len(data)} samples from {len(set(data.episode_index.tolist()))} episodes; "
+          f"policy config {policy_config.name}: {dataclasses.asdict(policy_config)}")
+    path, losses = train_sft(data, policy_config, cfg, args.out, log_dir=args.log_dir or f"{args.out}/tensorboard")
+    print(f"saved {path} (final loss {sum(losses[-50:]) / len(losses[-50:]):.4f})")
+    return 0
+
+
+def _print_table(title: str, header: list[str], rows: list[list]) -> None:
+    widths = [max(len(str(x)) for x in [h, *[r[i] for r in rows]]) for i, h in enumerate(header)]
+    print(f"\n{title}")
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
+    for row in rows:
+        print("  ".join(str(x).ljust(w) for x, w in zip(row, widths)))
+
+
+def _cmd_collect(args: argparse.Namespace) -> int:
+    from prophrl_policy.collect import CollectSettings, collect_direct
+
+    if args.teleop != "scripted" or not args.direct:
+        from prophrl.collect_ros import collect_over_ros
+
+        rows = collect_over_ros(args)
+    else:
+        settings = CollectSettings(robot=args.robot, task=args.task, episodes=args.episodes, first_seed=args.seed,
+                                   max_steps=args.max_steps, noise_std=args.noise_std, skill=args.skill,
+                                   camera=args.camera, image_size=args.image_size)
+        rows = collect_direct(settings, args.out)
+    successes = sum(r["success"] for r in rows)
+    _print_table(f"collected {len(rows)} episodes into {args.out}: {successes}/{len(rows)} successful",
+                 ["seed", "success", "steps", "bag"], [[r["seed"], r["success"], r["steps"], r["bag"]] for r in rows])
+    return 0
+
+
+def _cmd_policy_eval(args: argparse.Namespace) -> int:
+    from prophrl_trainer.evaluation import EvalSettings, evaluate_policy, mean_std
+
+    rows = []
+    for task in args.task:
+        rates = []
+        for policy_seed in range(args.policy_seeds):
+            settings = EvalSettings(robot=args.robot, task=task, episodes=args.episodes, max_steps=args.max_steps,
+                                    first_seed=args.first_seed, mode=args.mode)
+            rates.append(evaluate_policy(args.checkpoint, settings, policy_seed=policy_seed).success_rate)
+        mean, std = mean_std(rates)
+        rows.append([task, args.robot, args.episodes, f"{100 * mean:.1f} +- {100 * std:.1f}"])
+    _print_table(f"true success of {args.checkpoint} (held-out seeds from {args.first_seed})",
+                 ["task", "robot", "episodes/seed", "success % (mean +- std over policy seeds)"], rows)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prophrl", description=__doc__)
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
@@ -45,14 +111,66 @@ def build_parser() -> argparse.ArgumentParser:
 
     profiles = verbs.add_parser("profiles", help="list launch profiles, their nodes and arguments")
     profiles.set_defaults(func=_cmd_profiles)
+
+    b2d = verbs.add_parser("bags2dataset", add_help=False,
+                           help="rosbag2 episodes -> training shards (and a LeRobot v3 export); --help for options")
+    b2d.add_argument("rest", nargs=argparse.REMAINDER)
+    b2d.set_defaults(func=_cmd_bags2dataset)
+
+    policy = verbs.add_parser("policy", help="VLA policy: sft | eval").add_subparsers(dest="policy_verb", required=True)
+    sft = policy.add_parser("sft", help="supervised fine-tuning on a bags2dataset output")
+    sft.add_argument("--dataset", required=True, help="bags2dataset output directory")
+    sft.add_argument("--config", default="tiny", help="named policy config (tiny, tiny_pretrained, base)")
+    sft.add_argument("--out", required=True, help="checkpoint directory to write")
+    sft.add_argument("--steps", type=int, default=2000)
+    sft.add_argument("--batch-size", type=int, default=32)
+    sft.add_argument("--lr", type=float, default=3e-4)
+    sft.add_argument("--horizon", type=int, default=0, help="override the config's chunk length")
+    sft.add_argument("--seed", type=int, default=0)
+    sft.add_argument("--include-failures", action="store_true", help="also clone failed demonstrations")
+    sft.add_argument("--log-dir", default="", help="TensorBoard directory (default OUT/tensorboard)")
+    sft.set_defaults(func=_cmd_policy_sft)
+    ev = policy.add_parser("eval", help="true success in the physics sim on seeded held-out initial states")
+    ev.add_argument("--checkpoint", required=True)
+    ev.add_argument("--robot", default="panda_sim")
+    ev.add_argument("--task", nargs="+", default=["lift"])
+    ev.add_argument("--episodes", type=int, default=20)
+    ev.add_argument("--policy-seeds", type=int, default=3, help="sampling seeds: mean +- std is over these")
+    ev.add_argument("--first-seed", type=int, default=100_000, help="first held-out initial-state seed")
+    ev.add_argument("--max-steps", type=int, default=200)
+    ev.add_argument("--mode", choices=("ode", "sde"), default="ode")
+    ev.set_defaults(func=_cmd_policy_eval)
+
+    collect = verbs.add_parser("collect", help="record demonstration episodes (one rosbag2 MCAP bag each)")
+    collect.add_argument("--robot", default="panda_sim")
+    collect.add_argument("--task", default="lift")
+    collect.add_argument("--episodes", type=int, default=10)
+    collect.add_argument("--teleop", choices=("scripted", "keyboard", "spacemouse"), default="scripted")
+    collect.add_argument("--out", default="data/bags")
+    collect.add_argument("--seed", type=int, default=0, help="first episode seed")
+    collect.add_argument("--max-steps", type=int, default=300, help="episode length limit (control steps)")
+    collect.add_argument("--noise-std", type=float, default=0.0, help="scripted expert action noise")
+    collect.add_argument("--skill", type=float, default=1.0, help="scripted expert: 1 = no deliberate mistakes")
+    collect.add_argument("--camera", default="agentview")
+    collect.add_argument("--image-size", type=int, default=128)
+    collect.add_argument("--direct", action="store_true",
+                         help="scripted only: run sim + expert in this process (fast) instead of the live nodes")
+    collect.set_defaults(func=_cmd_collect)
     return parser
 
 
+# Verbs whose options belong to another module's own argparse parser.
+PASSTHROUGH_VERBS = {"bags2dataset": _cmd_bags2dataset}
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in PASSTHROUGH_VERBS:
+        return PASSTHROUGH_VERBS[argv[0]](argparse.Namespace(rest=argv[1:]))
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except ConfigError as exc:
+    except (ConfigError, FileExistsError) as exc:
         print(f"prophrl: error: {exc}", file=sys.stderr)
         return 2
 

@@ -13,7 +13,10 @@ from hypothesis import strategies as st
 from prophrl_common.robots import available_robots, load_robot_config
 from prophrl_policy.safety import REASONS, SafetyFilter, Watchdog
 
-ROBOT = load_robot_config("panda_sim")  # 0.03 m / 0.15 rad per step, box x,y in +-0.45, z in [0.8, 1.4]
+# panda_sim's step limits (0.03 m / 0.15 rad per step) with a fixed box the hand-checked values use:
+# x, y in +-0.45, z in [0.8, 1.4] (independent of the sim's calibrated workspace).
+ROBOT = dataclasses.replace(load_robot_config("panda_sim"), workspace_min=(-0.45, -0.45, 0.8),
+                            workspace_max=(0.45, 0.45, 1.4))
 INSIDE = [0.0, 0.0, 1.0]
 REL = 1e-9  # norms computed two ways may differ by an ulp
 

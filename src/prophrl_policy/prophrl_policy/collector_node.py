@@ -1,0 +1,183 @@
+"""Collector node: the CollectEpisode action — run one episode and return its rosbag2 bag.
+
+For each goal it starts an episode (sim: sets the sim node's `seed` parameter, or calls its
+reset service; real robot: publishes the START event itself), waits for the task's SUCCESS event
+or `max_duration_s` (then it publishes FAILURE), and returns the bag the recorder node closed
+(announced on the recorder's `~/last_bag`). Feedback: elapsed time and chunks seen.
+
+Parameters: sim_node (node name of the sim, e.g. /sim; empty on a real robot), recorder_last_bag_topic,
+robot, task, bag_timeout_s.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+import uuid
+
+import rclpy
+from rcl_interfaces.srv import SetParameters
+from rclpy.action import ActionServer, CancelResponse
+from rclpy.callback_groups import ReentrantCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rclpy.qos import DurabilityPolicy, QoSProfile
+from std_msgs.msg import String
+from std_srvs.srv import Trigger
+
+from prophrl_msgs.action import CollectEpisode
+from prophrl_msgs.msg import ActionChunk, EpisodeEvent
+
+LATCHED = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+
+class CollectorNode(Node):
+    def __init__(self):
+        super().__init__("collector")
+        self.sim_node = self.declare_parameter("sim_node", "/sim").value.rstrip("/")
+        self.robot = self.declare_parameter("robot", "panda_sim").value
+        self.task = self.declare_parameter("task", "").value
+        self.bag_timeout_s = self.declare_parameter("bag_timeout_s", 10.0).value
+        last_bag_topic = self.declare_parameter("recorder_last_bag_topic", "/recorder/last_bag").value
+        group = ReentrantCallbackGroup()
+        self._lock = threading.Lock()
+        self._events: list[EpisodeEvent] = []
+        self._bags: list[str] = []
+        self._chunks = 0
+        self.create_subscription(EpisodeEvent, "/prophrl/episode", self._on_event, 50, callback_group=group)
+        self.create_subscription(String, last_bag_topic, self._on_bag, LATCHED, callback_group=group)
+        self.create_subscription(ActionChunk, "/prophrl/action_chunk", self._on_chunk, 50, callback_group=group)
+        self.episode_pub = self.create_publisher(EpisodeEvent, "/prophrl/episode", 10)
+        if self.sim_node:
+            self.reset_client = self.create_client(Trigger, f"{self.sim_node}/reset", callback_group=group)
+            self.param_client = self.create_client(SetParameters, f"{self.sim_node}/set_parameters",
+                                                   callback_group=group)
+        self.server = ActionServer(self, CollectEpisode, "~/collect_episode", self._execute, callback_group=group,
+                                   cancel_callback=lambda _goal: CancelResponse.ACCEPT)
+
+    def _on_event(self, msg: EpisodeEvent) -> None:
+        with self._lock:
+            self._events.append(msg)
+
+    def _on_bag(self, msg: String) -> None:
+        with self._lock:
+            self._bags.append(msg.data)
+
+    def _on_chunk(self, _msg: ActionChunk) -> None:
+        with self._lock:
+            self._chunks += 1
+
+    def _wait_for(self, predicate, timeout_s: float, goal_handle=None) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with self._lock:
+                if predicate():
+                    return True
+            if goal_handle is not None and goal_handle.is_cancel_requested:
+                return False
+            time.sleep(0.02)
+        with self._lock:
+            return predicate()
+
+    def _call(self, client, request, timeout_s: float = 10.0):
+        if not client.wait_for_service(timeout_sec=timeout_s):
+            raise RuntimeError(f"service {client.srv_name} is not available")
+        future = client.call_async(request)
+        if not self._wait_for(future.done, timeout_s):
+            raise RuntimeError(f"service {client.srv_name} did not answer within {timeout_s} s")
+        return future.result()
+
+    def _start_episode(self, goal) -> str:
+        """Start an episode; return its id once the START event has been seen."""
+        with self._lock:
+            seen = len(self._events)
+        if not self.sim_node:
+            episode_id = uuid.uuid4().hex[:12]
+            self._publish(EpisodeEvent.START, episode_id, goal.instruction, False, "collector")
+            return episode_id
+        if goal.seed >= 0:
+            request = SetParameters.Request(parameters=[Parameter("seed", value=int(goal.seed)).to_parameter_msg()])
+            result = self._call(self.param_client, request).results[0]
+            if not result.successful:
+                raise RuntimeError(f"sim refused seed {goal.seed}: {result.reason}")
+        else:
+            self._call(self.reset_client, Trigger.Request())
+
+        def started():
+            return any(e.event == EpisodeEvent.START for e in self._events[seen:])
+        if not self._wait_for(started, 10.0):
+            raise RuntimeError("the sim did not announce the new episode")
+        with self._lock:
+            return next(e.episode_id for e in self._events[seen:] if e.event == EpisodeEvent.START)
+
+    def _publish(self, kind: int, episode_id: str, instruction: str, success: bool, message: str) -> None:
+        event = EpisodeEvent(event=kind, episode_id=episode_id, instruction=instruction, robot=self.robot,
+                             task=self.task, success=success, message=message)
+        event.header.stamp = self.get_clock().now().to_msg()
+        self.episode_pub.publish(event)
+
+    def _execute(self, goal_handle):
+        goal = goal_handle.request
+        result = CollectEpisode.Result()
+        try:
+            with self._lock:
+                bags_before = len(self._bags)
+                chunks_before = self._chunks
+            episode_id = self._start_episode(goal)
+            start = time.monotonic()
+            with self._lock:
+                first_event = len(self._events)
+
+            def succeeded():
+                return any(e.event == EpisodeEvent.SUCCESS and e.episode_id == episode_id
+                           for e in self._events[first_event:])
+            success = False
+            while time.monotonic() - start < goal.max_duration_s and not goal_handle.is_cancel_requested:
+                if self._wait_for(succeeded, 0.2):
+                    success = True
+                    break
+                with self._lock:
+                    chunks = self._chunks - chunks_before
+                goal_handle.publish_feedback(CollectEpisode.Feedback(elapsed_s=time.monotonic() - start,
+                                                                     num_steps=chunks))
+            # The recorder closes the bag on SUCCESS/FAILURE/STOP; a SUCCESS it already saw is harmless to repeat.
+            self._publish(EpisodeEvent.SUCCESS if success else EpisodeEvent.FAILURE, episode_id, goal.instruction,
+                          success, "" if success else "timeout" if not goal_handle.is_cancel_requested else "canceled")
+            if not self._wait_for(lambda: len(self._bags) > bags_before, self.bag_timeout_s):
+                raise RuntimeError("the recorder did not report a bag (is recorder_node running?)")
+            with self._lock:
+                result.bag_path = self._bags[-1]
+                result.num_steps = self._chunks - chunks_before
+            result.success = success
+            result.message = f"episode {episode_id}"
+            if goal_handle.is_cancel_requested:
+                goal_handle.canceled()
+            else:
+                goal_handle.succeed()
+        except RuntimeError as exc:
+            result.success = False
+            result.message = str(exc)
+            self.get_logger().error(f"CollectEpisode failed: {exc}")
+            goal_handle.abort()
+        return result
+
+
+def main(args=None) -> int:
+    rclpy.init(args=args if args is not None else sys.argv)
+    node = CollectorNode()
+    executor = MultiThreadedExecutor(num_threads=4)
+    executor.add_node(node)
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
