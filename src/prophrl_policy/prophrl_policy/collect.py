@@ -21,7 +21,7 @@ class CollectSettings:
     episodes: int = 10
     first_seed: int = 0
     max_steps: int = 300
-    replan_steps: int = 5
+    replan_steps: int = 2
     noise_std: float = 0.0
     skill: float = 1.0
     camera: str = "agentview"

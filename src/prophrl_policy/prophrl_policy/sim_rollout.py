@@ -87,7 +87,7 @@ class PolicyController:
         return sample.actions[0].numpy()
 
 
-def run_episode(sim, controller: Controller, seed: int, *, max_steps: int = 200, replan_steps: int = 5,
+def run_episode(sim, controller: Controller, seed: int, *, max_steps: int = 200, replan_steps: int = 2,
                 steps_after_success: int = 5, on_step: Callable[[StepRecord], None] | None = None) -> EpisodeOutcome:
     """Reset the sim to `seed` and run the controller until success (+ a few steps) or max_steps."""
     safety = SafetyFilter(sim.robot)

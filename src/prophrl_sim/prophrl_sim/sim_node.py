@@ -27,6 +27,8 @@ Subscribes (the robot config's topics)
 
 Services
 - ~/reset (std_srvs/Trigger): new episode with the next seed (seed + 1).
+- announce_first_episode (default true): false keeps the episode the node starts with silent (no
+  START/SUCCESS events), for a collector that starts every recorded episode itself.
 - Setting the ``seed`` parameter (``ros2 param set /sim seed 42``) starts an episode with that seed.
 
 realtime (default true): the sim advances one control period per control period of wall time.
@@ -129,6 +131,9 @@ class SimNode(Node):
         self.camera_period_s = 1.0 / p("camera_rate_hz", 20.0).value
         self.twist_timeout_s = p("twist_timeout_s", 0.2).value
         self.realtime = p("realtime", True).value
+        announce_first = p("announce_first_episode", True, ParameterDescriptor(
+            description="publish START for the episode the node starts with (false when a collector starts episodes)"
+        )).value
         self.sim = ArmSim(robot, self.task_name, camera=camera, image_width=width, image_height=height,
                           camera_position_jitter_m=p("camera_position_jitter_m", 0.0).value,
                           camera_rotation_jitter_rad=p("camera_rotation_jitter_rad", 0.0).value,
@@ -152,7 +157,7 @@ class SimNode(Node):
 
         self._episode_id = ""
         self._episode_succeeded = False
-        self._reset_episode(seed)
+        self._reset_episode(seed, announce=announce_first)
         if self.realtime:
             self.create_timer(robot.control_period_s, self.tick)
         self.get_logger().info(
@@ -200,8 +205,8 @@ class SimNode(Node):
         self._twist = None
 
     # ------------------------------------------------------------------ episodes
-    def _reset_episode(self, seed: int) -> None:
-        if self._episode_id:
+    def _reset_episode(self, seed: int, announce: bool = True) -> None:
+        if self._episode_id and self._episode_announced:
             self._publish_event(EpisodeEvent.STOP, success=self._episode_succeeded, message="reset")
         observation = self.sim.reset(seed)
         self._twist = None
@@ -216,7 +221,9 @@ class SimNode(Node):
         camera_pose = PoseStamped(pose=_pose_msg(self.sim.camera_model().pose))
         camera_pose.header.stamp, camera_pose.header.frame_id = self._stamp(), self.robot.base_frame
         self._camera_pose_pub.publish(camera_pose)
-        self._publish_event(EpisodeEvent.START, success=False, message=f"seed {seed}")
+        self._episode_announced = announce
+        if announce:
+            self._publish_event(EpisodeEvent.START, success=False, message=f"seed {seed}")
         self._publish_state(observation)
 
     def _publish_event(self, event: int, success: bool, message: str) -> None:
@@ -234,7 +241,7 @@ class SimNode(Node):
 
     def _on_parameters_set(self, parameters: list[Parameter]) -> None:
         for parameter in parameters:
-            if parameter.name == "seed" and parameter.value != self.sim.seed:
+            if parameter.name == "seed":  # the same seed again restarts that episode
                 self._reset_episode(int(parameter.value))
 
     # ------------------------------------------------------------------ stepping
@@ -253,8 +260,9 @@ class SimNode(Node):
         self._publish_state(observation)
         if observation.success and not self._episode_succeeded:
             self._episode_succeeded = True
-            self._publish_event(EpisodeEvent.SUCCESS, success=True,
-                                message=f"succeeded after {observation.time_s:.2f} s")
+            if self._episode_announced:
+                self._publish_event(EpisodeEvent.SUCCESS, success=True,
+                                    message=f"succeeded after {observation.time_s:.2f} s")
         if observation.time_s - self._last_image_s >= self.camera_period_s - 1e-9:
             self._last_image_s = observation.time_s
             self._publish_camera()

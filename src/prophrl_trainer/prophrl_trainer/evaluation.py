@@ -20,7 +20,7 @@ class EvalSettings:
     episodes: int = 20
     first_seed: int = HELD_OUT_SEED_BASE
     max_steps: int = 200
-    replan_steps: int = 5
+    replan_steps: int = 2
     camera: str = "agentview"
     image_size: int = 128
     mode: str = "ode"
