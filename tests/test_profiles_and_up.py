@@ -174,3 +174,24 @@ def test_up_reports_config_errors_without_starting_anything(tmp_path):
     assert result.returncode == 2
     assert "has no argument 'colour'" in result.stderr
     assert time.monotonic() - start < 20
+
+
+@pytest.mark.slow
+def test_up_sim_profile_closes_the_loop_and_sigterm_leaves_no_process(graph_node):
+    from prophrl_msgs.msg import EpisodeEvent
+
+    events = []
+    graph_node.create_subscription(EpisodeEvent, "/prophrl/episode", events.append, 10)
+    up = _start_up("sim", "robot:=ur5e_sim", "seed:=3")
+    try:
+        assert _wait_for_nodes(graph_node, ["sim", "executor", "expert"], timeout=90), "sim profile nodes missing"
+        children = _descendants(up.pid)
+        # expert -> executor (safety filter) -> sim: the profile solves the task on its own
+        assert spin_until(graph_node, lambda: any(e.event == EpisodeEvent.SUCCESS for e in events), 60)
+        up.send_signal(signal.SIGTERM)
+        out, _ = up.communicate(timeout=30)
+    finally:
+        up.kill()
+    assert up.returncode == 0, out[-3000:]
+    assert "[sim] " in out and "[executor] " in out and "[expert] " in out
+    _assert_all_gone(children)
