@@ -99,6 +99,12 @@ def _cmd_policy_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from prophrl.demo import run_demo
+
+    return run_demo(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prophrl", description=__doc__)
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
@@ -156,6 +162,15 @@ def build_parser() -> argparse.ArgumentParser:
     collect.add_argument("--direct", action="store_true",
                          help="scripted only: run sim + expert in this process (fast) instead of the live nodes")
     collect.set_defaults(func=_cmd_collect)
+
+    demo = verbs.add_parser("demo", help="the whole loop end to end on the embedded defaults (resumable)")
+    demo.add_argument("--out", default="outputs/demo")
+    demo.add_argument("--robot", default="panda_sim")
+    demo.add_argument("--task", default="lift")
+    demo.add_argument("--demos", type=int, default=25)
+    demo.add_argument("--sft-steps", type=int, default=1500)
+    demo.add_argument("--eval-episodes", type=int, default=20)
+    demo.set_defaults(func=_cmd_demo)
     return parser
 
 

@@ -130,13 +130,17 @@ class CollectorNode(Node):
             with self._lock:
                 first_event = len(self._events)
 
-            def succeeded():
-                return any(e.event == EpisodeEvent.SUCCESS and e.episode_id == episode_id
-                           for e in self._events[first_event:])
+            def outcome():
+                """True / False once the episode succeeded / an operator marked it failed, else None."""
+                for e in self._events[first_event:]:
+                    if e.episode_id == episode_id and e.event in (EpisodeEvent.SUCCESS, EpisodeEvent.FAILURE):
+                        return e.event == EpisodeEvent.SUCCESS
+                return None
             success = False
             while time.monotonic() - start < goal.max_duration_s and not goal_handle.is_cancel_requested:
-                if self._wait_for(succeeded, 0.2):
-                    success = True
+                if self._wait_for(lambda: outcome() is not None, 0.2):
+                    with self._lock:
+                        success = outcome()
                     break
                 with self._lock:
                     chunks = self._chunks - chunks_before

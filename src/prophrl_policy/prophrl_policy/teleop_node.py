@@ -50,6 +50,7 @@ class TeleopNode(Node):
         self.chunk_pub = self.create_publisher(ActionChunk, chunk_topic, 10)
         self.episode_pub = self.create_publisher(EpisodeEvent, episode_topic, 10)
         self.create_subscription(String, "/prophrl/instruction", self._on_instruction, LATCHED)
+        self.create_subscription(EpisodeEvent, episode_topic, self._on_episode, 10)
         self.reset_client = self.create_client(Trigger, reset_service) if reset_service else None
         self.episode_id = ""
         self.quit = threading.Event()
@@ -67,6 +68,10 @@ class TeleopNode(Node):
     def _on_instruction(self, msg: String) -> None:
         if msg.data:
             self.instruction = msg.data
+
+    def _on_episode(self, msg: EpisodeEvent) -> None:
+        if msg.event == EpisodeEvent.START:  # success/failure keys then mark that episode
+            self.episode_id = msg.episode_id
 
     def _read_keys(self) -> None:
         stdin = sys.stdin.fileno()
