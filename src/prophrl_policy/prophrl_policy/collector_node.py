@@ -20,13 +20,14 @@ import rclpy
 from rcl_interfaces.srv import SetParameters
 from rclpy.action import ActionServer, CancelResponse
 from rclpy.callback_groups import ReentrantCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
+from prophrl_common.node_runtime import spin_until_shutdown
 from prophrl_msgs.action import CollectEpisode
 from prophrl_msgs.msg import ActionChunk, EpisodeEvent
 
@@ -170,17 +171,7 @@ class CollectorNode(Node):
 
 def main(args=None) -> int:
     rclpy.init(args=args if args is not None else sys.argv)
-    node = CollectorNode()
-    executor = MultiThreadedExecutor(num_threads=4)
-    executor.add_node(node)
-    try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return spin_until_shutdown(CollectorNode(), MultiThreadedExecutor(num_threads=4))
 
 
 if __name__ == "__main__":

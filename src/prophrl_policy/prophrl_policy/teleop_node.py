@@ -16,7 +16,6 @@ import tty
 import uuid
 
 import rclpy
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile
 from std_msgs.msg import String
@@ -24,6 +23,7 @@ from std_srvs.srv import Trigger
 
 from prophrl_common.chunks import array_to_chunk
 from prophrl_common.config_io import ConfigError
+from prophrl_common.node_runtime import spin_until_shutdown
 from prophrl_common.robots import load_robot_config
 from prophrl_msgs.msg import ActionChunk, EpisodeEvent
 from prophrl_policy.teleop import (KEYBOARD_HELP, EpisodeCommand, KeyboardTeleop, SpaceMouseTeleop,
@@ -143,17 +143,7 @@ def main(argv=None) -> int:
         print(f"teleop: error: {exc}", file=sys.stderr)
         rclpy.try_shutdown()
         return 2
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    try:
-        while rclpy.ok() and not node.quit.is_set():
-            executor.spin_once(timeout_sec=0.1)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return spin_until_shutdown(node, keep_running=lambda: not node.quit.is_set())
 
 
 if __name__ == "__main__":

@@ -24,12 +24,12 @@ import time
 import numpy as np
 import rclpy
 from geometry_msgs.msg import PoseArray, PoseStamped, TwistStamped
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import Float64, String
 
 from prophrl_common.chunks import array_to_chunk
+from prophrl_common.node_runtime import spin_until_shutdown
 from prophrl_common.robots import load_robot_config
 from prophrl_msgs.msg import ActionChunk, EpisodeEvent
 from prophrl_sim.arm_sim import Pose
@@ -131,15 +131,7 @@ class ScriptedExpertNode(Node):
 
 def main(argv=None) -> int:
     rclpy.init(args=argv if argv is not None else sys.argv)
-    node = ScriptedExpertNode()
-    try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return spin_until_shutdown(ScriptedExpertNode())
 
 
 if __name__ == "__main__":

@@ -49,7 +49,6 @@ from geometry_msgs.msg import Pose as PoseMsg
 from geometry_msgs.msg import PoseArray, PoseStamped, TwistStamped
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy._rclpy_pybind11 import RCLError
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
@@ -60,6 +59,7 @@ from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
 from prophrl_common.images import numpy_to_image
+from prophrl_common.node_runtime import spin_until_shutdown
 from prophrl_common.robots import load_robot_config
 from prophrl_msgs.msg import EpisodeEvent
 from prophrl_sim import OBJECT_POSES_TOPIC
@@ -234,8 +234,7 @@ class SimNode(Node):
 
     def _on_reset(self, request, response):
         seed = self.sim.seed + 1
-        self._reset_episode(seed)
-        self.set_parameters([Parameter("seed", Parameter.Type.INTEGER, seed)])
+        self.set_parameters([Parameter("seed", Parameter.Type.INTEGER, seed)])  # its callback starts the episode
         response.success, response.message = True, f"episode {self._episode_id} (seed {seed})"
         return response
 
@@ -301,21 +300,12 @@ class SimNode(Node):
 def main(argv=None) -> int:
     rclpy.init(args=argv if argv is not None else sys.argv)
     node = SimNode()
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    try:
-        if node.realtime:
-            executor.spin()
-        else:
-            while rclpy.ok():
-                executor.spin_once(timeout_sec=0.0)
-                node.tick()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    if node.realtime:
+        return spin_until_shutdown(node)
+    def step_as_fast_as_possible() -> bool:
+        node.tick()
+        return True
+    return spin_until_shutdown(node, keep_running=step_as_fast_as_possible, spin_timeout_s=0.0)
 
 
 if __name__ == "__main__":
