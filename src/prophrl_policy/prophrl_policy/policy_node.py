@@ -56,7 +56,8 @@ class PolicyNode(LifecycleNode):
                               ("instruction_topic", "/prophrl/instruction"), ("instruction", ""),
                               ("action_chunk_topic", "/prophrl/action_chunk"), ("replan_period_s", 0.4),
                               ("mode", "ode"), ("num_steps", 0), ("noise_level", 0.7), ("seed", 0),
-                              ("device", "cpu"), ("max_state_age_s", 1.0), ("latency_log_period_s", 10.0)):
+                              ("device", "cpu"), ("torch_threads", 1), ("max_state_age_s", 1.0),
+                              ("latency_log_period_s", 10.0)):
             self.declare_parameter(name, default)
         self.policy: VLAPolicy | None = None
         self.policy_version = 0
@@ -88,6 +89,9 @@ class PolicyNode(LifecycleNode):
                 raise ConfigError("parameter checkpoint_path is required (a directory from `prophrl policy sft`)")
             self.robot = load_robot_config(self.p("robot"))
             self.device = torch.device(self.p("device"))
+            # One intra-op thread: a small policy gains little from more, and spinning OpenMP
+            # workers would starve the camera/executor processes sharing this CPU.
+            torch.set_num_threads(max(1, int(self.p("torch_threads"))))
             self.policy = self._load(self.p("checkpoint_path"))
         except (ConfigError, RuntimeError) as exc:
             self.get_logger().error(f"configure failed: {exc}")
