@@ -1,0 +1,56 @@
+import json
+
+import numpy as np
+import pytest
+
+from prophrl_common.config_io import ConfigError
+from prophrl_policy.collect import CollectSettings, collect_direct
+from prophrl_policy.configuration_vla import get_vla_config
+from prophrl_policy.modeling_vla import VLAPolicy
+from prophrl_trainer.sft import SFTConfig, load_demonstrations, policy_states, target_chunks, train_sft
+from prophrl_worldmodel.dataset import bags2dataset
+
+
+def test_targets_are_the_executed_actions_from_each_frame_on():
+    actions = np.arange(4 * 7, dtype=np.float32).reshape(4, 7)
+    actions[:, 6] = [0, 0, 1, 1]
+    chunks = target_chunks(actions, horizon=3)
+    assert chunks.shape == (4, 3, 7)
+    np.testing.assert_array_equal(chunks[1], actions[1:4])
+    # past the end: zero motion, the last gripper command held
+    np.testing.assert_array_equal(chunks[3, 1:, :6], 0)
+    np.testing.assert_array_equal(chunks[3, 1:, 6], 1)
+
+
+def test_state_is_pose_and_the_gripper_command_in_force():
+    ee_pose = np.tile(np.arange(7, dtype=np.float32), (3, 1))
+    actions = np.zeros((3, 7), np.float32)
+    actions[:, 6] = [1, 0, 1]
+    states = policy_states(ee_pose, actions)
+    np.testing.assert_array_equal(states[:, 7], [0, 1, 0])  # the previous step's command
+    np.testing.assert_array_equal(states[:, :7], ee_pose)
+
+
+@pytest.fixture(scope="module")
+def demo_dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sft")
+    collect_direct(CollectSettings(episodes=2, max_steps=120, image_size=64), root / "bags", show_progress=False)
+    bags2dataset([root / "bags"], root / "dataset", "panda_sim")
+    return root / "dataset"
+
+
+def test_sft_learns_from_recorded_demonstrations_and_saves_a_loadable_policy(demo_dataset, tmp_path):
+    config = get_vla_config("tiny", hidden_dim=48, num_layers=1, image_size=48, horizon=6)
+    data = load_demonstrations(demo_dataset, config.horizon)
+    assert data.frames.shape[1:] == (64, 64, 3) and data.chunks.shape[1:] == (6, 7) and len(data) > 50
+    path, losses = train_sft(data, config, SFTConfig(steps=120, batch_size=16, learning_rate=1e-3, warmup_steps=10,
+                                                     log_every=20), tmp_path / "policy", show_progress=False)
+    assert np.mean(losses[-20:]) < 0.8 * np.mean(losses[:20])
+    policy = VLAPolicy.from_pretrained(path)
+    np.testing.assert_allclose(policy.norm_stats.action_mean, data.chunks.reshape(-1, 7).mean(0), rtol=1e-4, atol=1e-6)
+    assert json.loads((path / "sft.json").read_text())["num_samples"] == len(data)
+
+
+def test_sft_refuses_a_directory_that_is_not_a_dataset(tmp_path):
+    with pytest.raises(ConfigError, match="not a bags2dataset output"):
+        load_demonstrations(tmp_path, 10)
