@@ -3,7 +3,7 @@
 Times one VAE step, one denoiser training step (training_loss + backward + AdamW), generate (one clip,
 K Euler steps) and a closed-loop rollout of N chunks, each the median of --repeats runs.
 
-    python bench/prophet_speed.py [--config tiny] [--batch 8] [--num-steps 10] [--chunks 3]
+    python bench/prophet_speed.py [--config tiny] [--batch 8] [--num-steps 10] [--chunks 3] [--threads 1]
 """
 
 from __future__ import annotations
@@ -35,7 +35,10 @@ def main() -> None:
     parser.add_argument("--num-steps", type=int, default=10)
     parser.add_argument("--chunks", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     config = get_prophet_config(args.config)
     model = Prophet(config)

@@ -1,0 +1,163 @@
+"""Prophet configuration: named configs in a registry, saved as JSON beside the weights.
+
+A config describes the clip geometry (image size, frames per clip, action chunk layout), the
+conditioning (history memory scales, action frames), the sampler, and either a from-scratch tiny
+architecture (the ``vae_*`` and transformer fields) or a local pretrained diffusers model
+(``pretrained_path``), in which case the architecture is read from that model's own configs and
+the from-scratch fields are not used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from prophrl_common.config_io import ConfigError, dataclass_from_mapping
+
+ARM_ACTION_DIM = 7   # [dpos (3), drot (3, rotation vector about the base axes), gripper (0 open .. 1 closed)]
+MAX_ARMS = 2
+# full: every weight trains. lora: LoRA adapters in the transformer are the only trainable weights
+# (adapting a trained Prophet). lora+conditioning: LoRA plus Prophet's own conditioning layers, which
+# a generic video model does not have and must learn in full (turning a Wan checkpoint into Prophet).
+FINETUNE_MODES = ("full", "lora", "lora+conditioning")
+
+
+@dataclasses.dataclass(frozen=True)
+class ProphetConfig:
+    name: str = "tiny"
+    # Clip geometry. One call predicts frames_per_clip frames from an action chunk of
+    # frames_per_clip * actions_per_frame steps (the actions executed between consecutive frames).
+    image_size: int = 64
+    frames_per_clip: int = 4
+    actions_per_frame: int = 5
+    action_dim: int = ARM_ACTION_DIM * MAX_ARMS   # single-arm data zero-pads the second arm
+    # History memory, FramePack-style: (frames, pool_t, pool_h, pool_w) per scale, most recent
+    # frames first. Each scale's latents are 3D-average-pooled with that kernel; the sum of the
+    # frame counts is the history length.
+    history_scales: tuple[tuple[int, ...], ...] = ((2, 1, 2, 2), (2, 2, 4, 4), (4, 4, 8, 8))
+    # Action frames (rendered end-effector poses): their latents are pooled to a grid x grid map per frame.
+    use_action_frames: bool = True
+    action_frame_grid: int = 4
+    # Rectified flow: t = 1 noise, t = 0 data; sigma' = shift * sigma / (1 + (shift - 1) * sigma)
+    # (Wan / SD3 time shift, 1 = none) for both training times and the sampling grid.
+    num_inference_steps: int = 10
+    timestep_shift: float = 1.0
+    # From-scratch VAE (diffusers AutoencoderKL), one down block per entry: spatial compression
+    # 2 ** (len(vae_channels) - 1). Frames are encoded one by one (no temporal compression).
+    vae_channels: tuple[int, ...] = (8, 16, 32)
+    vae_layers_per_block: int = 1
+    vae_norm_groups: int = 8
+    vae_latent_channels: int = 4
+    vae_kl_weight: float = 1e-4
+    # From-scratch denoiser (diffusers WanTransformer3DModel).
+    patch_size: tuple[int, ...] = (1, 2, 2)
+    num_layers: int = 4
+    num_heads: int = 2
+    head_dim: int = 32
+    ffn_dim: int = 256
+    freq_dim: int = 64
+    context_dim: int = 64          # width of the history / action tokens (Wan's text_dim)
+    # Pretrained base: a local directory in diffusers layout, vae/ (AutoencoderKL or AutoencoderKLWan)
+    # and transformer/ (WanTransformer3DModel). No hub access.
+    pretrained_path: str = ""
+    finetune: str = "full"
+    lora_rank: int = 16
+    lora_alpha: float = 16.0
+    lora_target_modules: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
+
+    @property
+    def action_horizon(self) -> int:
+        return self.frames_per_clip * self.actions_per_frame
+
+    @property
+    def history_length(self) -> int:
+        return sum(scale[0] for scale in self.history_scales)
+
+    @property
+    def vae_compression(self) -> int:
+        """Spatial compression of the from-scratch VAE."""
+        return 2 ** (len(self.vae_channels) - 1)
+
+    def validate(self, source: str = "ProphetConfig") -> "ProphetConfig":
+        for key in ("image_size", "frames_per_clip", "actions_per_frame", "action_dim", "action_frame_grid",
+                    "num_inference_steps", "vae_layers_per_block", "vae_norm_groups", "vae_latent_channels",
+                    "num_layers", "num_heads", "head_dim", "ffn_dim", "freq_dim", "context_dim"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"{source}: {key} must be positive")
+        if self.action_dim % ARM_ACTION_DIM:
+            raise ConfigError(f"{source}: action_dim must be a multiple of {ARM_ACTION_DIM} (7 per end effector)")
+        if self.timestep_shift <= 0:
+            raise ConfigError(f"{source}: timestep_shift must be positive")
+        if self.vae_kl_weight < 0:
+            raise ConfigError(f"{source}: vae_kl_weight must be >= 0")
+        if not self.history_scales:
+            raise ConfigError(f"{source}: history_scales needs at least one scale")
+        for scale in self.history_scales:
+            if len(scale) != 4 or min(scale) <= 0:
+                raise ConfigError(f"{source}: each history scale is (frames, pool_t, pool_h, pool_w), all positive; "
+                                  f"got {scale}")
+            if scale[0] % scale[1]:
+                raise ConfigError(f"{source}: history scale {scale}: frames must be a multiple of pool_t")
+        if len(self.patch_size) != 3 or min(self.patch_size) <= 0:
+            raise ConfigError(f"{source}: patch_size must be three positive integers (t, h, w)")
+        if self.patch_size[0] != 1:
+            raise ConfigError(f"{source}: patch_size[0] must be 1 (frames are predicted one latent frame each)")
+        if not self.vae_channels or any(c % self.vae_norm_groups for c in self.vae_channels):
+            raise ConfigError(f"{source}: vae_channels must be non-empty multiples of vae_norm_groups")
+        if self.head_dim % 2:
+            raise ConfigError(f"{source}: head_dim must be even (rotary embeddings)")
+        if self.finetune not in FINETUNE_MODES:
+            raise ConfigError(f"{source}: finetune must be one of {FINETUNE_MODES}")
+        if self.finetune != "full" and (self.lora_rank <= 0 or not self.lora_target_modules):
+            raise ConfigError(f"{source}: finetune={self.finetune} needs lora_rank > 0 and lora_target_modules")
+        if not self.pretrained_path:
+            self.check_latent_geometry(self.vae_compression, source)
+        return self
+
+    def check_latent_geometry(self, vae_compression: int, source: str = "ProphetConfig") -> None:
+        """The image must tile into VAE latents, patches and every history pooling window."""
+        if self.image_size % vae_compression:
+            raise ConfigError(f"{source}: image_size {self.image_size} is not a multiple of the VAE's "
+                              f"compression {vae_compression}")
+        latent = self.image_size // vae_compression
+        for window in [self.patch_size[1:]] + [scale[2:] for scale in self.history_scales]:
+            if any(latent % w for w in window):
+                raise ConfigError(f"{source}: the {latent}x{latent} latent grid does not tile into {tuple(window)} "
+                                  f"(patch_size / history_scales)")
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json_file(cls, path: str | Path) -> "ProphetConfig":
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"{path}: cannot read Prophet config: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: Prophet config must be a JSON object")
+        return dataclass_from_mapping(cls, data, str(path)).validate(str(path))
+
+
+PROPHET_CONFIGS: dict[str, ProphetConfig] = {
+    # Trains on a 2-core CPU: 64 px, 4x VAE -> 16x16x4 latents, 8x8 tokens per frame.
+    "tiny": ProphetConfig(),
+    # A local diffusers Wan checkpoint (e.g. Wan2.1-T2V-1.3B-Diffusers: AutoencoderKLWan 8x spatial,
+    # 16 latent channels; WanTransformer3DModel) adapted with LoRA. pretrained_path must be given.
+    "base": ProphetConfig(name="base", image_size=256, frames_per_clip=10, actions_per_frame=2,
+                          history_scales=((2, 1, 2, 2), (2, 2, 4, 4), (4, 4, 8, 8)), action_frame_grid=8,
+                          num_inference_steps=20, timestep_shift=3.0, finetune="lora+conditioning",
+                          lora_rank=32, lora_alpha=32.0),
+}
+
+
+def get_prophet_config(name: str, **overrides) -> ProphetConfig:
+    if name not in PROPHET_CONFIGS:
+        raise ConfigError(f"unknown Prophet config '{name}'; available: {sorted(PROPHET_CONFIGS)}")
+    try:
+        config = dataclasses.replace(PROPHET_CONFIGS[name], **overrides)
+    except TypeError as exc:
+        raise ConfigError(f"Prophet config '{name}': {exc}") from exc
+    return config.validate(name)

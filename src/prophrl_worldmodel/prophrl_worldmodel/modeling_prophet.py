@@ -1,0 +1,642 @@
+"""Prophet: an action-conditioned latent video flow-matching model (pure torch, no ROS).
+
+Pieces (all diffusers / peft classes, no global patching):
+- VAE: ``AutoencoderKL`` (from scratch: ``ProphetConfig.vae_*``, 4x spatial for ``tiny``) or a
+  pretrained ``AutoencoderKL`` / ``AutoencoderKLWan``. Every frame is encoded on its own, so one
+  latent frame per video frame and no temporal compression: the paper's Wan VAE compresses 4x in
+  time, but per-frame latents keep the start frame, each predicted frame and the history buffer
+  aligned with the frames the policy sees, and a causal Wan VAE encodes a one-frame video exactly
+  like the first frame of a clip. Latents are normalised per channel (``latent_mean/std`` buffers).
+- Denoiser: ``ActionConditionedWanTransformer``, a ``WanTransformer3DModel`` whose forward takes one
+  extra input, an embedding added to the diffusion timestep embedding. Its input video is the clean
+  start-frame latent followed in time by the F noisy future latents (time concatenation, so the
+  start frame shares the rotary positions and self-attention of the clip, and a pretrained Wan keeps
+  its input channels); the velocity of frame 0 is discarded.
+- Conditioning (``ProphetConditioning``), all carried through Wan's own inputs:
+  * history memory: the latents of the last ``history_length`` frames (before the start frame),
+    split into scales (most recent first) and 3D-average-pooled per scale (FramePack-style: recent
+    frames fine, older frames coarse); each pooled cell becomes a token (linear + learned position).
+  * action tokens: one token per predicted frame from the actions executed before it.
+  History and action tokens are Wan's cross-attention context (``encoder_hidden_states``), so every
+  transformer block attends to them as extra keys/values.
+  * dual action conditioning added to the timestep embedding: MLP(flatten(action chunk)) and, where
+    the camera calibration is known, MLP(pooled VAE latents of the rendered action frames), masked
+    per sample. Both MLPs end in a zero-initialised layer, so a pretrained Wan starts unchanged.
+
+Training recipe (tiny, from scratch): ``vae_loss`` steps, then ``fit_latent_statistics``, then
+``training_loss`` steps on ``denoiser_parameters()`` (the VAE is frozen inside ``training_loss``).
+Frames everywhere are (..., H, W, 3) RGB in [0, 255], uint8 or float, numpy or torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, AutoencoderKLWan, WanTransformer3DModel
+from diffusers.utils.torch_utils import randn_tensor
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from prophrl_common.config_io import ConfigError
+from prophrl_worldmodel import schedulers
+from prophrl_worldmodel.configuration_prophet import ARM_ACTION_DIM, ProphetConfig
+
+CONFIG_NAME = "prophet_config.json"
+WEIGHTS_NAME = "model.safetensors"
+ADAPTER_NAME = "adapter.safetensors"
+VAE_CLASSES = {"AutoencoderKL": AutoencoderKL, "AutoencoderKLWan": AutoencoderKLWan}
+TIMESTEP_SCALE = 1000.0  # Wan embeds timesteps in [0, 1000]
+ArrayLike = np.ndarray | torch.Tensor
+MIN_ACTION_STD = 1e-3    # action dimensions that never move must not blow up when normalised
+
+
+class ActionConditionedWanTransformer(WanTransformer3DModel):
+    """WanTransformer3DModel whose forward adds ``added_time_embedding`` (B, inner_dim) to the timestep
+    embedding before it is projected into the blocks' scale/shift/gate modulation and the output norm.
+
+    Same weights and config as the parent, so a stock Wan checkpoint loads into it unchanged. The forward
+    is the parent's text-to-video path (one timestep per sample, no image-embedding branch) written out.
+    """
+
+    def forward(self, hidden_states: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                added_time_embedding: torch.Tensor | None = None) -> torch.Tensor:
+        batch, _, frames, height, width = hidden_states.shape
+        p_t, p_h, p_w = self.config.patch_size
+        rotary_emb = self.rope(hidden_states)
+        tokens = self.patch_embedding(hidden_states).flatten(2).transpose(1, 2).contiguous()
+
+        embedder = self.condition_embedder
+        time_embedder_dtype = next(embedder.time_embedder.parameters()).dtype
+        temb = embedder.time_embedder(embedder.timesteps_proj(timestep).to(time_embedder_dtype))
+        if added_time_embedding is not None:
+            temb = temb + added_time_embedding.to(temb.dtype)
+        temb = temb.type_as(tokens)
+        modulation = embedder.time_proj(embedder.act_fn(temb)).unflatten(1, (6, -1))
+        context = embedder.text_embedder(encoder_hidden_states)
+
+        for block in self.blocks:
+            if torch.is_grad_enabled() and self.gradient_checkpointing:
+                tokens = self._gradient_checkpointing_func(block, tokens, context, modulation, rotary_emb)
+            else:
+                tokens = block(tokens, context, modulation, rotary_emb)
+
+        shift, scale = (self.scale_shift_table.to(temb.device) + temb.unsqueeze(1)).chunk(2, dim=1)
+        tokens = (self.norm_out(tokens.float()) * (1 + scale) + shift).type_as(tokens)
+        out = self.proj_out(tokens)
+        out = out.reshape(batch, frames // p_t, height // p_h, width // p_w, p_t, p_h, p_w, -1)
+        return out.permute(0, 7, 1, 4, 2, 5, 3, 6).flatten(6, 7).flatten(4, 5).flatten(2, 3)
+
+
+def _mlp(in_features: int, out_features: int) -> nn.Sequential:
+    mlp = nn.Sequential(nn.Linear(in_features, out_features), nn.SiLU(), nn.Linear(out_features, out_features))
+    nn.init.zeros_(mlp[2].weight)
+    nn.init.zeros_(mlp[2].bias)
+    return mlp
+
+
+class ProphetConditioning(nn.Module):
+    """Prophet's own layers: history-memory and action tokens (cross-attention context) and the action
+    embeddings added to the timestep embedding."""
+
+    def __init__(self, config: ProphetConfig, latent_channels: int, latent_size: int, inner_dim: int,
+                 context_dim: int):
+        super().__init__()
+        self.config = config
+        self.history_proj = nn.ModuleList()
+        self.history_pos = nn.ParameterList()
+        for frames, pool_t, pool_h, pool_w in config.history_scales:
+            tokens = (frames // pool_t) * (latent_size // pool_h) * (latent_size // pool_w)
+            self.history_proj.append(nn.Linear(latent_channels, context_dim))
+            self.history_pos.append(nn.Parameter(torch.randn(tokens, context_dim) * 0.02))
+        self.action_tokens = nn.Linear(config.actions_per_frame * config.action_dim, context_dim)
+        self.action_token_pos = nn.Parameter(torch.randn(config.frames_per_clip, context_dim) * 0.02)
+        self.action_embedding = _mlp(config.action_horizon * config.action_dim, inner_dim)
+        self.action_frame_embedding = None
+        if config.use_action_frames:
+            grid = config.action_frame_grid
+            self.action_frame_embedding = _mlp(config.frames_per_clip * latent_channels * grid * grid, inner_dim)
+
+    def context(self, history_latents: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """history_latents (B, C, history_length, h, w), oldest first; actions (B, horizon, action_dim)
+        -> (B, N, context_dim) tokens."""
+        tokens = []
+        end = history_latents.shape[2]
+        for (frames, *window), proj, pos in zip(self.config.history_scales, self.history_proj, self.history_pos):
+            pooled = F.avg_pool3d(history_latents[:, :, end - frames:end], kernel_size=window, stride=window)
+            tokens.append(proj(pooled.flatten(2).transpose(1, 2)) + pos)
+            end -= frames
+        per_frame = actions.reshape(actions.shape[0], self.config.frames_per_clip, -1)
+        tokens.append(self.action_tokens(per_frame) + self.action_token_pos)
+        return torch.cat(tokens, dim=1)
+
+    def time_embedding(self, actions: torch.Tensor, action_frame_latents: torch.Tensor | None,
+                       calibrated: torch.Tensor | None) -> torch.Tensor:
+        """(B, inner_dim): scalar action stream + (calibrated samples only) action-frame stream."""
+        embedding = self.action_embedding(actions.flatten(1))
+        if self.action_frame_embedding is not None and action_frame_latents is not None:
+            grid = self.config.action_frame_grid
+            pooled = F.adaptive_avg_pool3d(action_frame_latents, (action_frame_latents.shape[2], grid, grid))
+            frames_term = self.action_frame_embedding(pooled.flatten(1))
+            embedding = embedding + frames_term * calibrated.to(frames_term.dtype)[:, None]
+        return embedding
+
+
+@dataclasses.dataclass
+class ProphetBatch:
+    """One training batch. Frames are RGB in [0, 255] (uint8 or float), numpy or torch.
+
+    history_frames (B, T, H, W, 3), oldest first, the frames before current_frame (T may be 0);
+    current_frame (B, H, W, 3); actions (B, horizon, action_dim or 7 per arm: zero-padded);
+    future_frames (B, F, H, W, 3); action_frames (B, F, H, W, 3) rendered end-effector poses at the
+    future frames, optional; calibrated (B,) bool, whether a sample's action frames are valid
+    (default: all, when action_frames is given).
+    """
+
+    history_frames: ArrayLike
+    current_frame: ArrayLike
+    actions: ArrayLike
+    future_frames: ArrayLike
+    action_frames: ArrayLike | None = None
+    calibrated: ArrayLike | None = None
+
+    @classmethod
+    def coerce(cls, batch: "ProphetBatch | Mapping") -> "ProphetBatch":
+        if isinstance(batch, cls):
+            return batch
+        if isinstance(batch, Mapping):
+            unknown = sorted(set(batch) - {f.name for f in dataclasses.fields(cls)})
+            if unknown:
+                raise ValueError(f"unknown batch key(s) {unknown}")
+            return cls(**batch)
+        raise TypeError(f"batch must be a ProphetBatch or a mapping, got {type(batch).__name__}")
+
+
+@dataclasses.dataclass(frozen=True)
+class VAELoss:
+    loss: torch.Tensor            # reconstruction + kl_weight * kl, what to backpropagate
+    reconstruction: torch.Tensor  # mean absolute error in [-1, 1] pixel units
+    kl: torch.Tensor              # mean KL to N(0, I) per latent element
+
+
+@dataclasses.dataclass(frozen=True)
+class _Conditions:
+    start_latent: torch.Tensor      # (B, C, 1, h, w)
+    context: torch.Tensor           # (B, N, context_dim)
+    time_embedding: torch.Tensor    # (B, inner_dim)
+
+
+class Prophet(nn.Module):
+    def __init__(self, config: ProphetConfig):
+        super().__init__()
+        config = config.validate()
+        if config.pretrained_path:
+            self.vae, self.transformer = _load_pretrained_base(Path(config.pretrained_path))
+        else:
+            self.vae, self.transformer = _build_from_scratch(config)
+        self.is_wan_vae = isinstance(self.vae, AutoencoderKLWan)
+        self.latent_channels = self.transformer.config.in_channels
+        vae_channels = self.vae.config.z_dim if self.is_wan_vae else self.vae.config.latent_channels
+        if vae_channels != self.latent_channels or self.transformer.config.out_channels != self.latent_channels:
+            raise ConfigError(f"VAE latents have {vae_channels} channels, the transformer takes "
+                              f"{self.latent_channels} in / {self.transformer.config.out_channels} out")
+        if tuple(self.transformer.config.patch_size) != tuple(config.patch_size):
+            config = dataclasses.replace(config, patch_size=tuple(self.transformer.config.patch_size))
+        self.vae_compression = _vae_compression(self.vae)
+        config.check_latent_geometry(self.vae_compression, config.name)
+        self.config = config.validate()
+        self.latent_size = config.image_size // self.vae_compression
+
+        mean, std = _initial_latent_statistics(self.vae, self.latent_channels)
+        self.register_buffer("latent_mean", mean)
+        self.register_buffer("latent_std", std)
+        self.register_buffer("action_mean", torch.zeros(config.action_dim))
+        self.register_buffer("action_std", torch.ones(config.action_dim))
+        inner_dim = self.transformer.config.num_attention_heads * self.transformer.config.attention_head_dim
+        self.conditioning = ProphetConditioning(config, self.latent_channels, self.latent_size, inner_dim,
+                                                self.transformer.config.text_dim)
+        if config.finetune != "full":
+            self._attach_lora()
+
+    # ----- fine-tuning ---------------------------------------------------------------------------
+    def configure_finetuning(self, finetune: str, **lora_fields) -> "Prophet":
+        """Switch a full model (e.g. a trained Prophet loaded for few-shot adaptation) to a LoRA mode.
+
+        lora_fields override lora_rank / lora_alpha / lora_target_modules. Returns self.
+        """
+        if self.config.finetune != "full":
+            raise ConfigError(f"LoRA adapters are already attached (finetune={self.config.finetune})")
+        unknown = sorted(set(lora_fields) - {"lora_rank", "lora_alpha", "lora_target_modules"})
+        if unknown:
+            raise ConfigError(f"configure_finetuning: unknown field(s) {unknown}")
+        self.config = dataclasses.replace(self.config, finetune=finetune, **lora_fields).validate()
+        self.conditioning.config = self.config
+        if finetune != "full":
+            self._attach_lora()
+        return self
+
+    def _attach_lora(self) -> None:
+        from peft import LoraConfig
+
+        lora = LoraConfig(r=self.config.lora_rank, lora_alpha=self.config.lora_alpha,
+                          target_modules=list(self.config.lora_target_modules), init_lora_weights=True)
+        self.transformer.add_adapter(lora)  # peft.inject_adapter_in_model under the hood
+        train_conditioning = self.config.finetune == "lora+conditioning"
+        for name, param in self.named_parameters():
+            is_lora = name.startswith("transformer.") and "lora_" in name
+            param.requires_grad_(is_lora or (train_conditioning and name.startswith("conditioning.")))
+
+    def denoiser_parameters(self) -> list[nn.Parameter]:
+        """What training_loss trains: transformer + conditioning weights that require grad."""
+        return [p for name, p in self.named_parameters() if p.requires_grad and not name.startswith("vae.")]
+
+    def vae_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.vae.parameters() if p.requires_grad]
+
+    # ----- frames <-> latents --------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.latent_mean.device
+
+    def _pixels(self, frames, name: str, ndim: int | None = None) -> torch.Tensor:
+        """[0, 255] frames (..., H, W, 3) -> float (..., 3, S, S) in [-1, 1] at the model's image size."""
+        x = _as_tensor(frames)
+        if (ndim is not None and x.ndim != ndim) or x.ndim < 3 or x.shape[-1] != 3:
+            raise ValueError(f"{name} must have {ndim or '>= 3'} dims ending in 3 RGB channels, got {tuple(x.shape)}")
+        lead = x.shape[:-3]
+        x = x.to(self.device, torch.float32).reshape(-1, *x.shape[-3:]).permute(0, 3, 1, 2)
+        size = self.config.image_size
+        if x.shape[-2:] != (size, size) and x.shape[0]:
+            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        return (x / 127.5 - 1.0).reshape(*lead, 3, size, size)
+
+    def _resized(self, frames: torch.Tensor, name: str, ndim: int) -> torch.Tensor:
+        """[0, 255] frames (..., H, W, 3) at the model's image size, still in [0, 255]."""
+        if frames.shape[-3:-1] == (self.config.image_size,) * 2:
+            return frames
+        return ((self._pixels(frames, name, ndim) + 1) * 127.5).movedim(-3, -1)
+
+    def _posterior(self, x: torch.Tensor):
+        """(N, 3, S, S) in [-1, 1] -> the VAE's diagonal Gaussian over (N, C, h, w) latents."""
+        if self.is_wan_vae:
+            x = x.unsqueeze(2)  # a one-frame video
+        return self.vae.encode(x).latent_dist
+
+    def _raw_latents(self, x: torch.Tensor) -> torch.Tensor:
+        z = self._posterior(x).mode()
+        return z.squeeze(2) if self.is_wan_vae else z
+
+    def _vae_decode(self, z: torch.Tensor) -> torch.Tensor:
+        if self.is_wan_vae:
+            return self.vae.decode(z.unsqueeze(2)).sample.squeeze(2)
+        return self.vae.decode(z).sample
+
+    def encode_frames(self, frames) -> torch.Tensor:
+        """[0, 255] frames (B, T, H, W, 3) -> normalised latents (B, C, T, h, w) (posterior means)."""
+        return self._encode_pixels(self._pixels(frames, "frames", 5))
+
+    def _encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, T, 3, S, S) in [-1, 1] -> normalised latents (B, C, T, h, w)."""
+        b, t = pixels.shape[:2]
+        if t == 0:
+            return pixels.new_zeros(b, self.latent_channels, 0, self.latent_size, self.latent_size)
+        z = self._raw_latents(pixels.flatten(0, 1))
+        z = (z - self.latent_mean[:, None, None]) / self.latent_std[:, None, None]
+        return z.unflatten(0, (b, t)).transpose(1, 2)
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Normalised latents (B, C, T, h, w) -> frames (B, T, S, S, 3), float in [0, 255]."""
+        b, _, t = latents.shape[:3]
+        z = latents.transpose(1, 2).flatten(0, 1)
+        z = z * self.latent_std[:, None, None] + self.latent_mean[:, None, None]
+        x = self._vae_decode(z)
+        frames = ((x.clamp(-1, 1) + 1) * 127.5).permute(0, 2, 3, 1)
+        return frames.unflatten(0, (b, t))
+
+    def vae_loss(self, frames, generator: torch.Generator | None = None) -> VAELoss:
+        """Autoencoder loss on frames (..., H, W, 3): L1 reconstruction of a posterior sample + small KL."""
+        x = self._pixels(frames, "frames")
+        x = x.reshape(-1, *x.shape[-3:])
+        posterior = self._posterior(x)
+        sample = posterior.sample(generator)
+        reconstruction = self._vae_decode(sample.squeeze(2) if self.is_wan_vae else sample)
+        recon = (reconstruction - x).abs().mean()
+        kl = posterior.kl().sum() / posterior.mean.numel()
+        return VAELoss(recon + self.config.vae_kl_weight * kl, recon, kl)
+
+    @torch.no_grad()
+    def fit_latent_statistics(self, frames) -> None:
+        """Set the per-channel latent normalisation from sample frames (..., H, W, 3) (after VAE training)."""
+        x = self._pixels(frames, "frames")
+        z = self._raw_latents(x.reshape(-1, *x.shape[-3:]))
+        self.latent_mean.copy_(z.mean(dim=(0, 2, 3)))
+        self.latent_std.copy_(z.std(dim=(0, 2, 3)).clamp_min(1e-4))
+
+    @torch.no_grad()
+    def fit_action_statistics(self, actions) -> None:
+        """Per-dimension action normalisation from dataset actions (..., action_dim or 7 per arm).
+
+        Raw deltas are ~1e-2 m / rad per step: without this the action stream is drowned by biases.
+        """
+        a = _as_tensor(actions)
+        a = self._padded_actions(a.reshape(-1, a.shape[-1]))
+        if not torch.isfinite(a).all():
+            raise ValueError("cannot compute action statistics from data with NaN/inf")
+        self.action_mean.copy_(a.mean(0))
+        self.action_std.copy_(a.std(0, unbiased=False).clamp_min(MIN_ACTION_STD))
+
+    # ----- conditioning --------------------------------------------------------------------------
+    def _padded_actions(self, a: torch.Tensor) -> torch.Tensor:
+        a = a.to(self.device, torch.float32)
+        if a.shape[-1] % ARM_ACTION_DIM or a.shape[-1] > self.config.action_dim:
+            raise ValueError(f"actions must have {self.config.action_dim} (or 7 per arm, zero-padded) values per "
+                             f"step, got {a.shape[-1]}")
+        return F.pad(a, (0, self.config.action_dim - a.shape[-1]))
+
+    def _actions(self, actions, batch: int) -> torch.Tensor:
+        """(B, horizon, action_dim or 7 per arm) raw actions -> normalised, zero-padded (B, horizon, action_dim)."""
+        a = _as_tensor(actions)
+        horizon = self.config.action_horizon
+        if a.ndim != 3 or a.shape[0] != batch or a.shape[1] != horizon:
+            raise ValueError(f"actions must be ({batch}, {horizon}, {self.config.action_dim}), got {tuple(a.shape)}")
+        return (self._padded_actions(a) - self.action_mean) / self.action_std
+
+    def _history_window(self, history: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
+        """The last history_length frames (B, L, 3, S, S); a short history repeats its oldest frame
+        (the start frame when there is none)."""
+        length = self.config.history_length
+        if history.shape[1] == 0:
+            history = start[:, None]
+        history = history[:, -length:]
+        missing = length - history.shape[1]
+        if missing:
+            history = torch.cat([history[:, :1].expand(-1, missing, -1, -1, -1), history], dim=1)
+        return history
+
+    def _action_frame_inputs(self, action_frames, calibrated, batch: int):
+        """-> (pixels (B, F, 3, S, S) or None, calibrated mask (B,) float or None)."""
+        if action_frames is None:
+            return None, None
+        if not self.config.use_action_frames:
+            raise ValueError("this Prophet was configured with use_action_frames=False; pass action_frames=None")
+        pixels = self._pixels(action_frames, "action_frames", 5)
+        if pixels.shape[:2] != (batch, self.config.frames_per_clip):
+            raise ValueError(f"action_frames must be ({batch}, {self.config.frames_per_clip}, H, W, 3), "
+                             f"got {tuple(pixels.shape)}")
+        if calibrated is None:
+            mask = torch.ones(batch, device=self.device)
+        else:
+            mask = _as_tensor(calibrated).to(self.device, torch.float32).reshape(-1)
+            if mask.shape[0] != batch:
+                raise ValueError(f"calibrated must have {batch} entries, got {mask.shape[0]}")
+        return pixels, mask
+
+    def _conditions(self, start_latent, history_latents, actions, action_frame_latents, calibrated) -> _Conditions:
+        return _Conditions(start_latent, self.conditioning.context(history_latents, actions),
+                           self.conditioning.time_embedding(actions, action_frame_latents, calibrated))
+
+    def velocity(self, noisy_latents: torch.Tensor, t: torch.Tensor, conditions: _Conditions) -> torch.Tensor:
+        """v(x_t, t | start frame, history, actions) for the F future latents (B, C, F, h, w); t (B,) in [0, 1]."""
+        model_input = torch.cat([conditions.start_latent, noisy_latents], dim=2)
+        out = self.transformer(model_input, t * TIMESTEP_SCALE, conditions.context, conditions.time_embedding)
+        return out[:, :, 1:]
+
+    # ----- training --------------------------------------------------------------------------------
+    def training_loss(self, batch: ProphetBatch | Mapping, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Rectified-flow loss on the future latents: ||v(x_t, t) - (noise - x0)||^2 (VAE frozen)."""
+        batch = ProphetBatch.coerce(batch)
+        current = self._pixels(batch.current_frame, "current_frame", 4)
+        b = current.shape[0]
+        history = self._pixels(batch.history_frames, "history_frames", 5)
+        future = self._pixels(batch.future_frames, "future_frames", 5)
+        if history.shape[0] != b or future.shape[:2] != (b, self.config.frames_per_clip):
+            raise ValueError(f"history_frames must be ({b}, T, H, W, 3) and future_frames "
+                             f"({b}, {self.config.frames_per_clip}, H, W, 3)")
+        actions = self._actions(batch.actions, b)
+        action_pixels, calibrated = self._action_frame_inputs(batch.action_frames, batch.calibrated, b)
+        length = self.config.history_length
+        with torch.no_grad():
+            frames = [self._history_window(history, current), current[:, None], future]
+            if action_pixels is not None:
+                frames.append(action_pixels)
+            latents = self._encode_pixels(torch.cat(frames, dim=1))
+        history_latents = latents[:, :, :length]
+        start_latent = latents[:, :, length:length + 1]
+        target = latents[:, :, length + 1:length + 1 + self.config.frames_per_clip]
+        action_frame_latents = latents[:, :, length + 1 + self.config.frames_per_clip:] if action_pixels is not None \
+            else None
+
+        conditions = self._conditions(start_latent, history_latents, actions, action_frame_latents, calibrated)
+        noise = randn_tensor(target.shape, generator=generator, device=self.device, dtype=target.dtype)
+        t = schedulers.sample_training_times(b, self.config.timestep_shift, generator, self.device)
+        noisy = schedulers.add_noise(target, noise, t)
+        return F.mse_loss(self.velocity(noisy, t, conditions), schedulers.velocity_target(target, noise))
+
+    # ----- generation ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, start_frame, history_frames, actions, num_steps: int | None = None,
+                 generator: torch.Generator | None = None, *, action_frames=None, calibrated=None) -> torch.Tensor:
+        """Predict the next clip: (B, F, S, S, 3) float frames in [0, 255].
+
+        start_frame (B, H, W, 3); history_frames (B, T, H, W, 3) oldest first, or None; actions
+        (B, horizon, action_dim); num_steps Euler steps (default config.num_inference_steps; 0 decodes
+        the initial noise). Seeded by generator.
+        """
+        start = self._pixels(start_frame, "start_frame", 4)
+        b = start.shape[0]
+        history = self._pixels(history_frames, "history_frames", 5) if history_frames is not None \
+            else start.new_zeros(b, 0, *start.shape[1:])
+        if history.shape[0] != b:
+            raise ValueError(f"history_frames has batch {history.shape[0]}, start_frame {b}")
+        actions = self._actions(actions, b)
+        action_pixels, calibrated = self._action_frame_inputs(action_frames, calibrated, b)
+        length = self.config.history_length
+        latents = self._encode_pixels(torch.cat([self._history_window(history, start), start[:, None]], dim=1))
+        action_frame_latents = self._encode_pixels(action_pixels) if action_pixels is not None else None
+        conditions = self._conditions(latents[:, :, length:], latents[:, :, :length], actions,
+                                      action_frame_latents, calibrated)
+
+        shape = (b, self.latent_channels, self.config.frames_per_clip, self.latent_size, self.latent_size)
+        x = randn_tensor(shape, generator=generator, device=self.device, dtype=torch.float32)
+        steps = self.config.num_inference_steps if num_steps is None else num_steps
+        sigmas = schedulers.sampling_sigmas(steps, self.config.timestep_shift)
+        for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
+            v = self.velocity(x, torch.full((b,), sigma, device=self.device), conditions)
+            x = schedulers.euler_step(x, v, sigma, sigma_next)
+        return self.decode_latents(x)
+
+    @torch.no_grad()
+    def rollout(self, start_frame, action_chunks, history_frames=None, num_steps: int | None = None,
+                generator: torch.Generator | None = None, *, action_frames=None, calibrated=None) -> torch.Tensor:
+        """Closed-loop imagination: (B, N * F, S, S, 3) float frames in [0, 255].
+
+        action_chunks (B, N, horizon, action_dim): for each chunk, generate a clip; its last frame is the
+        next start frame and the start frame plus the clip's other frames join the history buffer.
+        start_frame (1 or B, H, W, 3) and history_frames (1 or B, T, H, W, 3) broadcast over a group of
+        B rollouts from the same start. action_frames (B, N, F, H, W, 3), calibrated (B,), optional.
+        """
+        chunks = _as_tensor(action_chunks)
+        if chunks.ndim != 4:
+            raise ValueError(f"action_chunks must be (B, N, horizon, action_dim), got {tuple(chunks.shape)}")
+        b, n = chunks.shape[:2]
+        start = _broadcast(_as_tensor(start_frame), b, "start_frame").to(self.device, torch.float32)
+        if history_frames is None:
+            history = start.new_zeros(b, 0, *start.shape[1:])
+        else:
+            history = _broadcast(_as_tensor(history_frames), b, "history_frames").to(self.device, torch.float32)
+        # Resized once to the model's size: the history buffer then holds given and generated frames alike.
+        start = self._resized(start, "start_frame", 4)
+        history = self._resized(history, "history_frames", 5)
+        clips = []
+        for i in range(n):
+            clip = self.generate(start, history, chunks[:, i], num_steps, generator,
+                                 action_frames=None if action_frames is None else action_frames[:, i],
+                                 calibrated=calibrated)
+            clips.append(clip)
+            history = torch.cat([history, start[:, None], clip[:, :-1]], dim=1)[:, -self.config.history_length:]
+            start = clip[:, -1]
+        return torch.cat(clips, dim=1)
+
+    # ----- persistence -----------------------------------------------------------------------------
+    @property
+    def saves_adapter_only(self) -> bool:
+        """A LoRA model on a pretrained base saves only what it trained (+ buffers); the base stays in
+        pretrained_path. Everything else saves every weight."""
+        return bool(self.config.pretrained_path) and self.config.finetune != "full"
+
+    def _adapter_keys(self) -> set[str]:
+        """What an adapter checkpoint holds: the trained weights and Prophet's own normalisation buffers."""
+        return {name for name, p in self.named_parameters() if p.requires_grad} | \
+            {name for name, _ in self.named_buffers(recurse=False)}
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """prophet_config.json + model.safetensors (or adapter.safetensors), written atomically."""
+        directory = Path(directory)
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+        try:
+            (tmp / CONFIG_NAME).write_text(self.config.to_json())
+            state = self.state_dict()
+            contents = "full"
+            if self.saves_adapter_only:
+                keys = self._adapter_keys()
+                state = {k: v for k, v in state.items() if k in keys}
+                contents = "adapter"
+            state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+            save_file(state, str(tmp / (ADAPTER_NAME if contents == "adapter" else WEIGHTS_NAME)),
+                      metadata={"format": "pt", "model": "prophrl_prophet", "contents": contents})
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        if directory.exists():
+            old = directory.with_name(f".{directory.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(directory, old)
+            os.replace(tmp, directory)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, directory)
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> "Prophet":
+        directory = Path(directory)
+        if not (directory / CONFIG_NAME).is_file():
+            raise ConfigError(f"{directory}: not a Prophet checkpoint (missing {CONFIG_NAME})")
+        config = ProphetConfig.from_json_file(directory / CONFIG_NAME)
+        model = cls(config)
+        weights = directory / (ADAPTER_NAME if model.saves_adapter_only else WEIGHTS_NAME)
+        if not weights.is_file():
+            raise ConfigError(f"{directory}: not a Prophet checkpoint (missing {weights.name})")
+        try:
+            state = load_file(str(weights), device=str(map_location))
+        except Exception as exc:  # safetensors raises its own error types for corrupt files
+            raise ConfigError(f"{weights}: cannot read weights: {exc}") from exc
+        for name, tensor in state.items():
+            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                raise ConfigError(f"{weights}: tensor {name} contains NaN/inf")
+        expected = model._adapter_keys() if model.saves_adapter_only else set(model.state_dict())
+        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+        if missing or unexpected:
+            raise ConfigError(f"{weights}: weights do not match the config (missing {missing[:5]}, "
+                              f"unexpected {unexpected[:5]})")
+        try:
+            model.load_state_dict(state, strict=not model.saves_adapter_only)
+        except RuntimeError as exc:  # shape mismatches
+            raise ConfigError(f"{weights}: weights do not match the config: {exc}") from exc
+        return model.to(map_location)
+
+
+def _as_tensor(x) -> torch.Tensor:
+    return x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
+
+
+def _broadcast(x: torch.Tensor, batch: int, name: str) -> torch.Tensor:
+    if x.shape[0] == batch:
+        return x
+    if x.shape[0] == 1:
+        return x.expand(batch, *x.shape[1:])
+    raise ValueError(f"{name} has batch {x.shape[0]}; need 1 or {batch}")
+
+
+def _build_from_scratch(config: ProphetConfig) -> tuple[AutoencoderKL, ActionConditionedWanTransformer]:
+    blocks = len(config.vae_channels)
+    vae = AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * blocks,
+                        up_block_types=("UpDecoderBlock2D",) * blocks, block_out_channels=tuple(config.vae_channels), layers_per_block=config.vae_layers_per_block,
+                        latent_channels=config.vae_latent_channels, norm_num_groups=config.vae_norm_groups,
+                        sample_size=config.image_size, scaling_factor=1.0, mid_block_add_attention=False)
+    transformer = ActionConditionedWanTransformer(
+        patch_size=tuple(config.patch_size), num_attention_heads=config.num_heads, attention_head_dim=config.head_dim,
+        in_channels=config.vae_latent_channels, out_channels=config.vae_latent_channels, text_dim=config.context_dim,
+        freq_dim=config.freq_dim, ffn_dim=config.ffn_dim, num_layers=config.num_layers, cross_attn_norm=True,
+        rope_max_seq_len=max(1 + config.frames_per_clip, config.image_size // config.vae_compression))
+    return vae, transformer
+
+
+def _load_pretrained_base(root: Path) -> tuple[AutoencoderKL | AutoencoderKLWan, ActionConditionedWanTransformer]:
+    """vae/ and transformer/ subfolders of a local diffusers model (no hub)."""
+    class_names = {}
+    for sub in ("vae", "transformer"):
+        try:
+            class_names[sub] = json.loads((root / sub / "config.json").read_text()).get("_class_name")
+        except (OSError, json.JSONDecodeError, AttributeError) as exc:
+            raise ConfigError(f"pretrained_path {root}: cannot read {sub}/config.json (expected a local diffusers "
+                              f"layout with vae/ and transformer/): {exc}") from exc
+    vae_class = VAE_CLASSES.get(class_names["vae"])
+    if vae_class is None:
+        raise ConfigError(f"{root / 'vae'}: unsupported VAE class {class_names['vae']!r}; "
+                          f"supported: {sorted(VAE_CLASSES)}")
+    if class_names["transformer"] != WanTransformer3DModel.__name__:
+        raise ConfigError(f"{root / 'transformer'}: expected a WanTransformer3DModel, "
+                          f"got {class_names['transformer']!r}")
+    try:
+        vae = vae_class.from_pretrained(root / "vae", local_files_only=True)
+        transformer = ActionConditionedWanTransformer.from_pretrained(root / "transformer", local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"pretrained_path {root}: cannot load the base model: {exc}") from exc
+    return vae, transformer
+
+
+def _vae_compression(vae) -> int:
+    if isinstance(vae, AutoencoderKLWan):
+        return vae.spatial_compression_ratio
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+def _initial_latent_statistics(vae, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel latent (mean, std): a pretrained VAE's published values, else (0, 1/scaling_factor)."""
+    config = vae.config
+    if getattr(config, "latents_mean", None) is not None and getattr(config, "latents_std", None) is not None:
+        return (torch.tensor(config.latents_mean, dtype=torch.float32),
+                torch.tensor(config.latents_std, dtype=torch.float32))
+    shift = getattr(config, "shift_factor", None) or 0.0
+    scale = getattr(config, "scaling_factor", None) or 1.0
+    return torch.full((channels,), float(shift)), torch.full((channels,), 1.0 / float(scale))
