@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
@@ -69,3 +70,19 @@ def dataclass_from_mapping(cls: type[T], data: dict[str, Any], source: str) -> T
         elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
             raise ConfigError(f"{source}: missing required key '{name}'")
     return cls(**kwargs)
+
+
+def dataclass_to_json(obj) -> str:
+    return json.dumps(dataclasses.asdict(obj), indent=2, sort_keys=True)
+
+
+def dataclass_from_json_file(cls: type[T], path: str | Path, what: str) -> T:
+    """Read a config saved with dataclass_to_json; the class's validate(source) runs on it."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read {what}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: {what} must be a JSON object")
+    return dataclass_from_mapping(cls, data, str(path)).validate(str(path))

@@ -42,6 +42,8 @@ class CollectorNode(Node):
         self.task = self.declare_parameter("task", "").value
         self.bag_timeout_s = self.declare_parameter("bag_timeout_s", 10.0).value
         last_bag_topic = self.declare_parameter("recorder_last_bag_topic", "/recorder/last_bag").value
+        self.recorder_name = last_bag_topic.strip("/").split("/")[0]
+        self._recording_ready = False
         group = ReentrantCallbackGroup()
         self._lock = threading.Lock()
         self._events: list[EpisodeEvent] = []
@@ -90,6 +92,18 @@ class CollectorNode(Node):
             raise RuntimeError(f"service {client.srv_name} did not answer within {timeout_s} s")
         return future.result()
 
+    def _recorder_subscribes(self, topic: str) -> bool:
+        return any(info.node_name == self.recorder_name for info in self.get_subscriptions_info_by_topic(topic))
+
+    def _wait_until_recording_ready(self) -> None:
+        """The recorder subscribes a topic once it has discovered its publisher: when it records the
+        camera, it also hears the sim's episode events (a START sent earlier would be lost)."""
+        topics = ["/prophrl/episode"] + (["/camera/image_raw"] if self.sim_node else [])
+        if not self._wait_for(lambda: all(self._recorder_subscribes(t) for t in topics), 60.0):
+            raise RuntimeError(f"the recorder ({self.recorder_name}) is not subscribed to {topics}")
+        time.sleep(0.5)  # let the last endpoints match
+        self._recording_ready = True
+
     def _start_episode(self, goal) -> str:
         """Start an episode; return its id once the START event has been seen."""
         with self._lock:
@@ -126,6 +140,8 @@ class CollectorNode(Node):
             with self._lock:
                 bags_before = len(self._bags)
                 chunks_before = self._chunks
+            if not self._recording_ready:
+                self._wait_until_recording_ready()
             episode_id = self._start_episode(goal)
             start = time.monotonic()
             with self._lock:

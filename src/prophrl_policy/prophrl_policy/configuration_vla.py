@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
-from prophrl_common.config_io import ConfigError, dataclass_from_mapping
+from prophrl_common.config_io import ConfigError, dataclass_from_json_file, dataclass_to_json
 
 VISION_BACKBONES = ("small_cnn", "mobilenet_v2", "hf_vision")
 TEXT_ENCODERS = ("minilm", "hashed_bow", "hf_text")
@@ -53,18 +52,11 @@ class VLAConfig:
         return self
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+        return dataclass_to_json(self)
 
     @classmethod
     def from_json_file(cls, path: str | Path) -> "VLAConfig":
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ConfigError(f"{path}: cannot read policy config: {exc}") from exc
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: policy config must be a JSON object")
-        return dataclass_from_mapping(cls, data, str(path)).validate(str(path))
+        return dataclass_from_json_file(cls, path, "policy config")
 
 
 VLA_CONFIGS: dict[str, VLAConfig] = {

@@ -10,10 +10,9 @@ the from-scratch fields are not used.
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
-from prophrl_common.config_io import ConfigError, dataclass_from_mapping
+from prophrl_common.config_io import ConfigError, dataclass_from_json_file, dataclass_to_json
 
 ARM_ACTION_DIM = 7   # [dpos (3), drot (3, rotation vector about the base axes), gripper (0 open .. 1 closed)]
 MAX_ARMS = 2
@@ -127,18 +126,11 @@ class ProphetConfig:
                                   f"(patch_size / history_scales)")
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+        return dataclass_to_json(self)
 
     @classmethod
     def from_json_file(cls, path: str | Path) -> "ProphetConfig":
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ConfigError(f"{path}: cannot read Prophet config: {exc}") from exc
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: Prophet config must be a JSON object")
-        return dataclass_from_mapping(cls, data, str(path)).validate(str(path))
+        return dataclass_from_json_file(cls, path, "Prophet config")
 
 
 PROPHET_CONFIGS: dict[str, ProphetConfig] = {
