@@ -242,7 +242,7 @@ class VLAPolicy(nn.Module):
             old = directory.with_name(f".{directory.name}.old")
             os.replace(directory, old)
             os.replace(tmp, directory)
-            _rmtree(old)
+            shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, directory)
         return directory
@@ -272,7 +272,3 @@ class VLAPolicy(nn.Module):
             if not torch.isfinite(tensor).all():
                 raise ConfigError(f"{directory / WEIGHTS_NAME}: tensor {name} contains NaN/inf")
         return policy
-
-
-def _rmtree(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)

@@ -36,16 +36,10 @@ from prophrl_common.robots import load_robot_config
 from prophrl_msgs.msg import ActionChunk
 from prophrl_msgs.srv import LoadPolicy
 from prophrl_policy.modeling_vla import Observation, VLAPolicy
+from prophrl_policy.transforms import policy_state
 
 SENSOR_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT, history=HistoryPolicy.KEEP_LAST)
 LATCHED = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
-
-
-def policy_state(ee_pose: np.ndarray, gripper_command: float) -> np.ndarray:
-    """The proprio vector the policy sees: ee position (3), orientation quaternion xyzw (4), and the
-    gripper command in force (0 open .. 1 closed: what the executor last sent on the gripper topic;
-    offline, the previous step's gripper action)."""
-    return np.concatenate([ee_pose, [gripper_command]]).astype(np.float32)
 
 
 class PolicyNode(LifecycleNode):

@@ -75,7 +75,7 @@ class PolicyController:
         import torch
 
         from prophrl_policy.modeling_vla import Observation
-        from prophrl_policy.policy_node import policy_state
+        from prophrl_policy.transforms import policy_state
 
         pose = observation.ee_pose
         state = policy_state(np.concatenate([pose.position, pose.quaternion]), gripper_command)

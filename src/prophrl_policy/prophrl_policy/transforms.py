@@ -75,3 +75,10 @@ class NormStats:
                 stats.state_mean + stats.state_std + stats.action_mean + stats.action_std).all():
             raise ConfigError(f"{path}: statistics must be finite with positive std")
         return stats
+
+
+def policy_state(ee_pose: np.ndarray, gripper_command: float) -> np.ndarray:
+    """The proprio vector the policy sees: ee position (3), orientation quaternion xyzw (4), and the
+    gripper command in force (0 open .. 1 closed: what the executor last sent on the gripper topic;
+    offline, the previous step's gripper action)."""
+    return np.concatenate([ee_pose, [gripper_command]]).astype(np.float32)
