@@ -9,3 +9,38 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch is imported here o
 from prophrl_common.testing import isolate_ros_domain  # noqa: E402
 
 isolate_ros_domain()
+
+
+import dataclasses  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainedLiftPolicy:
+    path: Path           # checkpoint directory
+    demo_seeds: list     # the initial states the demonstrations started from
+    losses: list         # SFT loss per step
+    image_size: int
+
+
+@pytest.fixture(scope="session")
+def sft_lift_policy(tmp_path_factory) -> TrainedLiftPolicy:
+    """A tiny policy SFT-trained on 4 scripted Panda lift demos (about 45 s on one core), shared by the tests
+    that need a policy which really acts: SFT vs untrained success, policy node closing the loop in sim."""
+    from prophrl_policy.collect import CollectSettings, collect_direct
+    from prophrl_policy.configuration_vla import get_vla_config
+    from prophrl_trainer.sft import SFTConfig, load_demonstrations, train_sft
+    from prophrl_worldmodel.dataset import bags2dataset
+
+    root = tmp_path_factory.mktemp("sft_lift_policy")
+    episodes, image_size = 4, 64
+    collect_direct(CollectSettings(episodes=episodes, max_steps=150, image_size=image_size), root / "bags",
+                   show_progress=False)
+    bags2dataset([root / "bags"], root / "dataset", "panda_sim")
+    config = get_vla_config("tiny", hidden_dim=64, num_layers=2, image_size=image_size, horizon=8)
+    data = load_demonstrations(root / "dataset", config.horizon)
+    path, losses = train_sft(data, config, SFTConfig(steps=600, batch_size=32, learning_rate=1e-3, warmup_steps=20),
+                             root / "policy", show_progress=False)
+    return TrainedLiftPolicy(path, list(range(episodes)), list(losses), image_size)

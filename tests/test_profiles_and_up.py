@@ -9,6 +9,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import numpy as np
 import psutil
 import pytest
 import rclpy
@@ -195,3 +196,36 @@ def test_up_sim_profile_closes_the_loop_and_sigterm_leaves_no_process(graph_node
     assert up.returncode == 0, out[-3000:]
     assert "[sim] " in out and "[executor] " in out and "[expert] " in out
     _assert_all_gone(children)
+
+
+@pytest.mark.slow
+def test_sim_policy_profile_policy_node_moves_the_arm_to_the_object(graph_node, sft_lift_policy):
+    """The unchanged policy node (real_robot's) drives the sim through the executor over DDS."""
+    from geometry_msgs.msg import PoseArray, PoseStamped
+
+    from prophrl_msgs.msg import ActionChunk, EpisodeEvent
+
+    ee, cube, chunks, events = [], [], [], []
+    graph_node.create_subscription(PoseStamped, "/prophrl/ee_pose",
+                                   lambda m: ee.append([m.pose.position.x, m.pose.position.y, m.pose.position.z]), 10)
+    graph_node.create_subscription(PoseArray, "/prophrl/sim/object_poses",
+                                   lambda m: cube.append([m.poses[0].position.x, m.poses[0].position.y,
+                                                          m.poses[0].position.z]), 10)
+    graph_node.create_subscription(ActionChunk, "/prophrl/action_chunk", chunks.append, 10)
+    graph_node.create_subscription(EpisodeEvent, "/prophrl/episode", events.append, 10)
+    up = _start_up("sim_policy", f"checkpoint:={sft_lift_policy.path}", f"seed:={sft_lift_policy.demo_seeds[1]}",
+                   f"image_size:={sft_lift_policy.image_size}")
+    try:
+        assert spin_until(graph_node, lambda: ee and cube, 90), "sim did not publish poses"
+        start = np.linalg.norm(np.subtract(ee[-1], cube[-1]))
+        assert spin_until(graph_node, lambda: len(chunks) >= 5, 60), "policy node published no chunks"
+        closest = [start]
+        spin_until(graph_node, lambda: closest.append(np.linalg.norm(np.subtract(ee[-1], cube[-1]))) or
+                   any(e.event == EpisodeEvent.SUCCESS for e in events), 20)
+        up.send_signal(signal.SIGTERM)
+        out, _ = up.communicate(timeout=30)
+    finally:
+        up.kill()
+    assert up.returncode == 0, out[-3000:]
+    assert min(closest) < 0.35 * start, f"end effector came to {min(closest):.3f} m of the cube from {start:.3f} m"
+    assert all(c.policy_version == 0 for c in chunks)

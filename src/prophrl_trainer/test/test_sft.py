@@ -54,3 +54,23 @@ def test_sft_learns_from_recorded_demonstrations_and_saves_a_loadable_policy(dem
 def test_sft_refuses_a_directory_that_is_not_a_dataset(tmp_path):
     with pytest.raises(ConfigError, match="not a bags2dataset output"):
         load_demonstrations(tmp_path, 10)
+
+
+
+@pytest.mark.slow
+def test_sft_policy_beats_an_untrained_policy_in_the_sim(sft_lift_policy):
+    """Success measured in the physics sim on the demonstrations' own initial states (fixture in conftest.py).
+
+    Held-out generalisation against the demo budget is measured by bench/sft_budget.py, not here."""
+    from prophrl_trainer.evaluation import EvalSettings, evaluate_policy
+
+    losses = sft_lift_policy.losses
+    assert np.mean(losses[-20:]) < 0.3 * np.mean(losses[:20])
+    settings = EvalSettings(episodes=len(sft_lift_policy.demo_seeds), first_seed=sft_lift_policy.demo_seeds[0],
+                            max_steps=150, image_size=sft_lift_policy.image_size)
+    trained_policy = VLAPolicy.from_pretrained(sft_lift_policy.path)
+    trained = evaluate_policy(trained_policy, settings, show_progress=False)
+    untrained = evaluate_policy(VLAPolicy(trained_policy.config, trained_policy.norm_stats), settings,
+                                show_progress=False)
+    assert sum(trained.successes) >= 2, trained
+    assert sum(trained.successes) >= sum(untrained.successes) + 2, (trained, untrained)
