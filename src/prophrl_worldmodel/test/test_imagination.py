@@ -1,0 +1,90 @@
+import numpy as np
+import pytest
+import torch
+
+from prophrl_common.config_io import ConfigError
+from prophrl_worldmodel.action_frames import CameraCalibration
+from prophrl_worldmodel.configuration_prophet import get_prophet_config
+from prophrl_worldmodel.imagination import ImaginationStart, ImaginedRollouts
+from prophrl_worldmodel.modeling_prophet import Prophet
+
+
+@pytest.fixture(scope="module")
+def prophet():
+    torch.manual_seed(0)
+    return Prophet(get_prophet_config("tiny", image_size=32, num_layers=1, ffn_dim=64)).eval()
+
+
+def _start(with_pose=True, with_camera=True, frames=3):
+    context = np.random.default_rng(0).integers(0, 255, (frames, 40, 40, 3), dtype=np.uint8)
+    camera = CameraCalibration.from_camera_info([40, 0, 20, 0, 40, 20, 0, 0, 1],
+                                                np.array([[1, 0, 0, 0], [0, -1, 0, 0], [0, 0, -1, 1.5], [0, 0, 0, 1]]),
+                                                40, 40) if with_camera else None
+    pose = np.array([0.1, 0.0, 0.2, 0, 0, 0, 1.0]) if with_pose else None
+    return ImaginationStart(context, "lift the cube", pose, 0.0, camera)
+
+
+def _chunks(g, horizon, dx):
+    chunks = np.zeros((g, horizon, 7), np.float32)
+    chunks[:, :, 0] = dx
+    chunks[:, :, 6] = 1.0
+    return chunks
+
+
+def test_rollouts_integrate_each_chunk_and_keep_every_clip(prophet):
+    config = prophet.config
+    rollouts = ImaginedRollouts(prophet, _start(), num_rollouts=2, num_steps=1, seed=0)
+    assert rollouts.current_frames.shape == (2, 32, 32, 3) and rollouts.frames.shape[1] == 0
+    clip = rollouts.step(_chunks(2, config.action_horizon, np.array([[0.01], [-0.01]])))
+    assert clip.shape == (2, config.frames_per_clip, 32, 32, 3) and clip.dtype == np.uint8
+    np.testing.assert_array_equal(rollouts.current_frames, clip[:, -1])
+    poses = rollouts.ee_poses
+    np.testing.assert_allclose(poses[:, 0], [0.1 + 0.01 * config.action_horizon, 0.1 - 0.01 * config.action_horizon],
+                               atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(poses[:, 3:], axis=1), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(rollouts.grippers, [1.0, 1.0])
+    rollouts.step(_chunks(2, config.action_horizon, 0.0))
+    assert rollouts.frames.shape[1] == 2 * config.frames_per_clip and rollouts.chunks_done == 2
+
+
+def test_stepping_equals_the_models_open_loop_rollout(prophet):
+    """Chunk by chunk gives what Prophet.rollout gives for the same chunks and seed (no pose: no action frames)."""
+    config = prophet.config
+    start = _start(with_pose=False, with_camera=False)
+    chunks = np.stack([_chunks(3, config.action_horizon, 0.01), _chunks(3, config.action_horizon, -0.02)], axis=1)
+    rollouts = ImaginedRollouts(prophet, start, num_rollouts=3, num_steps=2, seed=7)
+    for i in range(2):
+        rollouts.step(chunks[:, i])
+    generator = torch.Generator().manual_seed(7)
+    zeros = np.zeros((3, 2, config.frames_per_clip, 32, 32, 3), np.uint8) if config.use_action_frames else None
+    reference = prophet.rollout(start.context_frames[-1][None], chunks, start.context_frames[:-1][None], 2, generator,
+                                action_frames=zeros, calibrated=np.zeros(3) if zeros is not None else None)
+    np.testing.assert_allclose(rollouts.frames.astype(np.float32), reference.round().clamp(0, 255).numpy(), atol=1.0)
+    assert rollouts.ee_poses is None
+
+
+def test_same_seed_same_imagination_different_seed_differs(prophet):
+    horizon = prophet.config.action_horizon
+    clips = [ImaginedRollouts(prophet, _start(), 1, num_steps=2, seed=s).step(_chunks(1, horizon, 0.0)) for s in (1, 1, 2)]
+    np.testing.assert_array_equal(clips[0], clips[1])
+    assert np.abs(clips[0].astype(int) - clips[2].astype(int)).mean() > 1.0
+
+
+@pytest.mark.parametrize("bad, message", [
+    (lambda h: np.zeros((2, h, 7)), r"chunks must be \(1, "),
+    (lambda h: np.zeros((1, h + 1, 7)), r"chunks must be"),
+    (lambda h: np.zeros((1, h, 5)), r"7 per arm"),
+    (lambda h: np.full((1, h, 7), np.nan), "NaN"),
+])
+def test_bad_chunks_are_rejected_and_nothing_advances(prophet, bad, message):
+    rollouts = ImaginedRollouts(prophet, _start(), 1, num_steps=1)
+    with pytest.raises(ConfigError, match=message):
+        rollouts.step(bad(prophet.config.action_horizon))
+    assert rollouts.chunks_done == 0 and rollouts.frames.shape[1] == 0
+
+
+def test_bad_starts_are_rejected():
+    with pytest.raises(ConfigError, match="context_frames"):
+        ImaginationStart(np.zeros((2, 8, 8)))
+    with pytest.raises(ConfigError, match="ee_pose"):
+        ImaginationStart(np.zeros((8, 8, 3), np.uint8), ee_pose=np.zeros(7))
