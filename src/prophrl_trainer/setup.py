@@ -18,6 +18,7 @@ setup(
     license="Apache-2.0",
     entry_points={
         "console_scripts": [
+            "trainer_node = prophrl_trainer.trainer_node:main",
         ],
     },
 )

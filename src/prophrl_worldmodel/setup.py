@@ -18,6 +18,8 @@ setup(
     license="Apache-2.0",
     entry_points={
         "console_scripts": [
+            "imagination_node = prophrl_worldmodel.imagination_node:main",
+            "judge_node = prophrl_worldmodel.judge_node:main",
         ],
     },
 )

@@ -33,12 +33,6 @@ def _cmd_profiles(_args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_bags2dataset(args: argparse.Namespace) -> int:
-    from prophrl_worldmodel.dataset import main_bags2dataset
-
-    return main_bags2dataset(args.rest)
-
-
 def _cmd_policy_sft(args: argparse.Namespace) -> int:
     import dataclasses
 
@@ -105,6 +99,17 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args)
 
 
+# Verbs whose options belong to another module's own argparse parser: verb -> ("module:main", help).
+PASSTHROUGH_VERBS = {
+    "bags2dataset": ("prophrl_worldmodel.dataset:main_bags2dataset",
+                     "rosbag2 episodes -> training shards (and a LeRobot v3 export)"),
+    "worldmodel": ("prophrl_worldmodel.cli:main", "Prophet world model: pretrain | adapt | eval"),
+    "judge": ("prophrl_worldmodel.judge_cli:main", "reward judge: train | eval"),
+    "train": ("prophrl_trainer.imagination_rl:main", "FA-GRPO + FlowScale policy training inside the world model"),
+    "eval": ("prophrl_trainer.report:main", "true success of policies in the physics sim -> report directory"),
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prophrl", description=__doc__)
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
@@ -118,10 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     profiles = verbs.add_parser("profiles", help="list launch profiles, their nodes and arguments")
     profiles.set_defaults(func=_cmd_profiles)
 
-    b2d = verbs.add_parser("bags2dataset", add_help=False,
-                           help="rosbag2 episodes -> training shards (and a LeRobot v3 export); --help for options")
-    b2d.add_argument("rest", nargs=argparse.REMAINDER)
-    b2d.set_defaults(func=_cmd_bags2dataset)
+    for verb, (_target, help_text) in PASSTHROUGH_VERBS.items():
+        passthrough = verbs.add_parser(verb, add_help=False, help=f"{help_text}; --help for options")
+        passthrough.add_argument("rest", nargs=argparse.REMAINDER)
 
     policy = verbs.add_parser("policy", help="VLA policy: sft | eval").add_subparsers(dest="policy_verb", required=True)
     sft = policy.add_parser("sft", help="supervised fine-tuning on a bags2dataset output")
@@ -169,19 +173,30 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--task", default="lift")
     demo.add_argument("--demos", type=int, default=25)
     demo.add_argument("--sft-steps", type=int, default=1500)
+    demo.add_argument("--prophet-vae-steps", type=int, default=300)
+    demo.add_argument("--prophet-steps", type=int, default=1500)
+    demo.add_argument("--judge-steps", type=int, default=400)
+    demo.add_argument("--rl-updates", type=int, default=20)
     demo.add_argument("--eval-episodes", type=int, default=20)
     demo.set_defaults(func=_cmd_demo)
     return parser
 
 
-# Verbs whose options belong to another module's own argparse parser.
-PASSTHROUGH_VERBS = {"bags2dataset": _cmd_bags2dataset}
+def _run_passthrough(verb: str, rest: list[str]) -> int:
+    import importlib
+
+    module_name, function_name = PASSTHROUGH_VERBS[verb][0].split(":")
+    try:
+        return getattr(importlib.import_module(module_name), function_name)(rest)
+    except ConfigError as exc:
+        print(f"prophrl {verb}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in PASSTHROUGH_VERBS:
-        return PASSTHROUGH_VERBS[argv[0]](argparse.Namespace(rest=argv[1:]))
+        return _run_passthrough(argv[0], argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

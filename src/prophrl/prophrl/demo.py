@@ -5,9 +5,13 @@ Stages (each skipped when its output already exists under --out, so a rerun resu
      expert, recorder, CollectEpisode) into rosbag2 MCAP bags;
   2. bags2dataset: aligned training shards (+ a LeRobot v3 export);
   3. SFT of the tiny VLA policy (flow-matching head) on the demonstrations;
-  4. true evaluation in the physics sim on held-out seeds: untrained vs. SFT policy.
-The world-model stages (Prophet pretrain/adapt, reward judge, FA-GRPO + FlowScale in imagination)
-join this pipeline as they land (see the open issues); the demo prints what it ran.
+  4. Prophet: pretrain the tiny world model on the recorded episodes (clips of 2 frames x 5 actions,
+     so one Prophet clip = one policy chunk);
+  5. reward judge: the video success classifier trained on the sim-labelled episodes;
+  6. FA-GRPO + FlowScale inside Prophet, scored by the judge (no physics sim in the loop);
+  7. true evaluation in the physics sim on held-out seeds: SFT vs. FA-GRPO + FlowScale
+     (a `prophrl eval` report: report.md, summary.json, learning curves, real | imagined video).
+Budgets are flags (defaults sized for a 2-core CPU); see `prophrl demo --help`.
 """
 
 from __future__ import annotations
@@ -20,8 +24,6 @@ from pathlib import Path
 
 def run_demo(args: argparse.Namespace) -> int:
     from prophrl_policy.configuration_vla import get_vla_config
-    from prophrl_policy.modeling_vla import VLAPolicy
-    from prophrl_trainer.evaluation import EvalSettings, evaluate_policy
     from prophrl_trainer.sft import SFTConfig, load_demonstrations, train_sft
     from prophrl_worldmodel.dataset import bags2dataset
 
@@ -55,22 +57,64 @@ def run_demo(args: argparse.Namespace) -> int:
           lambda: train_sft(load_demonstrations(dataset, config.horizon), config,
                             SFTConfig(steps=args.sft_steps), checkpoint, log_dir=out / "tensorboard" / "sft"))
 
-    results = {}
+    world_model = out / "prophet"
+
+    def pretrain_world_model():
+        from prophrl_worldmodel.configuration_prophet import get_prophet_config
+        from prophrl_worldmodel.training import pretrain
+
+        # One Prophet clip per policy chunk: frames_per_clip * actions_per_frame == the policy's horizon.
+        wm_config = get_prophet_config("tiny", image_size=32, frames_per_clip=2, actions_per_frame=config.horizon // 2)
+        pretrain([dataset], wm_config, world_model, vae_steps=args.prophet_vae_steps, steps=args.prophet_steps,
+                 log_dir=out / "tensorboard" / "prophet")
+    stage(f"4. Prophet pretrain ({args.prophet_vae_steps} VAE + {args.prophet_steps} denoiser steps)",
+          (world_model / "model.safetensors").is_file(), pretrain_world_model)
+
+    judge = out / "judge"
+
+    def train_judge():
+        from prophrl_worldmodel.judge_cli import main as judge_main
+
+        if judge_main(["train", "--data", str(dataset), "--out", str(judge), "--steps", str(args.judge_steps)]):
+            raise RuntimeError("reward judge training failed")
+    stage(f"5. reward judge ({args.judge_steps} steps)", (judge / "model.safetensors").is_file(), train_judge)
+
+    rl_run = out / "rl_fa_grpo_flowscale"
+
+    def reinforce():
+        from prophrl_trainer.imagination_rl import main as train_main
+
+        rl_config = out / "rl_config.json"
+        rl_config.write_text(json.dumps({"group_size": 8, "states_per_update": 2, "chunks_per_rollout": 6,
+                                         "updates": args.rl_updates, "checkpoint_every": 5, "eval_every": 0,
+                                         "learning_rate": 5e-5, "minibatch_size": 32}, indent=1))
+        code = train_main(["--policy", str(checkpoint), "--world-model", str(world_model), "--judge", str(judge),
+                           "--data", str(dataset), "--out", str(rl_run), "--updates", str(args.rl_updates),
+                           "--config", str(rl_config), "--threads", "1", "--resume"])
+        if code:
+            raise RuntimeError("FA-GRPO training failed")
+    progress = rl_run / "progress.jsonl"
+    stage(f"6. FA-GRPO + FlowScale in imagination ({args.rl_updates} updates)",
+          progress.is_file() and len(progress.read_text().splitlines()) >= args.rl_updates, reinforce)
+
+    report_dir = out / "report"
 
     def evaluate():
-        settings = EvalSettings(robot=args.robot, task=args.task, episodes=args.eval_episodes, max_steps=150)
-        untrained = VLAPolicy(config)
-        results["untrained"] = evaluate_policy(untrained, settings).success_rate
-        results["SFT"] = evaluate_policy(checkpoint, settings).success_rate
-        (out / "eval.json").write_text(json.dumps(results, indent=2))
-    stage(f"4. true evaluation in the sim ({args.eval_episodes} held-out seeds)", (out / "eval.json").is_file(),
-          evaluate)
-    results = json.loads((out / "eval.json").read_text())
+        from prophrl_trainer.report import main as report_main
 
-    print(f"\nProphRL demo: {args.robot} / {args.task}, tiny policy, outputs in {out}")
-    print(f"{'policy':12s} {'true success %':>15s}")
-    for name, rate in results.items():
-        print(f"{name:12s} {100 * rate:15.1f}")
+        code = report_main(["--policy", f"SFT={checkpoint}", "--policy", f"FA-GRPO+FlowScale={rl_run}",
+                            "--robot", args.robot, "--task", args.task, "--episodes", str(args.eval_episodes),
+                            "--world-model", str(world_model), "--out", str(report_dir)])
+        if code:
+            raise RuntimeError("evaluation failed")
+    stage(f"7. true evaluation in the sim ({args.eval_episodes} held-out seeds)",
+          (report_dir / "summary.json").is_file(), evaluate)
+    summary = json.loads((report_dir / "summary.json").read_text())
+
+    print(f"\nProphRL demo: {args.robot} / {args.task}, tiny configs, outputs in {out}")
+    print(f"{'policy':20s} {'true success %':>15s}")
+    for name, entry in summary["policies"].items():
+        print(f"{name:20s} {100 * entry['tasks'][args.task]['mean']:15.1f}")
+    print(f"report: {report_dir / 'report.md'}")
     print("\nstage timings: " + ", ".join(f"{k.split(' ')[0]} {v:.0f} s" for k, v in timings.items()))
-    print("not yet in the demo: Prophet world model, reward judge, FA-GRPO + FlowScale in imagination")
     return 0

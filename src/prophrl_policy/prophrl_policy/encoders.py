@@ -17,22 +17,49 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class SmallCNN(nn.Module):
-    """Four stride-2 conv blocks, trained from scratch; a 4x4 grid of tokens."""
+class SpatialSoftmax(nn.Module):
+    """Feature map -> one token per learned keypoint: the expected image coordinates of a softmax over
+    positions (robomimic / Levine et al.), the inductive bias that lets a policy localise objects from
+    few demonstrations."""
 
-    def __init__(self, out_dim: int, grid: int = 4):
+    def __init__(self, in_channels: int, num_keypoints: int, out_dim: int):
         super().__init__()
-        chans = (3, 32, 64, 128, 128)
+        self.keypoints = nn.Conv2d(in_channels, num_keypoints, 1)
+        self.coordinate_proj = nn.Linear(2, out_dim)
+        self.identity = nn.Parameter(torch.randn(num_keypoints, out_dim) * 0.02)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:  # (B, C, h, w) -> (B, K, D)
+        logits = self.keypoints(features)
+        b, k, h, w = logits.shape
+        attention = logits.flatten(2).softmax(-1).view(b, k, h, w)
+        ys = torch.linspace(-1, 1, h, device=features.device, dtype=features.dtype)
+        xs = torch.linspace(-1, 1, w, device=features.device, dtype=features.dtype)
+        expected = torch.stack([(attention.sum(2) * xs).sum(-1), (attention.sum(3) * ys).sum(-1)], dim=-1)
+        return self.coordinate_proj(expected) + self.identity
+
+
+class SmallCNN(nn.Module):
+    """Conv blocks trained from scratch (overall stride 8). Tokens: a grid x grid map, each with a learned
+    position embedding (attention is order-blind: without it the head cannot tell where things are), plus
+    spatial-softmax keypoints."""
+
+    def __init__(self, out_dim: int, grid: int = 6, num_keypoints: int = 16):
+        super().__init__()
+        chans = (3, 32, 64, 128)
         layers = []
         for c_in, c_out in zip(chans[:-1], chans[1:]):
             layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), nn.GroupNorm(8, c_out), nn.SiLU()]
+        layers += [nn.Conv2d(chans[-1], chans[-1], 3, padding=1), nn.GroupNorm(8, chans[-1]), nn.SiLU()]
         self.body = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(grid)
         self.proj = nn.Linear(chans[-1], out_dim)
+        self.position = nn.Parameter(torch.randn(grid * grid, out_dim) * 0.02)
+        self.keypoints = SpatialSoftmax(chans[-1], num_keypoints, out_dim)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:  # (B,3,H,W) in [0,1] -> (B, grid^2, D)
-        features = self.pool(self.body(images * 2 - 1))
-        return self.proj(features.flatten(2).transpose(1, 2))
+    def forward(self, images: torch.Tensor) -> torch.Tensor:  # (B,3,H,W) in [0,1] -> (B, grid^2 + K, D)
+        features = self.body(images * 2 - 1)
+        grid = self.proj(self.pool(features).flatten(2).transpose(1, 2)) + self.position
+        return torch.cat([grid, self.keypoints(features)], dim=1)
 
 
 def _conv_bn_relu6(c_in: int, c_out: int, kernel: int, stride: int = 1, groups: int = 1) -> nn.Sequential:
@@ -105,6 +132,7 @@ class MobileNetTokens(nn.Module):
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self.pool = nn.AdaptiveAvgPool2d(grid)
         self.proj = nn.Linear(MobileNetV2Features.OUT_CHANNELS, out_dim)
+        self.position = nn.Parameter(torch.randn(grid * grid, out_dim) * 0.02)
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -115,7 +143,7 @@ class MobileNetTokens(nn.Module):
     def forward(self, images):
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze):
             features = self.backbone((images - self.mean) / self.std)
-        return self.proj(self.pool(features).flatten(2).transpose(1, 2))
+        return self.proj(self.pool(features).flatten(2).transpose(1, 2)) + self.position
 
 
 class HashedBagOfWords(nn.Module):

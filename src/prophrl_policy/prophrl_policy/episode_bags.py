@@ -27,6 +27,9 @@ from prophrl_policy.sim_rollout import EpisodeOutcome, StepRecord
 TOPICS = {
     "/camera/image_raw": ("sensor_msgs/msg/Image", TopicQos(reliable=False)),
     "/camera/camera_info": ("sensor_msgs/msg/CameraInfo", TopicQos(reliable=False)),
+    # The camera optical frame's pose in the robot base frame (latched, as sim_node publishes it):
+    # with camera_info it is the calibration bags2dataset stores for Prophet's action frames.
+    "/camera/pose": ("geometry_msgs/msg/PoseStamped", TopicQos(transient_local=True, depth=1)),
     "/joint_states": ("sensor_msgs/msg/JointState", TopicQos()),
     "/prophrl/action_chunk": ("prophrl_msgs/msg/ActionChunk", TopicQos()),
     "/prophrl/instruction": ("std_msgs/msg/String", TopicQos(transient_local=True, depth=1)),
@@ -54,6 +57,7 @@ class EpisodeBagRecorder:
         self.writer.add_topic(self.robot.ee_pose_topic, "geometry_msgs/msg/PoseStamped", TopicQos())
         self.camera_info = self._camera_info()
         self._write("/prophrl/instruction", String(data=sim.instruction), self.start_ns)
+        self._write("/camera/pose", self._camera_pose(), self.start_ns)
         self._event(EpisodeEvent.START, self.start_ns, False)
 
     def _camera_info(self) -> CameraInfo:
@@ -64,6 +68,16 @@ class EpisodeBagRecorder:
         info.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
         info.header.frame_id = "camera_optical_frame"
         return info
+
+    def _camera_pose(self) -> PoseStamped:
+        """The optical frame's pose in the base frame, as sim_node's latched /camera/pose."""
+        pose = self.sim.camera_model().pose
+        msg = PoseStamped()
+        msg.header.stamp, msg.header.frame_id = _stamp(self.start_ns), self.robot.base_frame
+        msg.pose.position.x, msg.pose.position.y, msg.pose.position.z = (float(v) for v in pose.position)
+        (msg.pose.orientation.x, msg.pose.orientation.y, msg.pose.orientation.z,
+         msg.pose.orientation.w) = (float(v) for v in pose.quaternion)
+        return msg
 
     def _write(self, topic: str, msg, ns: int) -> None:
         self.writer.write(topic, serialize_message(msg), ns, ns)

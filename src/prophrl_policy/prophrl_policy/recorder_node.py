@@ -66,6 +66,7 @@ from prophrl_msgs.msg import EpisodeEvent
 DEFAULT_TOPICS = [
     "/camera/image_raw:sensor_msgs/msg/Image",
     "/camera/camera_info:sensor_msgs/msg/CameraInfo",
+    "/camera/pose:geometry_msgs/msg/PoseStamped",
     "/joint_states:sensor_msgs/msg/JointState",
     "/prophrl/ee_pose:geometry_msgs/msg/PoseStamped",
     "/prophrl/action_chunk:prophrl_msgs/msg/ActionChunk",

@@ -12,7 +12,8 @@ chunk's action elements). FA-GRPO forms the PPO ratio at the ACTION level:
     KL    = sum_k sum_elements (mean_theta - mean_ref)^2 / (2 sigma_k^2)      (Gaussian steps share sigma_k)
 
 FlowScale reweights the steps so the low-noise (late) steps do not dominate the gradient:
-    sigma_k^2 = std_k^2 |dt_k|,  w~_k = (sigma_k^2 + eps)^p,  w_k = clip((1 - alpha) w~_k / mean_j w~_j + alpha, w_min, w_max)
+    sigma_k^2 = std_k^2 |dt_k|,  w~_k = (sigma_k^2 + eps)^p,
+    w_k = clip((1 - alpha) w~_k / mean_j w~_j + alpha, w_min, w_max)
 
 The Flow-GRPO-style ablation ("step" ratio level) forms one ratio per denoising step instead and
 averages the clipped objective over steps, with FlowScale weights scaling each step's advantage.
@@ -25,6 +26,7 @@ p 0.5, alpha 0.2, w_min 0.1, w_max 10, eps 1e-8.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import torch
 
@@ -33,6 +35,19 @@ RATIO_LEVELS = ("action", "step")
 
 @dataclasses.dataclass(frozen=True)
 class FlowScaleConfig:
+    """FlowScale per-step weights w_k = clip((1 - alpha) w~_k / mean_j w~_j + alpha, w_min, w_max),
+    w~_k = (sigma_k^2 + eps)^power, sigma_k^2 = std_k^2 |dt_k|. The paper publishes none of the values.
+
+    enabled: False gives w_k = 1 (plain FA-GRPO).
+    power: 0.5 (the paper's p), so w~_k ~ sigma_k and the expected squared gradient of every step,
+        which scales like 1 / sigma_k^2, is evened out to first order.
+    alpha: 0.2, the share of a uniform weight mixed in, so no step is switched off entirely (alpha = 1
+        gives uniform weights, alpha = 0 pure noise-proportional weights).
+    w_min, w_max: 0.1 / 10, a safety clip; with K = 10 and noise 0.7 the unclipped weights lie in
+        about [0.39, 1.98], so the clip only matters for extreme schedules.
+    eps: 1e-8, keeps the last (sigma ~ 0) step's raw weight finite and positive.
+    """
+
     enabled: bool = True
     power: float = 0.5
     alpha: float = 0.2
@@ -40,9 +55,32 @@ class FlowScaleConfig:
     w_max: float = 10.0
     eps: float = 1e-8
 
+    def __post_init__(self):
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"flowscale alpha must be in [0, 1], got {self.alpha}")
+        if not 0.0 <= self.w_min <= self.w_max:
+            raise ValueError(f"flowscale needs 0 <= w_min <= w_max, got {self.w_min}, {self.w_max}")
+        if self.eps < 0 or not math.isfinite(self.power):
+            raise ValueError("flowscale needs eps >= 0 and a finite power")
+
 
 @dataclasses.dataclass(frozen=True)
 class FAGRPOConfig:
+    """FA-GRPO loss settings (defaults chosen here; the paper does not publish them).
+
+    group_size: 8 rollouts per initial state (G); advantages are relative within a group.
+    clip_eps_low / clip_eps_high: 0.2 / 0.28, asymmetric PPO clip of the action-level ratio to
+        [1 - eps_low, 1 + eps_high] (DAPO's "clip-higher": room for raising the probability of
+        rare good actions, a tighter bound on lowering it).
+    kl_beta: 0, no KL penalty to the SFT reference unless asked (Flow-GRPO uses 0.004-0.04 for
+        images; the reference is the frozen SFT policy).
+    advantage_eps: 1e-6 in A_i = (R_i - mean_G) / (std_G + eps); a group with equal rewards gives A = 0.
+    ratio_level: "action" (FA-GRPO: one ratio per chunk, exp of the summed, FlowScale-weighted step
+        log-likelihoods) or "step" (Flow-GRPO-style ablation: one clipped ratio per denoising step,
+        averaged over steps, FlowScale scaling each step's advantage).
+    flowscale: the per-step weights, see FlowScaleConfig.
+    """
+
     group_size: int = 8
     clip_eps_low: float = 0.2
     clip_eps_high: float = 0.28
@@ -58,6 +96,8 @@ class FAGRPOConfig:
             raise ValueError("need 0 <= clip_eps_low < 1 and clip_eps_high >= 0")
         if self.group_size < 2:
             raise ValueError("group_size must be >= 2 (advantages are relative within a group)")
+        if self.kl_beta < 0 or self.advantage_eps <= 0:
+            raise ValueError("need kl_beta >= 0 and advantage_eps > 0")
 
 
 def group_advantages(rewards: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -79,6 +119,17 @@ def flowscale_weights(step_variances: torch.Tensor, cfg: FlowScaleConfig) -> tor
     return weights.clamp(cfg.w_min, cfg.w_max).to(torch.float32)
 
 
+def action_log_likelihood(step_log_probs: torch.Tensor, step_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """l = sum_k sg(w_k) log pi^(k): the log-likelihood of an emitted chunk, (B, K) -> (B,).
+
+    Without weights this is the exact log-density of the whole denoising path (the steps are a
+    Markov chain of Gaussians), i.e. of the action chunk jointly with its intermediate latents.
+    """
+    if step_weights is None:
+        return step_log_probs.sum(dim=1)
+    return (step_log_probs * step_weights.detach().to(step_log_probs)).sum(dim=1)
+
+
 @dataclasses.dataclass
 class LossOutput:
     loss: torch.Tensor
@@ -92,13 +143,15 @@ class LossOutput:
 def fa_grpo_loss(new_log_probs: torch.Tensor, old_log_probs: torch.Tensor, advantages: torch.Tensor,
                  mask: torch.Tensor, step_weights: torch.Tensor, cfg: FAGRPOConfig,
                  new_means: torch.Tensor | None = None, ref_means: torch.Tensor | None = None,
-                 step_stds: torch.Tensor | None = None) -> LossOutput:
+                 step_stds: torch.Tensor | None = None, element_mask: torch.Tensor | None = None) -> LossOutput:
     """FA-GRPO loss over a batch of chunks.
 
     new_log_probs, old_log_probs: (B, K) per-step log-probs (new: differentiable).
     advantages: (B,) per chunk (the rollout's advantage). mask: (B,) 1 for valid chunks.
     step_weights: (K,) FlowScale weights (stop-gradient). For the KL term: new_means/ref_means
-    (B, K, ...) and step_stds (K,), the per-step Gaussian std.
+    (B, K, ...) and step_stds (K,), the per-step Gaussian std; element_mask (broadcastable to one
+    step's mean, e.g. the policy's action_mask) leaves padded action dimensions out of the KL, as
+    they are left out of the log-probabilities.
     """
     if new_log_probs.shape != old_log_probs.shape or new_log_probs.ndim != 2:
         raise ValueError(f"log-prob shapes differ or are not (B, K): {tuple(new_log_probs.shape)} vs "
@@ -114,7 +167,7 @@ def fa_grpo_loss(new_log_probs: torch.Tensor, old_log_probs: torch.Tensor, advan
     low, high = 1 - cfg.clip_eps_low, 1 + cfg.clip_eps_high
 
     if cfg.ratio_level == "action":
-        log_ratio = ((new_log_probs - old) * w).sum(dim=1)               # (B,)
+        log_ratio = action_log_likelihood(new_log_probs - old, w)        # (B,)
         ratio = torch.exp(log_ratio)
         surrogate = torch.minimum(ratio * adv, ratio.clamp(low, high) * adv)
         policy_loss = -(surrogate * mask).sum() / valid
@@ -138,7 +191,10 @@ def fa_grpo_loss(new_log_probs: torch.Tensor, old_log_probs: torch.Tensor, advan
         if new_means is None or ref_means is None or step_stds is None:
             raise ValueError("kl_beta > 0 needs new_means, ref_means and step_stds")
         var = (step_stds.to(new_means) ** 2).view(1, k, *([1] * (new_means.ndim - 2)))
-        per_chunk = ((new_means - ref_means.detach()) ** 2 / (2 * var)).flatten(1).sum(dim=1)
+        per_element = (new_means - ref_means.detach()) ** 2 / (2 * var)
+        if element_mask is not None:
+            per_element = per_element * element_mask.to(per_element)
+        per_chunk = per_element.flatten(1).sum(dim=1)
         kl = (per_chunk * mask).sum() / valid
     loss = policy_loss + cfg.kl_beta * kl
     return LossOutput(loss, policy_loss.item(), kl.item(), clip_fraction.item(), ratio_mean.item(), approx_kl.item())
@@ -166,12 +222,18 @@ class RolloutBatch:
 def policy_update(policy, optimizer: torch.optim.Optimizer, batch: RolloutBatch, cfg: FAGRPOConfig,
                   step_variances: torch.Tensor, noise_level: float, epochs: int = 1,
                   minibatch_size: int | None = None, max_grad_norm: float = 1.0, ref_policy=None,
-                  generator: torch.Generator | None = None) -> dict[str, float]:
+                  generator: torch.Generator | None = None, skip_empty: bool = True) -> dict[str, float]:
     """PPO-style epochs of FA-GRPO over a rollout batch. The policy provides
-    `sde_log_probs(obs, latents, noise_level) -> (log_probs (B,K), means, stds (K,))`."""
+    `sde_log_probs(obs, latents, noise_level) -> (log_probs (B,K), means, stds (K,))` and optionally
+    `action_mask` (the action dimensions that count; padding is left out of the KL).
+
+    skip_empty: skip minibatches whose chunks are all masked. Data-parallel training must pass False:
+    every rank has to run the same number of backward passes (a masked minibatch gives zero gradient).
+    """
     if cfg.kl_beta > 0 and ref_policy is None:
         raise ValueError("kl_beta > 0 needs a reference policy")
     weights = flowscale_weights(step_variances, cfg.flowscale)
+    element_mask = getattr(policy, "action_mask", None)
     size = batch.size
     minibatch_size = minibatch_size or size
     totals: dict[str, float] = {"loss": 0.0, "policy_loss": 0.0, "kl": 0.0, "clip_fraction": 0.0,
@@ -181,7 +243,7 @@ def policy_update(policy, optimizer: torch.optim.Optimizer, batch: RolloutBatch,
     for _ in range(epochs):
         order = torch.randperm(size, generator=generator)
         for idx in order.split(minibatch_size):
-            if batch.mask[idx].sum() == 0:
+            if skip_empty and batch.mask[idx].sum() == 0:
                 continue
             obs = batch.obs[idx]
             latents = batch.latents[idx]
@@ -191,7 +253,7 @@ def policy_update(policy, optimizer: torch.optim.Optimizer, batch: RolloutBatch,
                 with torch.no_grad():
                     _, ref_means, _ = ref_policy.sde_log_probs(obs, latents, noise_level)
             out = fa_grpo_loss(new_log_probs, batch.old_log_probs[idx], batch.advantages[idx], batch.mask[idx],
-                               weights, cfg, new_means, ref_means, stds)
+                               weights, cfg, new_means, ref_means, stds, element_mask)
             optimizer.zero_grad(set_to_none=True)
             out.loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_([p for p in policy.parameters() if p.requires_grad],

@@ -135,3 +135,115 @@ def test_fa_grpo_raises_reward_on_a_contextual_bandit(flowscale):
     curve, final = _train_bandit(flowscale)
     start = sum(curve[:3]) / 3
     assert start < 0.2 and final > start + 0.4, (start, final, curve)
+
+
+# ----- additions: FlowScale inside the action-level ratio, the real policy's summed log-likelihood -----
+
+def test_flowscale_weights_enter_the_action_level_log_ratio_by_hand():
+    from prophrl_trainer.fa_grpo import action_log_likelihood
+
+    cfg = FAGRPOConfig(clip_eps_low=0.2, clip_eps_high=0.28)
+    weights = torch.tensor([2.0, 0.5])
+    new = torch.tensor([[0.1, 0.2], [0.05, -0.1]], requires_grad=True)
+    torch.testing.assert_close(action_log_likelihood(new.detach(), weights), torch.tensor([0.3, 0.05]))
+    out = fa_grpo_loss(new, torch.zeros(2, 2), torch.tensor([1.0, 2.0]), torch.ones(2), weights, cfg)
+    # chunk 0: l = 2*0.1 + 0.5*0.2 = 0.3, r = e^0.3 = 1.35 > 1.28 with A > 0 -> clipped at 1.28 (no gradient)
+    # chunk 1: l = 2*0.05 - 0.5*0.1 = 0.05, r = e^0.05, inside the range
+    expected = -(1.28 * 1.0 + math.exp(0.05) * 2.0) / 2
+    assert out.loss.item() == pytest.approx(expected, rel=1e-6)
+    out.loss.backward()
+    assert new.grad[0].abs().sum() == 0
+    # d/dnew[1,k] = -(A r w_k) / 2
+    torch.testing.assert_close(new.grad[1], -2.0 * math.exp(0.05) * weights / 2)
+
+
+def test_kl_leaves_padded_action_dimensions_out():
+    cfg = FAGRPOConfig(kl_beta=1.0, flowscale=FlowScaleConfig(enabled=False))
+    new_means = torch.ones(1, 1, 2, 3)       # (B, K, H, A): every element 1 away from the reference
+    element_mask = torch.tensor([1.0, 1.0, 0.0])  # the third dimension is padding
+    out = fa_grpo_loss(torch.zeros(1, 1), torch.zeros(1, 1), torch.zeros(1), torch.ones(1), torch.ones(1), cfg,
+                       new_means, torch.zeros(1, 1, 2, 3), torch.tensor([0.5]), element_mask)
+    assert out.kl == pytest.approx(2 * 2 * 1.0 / (2 * 0.25))   # 4 counted elements, 1^2 / (2 * 0.5^2)
+
+
+@pytest.mark.parametrize("kwargs, match", [({"alpha": 1.5}, "alpha"), ({"w_min": 2.0, "w_max": 1.0}, "w_min"),
+                                           ({"eps": -1.0}, "eps")])
+def test_flowscale_config_rejects_bad_values(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        FlowScaleConfig(**kwargs)
+
+
+def _tiny_vla(seed=0):
+    from prophrl_policy.configuration_vla import get_vla_config
+    from prophrl_policy.modeling_vla import Observation, VLAPolicy
+
+    torch.manual_seed(seed)
+    policy = VLAPolicy(get_vla_config("tiny", hidden_dim=32, num_layers=1, num_heads=2, image_size=32, horizon=4))
+    with torch.no_grad():  # a non-trivial velocity field (the output layer starts at zero)
+        policy.action_out[1].weight.normal_(0, 0.3)
+        policy.action_out[1].bias.normal_(0, 0.3)
+    g = torch.Generator().manual_seed(seed)
+    obs = Observation(torch.rand(3, 3, 32, 32, generator=g), ["push left", "lift", "open"],
+                      torch.randn(3, 8, generator=g))
+    return policy, obs, g
+
+
+def test_vla_action_log_likelihood_is_the_gaussian_density_of_the_denoising_path():
+    policy, obs, g = _tiny_vla()
+    sample = policy.predict_action_chunk(obs, mode="sde", num_steps=5, noise_level=0.7, generator=g)
+    log_probs, means, stds = policy.sde_log_probs(obs, sample.latents, 0.7)
+    # recomputed under the same weights = what the sampler recorded (ratio 1 before any update)
+    torch.testing.assert_close(log_probs, sample.log_probs, rtol=1e-5, atol=1e-3)
+    # by hand with torch.distributions over the robot's 7 dimensions only (the padding carries nothing)
+    robot = policy.config.robot_action_dim
+    expected = torch.zeros(3)
+    for k in range(5):
+        dist = torch.distributions.Normal(means[:, k, :, :robot], stds[k])
+        expected += dist.log_prob(sample.latents[:, k + 1, :, :robot]).flatten(1).sum(1)
+    torch.testing.assert_close(log_probs.sum(1), expected, rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(stds ** 2, fm.step_noise_variance(5, 0.7).float(), rtol=1e-5, atol=1e-7)
+
+
+def test_vla_summed_log_likelihood_gradient_matches_central_differences():
+    """Directional derivative of sum_k log pi^(k) w.r.t. the velocity head and a denoiser layer, in float32
+    (the policy runs in float32 only), against central differences."""
+    policy, obs, g = _tiny_vla(1)
+    sample = policy.predict_action_chunk(obs, mode="sde", num_steps=3, noise_level=0.7, generator=g)
+    params = [policy.action_out[1].weight, policy.denoiser.layers[0].linear1.weight]
+    f = lambda: policy.sde_log_probs(obs, sample.latents, 0.7)[0].sum()  # noqa: E731
+    policy.zero_grad()
+    f().backward()
+    directions = [torch.randn(p.shape, generator=g) for p in params]
+    analytic = sum((p.grad * d).sum() for p, d in zip(params, directions)).item()
+    h = 1e-3
+    with torch.no_grad():
+        for p, d in zip(params, directions):
+            p.add_(h * d)
+        plus = f().item()
+        for p, d in zip(params, directions):
+            p.sub_(2 * h * d)
+        minus = f().item()
+        for p, d in zip(params, directions):
+            p.add_(h * d)
+    numeric = (plus - minus) / (2 * h)
+    assert abs(analytic) > 1.0, "the check needs a non-trivial gradient"
+    assert numeric == pytest.approx(analytic, rel=2e-2), (numeric, analytic)
+
+
+def test_masked_minibatches_still_step_when_not_skipped():
+    """Data-parallel ranks must run the same number of backward passes: with skip_empty=False an all-masked
+    minibatch is processed and leaves the weights unchanged (zero gradient, no weight decay)."""
+    torch.manual_seed(0)
+    policy = ToyFlowPolicy(hidden=8)
+    opt = torch.optim.Adam(policy.parameters(), lr=1e-2)
+    contexts = torch.rand(4, 2)
+    sample = policy.predict_action_chunk(contexts, mode="sde", num_steps=3)
+    batch = RolloutBatch(contexts, sample.latents, sample.log_probs, torch.randn(4), torch.zeros(4))
+    before = [p.detach().clone() for p in policy.parameters()]
+    cfg = FAGRPOConfig(group_size=2)
+    variances = fm.step_noise_variance(3, 0.7)
+    assert policy_update(policy, opt, batch, cfg, variances, 0.7, minibatch_size=2)["minibatches"] == 0
+    stats = policy_update(policy, opt, batch, cfg, variances, 0.7, minibatch_size=2, skip_empty=False)
+    assert stats["minibatches"] == 2
+    for p, b in zip(policy.parameters(), before):
+        torch.testing.assert_close(p, b)

@@ -11,7 +11,13 @@ so every stream is on one clock even when the sources stamp headers with differe
   ``chunk_step``: the step of that chunk due at the frame, floor(elapsed / control_period_s),
   clipped to the last step when the chunk has run out (the executor holds until the next chunk);
 - the episode's ``instruction`` and ``success`` (bag custom_data, else the recorded instruction
-  topic / a SUCCESS EpisodeEvent).
+  topic / a SUCCESS EpisodeEvent);
+- the episode's ``camera`` calibration, from the first ``/camera/camera_info`` (K, width, height)
+  and the latest ``/camera/pose`` at the first kept frame (else the first one; geometry_msgs/PoseStamped:
+  the OpenCV/ROS optical frame's pose in the robot base frame, latched by the sim; its inverse is
+  ``world_to_camera``). Both topics are
+  optional: a bag without either, with an uncalibrated CameraInfo (K all zero, the ROS convention)
+  or with a camera pose in another frame than the robot's base frame has ``camera: null``.
 
 Frames before the first chunk, joint state and pose have no action or state and are dropped
 (counted as ``skipped_frames``). Every chunk of the whole dataset must share action_space,
@@ -21,7 +27,9 @@ naming the bag.
 Output (written into a temporary sibling directory and renamed into place only when everything
 succeeded, so an error leaves no output directory behind)::
 
-    OUT/index.json                   dataset + per-episode metadata (no pickle anywhere)
+    OUT/index.json                   dataset + per-episode metadata (no pickle anywhere); each episode's
+                                     "camera" is {"k": 9 floats, "width", "height", "world_to_camera":
+                                     16 floats row-major} or null (see episode_calibration)
     OUT/shards/episode_000000.npz    frames, frame_times_ns, joint_positions, ee_pose, state,
                                      action_chunks, chunk_steps, actions (np.load(allow_pickle=False))
     OUT/lerobot/                     with lerobot=True: a LeRobot v3.0 dataset
@@ -55,6 +63,7 @@ import os
 import secrets
 import shutil
 import sys
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from fractions import Fraction
 from pathlib import Path
@@ -66,6 +75,7 @@ from prophrl_common.chunks import InvalidChunkError, chunk_to_array
 from prophrl_common.config_io import ConfigError
 from prophrl_common.images import ImageConversionError, to_rgb8
 from prophrl_common.robots import RobotConfig, load_robot_config
+from prophrl_worldmodel.action_frames import CameraCalibration, EndEffectorPose
 
 SHARD_FORMAT = "prophrl-samples-v1"
 EE_POSE_NAMES = ("ee_x", "ee_y", "ee_z", "ee_qx", "ee_qy", "ee_qz", "ee_qw")
@@ -93,6 +103,8 @@ class DatasetTopics:
     action_chunk: str = "/prophrl/action_chunk"
     instruction: str = "/prophrl/instruction"
     episode: str = "/prophrl/episode"
+    camera_info: str = "/camera/camera_info"
+    camera_pose: str = "/camera/pose"
 
     @classmethod
     def for_robot(cls, robot: RobotConfig, image: str = "/camera/image_raw") -> DatasetTopics:
@@ -131,6 +143,7 @@ class EpisodeSamples:
     action_space: str
     control_period_s: float
     skipped_frames: int
+    camera: dict | None = None  # the index.json "camera" entry (see camera_entry), None when uncalibrated
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -200,6 +213,68 @@ def _truthy(text: str) -> bool:
     return text.strip().lower() in ("true", "1", "yes")
 
 
+def _camera_pose_at(poses: list, time_ns: int):
+    """The latest camera pose received at or before time_ns (a latched pose re-sent when a recorder opens the
+    bag may precede a fresh one), else the first one; None without any."""
+    if not poses:
+        return None
+    before = [msg for t, msg in sorted(poses, key=lambda item: item[0]) if t <= time_ns]
+    return before[-1] if before else min(poses, key=lambda item: item[0])[1]
+
+
+def camera_entry(bag: Bag, robot: RobotConfig, camera_info, camera_pose) -> dict | None:
+    """The index.json "camera" entry from a CameraInfo and the camera's PoseStamped (either may be None).
+
+    None when either is missing, when the CameraInfo is uncalibrated (K all zero) or when the pose is in
+    another frame than the robot's base frame (no tf here to move it); a calibration that is present but
+    not a pinhole camera / rigid pose is a BagError.
+    """
+    if camera_info is None or camera_pose is None:
+        return None
+    k = np.asarray(camera_info.k, np.float64).reshape(-1)
+    if k.size == 9 and not k.any():
+        return None
+    frame = camera_pose.header.frame_id
+    if frame and frame.lstrip("/") != robot.base_frame.lstrip("/"):
+        warnings.warn(f"bag {bag.path}: camera pose is in frame {frame!r}, not the robot base frame "
+                      f"{robot.base_frame!r}; the episode is stored without calibration", stacklevel=2)
+        return None
+    p, q = camera_pose.pose.position, camera_pose.pose.orientation
+    quaternion = np.array([q.x, q.y, q.z, q.w], np.float64)
+    if not np.isfinite(quaternion).all() or np.linalg.norm(quaternion) < 1e-9:
+        raise BagError(bag.path, f"camera pose has an invalid orientation quaternion {quaternion.tolist()}")
+    rotation = EndEffectorPose.from_quaternion((p.x, p.y, p.z), quaternion, 0.0).rotation_matrix
+    world_to_camera = np.eye(4)
+    world_to_camera[:3, :3] = rotation.T   # the pose is camera -> base; invert it
+    world_to_camera[:3, 3] = -rotation.T @ np.array([p.x, p.y, p.z], np.float64)
+    try:
+        calibration = CameraCalibration.from_camera_info(k, world_to_camera, int(camera_info.width),
+                                                         int(camera_info.height))
+    except ConfigError as exc:
+        raise BagError(bag.path, f"camera calibration is invalid: {exc}") from None
+    return {"k": [float(v) for v in k], "width": calibration.width, "height": calibration.height,
+            "world_to_camera": list(calibration.world_to_camera)}
+
+
+def episode_calibration(entry: dict) -> CameraCalibration | None:
+    """The CameraCalibration of an index.json episode entry, or None when it has no (or a null) "camera".
+
+    Raises ConfigError for a malformed entry.
+    """
+    camera = entry.get("camera") if isinstance(entry, dict) else None
+    if camera is None:
+        return None
+    where = f"episode {entry.get('episode_id') or entry.get('shard') or '?'}"
+    try:
+        return CameraCalibration.from_camera_info(camera["k"], np.asarray(camera["world_to_camera"], np.float64)
+                                                  .reshape(4, 4), int(camera["width"]), int(camera["height"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: malformed camera entry ({type(exc).__name__}: {exc}); expected "
+                          "{'k': 9 floats, 'width': int, 'height': int, 'world_to_camera': 16 floats}") from None
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
 def load_episode(bag_path: str | Path, robot: RobotConfig, topics: DatasetTopics | None = None) -> EpisodeSamples:
     """Read one bag and align its streams to its camera frames (see the module docstring)."""
     topics = topics or DatasetTopics.for_robot(robot)
@@ -210,11 +285,15 @@ def load_episode(bag_path: str | Path, robot: RobotConfig, topics: DatasetTopics
     pose_times, poses = [], []
     chunks = _ChunkStream(bag)
     instructions, success_events = [], 0
+    camera_info, camera_poses = None, []
     reorder_cache: dict = {}
-    optional = {topics.instruction: "std_msgs/msg/String", topics.episode: "prophrl_msgs/msg/EpisodeEvent"}
+    optional = {topics.instruction: "std_msgs/msg/String", topics.episode: "prophrl_msgs/msg/EpisodeEvent",
+                topics.camera_info: "sensor_msgs/msg/CameraInfo", topics.camera_pose: "geometry_msgs/msg/PoseStamped"}
     wanted = [*topics.required(), *(topic for topic, msgtype in optional.items()
                                     if topic in bag.topics and bag.topics[topic].msgtype == msgtype)]
     for message in bag.messages(wanted):
+        if message.topic == topics.camera_info and camera_info is not None:
+            continue  # only the first CameraInfo is used: skip decoding one per frame
         msg = bag.deserialize(message)
         t = message.log_time_ns
         if message.topic == topics.image:
@@ -241,6 +320,10 @@ def load_episode(bag_path: str | Path, robot: RobotConfig, topics: DatasetTopics
             chunks.add(t, msg)
         elif message.topic == topics.instruction:
             instructions.append(msg.data)
+        elif message.topic == topics.camera_info:
+            camera_info = msg if camera_info is None else camera_info
+        elif message.topic == topics.camera_pose:
+            camera_poses.append((t, msg))
         elif msg.event == msg.SUCCESS:
             success_events += 1
 
@@ -282,6 +365,7 @@ def load_episode(bag_path: str | Path, robot: RobotConfig, topics: DatasetTopics
         action_space=chunks.action_space,
         control_period_s=chunks.control_period_s,
         skipped_frames=int(keep[0]),
+        camera=camera_entry(bag, robot, camera_info, _camera_pose_at(camera_poses, int(frame_times[keep[0]]))),
     )
 
 
@@ -558,7 +642,7 @@ def bags2dataset(bags: Iterable[str | Path], out_dir: str | Path, robot: RobotCo
                     "shard": shard, "bag": str(bag_path), "episode_id": episode.episode_id,
                     "instruction": episode.instruction, "task": episode.task, "success": episode.success,
                     "num_samples": len(episode), "skipped_frames": episode.skipped_frames,
-                    "recovered": episode.recovered,
+                    "recovered": episode.recovered, "camera": episode.camera,
                 })
                 if lerobot:
                     if writer is None:

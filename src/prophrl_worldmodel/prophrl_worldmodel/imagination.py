@@ -63,7 +63,8 @@ class ImaginedRollouts:
     """G rollouts of one world model from one start, stepped one action chunk at a time."""
 
     def __init__(self, model: Prophet, start: ImaginationStart, num_rollouts: int, *, num_steps: int | None = None,
-                 seed: int = 0):
+                 seed: int = 0, keep_frames: bool = True):
+        """keep_frames=False: `frames` stays empty (a live, unbounded run keeps only what the model needs)."""
         if num_rollouts < 1:
             raise ConfigError(f"num_rollouts must be >= 1, got {num_rollouts}")
         self.model, self.start, self.num_rollouts, self.num_steps = model, start, int(num_rollouts), num_steps
@@ -81,6 +82,7 @@ class ImaginedRollouts:
             self._poses = [pose] * self.num_rollouts
         self._calibration = start.calibration.resized(size, size) if start.calibration is not None else None
         self._clips: list[np.ndarray] = []
+        self._keep_frames = keep_frames
         self.chunks_done = 0
         self._size = size
 
@@ -140,7 +142,8 @@ class ImaginedRollouts:
         if self._poses is not None:
             self._poses = [_integrate(pose, chunk[:, :ARM_ACTION_DIM]) for pose, chunk in zip(self._poses, chunks)]
         clip_uint8 = _to_uint8(clip)
-        self._clips.append(clip_uint8)
+        if self._keep_frames:
+            self._clips.append(clip_uint8)
         self.chunks_done += 1
         return clip_uint8
 

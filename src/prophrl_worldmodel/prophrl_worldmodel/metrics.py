@@ -10,7 +10,8 @@ Frames are (H, W, 3) RGB (or (H, W) gray) arrays in [0, 255], uint8 or float; cl
 - Flow agreement for a frame pair: Farneback flow of the real pair and of the predicted pair, both
   (H, W, 2) in pixels (dx, dy). EPE = mean over all pixels of ||f_real - f_pred||. cos = mean cosine
   similarity of the two flow vectors over pixels where the REAL motion is significant,
-  ||f_real|| > motion_threshold (nan when no pixel moves); a predicted flow of zero counts as cos 0.
+  ||f_real|| > motion_threshold (nan when no pixel moves); a predicted flow below the same threshold (a frozen prediction's
+  estimator noise) counts as cos 0.
 - ``video_metrics`` scores one clip per frame (PSNR, SSIM) and per consecutive pair (flow);
   ``aggregate_by_horizon`` averages many clips per horizon step. To score the motion into the first
   predicted frame, prepend the shared start frame to both clips.
@@ -113,6 +114,9 @@ def flow_agreement(real_flow: np.ndarray, pred_flow: np.ndarray, motion_threshol
         return epe, float("nan")
     pred_norm = np.linalg.norm(pred_flow, axis=-1)
     cosine = (real_flow * pred_flow).sum(axis=-1) / np.maximum(real_norm * pred_norm, 1e-12)
+    # Predicted motion below the threshold is "no motion": cosine 0, not the direction of flow-estimator
+    # noise (a frozen prediction would otherwise score a random +-1 wherever the real scene moves).
+    cosine = np.where(pred_norm > motion_threshold, cosine, 0.0)
     return epe, float(cosine[moving].mean())
 
 

@@ -47,6 +47,14 @@ def test_rollouts_integrate_each_chunk_and_keep_every_clip(prophet):
     assert rollouts.frames.shape[1] == 2 * config.frames_per_clip and rollouts.chunks_done == 2
 
 
+def test_live_rollouts_keep_no_frames_but_still_advance(prophet):
+    horizon = prophet.config.action_horizon
+    rollouts = ImaginedRollouts(prophet, _start(), 1, num_steps=1, keep_frames=False)
+    clip = rollouts.step(_chunks(1, horizon, 0.01))
+    assert rollouts.frames.shape[1] == 0 and rollouts.chunks_done == 1
+    np.testing.assert_array_equal(rollouts.current_frames, clip[:, -1])
+
+
 def test_stepping_equals_the_models_open_loop_rollout(prophet):
     """Chunk by chunk gives what Prophet.rollout gives for the same chunks and seed (no pose: no action frames)."""
     config = prophet.config

@@ -86,6 +86,17 @@ def test_cosine_is_nan_without_real_motion_and_zero_prediction_scores_zero():
     assert epe == pytest.approx(2.0) and cos == 0.0
 
 
+def test_estimator_noise_in_a_frozen_prediction_scores_zero_not_its_random_direction():
+    """Regression: Farneback gives ~0.02 px flow between identical frames; its direction must not count."""
+    moving = np.zeros((8, 8, 2))
+    moving[..., 0] = 2.0
+    noise = np.zeros((8, 8, 2))
+    noise[..., 0] = 0.02   # exactly aligned with the real motion, but far below the motion threshold
+    assert flow_agreement(moving, noise)[1] == 0.0
+    assert flow_agreement(moving, -noise)[1] == 0.0
+    assert flow_agreement(moving, moving)[1] == pytest.approx(1.0)
+
+
 def test_aggregate_by_horizon_averages_per_step_and_skips_nan():
     a = VideoMetrics(np.array([30.0, 20.0]), np.array([0.9, 0.8]), np.array([1.0]), np.array([np.nan]))
     b = VideoMetrics(np.array([10.0, 40.0]), np.array([0.7, 0.6]), np.array([3.0]), np.array([0.5]))

@@ -1,0 +1,247 @@
+"""Atomic, resumable RL checkpoints: safetensors + JSON, never pickle.
+
+One directory per checkpoint, ``RUN_DIR/checkpoints/update_000010/``::
+
+    policy/                  VLAPolicy.save_pretrained (config.json, norm_stats.json, model.safetensors):
+                             what LoadPolicy and `prophrl policy eval` take
+    optimizer.safetensors    every tensor of the optimizer state ("state.<param index>.<key>")
+    optimizer.json           param_groups and the non-tensor per-parameter state
+    rng.safetensors          torch RNG states (the global CPU RNG and named torch.Generators), uint8
+    trainer_state.json       format, update count, numpy / python RNG states, metrics history, extras
+    rl_config.json           the RL config of the run
+
+Writing is atomic: everything goes into a hidden temporary sibling (``.tmp-update_000010-<pid>``),
+every file and directory is fsynced, then the directory is renamed into place and the parent is
+fsynced. A crash at any moment leaves either the previous set of checkpoints or the new one, never a
+half-written ``update_*``. Old checkpoints beyond ``keep_last`` are first renamed to a hidden trash
+name and then deleted, so a crash during deletion cannot leave a partial ``update_*`` either; stale
+temporaries and trash are removed by ``clean_stale``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from prophrl_common.config_io import ConfigError
+
+FORMAT = "prophrl-rl-checkpoint-v1"
+PREFIX = "update_"
+_NAME = re.compile(r"^update_(\d{6,})$")
+POLICY_DIR = "policy"
+OPTIMIZER_TENSORS = "optimizer.safetensors"
+OPTIMIZER_JSON = "optimizer.json"
+RNG_TENSORS = "rng.safetensors"
+STATE_JSON = "trainer_state.json"
+CONFIG_JSON = "rl_config.json"
+
+
+def checkpoint_name(update: int) -> str:
+    return f"{PREFIX}{update:06d}"
+
+
+def list_checkpoints(checkpoint_dir: str | Path) -> list[tuple[int, Path]]:
+    """Committed checkpoints, oldest first."""
+    checkpoint_dir = Path(checkpoint_dir)
+    if not checkpoint_dir.is_dir():
+        return []
+    found = []
+    for path in checkpoint_dir.iterdir():
+        match = _NAME.match(path.name)
+        if match and path.is_dir() and (path / STATE_JSON).is_file():
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def latest_checkpoint(checkpoint_dir: str | Path) -> Path | None:
+    found = list_checkpoints(checkpoint_dir)
+    return found[-1][1] if found else None
+
+
+def clean_stale(checkpoint_dir: str | Path) -> None:
+    """Remove temporaries and trash left by a crash (never a committed checkpoint)."""
+    checkpoint_dir = Path(checkpoint_dir)
+    if checkpoint_dir.is_dir():
+        for path in checkpoint_dir.iterdir():
+            if path.name.startswith((".tmp-", ".trash-")):
+                shutil.rmtree(path, ignore_errors=True)
+
+
+# ----- optimizer state <-> safetensors + JSON ----------------------------------------------------------
+
+def optimizer_state_to_files(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """Split optimizer.state_dict() into tensors (for safetensors) and a JSON-able remainder."""
+    state_dict = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for index, per_param in state_dict["state"].items():
+        for key, value in per_param.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"state.{index}.{key}"] = value.detach().contiguous().cpu()
+            else:
+                scalars.setdefault(str(index), {})[key] = _json_value(value, f"optimizer state {index}.{key}")
+    groups = []
+    for group in state_dict["param_groups"]:
+        groups.append({key: _json_value(value, f"optimizer param_group {key}") for key, value in group.items()})
+    return tensors, {"type": type(optimizer).__name__, "param_groups": groups, "scalars": scalars}
+
+
+def optimizer_state_from_files(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
+                               meta: dict) -> None:
+    """Inverse of optimizer_state_to_files, into an optimizer built over the same parameters."""
+    if meta.get("type") != type(optimizer).__name__:
+        raise ConfigError(f"checkpoint optimizer is {meta.get('type')}, the trainer uses {type(optimizer).__name__}")
+    current = optimizer.state_dict()["param_groups"]
+    saved = meta["param_groups"]
+    if len(saved) != len(current) or any(len(s["params"]) != len(c["params"]) for s, c in zip(saved, current)):
+        raise ConfigError("checkpoint optimizer does not match the policy's trainable parameters")
+    groups = []
+    for saved_group, current_group in zip(saved, current):
+        group = dict(saved_group)
+        for key, value in group.items():  # JSON turned tuples (e.g. Adam's betas) into lists
+            if isinstance(current_group.get(key), tuple) and isinstance(value, list):
+                group[key] = tuple(value)
+        groups.append(group)
+    state: dict[int, dict[str, Any]] = {}
+    for name, tensor in tensors.items():
+        _, index, key = name.split(".", 2)
+        state.setdefault(int(index), {})[key] = tensor
+    for index, values in meta.get("scalars", {}).items():
+        state.setdefault(int(index), {}).update(values)
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+
+
+def _json_value(value, where: str):
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_json_value(v, where) for v in value]
+    raise ConfigError(f"{where}: cannot store {type(value).__name__} as JSON")
+
+
+# ----- RNG states -------------------------------------------------------------------------------------
+
+def python_rng_state() -> list:
+    version, internal, gauss = random.getstate()
+    return [version, list(internal), gauss]
+
+
+def set_python_rng_state(state: list) -> None:
+    version, internal, gauss = state
+    random.setstate((version, tuple(internal), gauss))
+
+
+def numpy_rng_state(generator: np.random.Generator) -> dict:
+    return generator.bit_generator.state
+
+
+def set_numpy_rng_state(generator: np.random.Generator, state: dict) -> None:
+    generator.bit_generator.state = state
+
+
+# ----- whole checkpoints ------------------------------------------------------------------------------
+
+def _fsync_tree(root: Path) -> None:
+    for dirpath, _dirnames, filenames in os.walk(root):
+        for name in filenames:
+            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(dirpath))
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(checkpoint_dir: str | Path, update: int, policy, optimizer: torch.optim.Optimizer,
+                    rng_tensors: dict[str, torch.Tensor], state: dict, rl_config_json: str,
+                    keep_last: int = 3) -> Path:
+    """Write checkpoint `update` atomically and keep the newest `keep_last`. Returns its directory.
+
+    rng_tensors: named uint8 RNG states (torch.Generator.get_state()); state: JSON-able trainer state
+    (update count, numpy/python RNG states, history, ...).
+    """
+    if keep_last < 1:
+        raise ConfigError(f"keep_last must be >= 1, got {keep_last}")
+    checkpoint_dir = Path(checkpoint_dir)
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    final = checkpoint_dir / checkpoint_name(update)
+    tmp = checkpoint_dir / f".tmp-{final.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        policy.save_pretrained(tmp / POLICY_DIR)
+        tensors, meta = optimizer_state_to_files(optimizer)
+        save_file(tensors, str(tmp / OPTIMIZER_TENSORS), metadata={"format": FORMAT})
+        (tmp / OPTIMIZER_JSON).write_text(json.dumps(meta, indent=1))
+        save_file({k: v.contiguous().cpu() for k, v in rng_tensors.items()}, str(tmp / RNG_TENSORS),
+                  metadata={"format": FORMAT})
+        (tmp / STATE_JSON).write_text(json.dumps({"format": FORMAT, "update": int(update), **state}, indent=1))
+        (tmp / CONFIG_JSON).write_text(rl_config_json)
+        _fsync_tree(tmp)
+        if final.exists():  # re-saving an update (e.g. after resuming from an older checkpoint)
+            trash = checkpoint_dir / f".trash-{final.name}-{os.getpid()}"
+            os.replace(final, trash)
+            os.replace(tmp, final)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+        _fsync_dir(checkpoint_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for number, path in list_checkpoints(checkpoint_dir)[:-keep_last]:
+        trash = checkpoint_dir / f".trash-{path.name}-{os.getpid()}"
+        os.replace(path, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(path: str | Path, policy, optimizer: torch.optim.Optimizer | None
+                    ) -> tuple[dict[str, torch.Tensor], dict]:
+    """Restore policy weights (and optimizer state) in place; return (rng tensors, trainer state)."""
+    path = Path(path)
+    for name in (STATE_JSON, RNG_TENSORS, OPTIMIZER_TENSORS, OPTIMIZER_JSON, POLICY_DIR):
+        if not (path / name).exists():
+            raise ConfigError(f"{path}: not an RL checkpoint (missing {name})")
+    try:
+        state = json.loads((path / STATE_JSON).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path / STATE_JSON}: unreadable: {exc}") from exc
+    if state.get("format") != FORMAT:
+        raise ConfigError(f"{path}: checkpoint format {state.get('format')!r}, expected {FORMAT!r}")
+    from prophrl_policy.modeling_vla import VLAPolicy
+
+    saved = VLAPolicy.from_pretrained(path / POLICY_DIR)  # validates config, shapes and finiteness
+    if saved.config != policy.config:
+        raise ConfigError(f"{path}: the checkpoint's policy config differs from the policy being trained")
+    policy.load_state_dict(saved.state_dict())
+    policy.norm_stats = saved.norm_stats
+    if optimizer is not None:
+        try:
+            tensors = load_file(str(path / OPTIMIZER_TENSORS))
+            meta = json.loads((path / OPTIMIZER_JSON).read_text())
+        except Exception as exc:  # safetensors has its own error types
+            raise ConfigError(f"{path}: cannot read the optimizer state: {exc}") from exc
+        optimizer_state_from_files(optimizer, tensors, meta)
+    try:
+        rng = load_file(str(path / RNG_TENSORS))
+    except Exception as exc:
+        raise ConfigError(f"{path / RNG_TENSORS}: cannot read: {exc}") from exc
+    return rng, state

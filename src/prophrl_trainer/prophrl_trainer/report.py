@@ -1,0 +1,307 @@
+"""`prophrl eval`: ground-truth evaluation of policies in the physics sim, written as a report directory.
+
+    prophrl eval --policy SFT=outputs/demo/policy_sft \\
+                 --policy "FA-GRPO+FlowScale=runs/fs_s0,runs/fs_s1,runs/fs_s2" \\
+                 --policy "FA-GRPO=runs/plain_s0,runs/plain_s1,runs/plain_s2" \\
+                 --task lift --episodes 20 --world-model outputs/demo/prophet --out outputs/report
+
+Each --policy is LABEL=PATH[,PATH...]: one path per training seed, each a policy checkpoint directory
+(config.json + model.safetensors) or an RL run directory from `prophrl train` (its newest checkpoint's
+policy is evaluated, its progress.jsonl gives the learning curves, the RL update count and wall time).
+A label with several paths reports mean +- std over them (training seeds); a single checkpoint reports
+mean +- std over --policy-seeds sampling seeds. Every policy meets the same held-out initial states
+(seeds from --first-seed, never used for demonstrations).
+
+Writes OUT/report.md (the table), OUT/summary.json (success per policy / task / seed, RL updates, wall
+time), OUT/learning_curves.png (imagined reward / success over updates per RL run) and, with
+--world-model, OUT/videos/<label>_<task>_seed<N>.mp4: the same policy from the same start, real sim
+frames | imagined frames, side by side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from prophrl_common.config_io import ConfigError
+from prophrl_trainer.evaluation import HELD_OUT_SEED_BASE, EvalSettings, evaluate_policy
+
+SUMMARY_FORMAT = "prophrl-eval-report-v1"
+
+
+@dataclasses.dataclass(frozen=True)
+class PolicySource:
+    label: str
+    policy_dir: Path                    # what is evaluated
+    run_dir: Path | None = None         # the RL run it came from, if any
+
+    @property
+    def progress(self) -> list[dict]:
+        path = None if self.run_dir is None else self.run_dir / "progress.jsonl"
+        if path is None or not path.is_file():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def resolve_policy(label: str, path: str | Path) -> PolicySource:
+    """A policy checkpoint directory, or an RL run directory (-> its newest checkpoint's policy)."""
+    from prophrl_trainer import checkpointing as ckpt
+
+    path = Path(path)
+    if (path / "model.safetensors").is_file():
+        return PolicySource(label, path)
+    latest = ckpt.latest_checkpoint(path / "checkpoints")
+    if latest is not None and (latest / ckpt.POLICY_DIR / "model.safetensors").is_file():
+        return PolicySource(label, latest / ckpt.POLICY_DIR, path)
+    raise ConfigError(f"{label}: {path} is neither a policy checkpoint (model.safetensors) nor an RL run "
+                      f"directory with checkpoints/update_*/policy")
+
+
+def parse_policy_args(specs: Sequence[str]) -> dict[str, list[PolicySource]]:
+    policies: dict[str, list[PolicySource]] = {}
+    for spec in specs:
+        label, sep, paths = spec.partition("=")
+        if not sep or not label.strip() or not paths.strip():
+            raise ConfigError(f"--policy must be LABEL=PATH[,PATH...], got {spec!r}")
+        if label in policies:
+            raise ConfigError(f"--policy label {label!r} given twice")
+        policies[label.strip()] = [resolve_policy(label, p.strip()) for p in paths.split(",") if p.strip()]
+    if not policies:
+        raise ConfigError("give at least one --policy LABEL=PATH")
+    return policies
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def _run_stats(source: PolicySource) -> dict:
+    progress = source.progress
+    if not progress:
+        return {"rl_updates": 0, "rl_wall_time_s": 0.0}
+    return {"rl_updates": int(progress[-1]["update"]),
+            "rl_wall_time_s": float(sum(m.get("time/update_total_s", 0.0) for m in progress))}
+
+
+def evaluate_all(policies: dict[str, list[PolicySource]], tasks: Sequence[str], settings: EvalSettings,
+                 policy_seeds: int = 1, show_progress: bool = True) -> dict:
+    """summary dict: per label and task, the success of every training seed (and sampling seed)."""
+    summary = {"format": SUMMARY_FORMAT, "robot": settings.robot, "episodes": settings.episodes,
+               "first_seed": settings.first_seed, "max_steps": settings.max_steps, "policies": {}}
+    for label, sources in policies.items():
+        entry = {"checkpoints": [str(s.policy_dir) for s in sources], "tasks": {},
+                 "runs": [_run_stats(s) for s in sources]}
+        for task in tasks:
+            task_settings = dataclasses.replace(settings, task=task)
+            per_seed = []
+            for source in sources:
+                samples = [evaluate_policy(source.policy_dir, task_settings, policy_seed=k,
+                                           show_progress=show_progress).success_rate
+                           for k in range(policy_seeds)]
+                per_seed.append({"checkpoint": str(source.policy_dir), "sampling_seeds": samples,
+                                 "success_rate": statistics.fmean(samples)})
+            rates = [s["success_rate"] for s in per_seed] if len(per_seed) > 1 else per_seed[0]["sampling_seeds"]
+            mean, std = _mean_std(rates)
+            entry["tasks"][task] = {"per_training_seed": per_seed, "mean": mean, "std": std,
+                                    "std_over": "training seeds" if len(per_seed) > 1 else "sampling seeds"}
+        summary["policies"][label] = entry
+    return summary
+
+
+def markdown_table(summary: dict) -> str:
+    tasks = sorted({t for p in summary["policies"].values() for t in p["tasks"]})
+    lines = [f"# True success in the physics sim ({summary['robot']}, {summary['episodes']} held-out initial "
+             f"states from seed {summary['first_seed']})", "",
+             "| policy | " + " | ".join(f"{t} success % (mean ± std)" for t in tasks) +
+             " | seeds | RL updates | RL wall time |",
+             "|---|" + "---|" * len(tasks) + "---|---|---|"]
+    for label, entry in summary["policies"].items():
+        cells = []
+        for task in tasks:
+            t = entry["tasks"][task]
+            cells.append(f"{100 * t['mean']:.1f} ± {100 * t['std']:.1f}")
+        updates = [r["rl_updates"] for r in entry["runs"]]
+        wall = [r["rl_wall_time_s"] for r in entry["runs"]]
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {len(entry['checkpoints'])} | "
+                     f"{statistics.fmean(updates):.0f} | {statistics.fmean(wall) / 60:.1f} min |")
+    lines += ["", "± is over training seeds when a policy has several checkpoints, else over sampling seeds."]
+    return "\n".join(lines) + "\n"
+
+
+def plot_learning_curves(policies: dict[str, list[PolicySource]], path: Path) -> Path | None:
+    curves = [(label, i, s.progress) for label, sources in policies.items() for i, s in enumerate(sources)
+              if s.progress]
+    if not curves:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for label, seed, progress in curves:
+        updates = [m["update"] for m in progress]
+        axes[0].plot(updates, [m["rollout/reward_mean"] for m in progress], label=f"{label} #{seed}")
+        axes[1].plot(updates, [m["rollout/success_rate"] for m in progress], label=f"{label} #{seed}")
+        evals = [(m["update"], m["eval/success_rate"]) for m in progress if "eval/success_rate" in m]
+        if evals:
+            axes[1].plot(*zip(*evals), "o--", label=f"{label} #{seed} (eval)")
+    axes[0].set(title="imagined reward (judge)", xlabel="RL update")
+    axes[1].set(title="imagined success rate (judge)", xlabel="RL update")
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def real_vs_imagined_video(policy_dir: Path, world_model_dir: Path, robot: str, task: str, seed: int, chunks: int,
+                           path: Path, image_size: int = 128) -> Path:
+    """The same policy from the same start: sim frames | Prophet frames, one chunk executed per replan."""
+    import cv2
+    import torch
+
+    from prophrl_policy.modeling_vla import VLAPolicy
+    from prophrl_policy.sim_rollout import PolicyController, run_episode
+    from prophrl_sim.arm_sim import ArmSim
+    from prophrl_worldmodel.imagination import ImaginationStart, ImaginedRollouts
+    from prophrl_worldmodel.modeling_prophet import Prophet
+
+    policy = VLAPolicy.from_pretrained(policy_dir)
+    prophet = Prophet.from_pretrained(world_model_dir).eval()
+    horizon = prophet.config.action_horizon
+    stride = prophet.config.actions_per_frame
+    sim = ArmSim(robot, task, image_width=image_size, image_height=image_size)
+    real, starts = [], []
+    try:
+        def on_step(record):
+            if not starts:
+                pose = record.observation.ee_pose
+                starts.append((record.image.copy(), np.concatenate([pose.position, pose.quaternion])))
+            real.append(record.image)
+        outcome = run_episode(sim, PolicyController(policy, seed=seed), seed, max_steps=chunks * horizon,
+                              replan_steps=horizon, steps_after_success=chunks * horizon, on_step=on_step)
+    finally:
+        sim.close()
+    first_frame, ee_pose = starts[0]
+    rollouts = ImaginedRollouts(prophet, ImaginationStart(first_frame, outcome.instruction, ee_pose), 1, seed=seed)
+    controller = PolicyController(policy, seed=seed)
+    for _ in range(chunks):
+        frame = rollouts.current_frames[0]
+        state_pose = rollouts.ee_poses[0]
+        observation = _ImaginedObservation(state_pose)
+        chunk = controller.chunk(cv2.resize(frame, (image_size, image_size)), outcome.instruction, observation,
+                                 float(rollouts.grippers[0]))
+        rollouts.step(_fit_chunk(chunk, horizon)[None])
+    size = prophet.config.image_size
+    real_frames = [cv2.resize(f, (size, size), interpolation=cv2.INTER_AREA) for f in real[stride - 1::stride]]
+    imagined = list(rollouts.frames[0])
+    count = min(len(real_frames), len(imagined))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 4, (2 * size * 2, size * 2))
+    for r, i in zip(real_frames[:count], imagined[:count]):
+        pair = np.concatenate([r, i], axis=1)
+        writer.write(cv2.cvtColor(cv2.resize(pair, (4 * size, 2 * size), interpolation=cv2.INTER_NEAREST),
+                                  cv2.COLOR_RGB2BGR))
+    writer.release()
+    return path
+
+
+@dataclasses.dataclass
+class _ImaginedObservation:
+    """What PolicyController reads from an observation (ee_pose.position / .quaternion), from a pose vector."""
+
+    pose: np.ndarray
+
+    @property
+    def ee_pose(self):
+        return _Pose(self.pose[:3], self.pose[3:])
+
+
+@dataclasses.dataclass
+class _Pose:
+    position: np.ndarray
+    quaternion: np.ndarray
+
+
+def _fit_chunk(chunk: np.ndarray, horizon: int) -> np.ndarray:
+    """A policy chunk as the world model's chunk: truncated, or padded with zero motion + the last gripper."""
+    chunk = np.asarray(chunk, np.float32)[:horizon]
+    if len(chunk) < horizon:
+        pad = np.zeros((horizon - len(chunk), chunk.shape[1]), np.float32)
+        pad[:, 6] = chunk[-1, 6]
+        chunk = np.concatenate([chunk, pad])
+    return chunk
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="prophrl eval", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--policy", action="append", required=True, metavar="LABEL=PATH[,PATH...]")
+    parser.add_argument("--robot", default="panda_sim")
+    parser.add_argument("--task", nargs="+", default=["lift"])
+    parser.add_argument("--episodes", type=int, default=20, help="held-out initial states per task")
+    parser.add_argument("--first-seed", type=int, default=HELD_OUT_SEED_BASE)
+    parser.add_argument("--max-steps", type=int, default=150)
+    parser.add_argument("--policy-seeds", type=int, default=1,
+                        help="sampling seeds per checkpoint (the spread of a single-checkpoint policy)")
+    parser.add_argument("--world-model", default="", help="Prophet checkpoint: also write real | imagined videos")
+    parser.add_argument("--videos", type=int, default=1, help="videos per policy and task (with --world-model)")
+    parser.add_argument("--video-chunks", type=int, default=4)
+    parser.add_argument("--out", required=True, help="report directory")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        policies = parse_policy_args(args.policy)
+        if args.episodes < 1 or args.policy_seeds < 1:
+            raise ConfigError("--episodes and --policy-seeds must be >= 1")
+        if args.world_model and not (Path(args.world_model) / "prophet_config.json").is_file():
+            raise ConfigError(f"--world-model {args.world_model} is not a Prophet checkpoint (no prophet_config.json)")
+    except ConfigError as exc:
+        print(f"prophrl eval: error: {exc}")
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    settings = EvalSettings(robot=args.robot, episodes=args.episodes, first_seed=args.first_seed,
+                            max_steps=args.max_steps)
+    summary = evaluate_all(policies, args.task, settings, args.policy_seeds)
+    summary["eval_wall_time_s"] = time.time() - start
+    if plot_learning_curves(policies, out / "learning_curves.png"):
+        summary["learning_curves"] = "learning_curves.png"
+    if args.world_model:
+        videos = []
+        for label, sources in policies.items():
+            for task in args.task:
+                for k in range(args.videos):
+                    seed = args.first_seed + k
+                    name = f"{label.replace('/', '_').replace(' ', '_')}_{task}_seed{seed}.mp4"
+                    real_vs_imagined_video(sources[0].policy_dir, Path(args.world_model), args.robot, task, seed,
+                                           args.video_chunks, out / "videos" / name)
+                    videos.append(f"videos/{name}")
+        summary["videos"] = videos
+    table = markdown_table(summary)
+    extra = ""
+    if summary.get("learning_curves"):
+        extra += "\n![learning curves](learning_curves.png)\n"
+    for video in summary.get("videos", []):
+        extra += f"\n- [{video}]({video}) (real sim | imagined by Prophet, same policy, same start)"
+    (out / "report.md").write_text(table + extra + "\n")
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(table)
+    print(f"report: {out / 'report.md'}, machine-readable: {out / 'summary.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

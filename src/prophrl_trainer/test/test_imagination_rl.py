@@ -1,0 +1,211 @@
+"""RL in imagination on a tiny real setup: random-initialised Prophet, random policy, bags2dataset-layout data."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from prophrl_common.config_io import ConfigError
+from prophrl_policy.modeling_vla import Observation, VLAPolicy
+from prophrl_trainer import checkpointing as ckpt
+from prophrl_trainer.imagination_rl import (EndEffectorDisplacementReward, InitialStateSampler, RLConfig,
+                                            build_parser, build_trainer, main, make_smoke_setup, run_local_ranks)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    return make_smoke_setup(tmp_path_factory.mktemp("rl_setup"))
+
+
+def _trainer(setup, out, config_path, **kwargs):
+    args = build_parser().parse_args(setup.argv(out, 1, config_path))
+    trainer, _ = build_trainer(args, show_progress=False, **kwargs)
+    return trainer
+
+
+# ----- config ------------------------------------------------------------------------------------------
+
+def test_rl_config_round_trips_through_json_and_maps_variants(tmp_path):
+    config = RLConfig(group_size=4, variant="flow_grpo", use_flowscale=False, learning_rate=3e-4)
+    path = tmp_path / "rl.json"
+    path.write_text(config.to_json())
+    loaded = RLConfig.from_json_file(path)
+    assert loaded == config
+    algorithm = loaded.algorithm
+    assert algorithm.group_size == 4 and algorithm.ratio_level == "step" and not algorithm.flowscale.enabled
+    assert RLConfig().algorithm.ratio_level == "action" and RLConfig().algorithm.flowscale.enabled
+    partial = RLConfig.from_dict({"fa_grpo": {"clip_eps_high": 0.3}, "flowscale": {"alpha": 0.5}})
+    assert partial.algorithm.clip_eps_high == 0.3 and partial.algorithm.flowscale.alpha == 0.5
+
+
+@pytest.mark.parametrize("data, match", [
+    ({"group_sise": 8}, "unknown key"),
+    ({"group_size": 1}, "group_size"),
+    ({"variant": "ppo"}, "variant"),
+    ({"reward": "dense"}, "reward"),
+    ({"learning_rate": "fast"}, "expected a number"),
+    ({"fa_grpo": {"group_size": 4}}, "top level"),
+    ({"fa_grpo": {"clip_eps_low": 1.5}}, "clip_eps_low"),
+    ({"flowscale": {"alpha": 2.0}}, "alpha"),
+])
+def test_rl_config_rejects_bad_input_with_one_clear_error(data, match):
+    with pytest.raises(ConfigError, match=match):
+        RLConfig.from_dict(data)
+
+
+# ----- initial states -----------------------------------------------------------------------------------
+
+def test_initial_states_come_from_episode_starts_and_are_seeded(setup, tmp_path):
+    sampler = InitialStateSampler([setup.data], seed=3)
+    index = json.loads((setup.data / "index.json").read_text())
+    assert len(sampler) == len(index["episodes"])
+    with np.load(setup.data / index["episodes"][1]["shard"]) as shard:
+        first_frame, first_pose = shard["frames"][0], shard["ee_pose"][0]
+    start = sampler.states[1]
+    np.testing.assert_array_equal(start.context_frames[-1], first_frame)
+    np.testing.assert_allclose(start.ee_pose, first_pose)
+    assert start.instruction == index["episodes"][1]["instruction"] and start.gripper == 0.0
+    # two context frames: the start is frame 1, with the gripper command of step 0 in force
+    two = InitialStateSampler([setup.data], context_frames=2).states[0]
+    assert two.context_frames.shape[0] == 2 and two.gripper == 0.0
+    with np.load(setup.data / index["episodes"][0]["shard"]) as shard:
+        np.testing.assert_allclose(two.ee_pose, shard["ee_pose"][1])
+    # seeded draws, checkpointable state; fixed() is independent of the training draws
+    a, b = InitialStateSampler([setup.data], seed=3), InitialStateSampler([setup.data], seed=3)
+    fixed = [s.instruction for s in a.fixed(4)]
+    state = a.get_state()
+    first = [s.instruction for s in a.sample(2)]
+    assert first == [s.instruction for s in b.sample(2)]
+    a.set_state(state)
+    assert [s.instruction for s in a.sample(2)] == first
+    assert [s.instruction for s in a.fixed(4)] == fixed
+    with pytest.raises(ConfigError, match="not a bags2dataset output"):
+        InitialStateSampler([tmp_path])
+
+
+# ----- rollouts, termination masks ------------------------------------------------------------------------
+
+def test_early_termination_masks_the_chunks_after_success(setup, tmp_path):
+    config = setup.rl_config("masks.json", group_size=6, states_per_update=2, chunks_per_rollout=3)
+    # a low success threshold, so some rollouts succeed after their first or second chunk
+    scorer = EndEffectorDisplacementReward((0.0, -1.0, 0.0), scale=0.01, threshold=0.7)
+    trainer = _trainer(setup, tmp_path / "run", config, scorer=scorer)
+    starts = trainer.sampler.sample(2)
+    imagined = trainer.imagine(starts, [11, 12], 6, "sde", trainer.generator, stop_when_done=False)
+    n, g, c = imagined.mask.shape
+    assert (n, g, c) == (2, 6, 3)
+    states = imagined.states.view(n, g, c, 8).numpy()
+    probs_after_first = 1 / (1 + np.exp(-(-(states[:, :, 1, 1] - states[:, :, 0, 1])) / 0.01))
+    first_success = probs_after_first >= 0.7
+    assert first_success.any() and not first_success.all(), "the test needs both outcomes after chunk 1"
+    np.testing.assert_array_equal(imagined.length[first_success], 1)
+    np.testing.assert_allclose(imagined.rewards[first_success], probs_after_first[first_success], rtol=1e-5)
+    for i in range(n):
+        for j in range(g):
+            expected = (np.arange(c) < imagined.length[i, j]).astype(np.float32)
+            np.testing.assert_array_equal(imagined.mask[i, j], expected)
+    assert imagined.success[first_success].all()
+    # the rollout batch keeps exactly the valid chunks
+    adv = torch.zeros(n * g)
+    batch = trainer.rollout_batch(imagined, adv, drop_masked=True)
+    assert batch.size == int(imagined.mask.sum()) and batch.mask.all()
+    full = trainer.rollout_batch(imagined, adv, drop_masked=False)
+    assert full.size == n * g * c and full.mask.sum() == imagined.mask.sum()
+    # without early termination every chunk counts and only the full clip is judged
+    trainer.config = dataclasses.replace(trainer.config, early_termination=False)
+    plain = trainer.imagine(starts, [11, 12], 6, "sde", trainer.generator)
+    assert plain.mask.all() and (plain.length == 3).all()
+
+
+def test_horizon_mismatch_is_one_clear_error(setup, tmp_path):
+    from prophrl_policy.configuration_vla import get_vla_config
+
+    policy = VLAPolicy(get_vla_config("tiny", hidden_dim=32, num_layers=1, num_heads=2, image_size=32, horizon=7))
+    policy.save_pretrained(tmp_path / "wrong")
+    args = build_parser().parse_args(dataclasses.replace(setup, policy=tmp_path / "wrong").argv(tmp_path / "o", 1))
+    with pytest.raises(ConfigError, match="horizon is 7 but the world model executes 4"):
+        build_trainer(args, show_progress=False)
+
+
+# ----- whole runs --------------------------------------------------------------------------------------
+
+def test_a_short_run_checkpoints_logs_and_pushes(setup, tmp_path, capsys):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    config = setup.rl_config("short.json", checkpoint_every=2, keep_checkpoints=2, eval_every=2)
+    out = tmp_path / "run"
+    pushed = []
+    trainer = _trainer(setup, out, config, on_checkpoint=lambda path, update: pushed.append((path, update)))
+    history = trainer.run(5)
+    assert [m["update"] for m in history] == [1, 2, 3, 4, 5]
+    assert [u for _, u in pushed] == [2, 4, 5], "checkpoints every 2 updates and after the last"
+    assert [n for n, _ in ckpt.list_checkpoints(out / "checkpoints")] == [4, 5], "keeps the newest 2"
+    trained = VLAPolicy.from_pretrained(pushed[-1][0])
+    sft = VLAPolicy.from_pretrained(setup.policy)
+    assert any(not torch.equal(a, b) for a, b in zip(trained.state_dict().values(), sft.state_dict().values()))
+    lines = [json.loads(x) for x in (out / "progress.jsonl").read_text().splitlines()]
+    assert [x["update"] for x in lines] == [1, 2, 3, 4, 5]
+    assert "eval/success_rate" in lines[1] and "eval/success_rate" not in lines[0]
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"rollout/reward_mean", "rollout/success_rate", "train/kl", "train/clip_fraction", "train/approx_kl_old",
+            "flowscale/w_00", "eval/success_rate"} <= tags
+    assert [e.step for e in events.Scalars("rollout/reward_mean")] == [1, 2, 3, 4, 5]
+    weights = [events.Scalars(f"flowscale/w_{k:02d}")[0].value for k in range(3)]
+    assert weights[0] > weights[-1], "FlowScale gives the noisy early steps the larger weights"
+    # the CLI refuses to overwrite the run, and prints a summary table when it runs
+    assert main(setup.argv(out, 6, config)) == 2
+    assert "pass --resume" in capsys.readouterr().err
+    assert main(setup.argv(out, 6, config, "--resume")) == 0
+    printed = capsys.readouterr().out
+    assert "update  reward" in printed and "6 updates" in printed
+
+
+def test_the_reward_signal_reaches_the_gradient(setup, tmp_path):
+    """With a reward for moving the end effector right (-y), the mean reward rises and the deterministic
+    policy's mean y action turns negative; the SFT policy's was ~0."""
+    config = setup.rl_config("learn.json", group_size=8, states_per_update=2, chunks_per_rollout=1,
+                             learning_rate=3e-3, checkpoint_every=100, keep_checkpoints=1)
+    trainer = _trainer(setup, tmp_path / "run", config)
+    history = trainer.run(14)
+    rewards = [m["rollout/reward_mean"] for m in history]
+    assert np.mean(rewards[-4:]) > np.mean(rewards[:4]) + 0.15, rewards
+
+    sft = VLAPolicy.from_pretrained(setup.policy)
+    obs = Observation(torch.rand(4, 3, 32, 32), ["lift the red cube"] * 4, torch.zeros(4, 8))
+    g = torch.Generator().manual_seed(0)
+    before = sft.predict_action_chunk(obs, num_steps=3, generator=g).actions[..., 1].mean().item()
+    g = torch.Generator().manual_seed(0)
+    after = trainer.policy.predict_action_chunk(obs, num_steps=3, generator=g).actions[..., 1].mean().item()
+    assert after < before - 0.005, (before, after)  # metres per step: moved right by > 5 mm per step
+
+
+# ----- data parallel ------------------------------------------------------------------------------------
+
+def test_data_parallel_ranks_end_with_identical_parameters(setup, tmp_path):
+    config = setup.rl_config("ddp.json", checkpoint_every=2)
+    run_local_ranks(2, setup.argv(tmp_path / "run", 2, config), params_out=tmp_path / "params", start_method="fork")
+    rank0, rank1 = (load_file(str(tmp_path / "params" / f"rank{r}.safetensors")) for r in (0, 1))
+    for key in rank0:
+        assert torch.equal(rank0[key], rank1[key]), key
+    rewards = []
+    for r in (0, 1):
+        with safe_open(str(tmp_path / "params" / f"rank{r}.safetensors"), "pt") as f:
+            rewards.append(json.loads(f.metadata()["rewards"]))
+    assert rewards[0] != rewards[1], "each rank imagines its own groups"
+    sft = VLAPolicy.from_pretrained(setup.policy).state_dict()
+    assert any(not torch.equal(rank0[k], sft[k]) for k in rank0), "the update changed the weights"
+    # rank 0 alone (no gradient averaging) ends elsewhere: the ranks agree because gradients were averaged
+    alone = _trainer(setup, tmp_path / "alone", config)
+    alone.run(2)
+    alone_state = alone.policy.state_dict()
+    assert any(not torch.allclose(rank0[k], alone_state[k]) for k in rank0)
+    # one checkpoint directory, written by rank 0, with every rank's RNG state
+    latest = ckpt.latest_checkpoint(tmp_path / "run" / "checkpoints")
+    state = json.loads((latest / ckpt.STATE_JSON).read_text())
+    assert state["world_size"] == 2 and len(state["rng"]) == 2

@@ -1,0 +1,70 @@
+import json
+
+import numpy as np
+import pytest
+
+from prophrl_common.config_io import ConfigError
+from prophrl_trainer import report
+from prophrl_trainer.imagination_rl import main as train_main
+from prophrl_trainer.imagination_rl import make_smoke_setup
+
+
+@pytest.fixture(scope="module")
+def rl_run(tmp_path_factory):
+    """A real (tiny) RL run directory: checkpoints + progress.jsonl."""
+    root = tmp_path_factory.mktemp("report")
+    setup = make_smoke_setup(root / "setup")
+    config = setup.rl_config(group_size=2, states_per_update=1, chunks_per_rollout=1, ppo_epochs=1,
+                             checkpoint_every=1, eval_every=0)
+    assert train_main(setup.argv(root / "run", 2, config, "--no-progress")) == 0
+    return setup, root / "run"
+
+
+def test_policy_specs_resolve_checkpoints_and_run_directories(rl_run):
+    setup, run = rl_run
+    policies = report.parse_policy_args([f"SFT={setup.policy}", f"RL={run},{run}"])
+    assert policies["SFT"][0].policy_dir == setup.policy and policies["SFT"][0].run_dir is None
+    assert policies["RL"][0].policy_dir.parent.name == "update_000002" and len(policies["RL"]) == 2
+    assert [m["update"] for m in policies["RL"][0].progress] == [1, 2]
+
+
+@pytest.mark.parametrize("spec, message", [("nolabel", "LABEL=PATH"), ("A=", "LABEL=PATH"),
+                                           ("A=/nonexistent", "neither a policy checkpoint")])
+def test_bad_policy_specs_fail_with_one_clear_error(spec, message):
+    with pytest.raises(ConfigError, match=message):
+        report.parse_policy_args([spec])
+
+
+def test_table_reports_mean_and_std_over_training_seeds():
+    summary = {"robot": "panda_sim", "episodes": 10, "first_seed": 100000, "policies": {
+        "SFT": {"checkpoints": ["a"], "runs": [{"rl_updates": 0, "rl_wall_time_s": 0.0}],
+                "tasks": {"lift": {"mean": 0.2, "std": 0.0}}},
+        "FA-GRPO": {"checkpoints": ["b", "c", "d"], "runs": [{"rl_updates": 30, "rl_wall_time_s": 600.0}] * 3,
+                    "tasks": {"lift": {"mean": float(np.mean([0.3, 0.4, 0.5])),
+                                       "std": float(np.std([0.3, 0.4, 0.5], ddof=1))}}}}}
+    table = report.markdown_table(summary)
+    assert "| SFT | 20.0 ± 0.0 | 1 | 0 | 0.0 min |" in table
+    assert "| FA-GRPO | 40.0 ± 10.0 | 3 | 30 | 10.0 min |" in table
+
+
+@pytest.mark.slow
+def test_eval_cli_writes_report_summary_curves_and_video(rl_run, tmp_path):
+    setup, run = rl_run
+    out = tmp_path / "report"
+    code = report.main(["--policy", f"SFT={setup.policy}", "--policy", f"RL={run}", "--episodes", "1",
+                        "--max-steps", "8", "--world-model", str(setup.prophet), "--video-chunks", "2",
+                        "--out", str(out)])
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["policies"]) == {"SFT", "RL"}
+    rl = summary["policies"]["RL"]
+    assert rl["runs"][0]["rl_updates"] == 2 and rl["tasks"]["lift"]["per_training_seed"][0]["success_rate"] in (0, 1)
+    assert (out / "learning_curves.png").stat().st_size > 1000
+    video = out / summary["videos"][0]
+    import cv2
+
+    capture = cv2.VideoCapture(str(video))
+    frames = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+    width = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH))
+    assert frames >= 2 and width == 4 * 32, (frames, width)
+    assert "RL" in (out / "report.md").read_text()

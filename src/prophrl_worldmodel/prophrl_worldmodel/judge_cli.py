@@ -1,0 +1,209 @@
+"""`prophrl judge train|eval`: train the reward judge (video success classifier) and measure it.
+
+    prophrl judge train --data DIR [DIR ...] --out JUDGE --steps N [--config tiny]
+                        [--imagined-from PROPHET [--imagined-episodes K]] [--log-dir DIR]
+    prophrl judge eval --judge JUDGE --data DIR [DIR ...] [--backend auto|classifier|vlm]
+                       [--imagined-from PROPHET] [--threshold T] [--out DIR]
+
+train: clips are cut from the bags2dataset episodes and labelled by the sim's ground truth
+(judge_training module docstring); with --imagined-from, the same episodes are also replayed
+through that Prophet and the imagined clips, labelled by the same ground truth, join the
+training set (the paper's recipe for domain match). The threshold is picked on the validation
+split for recall >= --target-recall. Writes the judge (config.json + model.safetensors +
+judge_training.json) and JUDGE/summary.json.
+
+eval: accuracy / precision / recall / balanced accuracy / AUC of a judge on the clips of the given
+datasets (real, and imagined with --imagined-from), printed as a table and written to
+OUT/summary.json (default JUDGE_eval/summary.json).
+
+Bad input (a missing dataset or checkpoint, a malformed config) is one error line and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from prophrl_common.config_io import ConfigError
+
+EXIT_USAGE = 2
+METRIC_COLUMNS = ("accuracy", "precision", "recall", "balanced_accuracy", "auc")
+
+
+def format_table(title: str, header: Sequence[str], rows: Sequence[Sequence]) -> str:
+    def cell(value) -> str:
+        if isinstance(value, float):
+            return "-" if not math.isfinite(value) else f"{value:.3f}"
+        return "-" if value is None else str(value)
+
+    cells = [[cell(v) for v in row] for row in rows]
+    widths = [max(len(str(h)), *(len(r[i]) for r in cells)) for i, h in enumerate(header)]
+    lines = [title, "  ".join(str(h).ljust(w) for h, w in zip(header, widths)), "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in cells]
+    return "\n".join(lines)
+
+
+def metrics_rows(metrics: dict[str, dict]) -> list[list]:
+    return [[name, m["clips"], m["positives"], m["negatives"], m["threshold"], *(m[k] for k in METRIC_COLUMNS)]
+            for name, m in metrics.items()]
+
+
+METRICS_HEADER = ["clips of", "clips", "success", "failure", "threshold", "accuracy", "precision", "recall",
+                  "bal. acc", "AUC"]
+
+
+def write_json_atomic(path: Path, content: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(content, indent=2))
+    os.replace(tmp, path)
+
+
+def _check_datasets(dirs: Sequence[str]) -> None:
+    for d in dirs:
+        if not (Path(d) / "index.json").is_file():
+            raise ConfigError(f"{d}: not a bags2dataset output (no index.json)")
+
+
+def _clip_settings(args):
+    from prophrl_worldmodel.judge_training import ClipSettings
+
+    return ClipSettings(positive_tail_frames=args.positive_tail, negative_margin_frames=args.negative_margin,
+                        seed=args.seed).validate()
+
+
+def _imagined(args, episodes, settings):
+    from prophrl_worldmodel.judge_training import imagined_clips
+    from prophrl_worldmodel.modeling_prophet import Prophet
+
+    prophet = Prophet.from_pretrained(args.imagined_from, map_location=args.device)
+    return imagined_clips(prophet, settings=settings, episodes=episodes, max_episodes=args.imagined_episodes,
+                          num_steps=args.num_steps, seed=args.seed, show_progress=True)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from prophrl_worldmodel.configuration_judge import get_judge_config
+    from prophrl_worldmodel.judge_training import (JudgeTrainConfig, clips_from_episodes, load_episodes,
+                                                   train_judge)
+
+    _check_datasets(args.data)
+    overrides = {"image_size": args.image_size} if args.image_size else {}
+    if args.num_frames:
+        overrides["num_frames"] = args.num_frames
+    config = get_judge_config(args.config, **overrides)
+    train_config = JudgeTrainConfig(batch_size=args.batch_size, learning_rate=args.lr, val_fraction=args.val_fraction,
+                                    target_recall=args.target_recall, seed=args.seed).validate()
+    settings = _clip_settings(args)
+    episodes = load_episodes(args.data)
+    clips = clips_from_episodes(episodes, settings)
+    if args.imagined_from:
+        clips = clips + _imagined(args, episodes, settings)
+    print(f"judge training on {clips.counts()} from {len(args.data)} dataset(s); config {config.name}")
+    out = Path(args.out)
+    result = train_judge(clips.clips, clips.labels, clips.instructions, config, out, args.steps, groups=clips.groups,
+                         train_config=train_config,
+                         log_dir=args.log_dir or out.with_name(out.name + "_tensorboard"))
+    summary = {"judge": str(result.path), "config": dataclasses.asdict(config) | {"threshold": result.threshold},
+               "datasets": [str(d) for d in args.data], "imagined_from": args.imagined_from,
+               "clips": clips.counts(), "train_set": result.train_counts, "val_set": result.val_counts,
+               "threshold": result.threshold, "target_recall": train_config.target_recall, "val_auc": result.val_auc,
+               "val_metrics": result.val_metrics.as_dict() if result.val_metrics else None,
+               "final_train_loss": sum(result.losses[-50:]) / len(result.losses[-50:]), "seconds": result.seconds}
+    write_json_atomic(result.path / "summary.json", summary)
+    rows = [["steps", args.steps], ["train clips (success / failure)",
+                                    f"{result.train_counts['positives']} / {result.train_counts['negatives']}"],
+            ["validation clips (success / failure)",
+             f"{result.val_counts['positives']} / {result.val_counts['negatives']}"],
+            ["final train loss", summary["final_train_loss"]], ["threshold", result.threshold],
+            ["validation AUC", result.val_auc]]
+    if result.val_metrics:
+        rows += [[f"validation {k}", getattr(result.val_metrics, k)] for k in METRIC_COLUMNS[:-1]]
+    rows.append(["seconds", result.seconds])
+    print(format_table(f"\nreward judge saved to {result.path} (threshold for validation recall >= "
+                       f"{train_config.target_recall})", ["metric", "value"], rows))
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from prophrl_worldmodel.judge_training import clips_from_episodes, evaluate_judge, load_episodes
+    from prophrl_worldmodel.modeling_judge import load_judge
+
+    _check_datasets(args.data)
+    judge = load_judge(args.judge, backend=args.backend, device=args.device)
+    settings = _clip_settings(args)
+    episodes = load_episodes(args.data)
+    clips = clips_from_episodes(episodes, settings)
+    if args.imagined_from:
+        clips = clips + _imagined(args, episodes, settings)
+    threshold = judge.threshold if args.threshold is None else args.threshold
+    metrics = evaluate_judge(judge, clips, threshold)
+    out = Path(args.out) if args.out else Path(str(Path(args.judge)) + "_eval")
+    write_json_atomic(out / "summary.json", {"judge": str(args.judge), "backend": judge.config.backend,
+                                             "datasets": [str(d) for d in args.data],
+                                             "imagined_from": args.imagined_from, "threshold": threshold,
+                                             "clip_settings": dataclasses.asdict(settings), "metrics": metrics})
+    print(format_table(f"\nreward judge {args.judge} ({judge.config.backend}) on {len(episodes)} episode(s)",
+                       METRICS_HEADER, metrics_rows(metrics)))
+    print(f"\nwrote {out / 'summary.json'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="prophrl judge", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="verb", required=True)
+
+    def common(p):
+        p.add_argument("--data", nargs="+", required=True, metavar="DIR", help="bags2dataset output directories")
+        p.add_argument("--imagined-from", metavar="PROPHET",
+                       help="also replay the episodes through this Prophet checkpoint (imagined clips)")
+        p.add_argument("--imagined-episodes", type=int, help="replay at most this many episodes (default all)")
+        p.add_argument("--num-steps", type=int, help="Prophet sampling steps (default: its config's)")
+        p.add_argument("--positive-tail", type=int, default=3,
+                       help="success clips end at one of the last N frames of a successful episode")
+        p.add_argument("--negative-margin", type=int, default=10,
+                       help="not-yet-successful prefixes end at least N frames before the success frame")
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--device", default="cpu")
+
+    p = sub.add_parser("train", help="train the video success classifier")
+    common(p)
+    p.add_argument("--out", required=True, help="judge directory to write")
+    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--config", default="tiny", help="named judge config (default tiny)")
+    p.add_argument("--image-size", type=int, help="override the config's image size")
+    p.add_argument("--num-frames", type=int, help="override the config's frames per clip")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--val-fraction", type=float, default=0.25, help="episodes held out for validation")
+    p.add_argument("--target-recall", type=float, default=0.9, help="validation recall the threshold must keep")
+    p.add_argument("--log-dir", help="TensorBoard directory (default OUT_tensorboard)")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("eval", help="accuracy / precision / recall of a judge on labelled clips")
+    common(p)
+    p.add_argument("--judge", required=True, help="a judge directory (or, with --backend vlm, a VLM directory)")
+    p.add_argument("--backend", default="auto", choices=("auto", "classifier", "vlm"))
+    p.add_argument("--threshold", type=float, help="override the judge's threshold")
+    p.add_argument("--out", help="directory for summary.json (default JUDGE_eval)")
+    p.set_defaults(func=_cmd_eval)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, ValueError, FileExistsError) as exc:
+        print(f"prophrl judge {args.verb}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())
