@@ -35,7 +35,7 @@ def _launch_profile_name(path: Path) -> str:
 
 
 def test_the_documented_launch_files_exist():
-    assert {"real_robot.launch.py", "sim.launch.py", "imagination.launch.py"} <= {p.name for p in LAUNCH_FILES}
+    assert {"real_robot.launch.py", "sim.launch.py", "imagination.launch.py", "train.launch.py"} <= {p.name for p in LAUNCH_FILES}
 
 
 @pytest.mark.parametrize("path", LAUNCH_FILES, ids=lambda p: p.name)
