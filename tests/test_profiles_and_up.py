@@ -204,7 +204,16 @@ def test_sim_policy_profile_policy_node_moves_the_arm_to_the_object(graph_node, 
     from geometry_msgs.msg import PoseArray, PoseStamped
 
     from prophrl_msgs.msg import ActionChunk, EpisodeEvent
+    from prophrl_policy.modeling_vla import VLAPolicy
+    from prophrl_trainer.evaluation import EvalSettings, evaluate_policy
 
+    # The 4-demo policy memorises its demos' states, not all of them: run the profile on one it solves in process.
+    in_process = evaluate_policy(VLAPolicy.from_pretrained(sft_lift_policy.path),
+                                 EvalSettings(episodes=len(sft_lift_policy.demo_seeds),
+                                              first_seed=sft_lift_policy.demo_seeds[0], max_steps=150,
+                                              image_size=sft_lift_policy.image_size), show_progress=False)
+    assert any(in_process.successes), in_process
+    seed = sft_lift_policy.demo_seeds[in_process.successes.index(True)]
     ee, cube, chunks, events = [], [], [], []
     graph_node.create_subscription(PoseStamped, "/prophrl/ee_pose",
                                    lambda m: ee.append([m.pose.position.x, m.pose.position.y, m.pose.position.z]), 10)
@@ -213,7 +222,7 @@ def test_sim_policy_profile_policy_node_moves_the_arm_to_the_object(graph_node, 
                                                           m.poses[0].position.z]), 10)
     graph_node.create_subscription(ActionChunk, "/prophrl/action_chunk", chunks.append, 10)
     graph_node.create_subscription(EpisodeEvent, "/prophrl/episode", events.append, 10)
-    up = _start_up("sim_policy", f"checkpoint:={sft_lift_policy.path}", f"seed:={sft_lift_policy.demo_seeds[1]}",
+    up = _start_up("sim_policy", f"checkpoint:={sft_lift_policy.path}", f"seed:={seed}",
                    f"image_size:={sft_lift_policy.image_size}")
     try:
         assert spin_until(graph_node, lambda: ee and cube, 90), "sim did not publish poses"
@@ -221,7 +230,7 @@ def test_sim_policy_profile_policy_node_moves_the_arm_to_the_object(graph_node, 
         assert spin_until(graph_node, lambda: len(chunks) >= 5, 60), "policy node published no chunks"
         closest = [start]
         spin_until(graph_node, lambda: closest.append(np.linalg.norm(np.subtract(ee[-1], cube[-1]))) or
-                   any(e.event == EpisodeEvent.SUCCESS for e in events), 20)
+                   min(closest) < 0.35 * start or any(e.event == EpisodeEvent.SUCCESS for e in events), 45)
         up.send_signal(signal.SIGTERM)
         out, _ = up.communicate(timeout=30)
     finally:
