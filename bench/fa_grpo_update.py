@@ -80,7 +80,8 @@ def main() -> None:
     from torch.utils.flop_counter import FlopCounterMode
 
     from prophrl_trainer.fa_grpo import group_advantages, policy_update
-    from prophrl_trainer.imagination_rl import build_parser, build_trainer, print_table
+    from prophrl_common.tables import print_table
+    from prophrl_trainer.imagination_rl import build_parser, build_trainer
 
     all_threads = os.cpu_count() or 1
     peak_1 = matmul_peak(1, args.matmul_n)

@@ -86,11 +86,11 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from prophrl_worldmodel.cli import format_table
+    from prophrl_common.atomic_io import write_json_atomic
+    from prophrl_common.tables import format_table
     from prophrl_worldmodel.configuration_prophet import get_prophet_config
     from prophrl_worldmodel.modeling_prophet import Prophet
-    from prophrl_worldmodel.training import (METRIC_FIELDS, SUMMARY_NAME, adapt, evaluate_fidelity, pretrain,
-                                             write_json_atomic)
+    from prophrl_worldmodel.training import METRIC_FIELDS, SUMMARY_NAME, adapt, evaluate_fidelity, pretrain
 
     args.out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}

@@ -7,6 +7,7 @@ import shlex
 import sys
 
 from prophrl_common.config_io import ConfigError
+from prophrl_common.tables import print_table
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
@@ -50,14 +51,6 @@ def _cmd_policy_sft(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_table(title: str, header: list[str], rows: list[list]) -> None:
-    widths = [max(len(str(x)) for x in [h, *[r[i] for r in rows]]) for i, h in enumerate(header)]
-    print(f"\n{title}")
-    print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
-    for row in rows:
-        print("  ".join(str(x).ljust(w) for x, w in zip(row, widths)))
-
-
 def _cmd_collect(args: argparse.Namespace) -> int:
     from prophrl_policy.collect import CollectSettings, collect_direct
 
@@ -71,7 +64,7 @@ def _cmd_collect(args: argparse.Namespace) -> int:
                                    camera=args.camera, image_size=args.image_size)
         rows = collect_direct(settings, args.out)
     successes = sum(r["success"] for r in rows)
-    _print_table(f"collected {len(rows)} episodes into {args.out}: {successes}/{len(rows)} successful",
+    print_table(f"collected {len(rows)} episodes into {args.out}: {successes}/{len(rows)} successful",
                  ["seed", "success", "steps", "bag"], [[r["seed"], r["success"], r["steps"], r["bag"]] for r in rows])
     return 0
 
@@ -88,7 +81,7 @@ def _cmd_policy_eval(args: argparse.Namespace) -> int:
             rates.append(evaluate_policy(args.checkpoint, settings, policy_seed=policy_seed).success_rate)
         mean, std = mean_std(rates)
         rows.append([task, args.robot, args.episodes, f"{100 * mean:.1f} +- {100 * std:.1f}"])
-    _print_table(f"true success of {args.checkpoint} (held-out seeds from {args.first_seed})",
+    print_table(f"true success of {args.checkpoint} (held-out seeds from {args.first_seed})",
                  ["task", "robot", "episodes/seed", "success % (mean +- std over policy seeds)"], rows)
     return 0
 
@@ -172,9 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--robot", default="panda_sim")
     demo.add_argument("--task", default="lift")
     demo.add_argument("--demos", type=int, default=50)
+    demo.add_argument("--play-episodes", type=int, default=40,
+                      help="noisy, mistake-making expert episodes (failures included) for Prophet and the judge")
     demo.add_argument("--sft-steps", type=int, default=2000)
-    demo.add_argument("--prophet-vae-steps", type=int, default=300)
-    demo.add_argument("--prophet-steps", type=int, default=1500)
+    demo.add_argument("--prophet-vae-steps", type=int, default=2000)
+    demo.add_argument("--prophet-steps", type=int, default=2000)
     demo.add_argument("--judge-steps", type=int, default=400)
     demo.add_argument("--rl-updates", type=int, default=20)
     demo.add_argument("--eval-episodes", type=int, default=20)

@@ -2,15 +2,19 @@
 
 Stages (each skipped when its output already exists under --out, so a rerun resumes):
   1. collect scripted demonstrations through the live ROS 2 stack (sim, executor + safety filter,
-     expert, recorder, CollectEpisode) into rosbag2 MCAP bags;
-  2. bags2dataset: aligned training shards (+ a LeRobot v3 export);
-  3. SFT of the tiny VLA policy (flow-matching head) on the demonstrations;
-  4. Prophet: pretrain the tiny world model on the recorded episodes (clips of 2 frames x 5 actions,
-     so one Prophet clip = one policy chunk);
-  5. reward judge: the video success classifier trained on the sim-labelled episodes;
+     expert, recorder, CollectEpisode) into rosbag2 MCAP bags, and "play" episodes of a noisy expert
+     that makes grasp mistakes (in process, same bag format): the failures a world model and a judge
+     must know, which clean demonstrations never show;
+  2. bags2dataset: aligned training shards (+ a LeRobot v3 export) for each;
+  3. SFT of the tiny VLA policy (flow-matching head) on the successful demonstrations;
+  4. Prophet: pretrain the tiny_32px world model on demonstrations + play (clips of 2 frames x 5
+     actions, so one Prophet clip = one policy chunk);
+  5. reward judge: the video success classifier trained on the sim-labelled episodes and on Prophet's
+     replays of them (imagined clips labelled by the sim, the paper's recipe), at Prophet's resolution;
   6. FA-GRPO + FlowScale inside Prophet, scored by the judge (no physics sim in the loop);
-  7. true evaluation in the physics sim on held-out seeds: SFT vs. FA-GRPO + FlowScale
-     (a `prophrl eval` report: report.md, summary.json, learning curves, real | imagined video).
+  7. true evaluation in the physics sim on held-out seeds: SFT vs. FA-GRPO + FlowScale, executing whole
+     chunks as in imagination (a `prophrl eval` report: report.md, summary.json, learning curves,
+     real | imagined video).
 Budgets are flags (defaults sized for a 2-core CPU); see `prophrl demo --help`.
 """
 
@@ -20,6 +24,13 @@ import argparse
 import json
 import time
 from pathlib import Path
+
+
+# Play episodes: a noisy expert that makes deliberate grasp mistakes, about half of them failures.
+PLAY_FIRST_SEED = 50_000
+PLAY_MAX_STEPS = 120
+PLAY_NOISE_STD = 0.01
+PLAY_SKILL = 0.4
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -49,9 +60,26 @@ def run_demo(args: argparse.Namespace) -> int:
                                             max_steps=300))
     stage(f"1. collect {args.demos} scripted demos over ROS 2", bags.is_dir() and
           len([p for p in bags.iterdir() if p.is_dir()]) >= args.demos, collect)
+    play_bags = out / "play_bags"
+
+    def collect_play():
+        from prophrl_policy.collect import CollectSettings, collect_direct
+
+        # Seeds after the demonstrations' and far below the held-out evaluation seeds.
+        collect_direct(CollectSettings(robot=args.robot, task=args.task, episodes=args.play_episodes,
+                                       first_seed=PLAY_FIRST_SEED, max_steps=PLAY_MAX_STEPS,
+                                       noise_std=PLAY_NOISE_STD, skill=PLAY_SKILL), play_bags)
+    stage(f"1b. collect {args.play_episodes} play episodes (noisy expert, failures included)",
+          args.play_episodes == 0 or (play_bags.is_dir() and len([p for p in play_bags.iterdir() if p.is_dir()])
+                                      >= args.play_episodes), collect_play)
     dataset = out / "dataset"
     stage("2. bags2dataset (+ LeRobot v3)", (dataset / "index.json").is_file(),
           lambda: bags2dataset([bags], dataset, args.robot, lerobot=True, show_progress=True))
+    play_dataset = out / "dataset_play"
+    if args.play_episodes:
+        stage("2b. bags2dataset of the play episodes", (play_dataset / "index.json").is_file(),
+              lambda: bags2dataset([play_bags], play_dataset, args.robot, show_progress=True))
+    world_data = [dataset, play_dataset] if args.play_episodes else [dataset]
     checkpoint = out / "policy_sft"
     stage(f"3. SFT ({args.sft_steps} steps)", (checkpoint / "model.safetensors").is_file(),
           lambda: train_sft(load_demonstrations(dataset, config.horizon), config,
@@ -64,8 +92,8 @@ def run_demo(args: argparse.Namespace) -> int:
         from prophrl_worldmodel.training import pretrain
 
         # One Prophet clip per policy chunk: frames_per_clip * actions_per_frame == the policy's horizon.
-        wm_config = get_prophet_config("tiny", image_size=32, frames_per_clip=2, actions_per_frame=config.horizon // 2)
-        pretrain([dataset], wm_config, world_model, vae_steps=args.prophet_vae_steps, steps=args.prophet_steps,
+        wm_config = get_prophet_config("tiny_32px", frames_per_clip=2, actions_per_frame=config.horizon // 2)
+        pretrain(world_data, wm_config, world_model, vae_steps=args.prophet_vae_steps, steps=args.prophet_steps,
                  log_dir=out / "tensorboard" / "prophet")
     stage(f"4. Prophet pretrain ({args.prophet_vae_steps} VAE + {args.prophet_steps} denoiser steps)",
           (world_model / "model.safetensors").is_file(), pretrain_world_model)
@@ -75,7 +103,8 @@ def run_demo(args: argparse.Namespace) -> int:
     def train_judge():
         from prophrl_worldmodel.judge_cli import main as judge_main
 
-        if judge_main(["train", "--data", str(dataset), "--out", str(judge), "--steps", str(args.judge_steps)]):
+        if judge_main(["train", "--data", *map(str, world_data), "--out", str(judge), "--steps", str(args.judge_steps),
+                       "--imagined-from", str(world_model), "--image-size", "32"]):
             raise RuntimeError("reward judge training failed")
     stage(f"5. reward judge ({args.judge_steps} steps)", (judge / "model.safetensors").is_file(), train_judge)
 
@@ -104,6 +133,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
         code = report_main(["--policy", f"SFT={checkpoint}", "--policy", f"FA-GRPO+FlowScale={rl_run}",
                             "--robot", args.robot, "--task", args.task, "--episodes", str(args.eval_episodes),
+                            "--replan-steps", str(config.horizon),
                             "--world-model", str(world_model), "--out", str(report_dir)])
         if code:
             raise RuntimeError("evaluation failed")

@@ -93,3 +93,93 @@ def spin_until(node, predicate: Callable[[], bool], timeout: float, executor=Non
         if own:
             executor.remove_node(node)
             executor.shutdown()
+
+
+class StallWatchdog:
+    """Turns a bounded wait that never returns into a prompt, diagnosed exit of this process.
+
+    rclpy's executor can (rarely) block inside wait_set.wait far past spin_once's timeout, where no
+    Python signal handler (pytest-timeout's included) gets to run. Run such observation in a child
+    process and wrap each bounded wait in `with watchdog.bounded(seconds, what):`. A wait still
+    running `grace_s` after its own deadline - or, with `idle_s`, one that has not called beat()
+    (e.g. from a spin_until predicate, called once per spin) for idle_s seconds - makes a daemon
+    thread (rclpy releases the GIL while it waits) call `on_stall(what)`, dump every thread's stack
+    to stderr and `os._exit(exit_code)`.
+    """
+
+    def __init__(self, grace_s: float = 15.0, exit_code: int = 86,
+                 on_stall: Callable[[str], None] | None = None, poll_s: float = 0.5):
+        import threading
+
+        self.grace_s, self.exit_code, self.on_stall, self.poll_s = grace_s, exit_code, on_stall, poll_s
+        self._watched: tuple | None = None     # (deadline, what, idle_s)
+        self._last_beat = time.monotonic()
+        self._thread = threading.Thread(target=self._watch, name="stall-watchdog", daemon=True)
+        self._thread.start()
+
+    @contextmanager
+    def bounded(self, seconds: float, what: str, idle_s: float | None = None) -> Iterator[None]:
+        """Watch the block: it is expected to finish within `seconds` (+ grace_s) and, with idle_s,
+        to call beat() at least every idle_s seconds."""
+        outer = self._watched
+        self._last_beat = time.monotonic()
+        self._watched = (time.monotonic() + seconds + self.grace_s, what, idle_s)
+        try:
+            yield
+        finally:
+            self._watched = outer
+            self._last_beat = time.monotonic()
+
+    def beat(self) -> None:
+        self._last_beat = time.monotonic()
+
+    def _watch(self) -> None:
+        import faulthandler
+
+        while True:
+            time.sleep(self.poll_s)
+            watched, now = self._watched, time.monotonic()
+            if watched is None:
+                continue
+            deadline, what, idle_s = watched
+            if now >= deadline:
+                why = f"'{what}' is still waiting {self.grace_s:.0f} s past its deadline"
+            elif idle_s is not None and now - self._last_beat > idle_s:
+                why = f"'{what}' has made no progress for {now - self._last_beat:.0f} s"
+            else:
+                continue
+            try:
+                if self.on_stall is not None:
+                    self.on_stall(what)
+                print(f"stall watchdog: {why}; stacks follow, then exit {self.exit_code}", file=sys.stderr,
+                      flush=True)
+                faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+                sys.stderr.flush()
+            finally:
+                os._exit(self.exit_code)
+
+
+def stop_process_tree(proc: subprocess.Popen, descendants: Sequence = (), sig: int = signal.SIGTERM,
+                      timeout: float = 30.0) -> list:
+    """Stop `proc` with `sig` (SIGKILL after `timeout`), then SIGKILL whichever of `descendants`
+    (psutil.Process objects, e.g. a snapshot of proc's children taken while it ran) outlive it by
+    5 s. Returns the descendants that had to be killed (empty when all went by themselves)."""
+    import psutil
+
+    if proc.poll() is None:
+        try:
+            proc.send_signal(sig)
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout)
+        except ProcessLookupError:
+            pass
+    _gone, alive = psutil.wait_procs(list(descendants), timeout=5.0)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=5.0)
+    return alive

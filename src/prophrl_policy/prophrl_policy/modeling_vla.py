@@ -9,17 +9,14 @@ log-probabilities under the current weights (what FA-GRPO differentiates), `save
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from prophrl_common.atomic_io import atomic_directory
 from prophrl_common.config_io import ConfigError
 from prophrl_policy import flow_matching as fm
 from prophrl_policy.configuration_vla import VLAConfig
@@ -232,19 +229,11 @@ class VLAPolicy(nn.Module):
     def save_pretrained(self, directory: str | Path) -> Path:
         """config.json + norm_stats.json + model.safetensors, written atomically (temp dir + rename)."""
         directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-        (tmp / CONFIG_NAME).write_text(self.config.to_json())
-        (tmp / STATS_NAME).write_text(self.norm_stats.to_json())
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "policy": "prophrl_vla"})
-        if directory.exists():
-            old = directory.with_name(f".{directory.name}.old")
-            os.replace(directory, old)
-            os.replace(tmp, directory)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, directory)
+        with atomic_directory(directory) as tmp:
+            (tmp / CONFIG_NAME).write_text(self.config.to_json())
+            (tmp / STATS_NAME).write_text(self.norm_stats.to_json())
+            state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+            save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "policy": "prophrl_vla"})
         return directory
 
     @classmethod

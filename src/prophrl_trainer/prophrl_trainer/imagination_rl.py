@@ -48,6 +48,7 @@ import torch
 from torch import nn
 
 from prophrl_common.config_io import ConfigError, dataclass_from_mapping
+from prophrl_common.tables import print_table
 from prophrl_policy import flow_matching as fm
 from prophrl_policy.modeling_vla import Observation, VLAPolicy
 from prophrl_trainer import checkpointing as ckpt
@@ -998,14 +999,6 @@ def summary_rows(history: list[dict], max_rows: int = 10) -> list[list[str]]:
                      f"{m['train/clip_fraction']:.3f}", f"{m['train/approx_kl_old']:.2e}", f"{m['train/kl']:.2e}",
                      f"{m['time/update_total_s']:.1f}"])
     return rows
-
-
-def print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
-    widths = [max(len(str(x)) for x in [h, *[r[i] for r in rows]]) for i, h in enumerate(header)]
-    print(f"\n{title}")
-    print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
-    for row in rows:
-        print("  ".join(str(x).ljust(w) for x, w in zip(row, widths)))
 
 
 def _local_rank(rank: int, world_size: int, port: int, argv: list[str], params_out: str | None) -> None:

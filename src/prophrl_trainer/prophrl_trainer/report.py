@@ -94,7 +94,8 @@ def evaluate_all(policies: dict[str, list[PolicySource]], tasks: Sequence[str], 
                  policy_seeds: int = 1, show_progress: bool = True) -> dict:
     """summary dict: per label and task, the success of every training seed (and sampling seed)."""
     summary = {"format": SUMMARY_FORMAT, "robot": settings.robot, "episodes": settings.episodes,
-               "first_seed": settings.first_seed, "max_steps": settings.max_steps, "policies": {}}
+               "first_seed": settings.first_seed, "max_steps": settings.max_steps,
+               "replan_steps": settings.replan_steps, "policies": {}}
     for label, sources in policies.items():
         entry = {"checkpoints": [str(s.policy_dir) for s in sources], "tasks": {},
                  "runs": [_run_stats(s) for s in sources]}
@@ -118,7 +119,8 @@ def evaluate_all(policies: dict[str, list[PolicySource]], tasks: Sequence[str], 
 def markdown_table(summary: dict) -> str:
     tasks = sorted({t for p in summary["policies"].values() for t in p["tasks"]})
     lines = [f"# True success in the physics sim ({summary['robot']}, {summary['episodes']} held-out initial "
-             f"states from seed {summary['first_seed']})", "",
+             f"states from seed {summary['first_seed']}, ODE sampling, {summary.get('replan_steps', 2)} action(s) "
+             f"executed per chunk, {summary['max_steps']} steps max)", "",
              "| policy | " + " | ".join(f"{t} success % (mean ± std)" for t in tasks) +
              " | seeds | RL updates | RL wall time |",
              "|---|" + "---|" * len(tasks) + "---|---|---|"]
@@ -250,6 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--episodes", type=int, default=20, help="held-out initial states per task")
     parser.add_argument("--first-seed", type=int, default=HELD_OUT_SEED_BASE)
     parser.add_argument("--max-steps", type=int, default=150)
+    parser.add_argument("--replan-steps", type=int, default=EvalSettings.replan_steps,
+                        help="actions executed from each chunk before the policy is queried again (RL in "
+                             "imagination executes whole chunks: pass the policy's horizon to evaluate that way)")
     parser.add_argument("--policy-seeds", type=int, default=1,
                         help="sampling seeds per checkpoint (the spread of a single-checkpoint policy)")
     parser.add_argument("--world-model", default="", help="Prophet checkpoint: also write real | imagined videos")
@@ -263,8 +268,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         policies = parse_policy_args(args.policy)
-        if args.episodes < 1 or args.policy_seeds < 1:
-            raise ConfigError("--episodes and --policy-seeds must be >= 1")
+        if args.episodes < 1 or args.policy_seeds < 1 or args.replan_steps < 1:
+            raise ConfigError("--episodes, --policy-seeds and --replan-steps must be >= 1")
         if args.world_model and not (Path(args.world_model) / "prophet_config.json").is_file():
             raise ConfigError(f"--world-model {args.world_model} is not a Prophet checkpoint (no prophet_config.json)")
     except ConfigError as exc:
@@ -274,7 +279,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     start = time.time()
     settings = EvalSettings(robot=args.robot, episodes=args.episodes, first_seed=args.first_seed,
-                            max_steps=args.max_steps)
+                            max_steps=args.max_steps, replan_steps=args.replan_steps)
     summary = evaluate_all(policies, args.task, settings, args.policy_seeds)
     summary["eval_wall_time_s"] = time.time() - start
     if plot_learning_curves(policies, out / "learning_curves.png"):

@@ -36,7 +36,8 @@ def test_bad_policy_specs_fail_with_one_clear_error(spec, message):
 
 
 def test_table_reports_mean_and_std_over_training_seeds():
-    summary = {"robot": "panda_sim", "episodes": 10, "first_seed": 100000, "policies": {
+    summary = {"robot": "panda_sim", "episodes": 10, "first_seed": 100000, "max_steps": 150, "replan_steps": 10,
+               "policies": {
         "SFT": {"checkpoints": ["a"], "runs": [{"rl_updates": 0, "rl_wall_time_s": 0.0}],
                 "tasks": {"lift": {"mean": 0.2, "std": 0.0}}},
         "FA-GRPO": {"checkpoints": ["b", "c", "d"], "runs": [{"rl_updates": 30, "rl_wall_time_s": 600.0}] * 3,
@@ -45,6 +46,7 @@ def test_table_reports_mean_and_std_over_training_seeds():
     table = report.markdown_table(summary)
     assert "| SFT | 20.0 ± 0.0 | 1 | 0 | 0.0 min |" in table
     assert "| FA-GRPO | 40.0 ± 10.0 | 3 | 30 | 10.0 min |" in table
+    assert "10 action(s) executed per chunk, 150 steps max" in table.splitlines()[0]
 
 
 @pytest.mark.slow

@@ -11,31 +11,13 @@ Bad input (a missing dataset, a malformed bag or checkpoint) is one error line a
 from __future__ import annotations
 
 import argparse
-import math
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 
 from prophrl_common.config_io import ConfigError
+from prophrl_common.tables import format_table
 
 EXIT_USAGE = 2
-
-
-def format_table(title: str, header: Sequence[str], rows: Sequence[Sequence]) -> str:
-    cells = [[_cell(v) for v in row] for row in rows]
-    widths = [max(len(str(h)), *(len(r[i]) for r in cells)) for i, h in enumerate(header)]
-    lines = [title, "  ".join(str(h).ljust(w) for h, w in zip(header, widths)),
-             "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in cells]
-    return "\n".join(lines)
-
-
-def _cell(value) -> str:
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            return "-"
-        return f"{value:.4g}" if abs(value) < 1e4 else f"{value:.0f}"
-    return "-" if value is None else str(value)
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
@@ -76,11 +58,10 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    import json
-
     from prophrl_worldmodel.configuration_prophet import get_prophet_config
     from prophrl_worldmodel.modeling_prophet import Prophet
-    from prophrl_worldmodel.training import METRIC_FIELDS, evaluate_fidelity, write_json_atomic
+    from prophrl_common.atomic_io import write_json_atomic
+    from prophrl_worldmodel.training import METRIC_FIELDS, evaluate_fidelity
 
     checkpoints = list(args.checkpoint or [])
     labels = list(args.labels or [Path(c).name for c in checkpoints])

@@ -136,6 +136,12 @@ class ProphetConfig:
 PROPHET_CONFIGS: dict[str, ProphetConfig] = {
     # Trains on a 2-core CPU: 64 px, 4x VAE -> 16x16x4 latents, 8x8 tokens per frame.
     "tiny": ProphetConfig(),
+    # The demo's world model: 32 px with a 2x VAE (16x16x4 latents, the same 8x8 tokens per frame as
+    # tiny). At 32 px a 4x VAE caps reconstruction below the copy-last-frame baseline (about 23 dB after
+    # 600 VAE steps vs. 29.8 dB for this one after 2000); one clip = 2 frames x 5 actions = one chunk of
+    # the tiny policy (horizon 10).
+    "tiny_32px": ProphetConfig(name="tiny_32px", image_size=32, frames_per_clip=2, actions_per_frame=5,
+                               vae_channels=(8, 16)),
     # A local diffusers Wan checkpoint (e.g. Wan2.1-T2V-1.3B-Diffusers: AutoencoderKLWan 8x spatial,
     # 16 latent channels; WanTransformer3DModel) adapted with LoRA. pretrained_path must be given.
     "base": ProphetConfig(name="base", image_size=256, frames_per_clip=10, actions_per_frame=2,

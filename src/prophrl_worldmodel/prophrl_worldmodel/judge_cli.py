@@ -23,30 +23,20 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import math
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from prophrl_common.atomic_io import write_json_atomic
 from prophrl_common.config_io import ConfigError
+from prophrl_common.tables import format_table as _format_table
 
 EXIT_USAGE = 2
-METRIC_COLUMNS = ("accuracy", "precision", "recall", "balanced_accuracy", "auc")
 
 
 def format_table(title: str, header: Sequence[str], rows: Sequence[Sequence]) -> str:
-    def cell(value) -> str:
-        if isinstance(value, float):
-            return "-" if not math.isfinite(value) else f"{value:.3f}"
-        return "-" if value is None else str(value)
-
-    cells = [[cell(v) for v in row] for row in rows]
-    widths = [max(len(str(h)), *(len(r[i]) for r in cells)) for i, h in enumerate(header)]
-    lines = [title, "  ".join(str(h).ljust(w) for h, w in zip(header, widths)), "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in cells]
-    return "\n".join(lines)
+    return _format_table(title, header, rows, float_format=".3f")
+METRIC_COLUMNS = ("accuracy", "precision", "recall", "balanced_accuracy", "auc")
 
 
 def metrics_rows(metrics: dict[str, dict]) -> list[list]:
@@ -58,11 +48,6 @@ METRICS_HEADER = ["clips of", "clips", "success", "failure", "threshold", "accur
                   "bal. acc", "AUC"]
 
 
-def write_json_atomic(path: Path, content: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(content, indent=2))
-    os.replace(tmp, path)
 
 
 def _check_datasets(dirs: Sequence[str]) -> None:

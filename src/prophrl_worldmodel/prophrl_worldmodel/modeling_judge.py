@@ -22,9 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -34,6 +31,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from prophrl_common.atomic_io import atomic_directory, write_text_atomic
 from prophrl_common.config_io import ConfigError
 from prophrl_policy.encoders import HashedBagOfWords
 from prophrl_worldmodel.configuration_judge import JudgeConfig, get_judge_config
@@ -195,25 +193,12 @@ class RewardJudge(nn.Module):
     def save_pretrained(self, directory: str | Path, extra: dict | None = None) -> Path:
         """config.json + model.safetensors (+ judge_training.json when `extra` is given), atomically."""
         directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-        try:
+        with atomic_directory(directory) as tmp:
             (tmp / CONFIG_NAME).write_text(self.config.to_json())
             state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
             save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "model": "prophrl_reward_judge"})
             if extra is not None:
                 (tmp / "judge_training.json").write_text(json.dumps(extra, indent=2))
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        if directory.exists():
-            old = directory.with_name(f".{directory.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(directory, old)
-            os.replace(tmp, directory)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, directory)
         return directory
 
     @classmethod
@@ -285,9 +270,7 @@ class VLMJudge:
             raise ConfigError(f"{directory}: is the VLM's own directory; save the judge config elsewhere")
         directory.mkdir(parents=True, exist_ok=True)
         config = dataclasses.replace(self.config, model_path=str(Path(self.config.model_path).resolve()))
-        tmp = directory / f".{CONFIG_NAME}.tmp"
-        tmp.write_text(config.to_json())
-        os.replace(tmp, directory / CONFIG_NAME)
+        write_text_atomic(directory / CONFIG_NAME, config.to_json())
         return directory
 
     def _answer_ids(self, word: str) -> list[int]:

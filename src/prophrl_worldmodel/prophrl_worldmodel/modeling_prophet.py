@@ -32,9 +32,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -46,6 +43,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from prophrl_common.atomic_io import atomic_directory
 from prophrl_common.config_io import ConfigError
 from prophrl_worldmodel import schedulers
 from prophrl_worldmodel.configuration_prophet import ARM_ACTION_DIM, ProphetConfig
@@ -520,9 +518,7 @@ class Prophet(nn.Module):
     def save_pretrained(self, directory: str | Path) -> Path:
         """prophet_config.json + model.safetensors (or adapter.safetensors), written atomically."""
         directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-        try:
+        with atomic_directory(directory) as tmp:
             (tmp / CONFIG_NAME).write_text(self.config.to_json())
             state = self.state_dict()
             contents = "full"
@@ -533,17 +529,6 @@ class Prophet(nn.Module):
             state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
             save_file(state, str(tmp / (ADAPTER_NAME if contents == "adapter" else WEIGHTS_NAME)),
                       metadata={"format": "pt", "model": "prophrl_prophet", "contents": contents})
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        if directory.exists():
-            old = directory.with_name(f".{directory.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(directory, old)
-            os.replace(tmp, directory)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, directory)
         return directory
 
     @classmethod

@@ -26,9 +26,7 @@ directories (safetensors + JSON, written atomically) with a ``training_summary.j
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -37,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from prophrl_common.atomic_io import write_json_atomic
 from prophrl_common.config_io import ConfigError
 from prophrl_worldmodel.clips import (ClipSampler, Episode, load_episodes, replay_chunks, replay_episode,
                                       split_episodes)
@@ -65,33 +64,6 @@ def _dirs(dataset_dirs: str | Path | Iterable[str | Path]) -> list[Path]:
     if isinstance(dataset_dirs, (str, Path)):
         return [Path(dataset_dirs)]
     return [Path(d) for d in dataset_dirs]
-
-
-def write_json_atomic(path: Path, content: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    """JSON (NaN / inf as null) written to a temporary file and renamed into place."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(_jsonable(content), f, indent=2)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-
-
-def _jsonable(value):
-    """JSON without NaN / inf (null instead), numpy scalars and arrays as Python values, paths as strings."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, np.ndarray)):
-        return [_jsonable(v) for v in (value.tolist() if isinstance(value, np.ndarray) else value)]
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, (np.floating, float)):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.bool_):
-        return bool(value)
-    return value
 
 
 def _check_steps(**values: int) -> None:

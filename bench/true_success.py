@@ -1,0 +1,158 @@
+"""True success of imagination-only RL: SFT vs FA-GRPO vs FA-GRPO + FlowScale, over several training seeds.
+
+Every RL run starts from the same SFT policy and trains only inside Prophet, scored only by the reward
+judge (no physics sim in the loop); then every policy is run in the physics sim on the same held-out
+initial states (`prophrl eval`). Typical use, on the outputs of `prophrl demo`:
+
+    python bench/true_success.py --demo outputs/demo --out outputs/true_success --seeds 0 1 2 --updates 20
+
+or with explicit parts (--policy, --world-model, --judge, --data). RL runs are `prophrl train`
+subprocesses (--jobs of them at a time, one torch thread each) and resume when rerun. Prints, and writes
+to OUT/report (report.md, summary.json, learning curves): the true-success table (mean +- std over
+training seeds), and here the imagination side of each run (judge reward and judged success at the first
+and last updates) with updates/hour, so a gain in imagination that does not transfer is visible.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+VARIANTS = {  # label -> RLConfig overrides
+    "FA-GRPO": {"variant": "fa_grpo", "use_flowscale": False},
+    "FA-GRPO+FlowScale": {"variant": "fa_grpo", "use_flowscale": True},
+    "Flow-GRPO": {"variant": "flow_grpo", "use_flowscale": False},
+}
+DEMO_RL_CONFIG = {"group_size": 8, "states_per_update": 2, "chunks_per_rollout": 6, "checkpoint_every": 5,
+                  "eval_every": 0, "learning_rate": 5e-5, "minibatch_size": 32}
+
+
+def _progress(run: Path) -> list[dict]:
+    path = run / "progress.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def _window_mean(rows: list[dict], key: str, first: bool, width: int = 3) -> float:
+    part = rows[:width] if first else rows[-width:]
+    values = [r[key] for r in part if key in r]
+    return statistics.fmean(values) if values else float("nan")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--demo", type=Path, help="a `prophrl demo` output directory (sets the four parts below)")
+    parser.add_argument("--policy", type=Path, help="SFT policy checkpoint")
+    parser.add_argument("--world-model", type=Path, help="Prophet checkpoint")
+    parser.add_argument("--judge", type=Path, help="reward judge checkpoint")
+    parser.add_argument("--data", type=Path, nargs="+", help="bags2dataset output(s): the initial states")
+    parser.add_argument("--robot", default="panda_sim")
+    parser.add_argument("--task", default="lift")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--variants", nargs="+", default=["FA-GRPO", "FA-GRPO+FlowScale"], choices=sorted(VARIANTS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="RL training seeds")
+    parser.add_argument("--updates", type=int, default=20)
+    parser.add_argument("--rl-config", type=Path, help="base RL config JSON (default: the demo's)")
+    parser.add_argument("--episodes", type=int, default=20, help="held-out initial states in the sim")
+    parser.add_argument("--replan-steps", type=int, default=2,
+                        help="actions executed per chunk in the sim evaluation (same for every policy)")
+    parser.add_argument("--max-steps", type=int, default=150)
+    parser.add_argument("--jobs", type=int, default=2, help="RL runs at a time (one torch thread each)")
+    args = parser.parse_args()
+    if args.demo is not None:
+        args.policy = args.policy or args.demo / "policy_sft"
+        args.world_model = args.world_model or args.demo / "prophet"
+        args.judge = args.judge or args.demo / "judge"
+        args.data = args.data or [args.demo / "dataset"]
+    missing = [name for name in ("policy", "world_model", "judge", "data") if getattr(args, name) is None]
+    if missing:
+        parser.error(f"give --demo or all of --policy --world-model --judge --data (missing: {missing})")
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    base = json.loads(args.rl_config.read_text()) if args.rl_config else dict(DEMO_RL_CONFIG)
+    runs: dict[str, list[Path]] = {label: [] for label in args.variants}
+    commands = []
+    for label in args.variants:
+        for seed in args.seeds:
+            run = args.out / f"{label.replace('+', '_').lower()}_seed{seed}"
+            runs[label].append(run)
+            if len(_progress(run)) >= args.updates:
+                continue
+            config = {**base, **VARIANTS[label], "seed": seed, "updates": args.updates}
+            config_path = args.out / f"{run.name}.rl_config.json"
+            config_path.write_text(json.dumps(config, indent=1))
+            commands.append((run, [sys.executable, "-m", "prophrl_trainer.imagination_rl", "--policy", str(args.policy),
+                                   "--world-model", str(args.world_model), "--judge", str(args.judge), "--data",
+                                   *map(str, args.data), "--out", str(run), "--updates", str(args.updates),
+                                   "--config", str(config_path), "--threads", "1", "--resume", "--no-progress"]))
+
+    start = time.time()
+    running: list[tuple[Path, subprocess.Popen, object]] = []
+    failed = []
+    while commands or running:
+        while commands and len(running) < args.jobs:
+            run, argv = commands.pop(0)
+            log = open(args.out / f"{run.name}.log", "w")
+            print(f"[{time.time() - start:6.0f} s] start {run.name}", flush=True)
+            running.append((run, subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT), log))
+        time.sleep(2)
+        for item in list(running):
+            run, proc, log = item
+            if proc.poll() is not None:
+                log.close()
+                running.remove(item)
+                print(f"[{time.time() - start:6.0f} s] {run.name} exited {proc.returncode}", flush=True)
+                if proc.returncode:
+                    failed.append(run.name)
+    if failed:
+        print(f"RL runs failed: {failed}; see their .log files in {args.out}")
+        return 1
+    rl_wall = time.time() - start
+
+    from prophrl_common.tables import print_table
+    from prophrl_trainer.report import main as report_main
+
+    report_args = ["--policy", f"SFT={args.policy}"]
+    for label, paths in runs.items():
+        report_args += ["--policy", f"{label}={','.join(map(str, paths))}"]
+    code = report_main([*report_args, "--robot", args.robot, "--task", args.task, "--episodes", str(args.episodes),
+                        "--replan-steps", str(args.replan_steps), "--max-steps", str(args.max_steps),
+                        "--world-model", str(args.world_model), "--out", str(args.out / "report")])
+    if code:
+        return code
+    summary = json.loads((args.out / "report" / "summary.json").read_text())
+    sft_mean = summary["policies"]["SFT"]["tasks"][args.task]["mean"]
+
+    rows = []
+    for label, paths in runs.items():
+        true = summary["policies"][label]["tasks"][args.task]
+        for path, seed_entry in zip(paths, true["per_training_seed"]):
+            progress = _progress(path)
+            seconds = sum(r.get("time/update_total_s", 0.0) for r in progress)
+            rows.append([label, path.name, len(progress),
+                         _window_mean(progress, "rollout/reward_mean", True),
+                         _window_mean(progress, "rollout/reward_mean", False),
+                         _window_mean(progress, "rollout/success_rate", True),
+                         _window_mean(progress, "rollout/success_rate", False),
+                         100 * seed_entry["success_rate"], 3600 * len(progress) / max(seconds, 1e-9)])
+    print_table("imagination side (judge reward / judged success, mean of the first and last 3 updates) and true "
+                "success of each run", ["policy", "run", "updates", "reward first", "reward last", "judged first",
+                                        "judged last", "true success %", "updates/h"], rows)
+    table = [["SFT", 100 * sft_mean, 0.0, "-"]]
+    for label in runs:
+        entry = summary["policies"][label]["tasks"][args.task]
+        table.append([label, 100 * entry["mean"], 100 * entry["std"], f"{100 * (entry['mean'] - sft_mean):+.1f}"])
+    print_table(f"true success in the sim, {args.robot}/{args.task}, {args.episodes} held-out states, "
+                f"{len(args.seeds)} RL seeds, {args.updates} updates, {args.replan_steps} action(s) per chunk",
+                ["policy", "success %", "std", "gain vs SFT"], table, float_format=".1f")
+    print(f"\nRL wall time {rl_wall / 60:.1f} min ({args.jobs} at a time); report in {args.out / 'report'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,99 @@
+"""Atomic writes: a checkpoint directory or a JSON file either appears whole or not at all.
+
+Readers (a policy node hot-loading weights, a resumed trainer, a crashed run inspected later) must
+never see half a checkpoint, so everything is written beside its final place and renamed into it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+
+@contextlib.contextmanager
+def atomic_directory(directory: str | Path) -> Iterator[Path]:
+    """Yield an empty temporary directory beside `directory`; on a clean exit it replaces `directory`.
+
+    An exception inside the block removes the temporary directory and leaves any existing
+    `directory` untouched. Replacing an existing directory moves it aside first (two renames), so
+    at no time is a partly written directory visible under the final name.
+    """
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        yield tmp
+        for path in tmp.iterdir():
+            if path.is_file():
+                os.chmod(path, 0o644)
+        os.chmod(tmp, 0o755)
+        if directory.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old.", dir=directory.parent))
+            os.replace(directory, old / directory.name)
+            os.replace(tmp, directory)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def jsonable(value):
+    """JSON-safe copy: NaN / inf as null, numpy scalars and arrays as Python values, paths as strings."""
+    try:
+        import numpy as np
+    except ImportError:  # pragma: no cover - numpy is a dependency of every package using this
+        np = None
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if np is not None and isinstance(value, np.ndarray):
+        return [jsonable(v) for v in value.tolist()]
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if np is not None and isinstance(value, np.bool_):
+        return bool(value)
+    if np is not None and isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, float) or (np is not None and isinstance(value, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    return value
+
+
+def write_json_atomic(path: str | Path, content) -> None:
+    """JSON (NaN / inf as null) written to a temporary file beside `path` and renamed into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(jsonable(content), f, indent=2)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
