@@ -5,7 +5,7 @@ Stages (each skipped when its output already exists under --out, so a rerun resu
      expert, recorder, CollectEpisode) into rosbag2 MCAP bags, and "play" episodes of a noisy expert
      that makes grasp mistakes (in process, same bag format): the failures a world model and a judge
      must know, which clean demonstrations never show;
-  2. bags2dataset: aligned training shards (+ a LeRobot v3 export) for each;
+  2. bags2dataset: aligned training shards for each (`prophrl bags2dataset --lerobot` exports LeRobot v3);
   3. SFT of the tiny VLA policy (flow-matching head) on the successful demonstrations;
   4. Prophet: pretrain the tiny_32px world model on demonstrations + play (clips of 2 frames x 5
      actions, so one Prophet clip = one policy chunk);
@@ -73,8 +73,10 @@ def run_demo(args: argparse.Namespace) -> int:
           args.play_episodes == 0 or (play_bags.is_dir() and len([p for p in play_bags.iterdir() if p.is_dir()])
                                       >= args.play_episodes), collect_play)
     dataset = out / "dataset"
-    stage("2. bags2dataset (+ LeRobot v3)", (dataset / "index.json").is_file(),
-          lambda: bags2dataset([bags], dataset, args.robot, lerobot=True, show_progress=True))
+    # No LeRobot export here: it needs one constant camera rate, which a live sim on a busy machine may
+    # miss; `prophrl bags2dataset --lerobot` makes one from the same bags.
+    stage("2. bags2dataset", (dataset / "index.json").is_file(),
+          lambda: bags2dataset([bags], dataset, args.robot, show_progress=True))
     play_dataset = out / "dataset_play"
     if args.play_episodes:
         stage("2b. bags2dataset of the play episodes", (play_dataset / "index.json").is_file(),
