@@ -30,7 +30,7 @@ VARIANTS = {  # label -> RLConfig overrides
     "Flow-GRPO": {"variant": "flow_grpo", "use_flowscale": False},
 }
 DEMO_RL_CONFIG = {"group_size": 8, "states_per_update": 2, "chunks_per_rollout": 6, "checkpoint_every": 5,
-                  "eval_every": 0, "learning_rate": 5e-5, "minibatch_size": 32}
+                  "eval_every": 0, "learning_rate": 5e-5, "minibatch_size": 32, "early_termination": False}
 
 
 def _progress(run: Path) -> list[dict]:
