@@ -413,6 +413,26 @@ def _fixed_size_lists(values: np.ndarray):
     return pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), values.shape[1])
 
 
+@contextlib.contextmanager
+def keep_scheduling_policy():
+    """Undo any change of this thread's CPU scheduling policy made inside the block.
+
+    SVT-AV1 (LeRobot's default video codec), when run as root, switches the calling thread to
+    SCHED_FIFO priority 99. Every process started from that thread afterwards inherits real-time
+    priority: on a small machine a busy node then starves everything else (DDS threads included),
+    which looks like a hang. Nothing here should ever run real time, so the policy is put back.
+    """
+    if not hasattr(os, "sched_getscheduler"):
+        yield
+        return
+    policy, param = os.sched_getscheduler(0), os.sched_getparam(0)
+    try:
+        yield
+    finally:
+        if (os.sched_getscheduler(0), os.sched_getparam(0)) != (policy, param):
+            os.sched_setscheduler(0, policy, param)
+
+
 class LeRobotV3Writer:
     """Streams episodes into one LeRobot v3.0 dataset directory (see the module docstring)."""
 
@@ -434,9 +454,10 @@ class LeRobotV3Writer:
         self._video_path = root / LEROBOT_VIDEO_PATH.format(video_key=self.video_key, chunk_index=0, file_index=0)
         self._video_path.parent.mkdir(parents=True)
         os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 otherwise prints its whole configuration per file
-        self._container = av.open(str(self._video_path), "w")
-        self._stream = self._container.add_stream(video_codec, rate=fps, options={"g": "2", "crf": "30"})
-        self._stream.width, self._stream.height, self._stream.pix_fmt = width, height, "yuv420p"
+        with keep_scheduling_policy():
+            self._container = av.open(str(self._video_path), "w")
+            self._stream = self._container.add_stream(video_codec, rate=fps, options={"g": "2", "crf": "30"})
+            self._stream.width, self._stream.height, self._stream.pix_fmt = width, height, "yuv420p"
         self._columns: dict[str, list[np.ndarray]] = {name: [] for name in (
             "observation.state", "action", "timestamp", "frame_index", "episode_index", "index", "task_index")}
         self._episodes: list[dict] = []
@@ -449,11 +470,12 @@ class LeRobotV3Writer:
 
         episode_index, length, first = len(self._episodes), len(episode), self._total_frames
         task_index = self._tasks.setdefault(episode.instruction, len(self._tasks))
-        for offset, frame in enumerate(episode.frames):
-            video_frame = av.VideoFrame.from_ndarray(frame, format="rgb24")
-            video_frame.pts, video_frame.time_base = first + offset, Fraction(1, self.fps)
-            for packet in self._stream.encode(video_frame):
-                self._container.mux(packet)
+        with keep_scheduling_policy():
+            for offset, frame in enumerate(episode.frames):
+                video_frame = av.VideoFrame.from_ndarray(frame, format="rgb24")
+                video_frame.pts, video_frame.time_base = first + offset, Fraction(1, self.fps)
+                for packet in self._stream.encode(video_frame):
+                    self._container.mux(packet)
         frame_index = np.arange(length, dtype=np.int64)
         columns = {
             "observation.state": episode.state.astype(np.float32),
@@ -510,9 +532,10 @@ class LeRobotV3Writer:
             self._finish_video()
 
     def _finish_video(self) -> None:
-        for packet in self._stream.encode():  # drain the encoder (SVT-AV1 complains when closed without it)
-            self._container.mux(packet)
-        self._container.close()
+        with keep_scheduling_policy():
+            for packet in self._stream.encode():  # drain the encoder (SVT-AV1 complains when closed without it)
+                self._container.mux(packet)
+            self._container.close()
 
     def _tasks_table(self, pa):
         # pandas' own index metadata: LeRobot reads tasks with pd.read_parquet and looks tasks up by index

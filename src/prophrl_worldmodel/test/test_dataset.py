@@ -1,6 +1,9 @@
 """bags2dataset: synthetic episode bags -> aligned samples, npz shards, LeRobot v3 export, clear errors."""
 
 import json
+import os
+import subprocess
+import sys
 
 import av
 import numpy as np
@@ -123,6 +126,18 @@ def test_shards_and_index(tmp_path):
         assert shard["action_chunks"].shape == (14, HORIZON, 7) and shard["chunk_steps"].dtype == np.int32
         np.testing.assert_array_equal(shard["frames"][0], frame_pixels(FIRST_CHUNK_FRAME))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bags", "out"]  # no staging left behind
+
+
+def test_lerobot_export_leaves_the_process_scheduling_policy_alone(tmp_path):
+    """Regression: SVT-AV1 run as root switched the converting thread to SCHED_FIFO 99, and every node
+    process started from it afterwards ran real time and starved a 2-core machine (DDS included)."""
+    before = (os.sched_getscheduler(0), os.sched_getparam(0))
+    write_episode(tmp_path / "bags" / "ep_a")
+    bags2dataset([tmp_path / "bags"], tmp_path / "out", ROBOT, lerobot=True)
+    assert (os.sched_getscheduler(0), os.sched_getparam(0)) == before
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.sched_getscheduler(0))"],
+                           capture_output=True, text=True, check=True)
+    assert int(child.stdout) == before[0]
 
 
 def test_lerobot_v3_export(tmp_path):
