@@ -70,21 +70,11 @@ def jsonable(value):
 
 def write_json_atomic(path: str | Path, content) -> None:
     """JSON (NaN / inf as null) written to a temporary file beside `path` and renamed into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(jsonable(content), f, indent=2)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    write_text_atomic(path, json.dumps(jsonable(content), indent=2))
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
+    """`text` written to a temporary file beside `path` and renamed into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
