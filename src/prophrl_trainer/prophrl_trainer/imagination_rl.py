@@ -54,13 +54,13 @@ from prophrl_policy.modeling_vla import Observation, VLAPolicy
 from prophrl_trainer import checkpointing as ckpt
 from prophrl_trainer.fa_grpo import (FAGRPOConfig, FlowScaleConfig, RolloutBatch, flowscale_weights,
                                      group_advantages, policy_update)
+from prophrl_worldmodel.dataset import SHARD_FORMAT, read_dataset_index
 from prophrl_worldmodel.imagination import ImaginationStart
 
 VARIANTS = {"fa_grpo": "action", "flow_grpo": "step"}
 REWARD_MODES = ("probability", "binary")
 STATE_DIM = 8            # policy proprio: ee pose (7: xyz + quaternion xyzw) + gripper command
 ROBOT_ACTION_DIM = 7     # ee_delta_7d
-SHARD_FORMAT = "prophrl-samples-v1"
 _LOSS_KEYS = ("clip_eps_low", "clip_eps_high", "kl_beta", "advantage_eps")
 
 
@@ -233,15 +233,7 @@ class InitialStateSampler:
 
 
 def _load_starts(dataset_dir: Path, context_frames: int) -> list[ImaginationStart]:
-    index_path = dataset_dir / "index.json"
-    try:
-        index = json.loads(index_path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{dataset_dir}: not a bags2dataset output (cannot read index.json: {exc})") from exc
-    if index.get("format") != SHARD_FORMAT:
-        raise ConfigError(f"{index_path}: format {index.get('format')!r}, expected {SHARD_FORMAT!r}")
-    if index.get("action_space") != "ee_delta_7d":
-        raise ConfigError(f"{index_path}: RL needs ee_delta_7d episodes, dataset has {index.get('action_space')!r}")
+    index = read_dataset_index(dataset_dir, "ee_delta_7d", needed_by="RL")
     starts = []
     for episode in index.get("episodes", []):
         try:

@@ -168,7 +168,6 @@ def real_vs_imagined_video(policy_dir: Path, world_model_dir: Path, robot: str, 
                            path: Path, image_size: int = 128) -> Path:
     """The same policy from the same start: sim frames | Prophet frames, one chunk executed per replan."""
     import cv2
-    import torch
 
     from prophrl_policy.modeling_vla import VLAPolicy
     from prophrl_policy.sim_rollout import PolicyController, run_episode

@@ -20,11 +20,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from prophrl_common.config_io import ConfigError
+from prophrl_worldmodel.dataset import read_dataset_index
 from prophrl_policy.configuration_vla import VLAConfig
 from prophrl_policy.modeling_vla import Observation, VLAPolicy
 from prophrl_policy.transforms import NormStats
 
-SHARD_FORMAT = "prophrl-samples-v1"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,15 +70,7 @@ def target_chunks(actions: np.ndarray, horizon: int) -> np.ndarray:
 
 def load_demonstrations(dataset_dir: str | Path, horizon: int, only_successful: bool = True) -> DemoData:
     dataset_dir = Path(dataset_dir)
-    index_path = dataset_dir / "index.json"
-    try:
-        index = json.loads(index_path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{dataset_dir}: not a bags2dataset output (cannot read index.json: {exc})") from exc
-    if index.get("format") != SHARD_FORMAT:
-        raise ConfigError(f"{index_path}: format {index.get('format')!r}, expected {SHARD_FORMAT!r}")
-    if index.get("action_space") != "ee_delta_7d":
-        raise ConfigError(f"{index_path}: SFT needs ee_delta_7d actions, dataset has {index.get('action_space')!r}")
+    index = read_dataset_index(dataset_dir, "ee_delta_7d", needed_by="SFT")
     frames, states, chunks, instructions, episode_index = [], [], [], [], []
     for i, episode in enumerate(index["episodes"]):
         if only_successful and not episode["success"]:

@@ -33,7 +33,6 @@ measures its held-out loss and the fidelity evaluation replays the same episodes
 from __future__ import annotations
 
 import dataclasses
-import json
 import zlib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -46,7 +45,7 @@ from prophrl_common.config_io import ConfigError
 from prophrl_worldmodel.action_frames import (ActionFrameStyle, CameraCalibration, EndEffectorPose,
                                               integrate_actions, render_action_frames)
 from prophrl_worldmodel.configuration_prophet import ARM_ACTION_DIM, ProphetConfig
-from prophrl_worldmodel.dataset import SHARD_FORMAT, episode_calibration
+from prophrl_worldmodel.dataset import episode_calibration, read_dataset_index
 
 SUPPORTED_ACTION_SPACE = "ee_delta_7d"
 GRIPPER = 6  # index of the gripper command in an ee_delta_7d action
@@ -81,13 +80,7 @@ def _read_index(dataset_dir: Path) -> dict:
     if not dataset_dir.is_dir():
         raise ConfigError(f"{dataset_dir}: dataset directory not found")
     index_path = dataset_dir / "index.json"
-    try:
-        index = json.loads(index_path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{dataset_dir}: not a bags2dataset output (cannot read index.json: {exc})") from None
-    if not isinstance(index, dict) or index.get("format") != SHARD_FORMAT:
-        raise ConfigError(f"{index_path}: format {index.get('format') if isinstance(index, dict) else None!r}, "
-                          f"expected {SHARD_FORMAT!r}")
+    index = read_dataset_index(dataset_dir)
     if index.get("action_space") != SUPPORTED_ACTION_SPACE or index.get("action_dim") != ARM_ACTION_DIM:
         raise ConfigError(f"{index_path}: Prophet clips need {SUPPORTED_ACTION_SPACE} actions (7 per step); the "
                           f"dataset has {index.get('action_space')!r} with action_dim {index.get('action_dim')}")

@@ -716,6 +716,24 @@ def _write_shard(path: Path, episode: EpisodeSamples) -> None:
                  action_chunks=episode.action_chunks, chunk_steps=episode.chunk_steps, actions=episode.actions)
 
 
+def read_dataset_index(dataset_dir: str | Path, action_space: str | None = None, needed_by: str = "") -> dict:
+    """The index.json of a bags2dataset directory, checked: readable, this shard format, and (when given)
+    the action space `needed_by` (e.g. "SFT") requires. One ConfigError naming the problem otherwise."""
+    dataset_dir = Path(dataset_dir)
+    index_path = dataset_dir / "index.json"
+    try:
+        index = json.loads(index_path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{dataset_dir}: not a bags2dataset output (cannot read index.json: {exc})") from None
+    if not isinstance(index, dict) or index.get("format") != SHARD_FORMAT:
+        raise ConfigError(f"{index_path}: format {index.get('format') if isinstance(index, dict) else None!r}, "
+                          f"expected {SHARD_FORMAT!r}")
+    if action_space is not None and index.get("action_space") != action_space:
+        raise ConfigError(f"{index_path}: {needed_by or 'this use'} needs {action_space} actions, the dataset has "
+                          f"{index.get('action_space')!r}")
+    return index
+
+
 def _write_index(path: Path, robot: RobotConfig, topics: DatasetTopics, reference: EpisodeSamples,
                  episodes: list[dict]) -> None:
     horizon, action_dim = reference.action_chunks.shape[1:]

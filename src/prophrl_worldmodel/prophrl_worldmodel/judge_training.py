@@ -39,7 +39,6 @@ PAPER.md); within the range of thresholds that give those same figures, the logi
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from pathlib import Path
@@ -51,7 +50,7 @@ import torch.nn.functional as F
 
 from prophrl_common.config_io import ConfigError
 from prophrl_worldmodel.configuration_judge import JudgeConfig
-from prophrl_worldmodel.dataset import SHARD_FORMAT
+from prophrl_worldmodel.dataset import read_dataset_index
 from prophrl_worldmodel.modeling_judge import RewardJudge, frames_at, uniform_indices
 
 ARM_ACTION_DIM = 7
@@ -136,14 +135,7 @@ def load_episodes(dataset_dirs: str | Path | Sequence[str | Path]) -> list[Episo
         dataset_dirs = [dataset_dirs]
     episodes = []
     for directory in map(Path, dataset_dirs):
-        index_path = directory / "index.json"
-        try:
-            index = json.loads(index_path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ConfigError(f"{directory}: not a bags2dataset output (cannot read index.json: {exc})") from exc
-        if not isinstance(index, dict) or index.get("format") != SHARD_FORMAT:
-            raise ConfigError(f"{index_path}: format {index.get('format') if isinstance(index, dict) else None!r}, "
-                              f"expected {SHARD_FORMAT!r}")
+        index = read_dataset_index(directory)
         for i, meta in enumerate(index.get("episodes", [])):
             try:
                 with np.load(directory / meta["shard"], allow_pickle=False) as shard:
