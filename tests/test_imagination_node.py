@@ -400,7 +400,13 @@ class LiveObserver:
         chunks = {}   # the policy replans on the latest frame: several chunks may answer one frame
         for c in self.chunks:
             chunks.setdefault(_stamp_ns(c.header.stamp), []).append(chunk_to_array(c))
-        executed = [c for c in self.executed if _stamp_ns(c.header.stamp) >= after_ns]
+        poses = sorted((p for p in self.poses if _stamp_ns(p.header.stamp) >= after_ns),
+                       key=lambda p: _stamp_ns(p.header.stamp))
+        assert poses, "no ee pose seen"
+        # The pose check starts at the first pose this observer saw: DDS matches each topic on its own, so the
+        # node may have executed chunks before the executed-chunk subscription (or the pose one) was matched.
+        first_pose_ns = _stamp_ns(poses[0].header.stamp)
+        executed = [c for c in self.executed if _stamp_ns(c.header.stamp) >= max(after_ns, first_pose_ns)]
         assert len(executed) >= 3
         matched, steps = 0, []
         for chunk in executed:
@@ -411,14 +417,64 @@ class LiveObserver:
             steps.append(actions)
         assert matched >= 0.7 * len(executed), \
             f"only {matched}/{len(executed)} executed chunks are the policy's chunks for an imagined frame"
-        poses = [p for p in self.poses if _stamp_ns(p.header.stamp) >= after_ns]
-        last = np.array([poses[-1].pose.position.x, poses[-1].pose.position.y, poses[-1].pose.position.z])
+        def position(p):
+            return np.array([p.pose.position.x, p.pose.position.y, p.pose.position.z])
+
+        first_executed_ns = _stamp_ns(executed[0].header.stamp)
+        base = position([p for p in poses if _stamp_ns(p.header.stamp) <= first_executed_ns][-1])
+        if after_ns and first_pose_ns <= first_executed_ns:
+            assert np.allclose(position(poses[0]), start_position, atol=1e-5), \
+                f"the episode restarted at {position(poses[0])}, not at its start {start_position}"
+        last = position(poses[-1])
         translations = np.stack([a[:, :3].sum(0) for a in steps])
-        expected = start_position + np.cumsum(translations, axis=0)
+        expected = base + np.cumsum(translations, axis=0)
         in_flight = np.abs(translations).sum(1).max() + 1e-4
         assert np.linalg.norm(expected - last, axis=1).min() <= in_flight, \
-            f"the imagined arm at {last} is not start + the executed translations {expected}"
-        assert np.linalg.norm(last - start_position) > 1e-3, "the chunks moved the arm"
+            f"the imagined arm at {last} is not {base} + the executed translations {expected}"
+        assert np.linalg.norm(last - base) > 1e-3, "the chunks moved the arm"
+
+
+def _recorded_live_loop(chunks_dx, missed_first=0, pose_offset=0.0, final_error=0.0):
+    """Messages of a live loop as LiveObserver records them: chunk k answers frame k (stamp k s) and moves the arm
+    by chunks_dx[k] in x; the first `missed_first` executed chunks (and poses) were published before this observer
+    was matched. Every pose is off by `pose_offset` in x, the last one by `final_error` more."""
+    from builtin_interfaces.msg import Time
+
+    seen = LiveObserver.__new__(LiveObserver)
+    seen.images, seen.poses, seen.chunks, seen.executed = [], [], [], []
+    x = 0.4
+    for k, dx in enumerate(chunks_dx):
+        stamp = Time(sec=k + 1)
+        actions = np.zeros((4, 7), np.float32)
+        actions[:, 0] = dx / 4
+        if k >= missed_first:
+            pose = PoseStamped()
+            pose.header.stamp, pose.pose.position.x, pose.pose.position.z = stamp, x + pose_offset, 0.2
+            seen.poses.append(pose)
+            seen.images.append(numpy_to_image(np.zeros((4, 4, 3), np.uint8), "rgb8", stamp=stamp))
+            seen.chunks.append(array_to_chunk(actions, "ee_delta_7d", 0.05, stamp=stamp))
+            seen.executed.append(array_to_chunk(actions, "ee_delta_7d", 0.05, stamp=stamp))
+        x += dx
+    last = PoseStamped()
+    last.header.stamp, last.pose.position.x, last.pose.position.z = Time(sec=len(chunks_dx) + 1), x + pose_offset + final_error, 0.2
+    seen.poses.append(last)
+    return seen
+
+
+def test_closed_loop_check_starts_at_the_first_pose_seen_and_still_catches_a_wrong_pose(ros):
+    """Regression (CI, session 3): DDS matched the executed-chunk topic after the node had executed its first
+    chunks, and the check, anchored at the episode's start, failed a correct loop."""
+    node = Node("closed_loop_check")
+    try:
+        start = np.array([0.4, 0.0, 0.2])
+        _recorded_live_loop([0.05] * 6).check_closed_loop(node, start, 4, 2)
+        _recorded_live_loop([0.05] * 8, missed_first=3).check_closed_loop(node, start, 4, 2)
+        with pytest.raises(AssertionError, match="is not"):
+            _recorded_live_loop([0.05] * 8, missed_first=3, final_error=0.3).check_closed_loop(node, start, 4, 2)
+        with pytest.raises(AssertionError, match="restarted at"):
+            _recorded_live_loop([0.05] * 6, pose_offset=0.3).check_closed_loop(node, start, 4, 2, after_ns=1)
+    finally:
+        node.destroy_node()
 
 
 def _set_parameter(node, target, name, value):
