@@ -62,7 +62,8 @@ def main() -> int:
     parser.add_argument("--replan-steps", type=int, default=2,
                         help="actions executed per chunk in the sim evaluation (same for every policy)")
     parser.add_argument("--max-steps", type=int, default=150)
-    parser.add_argument("--jobs", type=int, default=2, help="RL runs at a time (one torch thread each)")
+    parser.add_argument("--jobs", type=int, default=2,
+                        help="RL runs, then sim evaluations, at a time (one torch thread each)")
     args = parser.parse_args()
     if args.demo is not None:
         args.policy = args.policy or args.demo / "policy_sft"
@@ -122,6 +123,7 @@ def main() -> int:
         report_args += ["--policy", f"{label}={','.join(map(str, paths))}"]
     code = report_main([*report_args, "--robot", args.robot, "--task", args.task, "--episodes", str(args.episodes),
                         "--replan-steps", str(args.replan_steps), "--max-steps", str(args.max_steps),
+                        "--jobs", str(args.jobs),
                         "--world-model", str(args.world_model), "--out", str(args.out / "report")])
     if code:
         return code

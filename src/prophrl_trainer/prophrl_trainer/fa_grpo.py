@@ -222,13 +222,18 @@ class RolloutBatch:
 def policy_update(policy, optimizer: torch.optim.Optimizer, batch: RolloutBatch, cfg: FAGRPOConfig,
                   step_variances: torch.Tensor, noise_level: float, epochs: int = 1,
                   minibatch_size: int | None = None, max_grad_norm: float = 1.0, ref_policy=None,
-                  generator: torch.Generator | None = None, skip_empty: bool = True) -> dict[str, float]:
+                  generator: torch.Generator | None = None, skip_empty: bool = True,
+                  target_kl: float = 0.0) -> dict[str, float]:
     """PPO-style epochs of FA-GRPO over a rollout batch. The policy provides
     `sde_log_probs(obs, latents, noise_level) -> (log_probs (B,K), means, stds (K,))` and optionally
     `action_mask` (the action dimensions that count; padding is left out of the KL).
 
     skip_empty: skip minibatches whose chunks are all masked. Data-parallel training must pass False:
     every rank has to run the same number of backward passes (a masked minibatch gives zero gradient).
+    target_kl: > 0 ends the update (no step on that minibatch, no further epochs) once a minibatch's approx
+    KL to the rollout policy exceeds 1.5 * target_kl (Stable-Baselines3's rule). The action-level ratio sums
+    log-densities over every step and action element, so one optimiser step can leave the trust region; under
+    torch.distributed the largest KL over the ranks decides, so every rank stops at the same minibatch.
     """
     if cfg.kl_beta > 0 and ref_policy is None:
         raise ValueError("kl_beta > 0 needs a reference policy")
@@ -238,9 +243,11 @@ def policy_update(policy, optimizer: torch.optim.Optimizer, batch: RolloutBatch,
     minibatch_size = minibatch_size or size
     totals: dict[str, float] = {"loss": 0.0, "policy_loss": 0.0, "kl": 0.0, "clip_fraction": 0.0,
                                 "ratio_mean": 0.0, "approx_kl_old": 0.0, "grad_norm": 0.0}
-    count = 0
+    count, stopped = 0, False
     policy.train()
     for _ in range(epochs):
+        if stopped:
+            break
         order = torch.randperm(size, generator=generator)
         for idx in order.split(minibatch_size):
             if skip_empty and batch.mask[idx].sum() == 0:
@@ -254,6 +261,9 @@ def policy_update(policy, optimizer: torch.optim.Optimizer, batch: RolloutBatch,
                     _, ref_means, _ = ref_policy.sde_log_probs(obs, latents, noise_level)
             out = fa_grpo_loss(new_log_probs, batch.old_log_probs[idx], batch.advantages[idx], batch.mask[idx],
                                weights, cfg, new_means, ref_means, stds, element_mask)
+            if target_kl > 0 and _largest_over_ranks(out.approx_kl_old) > 1.5 * target_kl:
+                stopped = True
+                break
             optimizer.zero_grad(set_to_none=True)
             out.loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_([p for p in policy.parameters() if p.requires_grad],
@@ -264,4 +274,14 @@ def policy_update(policy, optimizer: torch.optim.Optimizer, batch: RolloutBatch,
                                ("approx_kl_old", out.approx_kl_old), ("grad_norm", float(grad_norm))):
                 totals[key] += value
             count += 1
-    return {k: v / max(count, 1) for k, v in totals.items()} | {"minibatches": count}
+    return {k: v / max(count, 1) for k, v in totals.items()} | {"minibatches": count, "stopped_early": float(stopped)}
+
+
+def _largest_over_ranks(value: float) -> float:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        tensor = torch.tensor([value], dtype=torch.float64)
+        if torch.distributed.get_backend() == "nccl":
+            tensor = tensor.cuda()
+        torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX)
+        return float(tensor.item())
+    return value

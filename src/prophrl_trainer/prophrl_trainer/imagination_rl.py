@@ -75,9 +75,14 @@ class RLConfig:
     chunks_per_rollout: 4 policy chunks per rollout (each chunk = one Prophet clip).
     denoising_steps: 10 SDE steps per chunk (K; pi0's default number of Euler steps).
     noise_level: 0.7, Flow-GRPO's SDE noise level a.
-    learning_rate: 1e-4 (AdamW) suits the tiny from-scratch policies; use ~1e-5 for large pretrained ones.
+    learning_rate: 1e-5 (AdamW): keeps the per-update approx KL of the demo's tiny policy around 0.02-0.15
+        (5e-5 left the trust region on the first step, see target_kl).
     weight_decay: 0. max_grad_norm: 1.0 (global gradient-norm clip).
     ppo_epochs: 2 passes over the rollout batch; minibatch_size: 64 chunks (0: the whole batch).
+    target_kl: 0 (off); > 0: an update stops (before its step) at the first minibatch whose approx KL to the rollout
+        policy exceeds 1.5 * target_kl (0: never). The action-level ratio of a 10-step, 10 x 7 action chunk
+        is very sensitive to the weights: on the demo's tiny policy one AdamW step at lr 5e-5 gave an approx
+        KL of 3.3 (clip fraction 0.8), at 1e-5 0.02-0.16 (bench probe, session 4).
     updates: 100 (the paper reports ~100 RL updates); `prophrl train --updates` overrides it.
     checkpoint_every: 10 updates (and always after the last); keep_checkpoints: the newest 3.
     eval_every: 10 updates (0: never): deterministic (ODE) rollouts from `eval_states` fixed initial
@@ -98,11 +103,12 @@ class RLConfig:
     chunks_per_rollout: int = 4
     denoising_steps: int = 10
     noise_level: float = 0.7
-    learning_rate: float = 1e-4
+    learning_rate: float = 1e-5
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     ppo_epochs: int = 2
     minibatch_size: int = 64
+    target_kl: float = 0.0
     updates: int = 100
     checkpoint_every: int = 10
     keep_checkpoints: int = 3
@@ -130,9 +136,10 @@ class RLConfig:
                 raise ConfigError(f"RL config: {key} must be >= 0, got {getattr(self, key)}")
         if self.group_size < 2:
             raise ConfigError("RL config: group_size must be >= 2 (advantages are relative within a group)")
-        if not (self.noise_level > 0 and self.learning_rate > 0 and self.max_grad_norm > 0 and self.weight_decay >= 0):
-            raise ConfigError("RL config: need noise_level > 0, learning_rate > 0, max_grad_norm > 0 and "
-                              "weight_decay >= 0")
+        if not (self.noise_level > 0 and self.learning_rate > 0 and self.max_grad_norm > 0 and self.weight_decay >= 0
+                and self.target_kl >= 0):
+            raise ConfigError("RL config: need noise_level > 0, learning_rate > 0, max_grad_norm > 0, "
+                              "weight_decay >= 0 and target_kl >= 0")
         if self.reward not in REWARD_MODES:
             raise ConfigError(f"RL config: reward must be one of {REWARD_MODES}, got {self.reward!r}")
         if self.variant not in VARIANTS:
@@ -674,7 +681,8 @@ class Trainer:
         stats = policy_update(self.train_policy, self.optimizer, batch, cfg.algorithm, self.step_variances,
                               cfg.noise_level, epochs=cfg.ppo_epochs, minibatch_size=cfg.minibatch_size or None,
                               max_grad_norm=cfg.max_grad_norm, ref_policy=self.ref_policy,
-                              generator=self.order_generator, skip_empty=not self.dist.enabled)
+                              generator=self.order_generator, skip_empty=not self.dist.enabled,
+                              target_kl=cfg.target_kl)
         t2 = time.perf_counter()
         group_std = imagined.rewards.std(axis=1)
         metrics = {

@@ -90,24 +90,55 @@ def _run_stats(source: PolicySource) -> dict:
             "rl_wall_time_s": float(sum(m.get("time/update_total_s", 0.0) for m in progress))}
 
 
+def _evaluate_job(policy_dir: str, settings: EvalSettings, policy_seed: int, show_progress: bool) -> list[bool]:
+    return evaluate_policy(policy_dir, settings, policy_seed=policy_seed, show_progress=show_progress).successes
+
+
+def _one_torch_thread() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _run_jobs(jobs: list[tuple[str, EvalSettings, int]], workers: int, show_progress: bool) -> list[list[bool]]:
+    """Every (policy_dir, settings, policy_seed) job's per-episode successes, in order; `workers` > 1 runs
+    them in that many spawned processes of one torch thread each (every job owns its sim)."""
+    if workers <= 1 or len(jobs) <= 1:
+        return [_evaluate_job(*job, show_progress) for job in jobs]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from tqdm import tqdm
+
+    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_one_torch_thread) as pool:
+        futures = [pool.submit(_evaluate_job, *job, False) for job in jobs]
+        for future in tqdm(futures, desc=f"eval ({workers} processes)", unit="policy", disable=not show_progress):
+            future.result()
+        return [future.result() for future in futures]
+
+
 def evaluate_all(policies: dict[str, list[PolicySource]], tasks: Sequence[str], settings: EvalSettings,
-                 policy_seeds: int = 1, show_progress: bool = True) -> dict:
-    """summary dict: per label and task, the success of every training seed (and sampling seed)."""
+                 policy_seeds: int = 1, show_progress: bool = True, jobs: int = 1) -> dict:
+    """summary dict: per label and task, the success of every training seed (and sampling seed), with the
+    per-episode outcomes. jobs > 1 evaluates the checkpoints in parallel processes (same results)."""
     summary = {"format": SUMMARY_FORMAT, "robot": settings.robot, "episodes": settings.episodes,
                "first_seed": settings.first_seed, "max_steps": settings.max_steps,
                "replan_steps": settings.replan_steps, "policies": {}}
+    work = [(str(source.policy_dir), dataclasses.replace(settings, task=task), k)
+            for sources in policies.values() for task in tasks for source in sources for k in range(policy_seeds)]
+    outcomes = iter(_run_jobs(work, jobs, show_progress))
     for label, sources in policies.items():
         entry = {"checkpoints": [str(s.policy_dir) for s in sources], "tasks": {},
                  "runs": [_run_stats(s) for s in sources]}
         for task in tasks:
-            task_settings = dataclasses.replace(settings, task=task)
             per_seed = []
             for source in sources:
-                samples = [evaluate_policy(source.policy_dir, task_settings, policy_seed=k,
-                                           show_progress=show_progress).success_rate
-                           for k in range(policy_seeds)]
+                episodes = [next(outcomes) for _ in range(policy_seeds)]
+                samples = [sum(e) / max(len(e), 1) for e in episodes]
                 per_seed.append({"checkpoint": str(source.policy_dir), "sampling_seeds": samples,
-                                 "success_rate": statistics.fmean(samples)})
+                                 "success_rate": statistics.fmean(samples),
+                                 "episode_successes": [[bool(x) for x in e] for e in episodes]})
             rates = [s["success_rate"] for s in per_seed] if len(per_seed) > 1 else per_seed[0]["sampling_seeds"]
             mean, std = _mean_std(rates)
             entry["tasks"][task] = {"per_training_seed": per_seed, "mean": mean, "std": std,
@@ -259,6 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--world-model", default="", help="Prophet checkpoint: also write real | imagined videos")
     parser.add_argument("--videos", type=int, default=1, help="videos per policy and task (with --world-model)")
     parser.add_argument("--video-chunks", type=int, default=4)
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="checkpoints evaluated in parallel processes (one torch thread each; same results)")
     parser.add_argument("--out", required=True, help="report directory")
     return parser
 
@@ -267,8 +300,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         policies = parse_policy_args(args.policy)
-        if args.episodes < 1 or args.policy_seeds < 1 or args.replan_steps < 1:
-            raise ConfigError("--episodes, --policy-seeds and --replan-steps must be >= 1")
+        if args.episodes < 1 or args.policy_seeds < 1 or args.replan_steps < 1 or args.jobs < 1:
+            raise ConfigError("--episodes, --policy-seeds, --replan-steps and --jobs must be >= 1")
         if args.world_model and not (Path(args.world_model) / "prophet_config.json").is_file():
             raise ConfigError(f"--world-model {args.world_model} is not a Prophet checkpoint (no prophet_config.json)")
     except ConfigError as exc:
@@ -279,7 +312,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     start = time.time()
     settings = EvalSettings(robot=args.robot, episodes=args.episodes, first_seed=args.first_seed,
                             max_steps=args.max_steps, replan_steps=args.replan_steps)
-    summary = evaluate_all(policies, args.task, settings, args.policy_seeds)
+    summary = evaluate_all(policies, args.task, settings, args.policy_seeds, jobs=args.jobs)
     summary["eval_wall_time_s"] = time.time() - start
     if plot_learning_curves(policies, out / "learning_curves.png"):
         summary["learning_curves"] = "learning_curves.png"

@@ -247,3 +247,27 @@ def test_masked_minibatches_still_step_when_not_skipped():
     assert stats["minibatches"] == 2
     for p, b in zip(policy.parameters(), before):
         torch.testing.assert_close(p, b)
+
+
+def test_target_kl_ends_the_update_once_the_policy_leaves_the_trust_region():
+    torch.manual_seed(0)
+    env, cfg = ContextualBandit(), FAGRPOConfig(group_size=8)
+    variances = fm.step_noise_variance(4, 0.7)
+
+    def update(target_kl):
+        torch.manual_seed(0)
+        policy = ToyFlowPolicy()
+        contexts = env.sample_contexts(64)
+        sample = policy.predict_action_chunk(contexts, mode="sde", num_steps=4)
+        adv = group_advantages(env.reward(contexts, sample.actions).view(-1, 8)).flatten()
+        batch = RolloutBatch(contexts, sample.latents, sample.log_probs, adv, torch.ones(64))
+        opt = torch.optim.AdamW(policy.parameters(), lr=0.05)   # far too large: the first step leaves the region
+        return policy_update(policy, opt, batch, cfg, variances, 0.7, epochs=4, minibatch_size=16,
+                             generator=torch.Generator().manual_seed(0), target_kl=target_kl)
+
+    free = update(0.0)
+    assert free["minibatches"] == 16 and free["stopped_early"] == 0 and free["approx_kl_old"] > 0.5
+    bounded = update(0.05)
+    # the first minibatch is on-policy (KL 0) and always steps; the stop comes within the first epoch
+    assert 1 <= bounded["minibatches"] < 4 and bounded["stopped_early"] == 1
+    assert bounded["approx_kl_old"] <= 1.5 * 0.05

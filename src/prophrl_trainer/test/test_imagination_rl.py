@@ -48,6 +48,7 @@ def test_rl_config_round_trips_through_json_and_maps_variants(tmp_path):
     ({"variant": "ppo"}, "variant"),
     ({"reward": "dense"}, "reward"),
     ({"learning_rate": "fast"}, "expected a number"),
+    ({"target_kl": -0.1}, "target_kl >= 0"),
     ({"fa_grpo": {"group_size": 4}}, "top level"),
     ({"fa_grpo": {"clip_eps_low": 1.5}}, "clip_eps_low"),
     ({"flowscale": {"alpha": 2.0}}, "alpha"),
