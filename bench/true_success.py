@@ -29,8 +29,6 @@ VARIANTS = {  # label -> RLConfig overrides
     "FA-GRPO+FlowScale": {"variant": "fa_grpo", "use_flowscale": True},
     "Flow-GRPO": {"variant": "flow_grpo", "use_flowscale": False},
 }
-DEMO_RL_CONFIG = {"group_size": 8, "states_per_update": 2, "chunks_per_rollout": 6, "checkpoint_every": 5,
-                  "eval_every": 0, "learning_rate": 5e-5, "minibatch_size": 32, "early_termination": False}
 
 
 def _progress(run: Path) -> list[dict]:
@@ -75,6 +73,8 @@ def main() -> int:
         parser.error(f"give --demo or all of --policy --world-model --judge --data (missing: {missing})")
 
     args.out.mkdir(parents=True, exist_ok=True)
+    from prophrl.demo import DEMO_RL_CONFIG
+
     base = json.loads(args.rl_config.read_text()) if args.rl_config else dict(DEMO_RL_CONFIG)
     runs: dict[str, list[Path]] = {label: [] for label in args.variants}
     commands = []

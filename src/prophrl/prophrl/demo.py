@@ -31,6 +31,12 @@ PLAY_FIRST_SEED = 50_000
 PLAY_MAX_STEPS = 120
 PLAY_NOISE_STD = 0.01
 PLAY_SKILL = 0.4
+# The RL recipe of the demo and of bench/true_success.py and bench/reward_signal.py. No early termination:
+# the judge's threshold is set for high recall, and on the tiny Prophet's clips it fired after 2-3 of the
+# 6 chunks in almost every rollout (judged success 0.94 vs. a true 5 %), cutting rollouts before a lift could
+# happen; the full clip is scored instead.
+DEMO_RL_CONFIG = {"group_size": 8, "states_per_update": 2, "chunks_per_rollout": 6, "checkpoint_every": 5,
+                  "eval_every": 0, "learning_rate": 5e-5, "minibatch_size": 32, "early_termination": False}
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -116,13 +122,7 @@ def run_demo(args: argparse.Namespace) -> int:
         from prophrl_trainer.imagination_rl import main as train_main
 
         rl_config = out / "rl_config.json"
-        # No early termination: the judge's threshold is set for high recall, and on the tiny Prophet's
-        # clips it fired after 2-3 of the 6 chunks in almost every rollout (judged success 0.94 vs. a true
-        # 5 %), cutting rollouts before a lift could happen; the full clip is scored instead.
-        rl_config.write_text(json.dumps({"group_size": 8, "states_per_update": 2, "chunks_per_rollout": 6,
-                                         "updates": args.rl_updates, "checkpoint_every": 5, "eval_every": 0,
-                                         "learning_rate": 5e-5, "minibatch_size": 32, "early_termination": False},
-                                        indent=1))
+        rl_config.write_text(json.dumps({**DEMO_RL_CONFIG, "updates": args.rl_updates}, indent=1))
         code = train_main(["--policy", str(checkpoint), "--world-model", str(world_model), "--judge", str(judge),
                            "--data", str(dataset), "--out", str(rl_run), "--updates", str(args.rl_updates),
                            "--config", str(rl_config), "--threads", "1", "--resume"])

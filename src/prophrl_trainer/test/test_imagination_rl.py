@@ -49,6 +49,7 @@ def test_rl_config_round_trips_through_json_and_maps_variants(tmp_path):
     ({"reward": "dense"}, "reward"),
     ({"learning_rate": "fast"}, "expected a number"),
     ({"target_kl": -0.1}, "target_kl >= 0"),
+    ({"shared_world_model_noise": "yes"}, "shared_world_model_noise"),
     ({"fa_grpo": {"group_size": 4}}, "top level"),
     ({"fa_grpo": {"clip_eps_low": 1.5}}, "clip_eps_low"),
     ({"flowscale": {"alpha": 2.0}}, "alpha"),
@@ -120,6 +121,31 @@ def test_early_termination_masks_the_chunks_after_success(setup, tmp_path):
     trainer.config = dataclasses.replace(trainer.config, early_termination=False)
     plain = trainer.imagine(starts, [11, 12], 6, "sde", trainer.generator)
     assert plain.mask.all() and (plain.length == 3).all()
+
+
+def test_shared_world_model_noise_reaches_the_imagination_and_needs_an_in_process_backend(setup, tmp_path):
+    """shared_world_model_noise: a group's rollouts draw common world-model noise (ImaginedRollouts tests
+    that equal actions then imagine equal clips); the same groups imagine differently than with independent
+    noise. A backend that cannot share noise (the Imagine action client) is refused."""
+    scorer = EndEffectorDisplacementReward((0.0, -1.0, 0.0), scale=0.01)
+    runs = {}
+    for shared in (True, False):
+        trainer = _trainer(setup, tmp_path / f"shared{shared}", setup.rl_config(
+            f"shared{shared}.json", group_size=4, chunks_per_rollout=1, early_termination=False,
+            shared_world_model_noise=shared), scorer=scorer)
+        assert trainer.backend.shared_noise is shared
+        groups = trainer.backend.open(trainer.sampler.fixed(1), 4, [3])
+        chunks = np.zeros((4, trainer.backend.action_horizon, 7), np.float32)
+        trainer.backend.step(groups, [chunks])
+        runs[shared] = groups[0].frames
+    assert (runs[True][1:] == runs[True][:1]).all() and (runs[False][1:] != runs[False][:1]).any()
+
+    class NoSharing:
+        action_horizon = trainer.backend.action_horizon
+
+    with pytest.raises(ConfigError, match="shared_world_model_noise needs in-process imagination"):
+        _trainer(setup, tmp_path / "ros", setup.rl_config("ros.json", shared_world_model_noise=True),
+                 backend=NoSharing(), scorer=scorer)
 
 
 def test_horizon_mismatch_is_one_clear_error(setup, tmp_path):

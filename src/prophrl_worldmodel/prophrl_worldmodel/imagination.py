@@ -63,11 +63,14 @@ class ImaginedRollouts:
     """G rollouts of one world model from one start, stepped one action chunk at a time."""
 
     def __init__(self, model: Prophet, start: ImaginationStart, num_rollouts: int, *, num_steps: int | None = None,
-                 seed: int = 0, keep_frames: bool = True):
-        """keep_frames=False: `frames` stays empty (a live, unbounded run keeps only what the model needs)."""
+                 seed: int = 0, keep_frames: bool = True, shared_noise: bool = False):
+        """keep_frames=False: `frames` stays empty (a live, unbounded run keeps only what the model needs).
+        shared_noise: the G rollouts draw the same world-model noise at every chunk (common random numbers), so
+        they differ only where their actions differ."""
         if num_rollouts < 1:
             raise ConfigError(f"num_rollouts must be >= 1, got {num_rollouts}")
         self.model, self.start, self.num_rollouts, self.num_steps = model, start, int(num_rollouts), num_steps
+        self.shared_noise = bool(shared_noise)
         config = model.config
         self.horizon = config.action_horizon
         self.generator = torch.Generator(device=model.device).manual_seed(int(seed))
@@ -135,7 +138,8 @@ class ImaginedRollouts:
                                          np.uint8)
                 calibrated = np.zeros(self.num_rollouts, np.float32)
         clip = self.model.generate(self._start, self._history, torch.from_numpy(chunks), self.num_steps,
-                                   self.generator, action_frames=action_frames, calibrated=calibrated)
+                                   self.generator, action_frames=action_frames, calibrated=calibrated,
+                                   shared_noise=self.shared_noise)
         self._history = torch.cat([self._history, self._start[:, None], clip[:, :-1]],
                                   dim=1)[:, -config.history_length:]
         self._start = clip[:, -1]

@@ -441,12 +441,14 @@ class Prophet(nn.Module):
     # ----- generation ------------------------------------------------------------------------------
     @torch.no_grad()
     def generate(self, start_frame, history_frames, actions, num_steps: int | None = None,
-                 generator: torch.Generator | None = None, *, action_frames=None, calibrated=None) -> torch.Tensor:
+                 generator: torch.Generator | None = None, *, action_frames=None, calibrated=None,
+                 shared_noise: bool = False) -> torch.Tensor:
         """Predict the next clip: (B, F, S, S, 3) float frames in [0, 255].
 
         start_frame (B, H, W, 3); history_frames (B, T, H, W, 3) oldest first, or None; actions
         (B, horizon, action_dim); num_steps Euler steps (default config.num_inference_steps; 0 decodes
-        the initial noise). Seeded by generator.
+        the initial noise). Seeded by generator. shared_noise: every batch element starts from the same
+        initial noise (common random numbers: identical inputs give identical clips).
         """
         start = self._pixels(start_frame, "start_frame", 4)
         b = start.shape[0]
@@ -463,7 +465,11 @@ class Prophet(nn.Module):
                                       action_frame_latents, calibrated)
 
         shape = (b, self.latent_channels, self.config.frames_per_clip, self.latent_size, self.latent_size)
-        x = randn_tensor(shape, generator=generator, device=self.device, dtype=torch.float32)
+        if shared_noise:
+            x = randn_tensor((1, *shape[1:]), generator=generator, device=self.device,
+                             dtype=torch.float32).expand(shape).contiguous()
+        else:
+            x = randn_tensor(shape, generator=generator, device=self.device, dtype=torch.float32)
         steps = self.config.num_inference_steps if num_steps is None else num_steps
         sigmas = schedulers.sampling_sigmas(steps, self.config.timestep_shift)
         for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):

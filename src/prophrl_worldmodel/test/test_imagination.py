@@ -91,6 +91,22 @@ def test_bad_chunks_are_rejected_and_nothing_advances(prophet, bad, message):
     assert rollouts.chunks_done == 0 and rollouts.frames.shape[1] == 0
 
 
+def test_shared_noise_makes_equal_actions_imagine_equal_futures(prophet):
+    """Common random numbers for RL groups: with shared noise the rollouts differ only where actions differ."""
+    horizon = prophet.config.action_horizon
+    same = _chunks(3, horizon, 0.01)
+    for _ in range(2):   # every chunk, not only the first
+        shared = ImaginedRollouts(prophet, _start(), 3, num_steps=2, seed=5, shared_noise=True)
+        clips = [shared.step(same) for _ in range(2)]
+        for clip in clips:
+            assert (clip[1:] == clip[:1]).all()
+    independent = ImaginedRollouts(prophet, _start(), 3, num_steps=2, seed=5).step(same)
+    assert (independent[1] != independent[0]).any()
+    differing = ImaginedRollouts(prophet, _start(), 3, num_steps=2, seed=5, shared_noise=True).step(
+        _chunks(3, horizon, np.array([[0.01], [-0.02], [0.03]])))
+    assert (differing[1] != differing[0]).any() and (differing[2] != differing[0]).any()
+
+
 def test_bad_starts_are_rejected():
     with pytest.raises(ConfigError, match="context_frames"):
         ImaginationStart(np.zeros((2, 8, 8)))
