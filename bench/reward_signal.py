@@ -42,17 +42,11 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
-    if args.demo is not None:
-        args.policy = args.policy or args.demo / "policy_sft"
-        args.world_model = args.world_model or args.demo / "prophet"
-        args.judge = args.judge or args.demo / "judge"
-        args.data = args.data or [args.demo / "dataset"]
-    missing = [name for name in ("policy", "world_model", "judge", "data") if getattr(args, name) is None]
-    if missing:
-        parser.error(f"give --demo or all of --policy --world-model --judge --data (missing: {missing})")
+    from prophrl.demo import DEMO_RL_CONFIG, fill_parts_from_demo
+
+    fill_parts_from_demo(args, parser)
     torch.set_num_threads(args.threads)
 
-    from prophrl.demo import DEMO_RL_CONFIG
     from prophrl_common.tables import print_table
     from prophrl_trainer.imagination_rl import _seed, build_parser, build_trainer
 

@@ -63,17 +63,11 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=2,
                         help="RL runs, then sim evaluations, at a time (one torch thread each)")
     args = parser.parse_args()
-    if args.demo is not None:
-        args.policy = args.policy or args.demo / "policy_sft"
-        args.world_model = args.world_model or args.demo / "prophet"
-        args.judge = args.judge or args.demo / "judge"
-        args.data = args.data or [args.demo / "dataset"]
-    missing = [name for name in ("policy", "world_model", "judge", "data") if getattr(args, name) is None]
-    if missing:
-        parser.error(f"give --demo or all of --policy --world-model --judge --data (missing: {missing})")
+    from prophrl.demo import DEMO_RL_CONFIG, fill_parts_from_demo
+
+    fill_parts_from_demo(args, parser)
 
     args.out.mkdir(parents=True, exist_ok=True)
-    from prophrl.demo import DEMO_RL_CONFIG
 
     base = json.loads(args.rl_config.read_text()) if args.rl_config else dict(DEMO_RL_CONFIG)
     runs: dict[str, list[Path]] = {label: [] for label in args.variants}

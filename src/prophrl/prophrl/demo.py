@@ -41,6 +41,20 @@ DEMO_RL_CONFIG = {"group_size": 8, "states_per_update": 2, "chunks_per_rollout":
                   "eval_every": 0, "learning_rate": 1e-5, "minibatch_size": 32, "early_termination": False,
                   "shared_world_model_noise": True}
 
+DEMO_PARTS = {"policy": "policy_sft", "world_model": "prophet", "judge": "judge", "data": "dataset"}
+
+
+def fill_parts_from_demo(args, parser) -> None:
+    """For the benches: args.policy / world_model / judge / data (the SFT policy, Prophet, the judge and the
+    initial-state dataset) default to a `prophrl demo` output directory's, args.demo; any missing is an error."""
+    if args.demo is not None:
+        for name, folder in DEMO_PARTS.items():
+            if getattr(args, name) is None:
+                setattr(args, name, [args.demo / folder] if name == "data" else args.demo / folder)
+    missing = [name for name in DEMO_PARTS if getattr(args, name) is None]
+    if missing:
+        parser.error(f"give --demo or all of --policy --world-model --judge --data (missing: {missing})")
+
 
 def run_demo(args: argparse.Namespace) -> int:
     from prophrl_policy.configuration_vla import get_vla_config
@@ -81,7 +95,7 @@ def run_demo(args: argparse.Namespace) -> int:
     stage(f"1b. collect {args.play_episodes} play episodes (noisy expert, failures included)",
           args.play_episodes == 0 or (play_bags.is_dir() and len([p for p in play_bags.iterdir() if p.is_dir()])
                                       >= args.play_episodes), collect_play)
-    dataset = out / "dataset"
+    dataset = out / DEMO_PARTS["data"]
     # No LeRobot export here: it needs one constant camera rate, which a live sim on a busy machine may
     # miss; `prophrl bags2dataset --lerobot` makes one from the same bags.
     stage("2. bags2dataset", (dataset / "index.json").is_file(),
@@ -91,12 +105,12 @@ def run_demo(args: argparse.Namespace) -> int:
         stage("2b. bags2dataset of the play episodes", (play_dataset / "index.json").is_file(),
               lambda: bags2dataset([play_bags], play_dataset, args.robot, show_progress=True))
     world_data = [dataset, play_dataset] if args.play_episodes else [dataset]
-    checkpoint = out / "policy_sft"
+    checkpoint = out / DEMO_PARTS["policy"]
     stage(f"3. SFT ({args.sft_steps} steps)", (checkpoint / "model.safetensors").is_file(),
           lambda: train_sft(load_demonstrations(dataset, config.horizon), config,
                             SFTConfig(steps=args.sft_steps), checkpoint, log_dir=out / "tensorboard" / "sft"))
 
-    world_model = out / "prophet"
+    world_model = out / DEMO_PARTS["world_model"]
 
     def pretrain_world_model():
         from prophrl_worldmodel.configuration_prophet import get_prophet_config
@@ -109,7 +123,7 @@ def run_demo(args: argparse.Namespace) -> int:
     stage(f"4. Prophet pretrain ({args.prophet_vae_steps} VAE + {args.prophet_steps} denoiser steps)",
           (world_model / "model.safetensors").is_file(), pretrain_world_model)
 
-    judge = out / "judge"
+    judge = out / DEMO_PARTS["judge"]
 
     def train_judge():
         from prophrl_worldmodel.judge_cli import main as judge_main
