@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import subprocess
@@ -9,15 +10,43 @@ import sys
 import tempfile
 import time
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 
+# FastDDS derives its ports from the domain id; ids above 232 overflow the port range.
+_MAX_DOMAIN_ID = 232
+_DOMAIN_LOCK_DIR = Path(tempfile.gettempdir()) / "prophrl-ros-domains"
+_held_domain_lock = None  # the open lock file of the domain this process holds
+
+
 def isolate_ros_domain(seed: int | None = None) -> int:
-    """Put this process (and children it starts) on a private ROS domain on loopback only."""
-    domain = 1 + ((os.getpid() if seed is None else seed) % 100)
-    os.environ["ROS_DOMAIN_ID"] = str(domain)
+    """Put this process (and children it starts) on a private ROS domain on loopback only.
+
+    The domain is held with an exclusive lock file for the life of this process, so test and bench processes
+    running side by side on one machine never share a domain (two processes on one domain see each other's
+    topics). A process that already holds one, or whose parent passed one down, keeps it. `seed` picks where the
+    search for a free domain starts (default: the process id).
+    """
+    global _held_domain_lock
     os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-    return domain
+    inherited = os.environ.get("PROPHRL_ISOLATED_ROS_DOMAIN")
+    if _held_domain_lock is not None or (inherited and inherited == os.environ.get("ROS_DOMAIN_ID")):
+        return int(os.environ["ROS_DOMAIN_ID"])
+    _DOMAIN_LOCK_DIR.mkdir(parents=True, exist_ok=True)
+    start = os.getpid() if seed is None else seed
+    for offset in range(_MAX_DOMAIN_ID):
+        domain = 1 + (start + offset) % _MAX_DOMAIN_ID
+        lock = open(_DOMAIN_LOCK_DIR / f"{domain}.lock", "w")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            continue
+        _held_domain_lock = lock
+        os.environ["ROS_DOMAIN_ID"] = os.environ["PROPHRL_ISOLATED_ROS_DOMAIN"] = str(domain)
+        return domain
+    raise RuntimeError(f"no free ROS domain: all of 1..{_MAX_DOMAIN_ID} are held by other processes")
 
 
 class NodeProcess:

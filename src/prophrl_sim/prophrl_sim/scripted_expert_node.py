@@ -9,11 +9,16 @@ every START restarts the expert, with seed + the number of episodes seen so far)
 output = "action_chunk" (default): publishes prophrl_msgs/ActionChunk (action_space ee_delta_7d,
   action_dim 7, control_period_s of the robot config) on /prophrl/action_chunk at rate_hz, each
   planned from the latest poses (receding horizon), for the executor to run through its safety filter.
-output = "twist": drives the arm directly, without an executor: every control period it sends the
-  first step of a fresh chunk as a TwistStamped (delta / control period, base frame) on the robot
-  config's twist_topic and the gripper command on its gripper_topic.
+output = "twist": drives the arm directly, without an executor: for every new state of the arm (an ee pose
+  and object poses with the same stamp, i.e. once per sim step) it sends the first step of a fresh chunk as a
+  TwistStamped (delta / control period, base frame) on the robot config's twist_topic and the gripper command
+  on its gripper_topic. Planning on the arm's own steps rather than a wall-clock timer keeps one command per
+  step when the sim runs slower than real time.
 
 No output while the poses are older than stale_after_s (e.g. the sim is not running).
+
+The expert's stages are timed on the robot's clock, the header stamp of the ee pose it plans from (a sim that
+falls behind real time on a busy machine stamps its own, slower time), and each chunk carries that stamp.
 """
 
 from __future__ import annotations
@@ -63,6 +68,9 @@ class ScriptedExpertNode(Node):
         self._episodes = 0
         self._instruction = ""
         self._ee_pose: Pose | None = None
+        self._ee_stamp = None  # builtin_interfaces/Time of the latest ee pose
+        self._objects_stamp = None
+        self._commanded_stamp = None  # the state the latest twist was planned from
         self._objects: dict[str, Pose] | None = None
         self._received_s = {"ee": -np.inf, "objects": -np.inf}
 
@@ -76,7 +84,6 @@ class ScriptedExpertNode(Node):
         else:
             self._twist_pub = self.create_publisher(TwistStamped, self.robot.twist_topic, RELIABLE)
             self._gripper_pub = self.create_publisher(Float64, self.robot.gripper_topic, RELIABLE)
-            self.create_timer(self.robot.control_period_s, self._publish_twist)
         self.get_logger().info(f"scripted expert for {self.task.name!r} on {self.robot.name}, output {self.output}")
 
     def _on_objects(self, msg: PoseArray) -> None:
@@ -85,11 +92,22 @@ class ScriptedExpertNode(Node):
                                     f"needs {list(self.task.object_names)}", throttle_duration_sec=5.0)
             return
         self._objects = {name: _pose(pose) for name, pose in zip(self.task.object_names, msg.poses)}
+        self._objects_stamp = msg.header.stamp
         self._received_s["objects"] = time.monotonic()
+        self._on_new_state()
 
     def _on_ee_pose(self, msg: PoseStamped) -> None:
         self._ee_pose = _pose(msg.pose)
+        self._ee_stamp = msg.header.stamp
         self._received_s["ee"] = time.monotonic()
+        self._on_new_state()
+
+    def _on_new_state(self) -> None:
+        if self.output != "twist" or self._ee_stamp is None or self._ee_stamp != self._objects_stamp:
+            return
+        if self._ee_stamp != self._commanded_stamp:
+            self._commanded_stamp = self._ee_stamp
+            self._publish_twist()
 
     def _on_instruction(self, msg: String) -> None:
         self._instruction = msg.data
@@ -105,14 +123,14 @@ class ScriptedExpertNode(Node):
         now = time.monotonic()
         if any(now - received > self.stale_after_s for received in self._received_s.values()):
             return None
-        return self.expert.plan(self._ee_pose, self._objects, self.get_clock().now().nanoseconds * 1e-9)
+        stamp_s = self._ee_stamp.sec + self._ee_stamp.nanosec * 1e-9
+        return self.expert.plan(self._ee_pose, self._objects, stamp_s)
 
     def _publish_chunk(self) -> None:
         chunk = self._plan()
         if chunk is not None:
             self._chunk_pub.publish(array_to_chunk(chunk, "ee_delta_7d", self.robot.control_period_s,
-                                                   instruction=self._instruction,
-                                                   stamp=self.get_clock().now().to_msg(),
+                                                   instruction=self._instruction, stamp=self._ee_stamp,
                                                    frame_id=self.robot.base_frame))
 
     def _publish_twist(self) -> None:
