@@ -44,3 +44,15 @@ def sft_lift_policy(tmp_path_factory) -> TrainedLiftPolicy:
     path, losses = train_sft(data, config, SFTConfig(steps=600, batch_size=32, learning_rate=1e-3, warmup_steps=20),
                              root / "policy", show_progress=False)
     return TrainedLiftPolicy(path, list(range(episodes)), list(losses), image_size)
+
+
+# pytest-timeout counts a test's fixture setup. The first test to use the session's trained policy pays for
+# collecting and training it (about 45 s on an idle core, several minutes beside busy neighbours), so tests that
+# use it get a longer bound.
+TRAINED_POLICY_TIMEOUT_S = 900
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "sft_lift_policy" in item.fixturenames:
+            item.add_marker(pytest.mark.timeout(TRAINED_POLICY_TIMEOUT_S))
