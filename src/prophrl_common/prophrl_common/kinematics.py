@@ -84,6 +84,16 @@ def pose_to_matrix(position: Sequence[float], quaternion_xyzw: Sequence[float]) 
     return out
 
 
+def _rotation_vector(rotation: np.ndarray) -> np.ndarray:
+    """Rotation vector of a rotation matrix (plain numpy: scipy's per-call overhead dominates small IK steps)."""
+    cos = (np.trace(rotation) - 1.0) / 2.0
+    skew = np.array([rotation[2, 1] - rotation[1, 2], rotation[0, 2] - rotation[2, 0], rotation[1, 0] - rotation[0, 1]])
+    if cos < -0.99:  # near pi the skew part vanishes
+        return Rotation.from_matrix(rotation).as_rotvec()
+    angle = math.acos(min(1.0, cos))
+    return skew * (0.5 if angle < 1e-8 else angle / (2.0 * math.sin(angle)))
+
+
 def _rot_x(angle: float) -> np.ndarray:
     c, s = math.cos(angle), math.sin(angle)
     return np.array([[1.0, 0, 0, 0], [0, c, -s, 0], [0, s, c, 0], [0, 0, 0, 1]])
@@ -160,12 +170,12 @@ class KinematicChain:
     def jacobian(self, q: Sequence[float]) -> np.ndarray:
         """6 x n geometric Jacobian: rows vx vy vz wx wy wz of ee_frame's origin, in base_frame."""
         axes, ee = self._walk(q)
-        jac = np.zeros((6, self.num_joints))
-        for i, frame in enumerate(axes):
-            z, origin = frame[:3, 2], frame[:3, 3]
-            jac[:3, i] = np.cross(z, ee[:3, 3] - origin)
-            jac[3:, i] = z
-        return jac
+        frames = np.stack(axes)
+        z, lever = frames[:, :3, 2], ee[:3, 3] - frames[:, :3, 3]
+        linear = np.stack([z[:, 1] * lever[:, 2] - z[:, 2] * lever[:, 1],
+                           z[:, 2] * lever[:, 0] - z[:, 0] * lever[:, 2],
+                           z[:, 0] * lever[:, 1] - z[:, 1] * lever[:, 0]])
+        return np.vstack([linear, z.T])
 
     def solve_step(self, q: Sequence[float], translation: Sequence[float], rotation: Sequence[float],
                    tolerance_m: float = 1e-4, tolerance_rad: float = 1e-3, max_iterations: int = 50,
@@ -181,8 +191,7 @@ class KinematicChain:
         solution = start.copy()
         for _ in range(max_iterations):
             pose = self.forward(solution)
-            error = np.concatenate([target_p - pose[:3, 3],
-                                    Rotation.from_matrix(target_r @ pose[:3, :3].T).as_rotvec()])
+            error = np.concatenate([target_p - pose[:3, 3], _rotation_vector(target_r @ pose[:3, :3].T)])
             if np.linalg.norm(error[:3]) <= tolerance_m and np.linalg.norm(error[3:]) <= tolerance_rad:
                 return solution
             jac = self.jacobian(solution)
