@@ -1,4 +1,7 @@
-"""Policy node in its own process: camera + state -> ActionChunks; LoadPolicy hot swap under load."""
+"""Policy node in its own process: camera + state -> ActionChunks; LoadPolicy hot swap under load, and
+what it refuses to serve."""
+
+import subprocess
 
 import numpy as np
 import pytest
@@ -16,12 +19,15 @@ from prophrl_common.testing import node_process, python_module_argv, spin_until
 from prophrl_msgs.msg import ActionChunk
 from prophrl_msgs.srv import LoadPolicy
 from prophrl_policy.configuration_vla import get_vla_config
+from prophrl_policy.embodiment import Embodiment
 from prophrl_policy.modeling_vla import VLAPolicy
+from prophrl_policy.transforms import POLICY_STATE_NAMES
 
 
-def _checkpoint(path, seed):
+def _checkpoint(path, seed, embodiment=None):
     torch.manual_seed(seed)
-    policy = VLAPolicy(get_vla_config("tiny", hidden_dim=32, num_layers=1, image_size=32, horizon=5))
+    policy = VLAPolicy(get_vla_config("tiny", hidden_dim=32, num_layers=1, image_size=32, horizon=5),
+                       embodiment=embodiment)
     with torch.no_grad():
         policy.action_out[1].weight.normal_(0, 0.1)
     return policy.save_pretrained(path)
@@ -95,3 +101,53 @@ def test_policy_node_publishes_chunks_and_survives_a_corrupt_checkpoint(ros, tmp
         assert not np.allclose(chunk_to_array(chunks[-1]), actions), "new weights, new actions"
         assert policy.alive()
     node.destroy_timer(feeder)
+
+
+def _fr3(**changes):
+    fields = dict(robot="franka_fr3", action_space="ee_delta_7d", state_names=POLICY_STATE_NAMES, control_period_s=0.05)
+    return Embodiment(**{**fields, **changes})
+
+
+def test_load_policy_refuses_another_embodiment_and_versions_that_do_not_increase(ros, tmp_path):
+    node = ros
+    serving = _checkpoint(tmp_path / "fr3_v0", 0, _fr3())
+    refused = {  # checkpoint -> what the refusal must say
+        _checkpoint(tmp_path / "panda_sim", 1, _fr3(robot="panda_sim")):
+            "trained for robot panda_sim, this node drives franka_fr3",
+        _checkpoint(tmp_path / "joints", 2, _fr3(action_space="joint_position")):
+            "it emits joint_position actions, this node publishes ee_delta_7d",
+        _checkpoint(tmp_path / "layout", 3, _fr3(state_names=POLICY_STATE_NAMES[::-1])):
+            "its state layout is ['gripper_command'",
+    }
+    legacy = _checkpoint(tmp_path / "legacy", 4)  # saved before checkpoints recorded their embodiment
+    fits = _checkpoint(tmp_path / "fr3_v9", 5, _fr3())
+    argv = python_module_argv("prophrl_policy.policy_node", "-p", f"checkpoint_path:={serving}",
+                              "-p", "robot:=franka_fr3")
+    with node_process(argv) as policy:
+        client = node.create_client(LoadPolicy, "/policy_node/load_policy")
+        assert spin_until(node, client.service_is_ready, 60), policy.output()
+        for version, (path, reason) in enumerate(refused.items(), start=1):
+            answer = _call(node, client, LoadPolicy.Request(checkpoint_path=str(path), policy_version=version))
+            assert not answer.success and answer.message.startswith("kept policy version 0: "), answer.message
+            assert reason in answer.message, answer.message
+        answer = _call(node, client, LoadPolicy.Request(checkpoint_path=str(legacy), policy_version=3))
+        assert answer.success, answer.message
+        for version in (3, 2):  # equal, then lower: a late or repeated push never replaces newer weights
+            answer = _call(node, client, LoadPolicy.Request(checkpoint_path=str(fits), policy_version=version))
+            assert not answer.success, answer.message
+            assert f"kept policy version 3: version {version} is not newer" in answer.message
+        answer = _call(node, client, LoadPolicy.Request(checkpoint_path=str(fits), policy_version=9))
+        assert answer.success and "serving policy version 9" in answer.message, answer.message
+        assert policy.alive()
+        log = policy.output()
+    assert "records no robot, action space or state layout" in log  # the legacy checkpoint's warning
+
+
+def test_a_checkpoint_for_another_robot_fails_configure_with_the_reason(tmp_path):
+    path = _checkpoint(tmp_path / "panda_sim", 0, _fr3(robot="panda_sim"))
+    proc = subprocess.run(python_module_argv("prophrl_policy.policy_node", "-p", f"checkpoint_path:={path}",
+                                             "-p", "robot:=franka_fr3"), capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    output = proc.stdout + proc.stderr
+    assert "trained for robot panda_sim, this node drives franka_fr3" in output, output
+    assert "Traceback" not in output, output

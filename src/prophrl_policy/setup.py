@@ -23,6 +23,7 @@ setup(
             "policy_node = prophrl_policy.policy_node:main",
             "teleop_node = prophrl_policy.teleop_node:main",
             "collector_node = prophrl_policy.collector_node:main",
+            "ee_pose_node = prophrl_policy.ee_pose_node:main",
         ],
     },
 )

@@ -1,4 +1,4 @@
-"""Per-robot configuration (config/robots/*.yaml): joints, limits, command interfaces, workspace."""
+"""Per-robot configuration (config/robots/*.yaml): joints, limits, command interfaces, workspace, kinematics."""
 
 from __future__ import annotations
 
@@ -7,10 +7,14 @@ import math
 from pathlib import Path
 
 from prophrl_common.config_io import ConfigError, dataclass_from_mapping, load_yaml_mapping
+from prophrl_common.kinematics import KinematicsConfig
 from prophrl_common.paths import config_dir
 
 DRIVERS = ("sim", "ros2_control")
 COMMAND_INTERFACES = ("twist", "joint_trajectory")
+# Who publishes the end-effector pose on ee_pose_topic: the simulator (or the imagination server),
+# or ee_pose_node, by forward kinematics from /joint_states or from the driver's own pose topic.
+EE_POSE_SOURCES = ("simulator", "forward_kinematics", "driver_pose")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +42,11 @@ class RobotConfig:
     control_period_s: float
     watchdog_timeout_s: float
     sim_model: str = ""
+    ee_pose_source: str = "simulator"
+    # The driver's geometry_msgs/PoseStamped of ee_frame (ee_pose_source driver_pose), in base_frame
+    # or in kinematics.chain_base.
+    driver_pose_topic: str = ""
+    kinematics: KinematicsConfig | None = None
 
     @property
     def num_joints(self) -> int:
@@ -72,6 +81,12 @@ class RobotConfig:
             raise ConfigError(f"{source}: command_interface must be one of {COMMAND_INTERFACES}, got {self.command_interface!r}")
         if self.driver == "sim" and not self.sim_model:
             raise ConfigError(f"{source}: a sim robot needs sim_model (the robosuite robot name)")
+        if self.ee_pose_source not in EE_POSE_SOURCES:
+            raise ConfigError(f"{source}: ee_pose_source must be one of {EE_POSE_SOURCES}, got {self.ee_pose_source!r}")
+        if self.ee_pose_source == "forward_kinematics" and self.kinematics is None:
+            raise ConfigError(f"{source}: ee_pose_source forward_kinematics needs a kinematics mapping")
+        if self.ee_pose_source == "driver_pose" and not self.driver_pose_topic:
+            raise ConfigError(f"{source}: ee_pose_source driver_pose needs driver_pose_topic")
         return self
 
 
@@ -87,4 +102,11 @@ def load_robot_config(name_or_path: str | Path) -> RobotConfig:
         if not path.is_file():
             raise ConfigError(f"unknown robot '{name_or_path}'; available: {available_robots()}")
     data = load_yaml_mapping(path)
-    return dataclass_from_mapping(RobotConfig, data, str(path)).validate(str(path))
+    kinematics = data.pop("kinematics", None)
+    robot = dataclass_from_mapping(RobotConfig, data, str(path))
+    if kinematics is not None:
+        if not isinstance(kinematics, dict):
+            raise ConfigError(f"{path}: kinematics must be a mapping (convention, a, d, alpha, ...)")
+        chain = dataclass_from_mapping(KinematicsConfig, kinematics, f"{path}: kinematics")
+        robot = dataclasses.replace(robot, kinematics=chain.validate(str(path), robot.num_joints))
+    return robot.validate(str(path))

@@ -16,8 +16,9 @@ Interfaces (defaults):
   replaces the one being executed (receding horizon) and is executed from its step 0, one step
   per ``max(chunk.control_period_s, robot.control_period_s)``; a malformed one is rejected with
   one warning and counted (``rejected_chunks``).
-* subscribes the robot's ``ee_pose_topic`` (geometry_msgs/PoseStamped) and ``/joint_states``
-  (sensor_msgs/JointState, mapped by name, extra joints ignored) as the current state.
+* subscribes the robot's ``ee_pose_topic`` (geometry_msgs/PoseStamped: the simulator's, or
+  ee_pose_node's on a real arm) and ``/joint_states`` (sensor_msgs/JointState, mapped by name, extra
+  joints ignored) as the current state.
 * subscribes ``/prophrl/estop`` (std_msgs/Bool; TRANSIENT_LOCAL and VOLATILE subscriptions so both
   latched and plain publishers reach it): True latches the e-stop (immediate hold, chunks dropped);
   only the ``~/reset_estop`` service (std_srvs/Trigger) releases it.
@@ -26,7 +27,9 @@ Interfaces (defaults):
   duration, frame ``base_frame``) and std_msgs/Float64 on ``gripper_topic`` (0 open .. 1 closed);
   ``joint_trajectory``: trajectory_msgs/JointTrajectory on ``joint_trajectory_topic`` (one point,
   ``time_from_start`` = step duration). ``joint_position`` chunks are sent as JointTrajectory on
-  every robot; ``ee_delta`` chunks on a joint_trajectory robot need moveit_py (IK), else rejected.
+  every robot; ``ee_delta`` chunks on a joint_trajectory robot go through IK
+  (:mod:`prophrl_policy.ik_backends`: moveit_py with ``moveit_planning_group`` where it is installed,
+  else the robot config's ``kinematics``), and are rejected when the robot has neither.
 * watchdog: once the chunk is exhausted and no new chunk came within the robot's
   ``watchdog_timeout_s`` of the last executed step, one hold (zero twist / JointTrajectory at the
   measured joint positions) per stop.
@@ -37,7 +40,6 @@ Interfaces (defaults):
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import signal
@@ -66,7 +68,9 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from prophrl_common.chunks import InvalidChunkError, chunk_to_array
 from prophrl_common.config_io import ConfigError
+from prophrl_common.joint_states import JointPositions
 from prophrl_common.robots import RobotConfig, load_robot_config
+from prophrl_policy.ik_backends import KinematicsIkBackend, MoveItIkBackend, select_ik_backend
 from prophrl_policy.safety import SafetyFilter, Watchdog
 
 EE_SPACES = ("ee_delta_7d", "ee_delta_14d")
@@ -87,83 +91,6 @@ NODE_COUNTERS = (
 )
 
 
-# ------------------------------------------------------------------------------ small helpers
-def _quat_mul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Hamilton product of (x, y, z, w) quaternions."""
-    ax, ay, az, aw = a
-    bx, by, bz, bw = b
-    return np.array([aw * bx + ax * bw + ay * bz - az * by,
-                     aw * by - ax * bz + ay * bw + az * bx,
-                     aw * bz + ax * by - ay * bx + az * bw,
-                     aw * bw - ax * bx - ay * by - az * bz])
-
-
-def _quat_from_rotvec(rv: np.ndarray) -> np.ndarray:
-    angle = float(np.linalg.norm(rv))
-    if angle < 1e-12:
-        return np.array([0.0, 0.0, 0.0, 1.0])
-    axis = rv / angle
-    s = math.sin(angle / 2.0)
-    return np.array([axis[0] * s, axis[1] * s, axis[2] * s, math.cos(angle / 2.0)])
-
-
-def moveit_py_available() -> bool:
-    try:
-        return importlib.util.find_spec("moveit") is not None and \
-            importlib.util.find_spec("moveit.planning") is not None
-    except (ImportError, ValueError):
-        return False
-
-
-class MoveItIkBackend:
-    """End-effector deltas -> joint targets with moveit_py's IK (only where moveit_py exists).
-
-    Uses moveit_py's documented API: ``moveit.planning.MoveItPy`` for the robot model and
-    ``moveit.core.robot_state.RobotState`` (``joint_positions``, ``update``, ``get_pose``,
-    ``set_from_ik``). MoveItPy reads robot_description / SRDF / kinematics from its parameters,
-    so start this node from a launch file that passes the MoveIt config (moveit_configs_utils'
-    ``MoveItConfigsBuilder(...).to_dict()``) as parameters. The returned joint targets still go
-    through the joint safety filter (limits + per-step rate).
-    """
-
-    def __init__(self, robot: RobotConfig, group: str, ik_timeout_s: float, node_name: str):
-        from moveit.core.robot_state import RobotState  # noqa: PLC0415 (optional dependency)
-        from moveit.planning import MoveItPy  # noqa: PLC0415
-
-        self._RobotState = RobotState
-        self._moveit = MoveItPy(node_name=node_name)
-        self._model = self._moveit.get_robot_model()
-        self._robot = robot
-        self._group = group
-        self._timeout = float(ik_timeout_s)
-
-    def _state(self, joints: np.ndarray):
-        state = self._RobotState(self._model)
-        state.joint_positions = {n: float(v) for n, v in zip(self._robot.joint_names, joints)}
-        state.update()
-        return state
-
-    def ee_position(self, joints: np.ndarray) -> np.ndarray:
-        pose = self._state(joints).get_pose(self._robot.ee_frame)
-        return np.array([pose.position.x, pose.position.y, pose.position.z])
-
-    def solve(self, joints: np.ndarray, delta: np.ndarray) -> np.ndarray | None:
-        """Joint positions reaching ``current ee pose (+) delta`` (base frame), or None."""
-        state = self._state(joints)
-        pose = state.get_pose(self._robot.ee_frame)
-        q = np.array([pose.orientation.x, pose.orientation.y, pose.orientation.z, pose.orientation.w])
-        q = _quat_mul(_quat_from_rotvec(np.asarray(delta[3:6], dtype=np.float64)), q)
-        q /= np.linalg.norm(q)
-        pose.position.x += float(delta[0])
-        pose.position.y += float(delta[1])
-        pose.position.z += float(delta[2])
-        pose.orientation.x, pose.orientation.y, pose.orientation.z, pose.orientation.w = (float(v) for v in q)
-        if not state.set_from_ik(self._group, pose, self._robot.ee_frame, self._timeout):
-            return None
-        solved = state.joint_positions
-        return np.array([solved[n] for n in self._robot.joint_names], dtype=np.float64)
-
-
 # ------------------------------------------------------------------------------ the node
 class ExecutorNode(LifecycleNode):
     """Executes ActionChunks on one robot through :class:`SafetyFilter`."""
@@ -182,14 +109,15 @@ class ExecutorNode(LifecycleNode):
             description="hold when the current ee pose / joint state is older than this (0: no check)"))
         self.declare_parameter("autostart", True)
         self.declare_parameter("moveit_planning_group", "", ParameterDescriptor(
-            description="MoveIt planning group for ee_delta chunks on joint_trajectory robots (needs moveit_py)"))
+            description="MoveIt planning group for ee_delta chunks on joint_trajectory robots (needs moveit_py; "
+                        "empty: IK from the robot config's kinematics)"))
         self.declare_parameter("ik_timeout_s", 0.02, dyn)
         self._entities: list[Any] = []
         self._active = False
         self.robot: RobotConfig | None = None
         self.filter: SafetyFilter | None = None
         self.watchdog: Watchdog | None = None
-        self._moveit: MoveItIkBackend | None = None
+        self._ik: MoveItIkBackend | KinematicsIkBackend | None = None
         self._counters = {k: 0 for k in NODE_COUNTERS}
         self._reset_runtime_state()
 
@@ -250,7 +178,7 @@ class ExecutorNode(LifecycleNode):
         if was_estopped:  # a cleanup/configure cycle never releases the e-stop; only ~/reset_estop does
             self.filter.engage_estop()
         self.watchdog = Watchdog(robot.watchdog_timeout_s)
-        self._joint_index = {n: i for i, n in enumerate(robot.joint_names)}
+        self._joint_merge = JointPositions(robot.joint_names)
         self._reset_runtime_state()
         try:
             self._create_entities()
@@ -258,15 +186,11 @@ class ExecutorNode(LifecycleNode):
             self.get_logger().error(f"cannot configure: {exc}")
             self._destroy_entities()
             return TransitionCallbackReturn.FAILURE
-        self._moveit = None
+        self._ik = None
         if robot.command_interface == "joint_trajectory":
-            group = self.get_parameter("moveit_planning_group").value
-            if moveit_py_available() and group:
-                try:
-                    self._moveit = MoveItIkBackend(robot, group, self.ik_timeout_s, f"{self.get_name()}_moveit_py")
-                except Exception as exc:  # misconfigured MoveIt: ee chunks will be rejected
-                    self.get_logger().warning(
-                        f"moveit_py present but unusable ({exc}); ee_delta chunks will be rejected")
+            self._ik, why = select_ik_backend(robot, self.get_parameter("moveit_planning_group").value,
+                                              self.ik_timeout_s, f"{self.get_name()}_moveit_py")
+            (self.get_logger().info if self._ik is not None else self.get_logger().warning)(why)
         self.get_logger().info(
             f"configured for robot {robot.name} ({robot.command_interface}); chunks on "
             f"{self.get_parameter('action_chunk_topic').value}, e-stop on {self.get_parameter('estop_topic').value}")
@@ -344,17 +268,8 @@ class ExecutorNode(LifecycleNode):
         self._ee_time = time.monotonic()
 
     def _on_joint_state(self, msg: JointState) -> None:
-        if len(msg.position) != len(msg.name):
-            return
-        joints = np.full(len(self._joint_index), np.nan) if self._joints is None else self._joints.copy()
-        seen = False
-        for name, pos in zip(msg.name, msg.position):
-            i = self._joint_index.get(name)
-            if i is not None:  # extra joints (gripper fingers, ...) are ignored
-                joints[i] = pos
-                seen = True
-        if seen:
-            self._joints = joints
+        if self._joint_merge.update(msg.name, msg.position):  # extra joints (gripper fingers, ...) are ignored
+            self._joints = self._joint_merge.values
             self._joint_time = time.monotonic()
 
     def _fresh(self, value: np.ndarray | None, stamp: float | None, now: float) -> np.ndarray | None:
@@ -392,10 +307,10 @@ class ExecutorNode(LifecycleNode):
                 self._reject(msg, f"ee_delta_14d moves a second end effector; robot {robot.name} has one arm")
                 return
             actions, space = actions[:, :7], "ee_delta_7d"
-        if space == "ee_delta_7d" and robot.command_interface == "joint_trajectory" and self._moveit is None:
+        if space == "ee_delta_7d" and robot.command_interface == "joint_trajectory" and self._ik is None:
             self._reject(msg, f"robot {robot.name} uses command_interface joint_trajectory, and ee_delta chunks "
-                              "need moveit_py IK (not importable here, or moveit_planning_group unset); "
-                              "send joint_position chunks to this robot")
+                              "need IK: its config has no kinematics and moveit_py is not configured "
+                              "(moveit_planning_group); send joint_position chunks to this robot")
             return
         if space == "joint_position" and actions.shape[1] != robot.num_joints:
             self._reject(msg, f"joint_position chunk has action_dim {actions.shape[1]} but robot {robot.name} "
@@ -437,7 +352,7 @@ class ExecutorNode(LifecycleNode):
         elif self.robot.command_interface == "twist":
             self._step_ee_twist(row, dt, now)
         else:
-            self._step_ee_moveit(row, dt, now)
+            self._step_ee_ik(row, dt, now)
         self.watchdog.step_executed(now)
         if self._chunk_index >= len(self._chunk):
             self._counters["completed_chunks"] += 1
@@ -458,21 +373,22 @@ class ExecutorNode(LifecycleNode):
         self._gripper_pub.publish(Float64(data=float(result.command[6])))
         self._state = "executing"
 
-    def _step_ee_moveit(self, row: np.ndarray, dt: float, now: float) -> None:
+    def _step_ee_ik(self, row: np.ndarray, dt: float, now: float) -> None:
         joints = self._fresh(self._joints, self._joint_time, now)
         ee = self._fresh(self._ee_pos, self._ee_time, now)
         if ee is None and joints is not None and np.all(np.isfinite(joints)):
             try:
-                ee = self._moveit.ee_position(joints)
+                ee = self._ik.ee_position(joints)
             except Exception as exc:  # noqa: BLE001 (never crash on a solver error)
-                self.get_logger().warning(f"moveit_py forward kinematics failed: {exc}", throttle_duration_sec=1.0)
+                self.get_logger().warning(f"{self._ik.name} forward kinematics failed: {exc}",
+                                          throttle_duration_sec=1.0)
         result = self.filter.filter_ee_delta(row, ee)
         target = None
         if not result.hold and joints is not None and np.all(np.isfinite(joints)):
             try:
-                target = self._moveit.solve(joints, result.command)
+                target = self._ik.solve(joints, result.command)
             except Exception as exc:  # noqa: BLE001
-                self.get_logger().warning(f"moveit_py IK failed: {exc}", throttle_duration_sec=1.0)
+                self.get_logger().warning(f"{self._ik.name} IK failed: {exc}", throttle_duration_sec=1.0)
             if target is None:
                 self.get_logger().warning("no IK solution for the filtered ee step: holding", throttle_duration_sec=1.0)
         if target is None:

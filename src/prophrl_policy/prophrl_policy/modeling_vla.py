@@ -20,6 +20,7 @@ from prophrl_common.atomic_io import atomic_directory
 from prophrl_common.config_io import ConfigError
 from prophrl_policy import flow_matching as fm
 from prophrl_policy.configuration_vla import VLAConfig
+from prophrl_policy.embodiment import EMBODIMENT_NAME, Embodiment
 from prophrl_policy.encoders import (FrozenSentenceEncoder, HashedBagOfWords, HFVisionTokens, MobileNetTokens,
                                      SmallCNN)
 from prophrl_policy.transforms import NormStats
@@ -70,7 +71,8 @@ def sinusoidal_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 class VLAPolicy(nn.Module):
-    def __init__(self, config: VLAConfig, norm_stats: NormStats | None = None, load_pretrained: bool = True):
+    def __init__(self, config: VLAConfig, norm_stats: NormStats | None = None, load_pretrained: bool = True,
+                 embodiment: Embodiment | None = None):
         super().__init__()
         self.config = config.validate()
         d = config.hidden_dim
@@ -78,6 +80,11 @@ class VLAPolicy(nn.Module):
         if self.norm_stats.state_dim != config.state_dim or self.norm_stats.action_dim != config.robot_action_dim:
             raise ConfigError(f"norm stats are for state {self.norm_stats.state_dim} / action "
                               f"{self.norm_stats.action_dim}, config needs {config.state_dim} / {config.robot_action_dim}")
+        if embodiment is not None and len(embodiment.state_names) != config.state_dim:
+            raise ConfigError(f"embodiment state layout has {len(embodiment.state_names)} names, "
+                              f"config needs state_dim {config.state_dim}")
+        # What the policy was trained for (robot, action space, state layout); None when unknown.
+        self.embodiment = embodiment
 
         if config.vision_backbone == "small_cnn":
             self.vision = SmallCNN(d)
@@ -227,11 +234,14 @@ class VLAPolicy(nn.Module):
 
     # ----- persistence -------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path) -> Path:
-        """config.json + norm_stats.json + model.safetensors, written atomically (temp dir + rename)."""
+        """config.json + norm_stats.json + model.safetensors (+ embodiment.json when known), written
+        atomically (temp dir + rename)."""
         directory = Path(directory)
         with atomic_directory(directory) as tmp:
             (tmp / CONFIG_NAME).write_text(self.config.to_json())
             (tmp / STATS_NAME).write_text(self.norm_stats.to_json())
+            if self.embodiment is not None:
+                (tmp / EMBODIMENT_NAME).write_text(self.embodiment.to_json())
             state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
             save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "policy": "prophrl_vla"})
         return directory
@@ -244,7 +254,9 @@ class VLAPolicy(nn.Module):
                 raise ConfigError(f"{directory}: not a policy checkpoint (missing {name})")
         config = VLAConfig.from_json_file(directory / CONFIG_NAME)
         stats = NormStats.from_json_file(directory / STATS_NAME)
-        policy = cls(config, stats, load_pretrained=False)
+        embodiment = (Embodiment.from_json_file(directory / EMBODIMENT_NAME)
+                      if (directory / EMBODIMENT_NAME).is_file() else None)  # None: saved before it was recorded
+        policy = cls(config, stats, load_pretrained=False, embodiment=embodiment)
         try:
             state = load_file(str(directory / WEIGHTS_NAME), device=map_location)
         except Exception as exc:  # safetensors raises its own error types for corrupt files

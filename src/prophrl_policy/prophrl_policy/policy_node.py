@@ -7,6 +7,13 @@ horizon: the executor switches to the newest chunk). With `replan_period_s: 0` i
 camera frame instead (frames that arrive during inference are dropped). The chunk's header stamp is the camera
 frame's, so camera -> chunk latency can be measured downstream. `~/load_policy` (LoadPolicy)
 hot-swaps the weights atomically: a checkpoint that fails to load leaves the old one serving.
+
+A checkpoint is served only where it fits (`checkpoint_path` at configure, and every LoadPolicy): the
+robot, action space (ee_delta_7d) and state layout it records (embodiment.json) must be this node's
+`robot`, what it publishes and the state it builds; checkpoints that record none are served with a
+warning (see prophrl_policy.embodiment). LoadPolicy's `policy_version` must be higher than the version
+being served (the `checkpoint_path` one is version 0): an equal or lower version is refused, so a
+late or repeated push never replaces newer weights.
 """
 
 from __future__ import annotations
@@ -35,8 +42,11 @@ from prophrl_common.images import ImageConversionError, to_rgb8
 from prophrl_common.robots import load_robot_config
 from prophrl_msgs.msg import ActionChunk
 from prophrl_msgs.srv import LoadPolicy
+from prophrl_policy.embodiment import check_embodiment
 from prophrl_policy.modeling_vla import Observation, VLAPolicy
-from prophrl_policy.transforms import policy_state
+from prophrl_policy.transforms import POLICY_STATE_NAMES, policy_state
+
+ACTION_SPACE = "ee_delta_7d"
 
 SENSOR_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT, history=HistoryPolicy.KEEP_LAST)
 LATCHED = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
@@ -179,7 +189,7 @@ class PolicyNode(LifecycleNode):
         if not np.isfinite(actions).all():
             self.get_logger().error("policy produced NaN/inf actions: chunk dropped")
             return
-        self.chunk_pub.publish(array_to_chunk(actions, "ee_delta_7d", self.robot.control_period_s,
+        self.chunk_pub.publish(array_to_chunk(actions, ACTION_SPACE, self.robot.control_period_s,
                                               policy_version=version, instruction=self.instruction,
                                               stamp=image.header.stamp, frame_id=self.robot.base_frame))
         self.chunks_published += 1
@@ -192,12 +202,30 @@ class PolicyNode(LifecycleNode):
 
     # ---------------------------------------------------------------- hot swap
     def _load(self, path: str) -> VLAPolicy:
+        """The checkpoint at `path`, if it fits this node (ConfigError naming what does not)."""
         policy = VLAPolicy.from_pretrained(path, map_location=str(self.device)).to(self.device).eval()
         if policy.config.robot_action_dim != 7:
             raise ConfigError(f"{path}: policy emits {policy.config.robot_action_dim}-D actions, ee_delta_7d needs 7")
+        if policy.config.state_dim != len(POLICY_STATE_NAMES):
+            raise ConfigError(f"{path}: policy takes a {policy.config.state_dim}-D state, this node provides "
+                              f"{len(POLICY_STATE_NAMES)} ({', '.join(POLICY_STATE_NAMES)})")
+        try:
+            warning = check_embodiment(policy.embodiment, self.robot.name, ACTION_SPACE, POLICY_STATE_NAMES)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+        if warning:
+            self.get_logger().warning(f"{path}: {warning}")
         return policy
 
     def _on_load_policy(self, request: LoadPolicy.Request, response: LoadPolicy.Response) -> LoadPolicy.Response:
+        with self._policy_lock:
+            serving = self.policy_version
+        if request.policy_version <= serving:
+            response.success = False
+            response.message = (f"kept policy version {serving}: version {request.policy_version} is not newer "
+                                f"(LoadPolicy versions must increase)")
+            self.get_logger().error(f"LoadPolicy refused: {response.message}")
+            return response
         try:
             new_policy = self._load(request.checkpoint_path)
         except (ConfigError, RuntimeError, OSError) as exc:

@@ -2,8 +2,9 @@
 
 One directory per checkpoint, ``RUN_DIR/checkpoints/update_000010/``::
 
-    policy/                  VLAPolicy.save_pretrained (config.json, norm_stats.json, model.safetensors):
-                             what LoadPolicy and `prophrl policy eval` take
+    policy/                  VLAPolicy.save_pretrained (config.json, norm_stats.json, model.safetensors,
+                             embodiment.json: robot / action space / state layout, kept from the SFT
+                             policy): what LoadPolicy and `prophrl policy eval` take
     optimizer.safetensors    every tensor of the optimizer state ("state.<param index>.<key>")
     optimizer.json           param_groups and the non-tensor per-parameter state
     rng.safetensors          torch RNG states (the global CPU RNG and named torch.Generators), uint8
@@ -231,8 +232,12 @@ def load_checkpoint(path: str | Path, policy, optimizer: torch.optim.Optimizer |
     saved = VLAPolicy.from_pretrained(path / POLICY_DIR)  # validates config, shapes and finiteness
     if saved.config != policy.config:
         raise ConfigError(f"{path}: the checkpoint's policy config differs from the policy being trained")
+    if None not in (saved.embodiment, policy.embodiment) and saved.embodiment != policy.embodiment:
+        raise ConfigError(f"{path}: the checkpoint was trained for {saved.embodiment}, the policy being trained "
+                          f"is for {policy.embodiment}")
     policy.load_state_dict(saved.state_dict())
     policy.norm_stats = saved.norm_stats
+    policy.embodiment = saved.embodiment or policy.embodiment
     if optimizer is not None:
         try:
             tensors = load_file(str(path / OPTIMIZER_TENSORS))

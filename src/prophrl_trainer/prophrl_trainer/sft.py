@@ -22,8 +22,9 @@ from torch.utils.data import DataLoader, Dataset
 from prophrl_common.config_io import ConfigError
 from prophrl_worldmodel.dataset import read_dataset_index
 from prophrl_policy.configuration_vla import VLAConfig
+from prophrl_policy.embodiment import Embodiment
 from prophrl_policy.modeling_vla import Observation, VLAPolicy
-from prophrl_policy.transforms import NormStats
+from prophrl_policy.transforms import POLICY_STATE_NAMES, NormStats
 
 
 
@@ -48,6 +49,14 @@ class DemoData:
     chunks: np.ndarray         # (N, horizon, 7) float32
     instructions: list[str]
     episode_index: np.ndarray  # (N,) int
+    robot: str = ""            # the dataset's robot config name ("" unknown)
+    control_period_s: float = 0.0
+
+    def embodiment(self) -> Embodiment | None:
+        """What a policy trained on this data is for (None when the dataset does not say)."""
+        if not self.robot or not self.control_period_s > 0:
+            return None
+        return Embodiment(self.robot, "ee_delta_7d", POLICY_STATE_NAMES, float(self.control_period_s))
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -85,7 +94,8 @@ def load_demonstrations(dataset_dir: str | Path, horizon: int, only_successful: 
     if not frames:
         raise ConfigError(f"{dataset_dir}: no {'successful ' if only_successful else ''}episodes to learn from")
     return DemoData(np.concatenate(frames), np.concatenate(states), np.concatenate(chunks), instructions,
-                    np.concatenate(episode_index))
+                    np.concatenate(episode_index), robot=str(index.get("robot", "")),
+                    control_period_s=float(index.get("control_period_s") or 0.0))
 
 
 class _DemoDataset(Dataset):
@@ -130,7 +140,7 @@ def train_sft(data: DemoData, policy_config: VLAConfig, cfg: SFTConfig, out_dir:
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
     stats = NormStats.from_data(data.states, data.chunks)
-    policy = VLAPolicy(policy_config, stats)
+    policy = VLAPolicy(policy_config, stats, embodiment=data.embodiment())
     params = [p for p in policy.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(

@@ -65,6 +65,24 @@ def test_optimizer_state_round_trips_exactly_without_pickle(tmp_path):
         assert torch.equal(a, b)
 
 
+def test_rl_checkpoints_keep_the_policy_embodiment_and_refuse_another(tmp_path):
+    from prophrl_policy.embodiment import Embodiment
+    from prophrl_policy.transforms import POLICY_STATE_NAMES
+
+    policy = _policy()
+    policy.embodiment = Embodiment("ur5e", "ee_delta_7d", POLICY_STATE_NAMES, 0.05)
+    optimizer = torch.optim.Adam(policy.parameters())
+    path = ckpt.save_checkpoint(tmp_path, 1, policy, optimizer, {}, {}, "{}")
+    assert VLAPolicy.from_pretrained(path / ckpt.POLICY_DIR).embodiment == policy.embodiment
+    resumed = _policy(seed=3)  # e.g. resuming from an SFT checkpoint saved before embodiments were recorded
+    ckpt.load_checkpoint(path, resumed, torch.optim.Adam(resumed.parameters()))
+    assert resumed.embodiment == policy.embodiment
+    other = _policy(seed=4)
+    other.embodiment = Embodiment("franka_fr3", "ee_delta_7d", POLICY_STATE_NAMES, 0.05)
+    with pytest.raises(ConfigError, match="trained for .*ur5e.* is for .*franka_fr3"):
+        ckpt.load_checkpoint(path, other, torch.optim.Adam(other.parameters()))
+
+
 def test_keeps_the_newest_and_ignores_partial_directories(tmp_path):
     policy = _policy()
     optimizer = torch.optim.Adam(policy.parameters())

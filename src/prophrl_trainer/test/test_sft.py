@@ -7,6 +7,7 @@ from prophrl_common.config_io import ConfigError
 from prophrl_policy.collect import CollectSettings, collect_direct
 from prophrl_policy.configuration_vla import get_vla_config
 from prophrl_policy.modeling_vla import VLAPolicy
+from prophrl_policy.transforms import POLICY_STATE_NAMES
 from prophrl_trainer.sft import SFTConfig, load_demonstrations, policy_states, target_chunks, train_sft
 from prophrl_worldmodel.dataset import bags2dataset
 
@@ -49,6 +50,9 @@ def test_sft_learns_from_recorded_demonstrations_and_saves_a_loadable_policy(dem
     policy = VLAPolicy.from_pretrained(path)
     np.testing.assert_allclose(policy.norm_stats.action_mean, data.chunks.reshape(-1, 7).mean(0), rtol=1e-4, atol=1e-6)
     assert json.loads((path / "sft.json").read_text())["num_samples"] == len(data)
+    # The checkpoint records what it is for: the dataset's robot, ee deltas, the policy state layout.
+    assert (policy.embodiment.robot, policy.embodiment.action_space) == ("panda_sim", "ee_delta_7d")
+    assert policy.embodiment.state_names == POLICY_STATE_NAMES and policy.embodiment.control_period_s == pytest.approx(0.05)
 
 
 def test_sft_refuses_a_directory_that_is_not_a_dataset(tmp_path):
