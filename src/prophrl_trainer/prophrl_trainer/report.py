@@ -297,16 +297,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from prophrl_common.cli_errors import run_reporting_errors
+
     args = build_parser().parse_args(argv)
-    try:
-        policies = parse_policy_args(args.policy)
-        if args.episodes < 1 or args.policy_seeds < 1 or args.replan_steps < 1 or args.jobs < 1:
-            raise ConfigError("--episodes, --policy-seeds, --replan-steps and --jobs must be >= 1")
-        if args.world_model and not (Path(args.world_model) / "prophet_config.json").is_file():
-            raise ConfigError(f"--world-model {args.world_model} is not a Prophet checkpoint (no prophet_config.json)")
-    except ConfigError as exc:
-        print(f"prophrl eval: error: {exc}")
-        return 2
+    return run_reporting_errors("prophrl eval", lambda: _report(args))
+
+
+def _report(args: argparse.Namespace) -> int:
+    policies = parse_policy_args(args.policy)
+    if args.episodes < 1 or args.policy_seeds < 1 or args.replan_steps < 1 or args.jobs < 1:
+        raise ConfigError("--episodes, --policy-seeds, --replan-steps and --jobs must be >= 1")
+    if args.world_model and not (Path(args.world_model) / "prophet_config.json").is_file():
+        raise ConfigError(f"--world-model {args.world_model} is not a Prophet checkpoint (no prophet_config.json)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.time()
