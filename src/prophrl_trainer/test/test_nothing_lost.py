@@ -189,3 +189,37 @@ def test_prophet_and_judge_outputs_are_checked_before_any_work(dataset, tmp_path
     _one_error_line(capsys, "is the input")
     assert (foreign / "notes.txt").read_text() == "keep me" and (dataset / "index.json").is_file()
     assert np.load(dataset / "shards" / "episode_000000.npz")["frames"].shape[0] > 0
+
+
+def test_a_diverging_judge_run_stops_and_keeps_the_previous_judge(tmp_path):
+    from prophrl_worldmodel.configuration_judge import get_judge_config
+    from prophrl_worldmodel.judge_training import JudgeTrainConfig, train_judge
+
+    rng = np.random.default_rng(0)
+    clips = [rng.integers(0, 255, (5, 16, 16, 3), dtype=np.uint8) for _ in range(8)]
+    labels, instructions = [1, 0] * 4, ["lift"] * 8
+    config = get_judge_config("tiny", image_size=16, cnn_channels=(8, 8))
+    out = tmp_path / "judge"
+    train_judge(clips, labels, instructions, config, out, 2, show_progress=False)
+    good = _tree(out)
+    with pytest.raises(NonFiniteError, match="judge training: the loss became"):
+        train_judge(clips, labels, instructions, config, out, 30, show_progress=False, overwrite=True,
+                    train_config=JudgeTrainConfig(batch_size=4, learning_rate=1e30, warmup_steps=0))
+    assert _tree(out) == good
+
+
+def test_a_diverging_prophet_run_stops_and_keeps_the_previous_checkpoint(tmp_path):
+    from prophrl_worldmodel.configuration_prophet import get_prophet_config
+    from prophrl_worldmodel.training import pretrain
+
+    data = write_smoke_dataset(tmp_path / "data", episodes=2, size=32, steps=8)
+    index = json.loads((data / "index.json").read_text())
+    (data / "index.json").write_text(json.dumps({**index, "action_dim": 7, "control_period_s": 0.05}))
+    config = get_prophet_config("tiny_32px", num_layers=1, ffn_dim=32, frames_per_clip=2, actions_per_frame=2)
+    out = tmp_path / "prophet"
+    pretrain([data], config, out, vae_steps=1, steps=1, batch_size=2, show_progress=False, held_out_fraction=0.0)
+    good = _tree(out)
+    with pytest.raises(NonFiniteError, match="the loss became"):
+        pretrain([data], config, out, vae_steps=0, steps=30, batch_size=2, lr=1e30, show_progress=False,
+                 held_out_fraction=0.0, overwrite=True)
+    assert _tree(out) == good

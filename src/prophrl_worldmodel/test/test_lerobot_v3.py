@@ -256,3 +256,25 @@ def test_lerobot_inputs_give_one_clear_error(tmp_path, capsys):
     assert (root / "meta" / "info.json").is_file()
     assert lerobot2dataset_main(["--dataset", str(tmp_path / "nothing"), "--out", str(tmp_path / "o")]) == 2
     assert "not a LeRobot dataset (no meta/info.json)" in capsys.readouterr().err
+
+
+def test_bags2dataset_never_replaces_its_bags_or_a_foreign_directory(bags, tmp_path, capsys):
+    """Regression: `bags2dataset --bags X --out X --overwrite` destroyed the bags."""
+    before = sorted(p.relative_to(bags) for p in bags.rglob("*"))
+
+    def convert(out, *extra):
+        code = main_bags2dataset(["--bags", str(bags), "--out", str(out), "--robot", "panda_sim", *extra])
+        return code, [line for line in capsys.readouterr().err.splitlines() if ": error:" in line]
+
+    assert convert(bags, "--overwrite") == (2, [f"prophrl bags2dataset: error: --out {bags} is the input {bags}: "
+                                                "write the output somewhere else"])
+    assert convert(bags.parent, "--overwrite")[1][0].endswith(f"holds the input {bags}: write the output somewhere else")
+    assert sorted(p.relative_to(bags) for p in bags.rglob("*")) == before
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    assert "is not a previous bags2dataset output" in convert(foreign, "--overwrite")[1][0]
+    assert (foreign / "notes.txt").read_text() == "keep me"
+    assert convert(tmp_path / "dataset") == (0, [])
+    assert "already exists (pass --overwrite" in convert(tmp_path / "dataset")[1][0]
+    assert convert(tmp_path / "dataset", "--overwrite") == (0, [])
