@@ -223,3 +223,19 @@ def test_a_diverging_prophet_run_stops_and_keeps_the_previous_checkpoint(tmp_pat
         pretrain([data], config, out, vae_steps=0, steps=30, batch_size=2, lr=1e30, show_progress=False,
                  held_out_fraction=0.0, overwrite=True)
     assert _tree(out) == good
+
+
+def test_an_evaluation_report_is_never_written_into_another_kind_of_directory(tmp_path, capsys):
+    """Regression: `prophrl eval --out` wrote its summary.json over whatever directory it was given."""
+    VLAPolicy(get_vla_config("tiny", hidden_dim=32, num_layers=1, num_heads=2, image_size=32)).save_pretrained(
+        tmp_path / "policy")
+    before = _tree(tmp_path / "policy")
+    for out, problem in ((tmp_path / "policy", "is the input"), (tmp_path, "holds the input")):
+        assert prophrl_main(["eval", "--policy", f"SFT={tmp_path / 'policy'}", "--out", str(out)]) == 2
+        _one_error_line(capsys, problem)
+    judge = tmp_path / "judge"
+    judge.mkdir()
+    (judge / "config.json").write_text("{}")
+    assert prophrl_main(["eval", "--policy", f"SFT={tmp_path / 'policy'}", "--out", str(judge)]) == 2
+    _one_error_line(capsys, "is not a previous evaluation report (it holds config.json)")
+    assert _tree(tmp_path / "policy") == before and (judge / "config.json").read_text() == "{}"
