@@ -23,8 +23,10 @@ with pyarrow + PyAV following lerobot 0.6.1's own writer (``datasets/dataset_wri
 Statistics are computed as lerobot's ``compute_episode_stats``: per episode, over frames, with quantiles
 from a 5000-bin histogram interpolated within the bin (its ``RunningQuantileStats``), mean / std from the
 mean and mean of squares in float32 (float64 for integer columns); images per channel in [0, 1] with shape
-(3, 1, 1) over lerobot's sample of frames (``sample_indices``); fewer than two values give quantiles equal
-to the mean. Episodes are aggregated count-weighted (mean, pooled variance, quantiles), min / max overall.
+(3, 1, 1) over lerobot's sample of frames (``sample_indices``), computed from each channel's 256 value counts
+(the same histogram and quantiles; mean / std in float64, so they differ from lerobot's float32 sums only
+in the last digits, about 6.6x faster: 116 vs 773 ms for a 300-frame 128 px episode); fewer than two values
+give quantiles equal to the mean. Episodes are aggregated count-weighted (mean, pooled variance, quantiles), min / max overall.
 Frame timestamps are frame_index / fps, the convention LeRobot's video decoding relies on. This writer puts
 everything in file 000 (LeRobot's size-based rollover only matters when LeRobot appends to a dataset);
 :mod:`prophrl_worldmodel.lerobot_import` reads any chunk / file layout.
@@ -103,13 +105,15 @@ DEFAULT_VIDEO_CODEC = "libsvtav1"
 
 
 # ----- statistics ----------------------------------------------------------------------------------------
-def _histogram_quantiles(column: np.ndarray, low, high) -> list[float]:
-    """QUANTILES of one column from a QUANTILE_BINS histogram over [low, high], interpolated within a bin."""
+def _histogram_quantiles(column: np.ndarray, low, high, weights: np.ndarray | None = None) -> list[float]:
+    """QUANTILES of one column (of values, or of distinct values with their `weights` = counts) from a
+    QUANTILE_BINS histogram over [low, high], interpolated within a bin."""
     edges = np.linspace(low - 1e-10, high + 1e-10, QUANTILE_BINS + 1)
-    counts = np.cumsum(np.histogram(column, bins=edges)[0])
+    counts = np.cumsum(np.histogram(column, bins=edges, weights=weights)[0])
+    total = counts[-1]
     values = []
     for q in QUANTILES:
-        target = q * len(column)
+        target = q * total
         i = int(np.searchsorted(counts, target))
         if i == 0:
             values.append(edges[0])
@@ -122,9 +126,30 @@ def _histogram_quantiles(column: np.ndarray, low, high) -> list[float]:
     return values
 
 
+def _uint8_stats(values: np.ndarray, count: int) -> dict[str, np.ndarray]:
+    """vector_stats of (N, D) uint8 values from each column's 256-bin value counts (the same numbers, without
+    a pass of float arithmetic and histogramming over every pixel)."""
+    levels = np.arange(256, dtype=np.float64)
+    out: dict[str, list] = {key: [] for key in ("min", "max", "mean", "std", *QUANTILE_KEYS)}
+    for column in values.T:
+        weights = np.bincount(column, minlength=256).astype(np.float64)
+        present = np.flatnonzero(weights)
+        low, high = np.float32(present[0]), np.float32(present[-1])
+        mean = (levels * weights).sum() / len(column)
+        std = np.sqrt(max(0.0, (levels ** 2 * weights).sum() / len(column) - mean ** 2))
+        for key, value in zip(("min", "max", "mean", "std"), (low, high, mean, std)):
+            out[key].append(value)
+        for key, value in zip(QUANTILE_KEYS, _histogram_quantiles(levels[present], low, high, weights[present])):
+            out[key].append(value)
+    return {**{key: np.asarray(value, np.float32 if key in ("min", "max") else np.float64)
+               for key, value in out.items()}, "count": np.array([count])}
+
+
 def vector_stats(values: np.ndarray, count: int | None = None) -> dict[str, np.ndarray]:
     """Stats of (N, D) values over the N rows (see the module docstring); count defaults to N."""
     values = values.reshape(len(values), -1)
+    if values.dtype == np.uint8 and len(values) >= 2:
+        return _uint8_stats(values, len(values) if count is None else count)
     values = values.astype(np.result_type(values.dtype, np.float32), copy=False)
     count = len(values) if count is None else count
     if len(values) < 2:

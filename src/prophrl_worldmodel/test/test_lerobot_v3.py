@@ -278,3 +278,16 @@ def test_bags2dataset_never_replaces_its_bags_or_a_foreign_directory(bags, tmp_p
     assert convert(tmp_path / "dataset") == (0, [])
     assert "already exists (pass --overwrite" in convert(tmp_path / "dataset")[1][0]
     assert convert(tmp_path / "dataset", "--overwrite") == (0, [])
+
+
+def test_image_stats_from_value_counts_match_the_per_pixel_computation():
+    from prophrl_worldmodel.lerobot_v3 import STAT_KEYS, image_stats, sample_indices, vector_stats
+
+    frames = np.random.default_rng(2).integers(0, 200, (150, 20, 24, 3), dtype=np.uint8)
+    frames[:, :4] = 250
+    fast = image_stats(frames)
+    slow = vector_stats(frames[sample_indices(150)].reshape(-1, 3).astype(np.float64), count=100)
+    for key in STAT_KEYS:
+        scale = 1 if key == "count" else 255.0
+        np.testing.assert_allclose(np.asarray(fast[key]).reshape(-1) * scale, np.asarray(slow[key]).reshape(-1),
+                                   rtol=1e-6, atol=1e-6, err_msg=key)
