@@ -84,7 +84,7 @@ def check_writable_dir(path: str | Path, *, inputs: Iterable[str | Path | None] 
     path = Path(path)
     resolved = path.resolve()
     for source in inputs:
-        if source is None:
+        if source is None or not Path(source).exists():  # nothing there to lose (a name, not a path)
             continue
         source = Path(source).resolve()
         if _inside(source, resolved):
