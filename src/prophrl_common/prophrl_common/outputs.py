@@ -32,10 +32,12 @@ class OutputKind:
 
     what: str                 # e.g. "policy checkpoint"
     names: frozenset[str]     # every file / directory name such an output holds
+    prefixes: tuple[str, ...] = ()  # and names starting so (files named after a label, e.g. fidelity_<label>.json)
 
     def foreign_entries(self, directory: Path) -> list[str]:
         """Names in `directory` that this kind of output never writes (sorted)."""
-        return sorted(entry.name for entry in directory.iterdir() if entry.name not in self.names)
+        return sorted(entry.name for entry in directory.iterdir()
+                      if entry.name not in self.names and not entry.name.startswith(self.prefixes))
 
 
 def _inside(path: Path, parent: Path) -> bool:

@@ -187,6 +187,10 @@ def test_prophet_and_judge_outputs_are_checked_before_any_work(dataset, tmp_path
     _one_error_line(capsys, "lr must be a positive finite number")
     assert prophrl_main(["judge", "train", "--data", str(dataset), "--out", str(dataset), "--overwrite"]) == 2
     _one_error_line(capsys, "is the input")
+    assert prophrl_main(["judge", "eval", "--data", str(dataset), "--judge", str(foreign), "--out", str(dataset)]) == 2
+    _one_error_line(capsys, "is the input")
+    assert prophrl_main(["worldmodel", "eval", "--data", str(dataset), "--out", str(foreign)]) == 2
+    _one_error_line(capsys, "is not a previous fidelity evaluation (it holds notes.txt)")
     assert (foreign / "notes.txt").read_text() == "keep me" and (dataset / "index.json").is_file()
     assert np.load(dataset / "shards" / "episode_000000.npz")["frames"].shape[0] > 0
 

@@ -15,8 +15,13 @@ import sys
 from pathlib import Path
 
 from prophrl_common.config_io import ConfigError
+from prophrl_common.outputs import OutputKind, check_run_dir
 from prophrl_common.tables import format_table
 
+
+
+# What `prophrl worldmodel eval --out` writes; it is rewritten in place, never into another kind of directory.
+FIDELITY_OUTPUT = OutputKind("fidelity evaluation", frozenset({"summary.json", "videos"}), ("fidelity_",))
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
@@ -63,6 +68,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from prophrl_worldmodel.training import METRIC_FIELDS, evaluate_fidelity
 
     checkpoints = list(args.checkpoint or [])
+    check_run_dir(args.out, FIDELITY_OUTPUT, inputs=[*args.data, *checkpoints])
     labels = list(args.labels or [Path(c).name for c in checkpoints])
     if len(labels) != len(checkpoints):
         raise ConfigError(f"--labels gives {len(labels)} names for {len(checkpoints)} checkpoint(s)")

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from prophrl_common.atomic_io import write_json_atomic
 from prophrl_common.config_io import ConfigError
+from prophrl_common.outputs import OutputKind, check_run_dir
 from prophrl_common.tables import format_table as _format_table
 
 
@@ -47,6 +48,10 @@ METRICS_HEADER = ["clips of", "clips", "success", "failure", "threshold", "accur
                   "bal. acc", "AUC"]
 
 
+
+
+# What `prophrl judge eval --out` writes; it is rewritten in place, never into another kind of directory.
+JUDGE_EVAL_OUTPUT = OutputKind("judge evaluation", frozenset({"summary.json"}))
 
 
 def _check_datasets(dirs: Sequence[str]) -> None:
@@ -121,6 +126,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from prophrl_worldmodel.modeling_judge import load_judge
 
     _check_datasets(args.data)
+    out = Path(args.out) if args.out else Path(str(Path(args.judge)) + "_eval")
+    check_run_dir(out, JUDGE_EVAL_OUTPUT, inputs=[*args.data, args.judge, args.imagined_from])
     judge = load_judge(args.judge, backend=args.backend, device=args.device)
     settings = _clip_settings(args)
     episodes = load_episodes(args.data)
@@ -129,7 +136,6 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         clips = clips + _imagined(args, episodes, settings)
     threshold = judge.threshold if args.threshold is None else args.threshold
     metrics = evaluate_judge(judge, clips, threshold)
-    out = Path(args.out) if args.out else Path(str(Path(args.judge)) + "_eval")
     write_json_atomic(out / "summary.json", {"judge": str(args.judge), "backend": judge.config.backend,
                                              "datasets": [str(d) for d in args.data],
                                              "imagined_from": args.imagined_from, "threshold": threshold,
