@@ -1,9 +1,13 @@
-"""`prophrl demo` end to end at toy budgets: every stage leaves its artefact, and a rerun resumes."""
+"""`prophrl demo` end to end at toy budgets: interrupted in every stage it resumes, every stage leaves its
+artefact, and a rerun redoes nothing."""
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 
@@ -11,16 +15,57 @@ from prophrl_common.testing import isolate_ros_domain
 
 TOY_BUDGETS = ["--demos", "2", "--play-episodes", "2", "--sft-steps", "10", "--prophet-vae-steps", "10",
                "--prophet-steps", "10", "--judge-steps", "10", "--rl-updates", "1", "--eval-episodes", "1"]
+STAGES = ("1.", "1b.", "2.", "2b.", "3.", "4.", "5.", "6.", "7.")
+
+
+def _bag_started(directory):
+    return lambda: directory.is_dir() and any(p.is_dir() for p in directory.iterdir())
+
+
+def _interrupt_in_stage(argv, env, stage, ready, timeout=240):
+    """Run the demo until `stage` has begun (and `ready()` holds), then Ctrl-C it (SIGINT to its process group,
+    as a terminal does). Returns (exit status, output)."""
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    lines, started = [], threading.Event()
+
+    def read():
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith(f"== {stage} ") and "(cached)" not in line:
+                started.set()
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + timeout
+        while not (started.is_set() and ready()) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert started.is_set() and proc.poll() is None, f"stage {stage} never ran:\n{''.join(lines)[-3000:]}"
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(timeout=90)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    reader.join(10)
+    return proc.returncode, "".join(lines)
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(280)
-def test_demo_runs_every_stage_and_resumes_from_its_outputs(tmp_path):
+@pytest.mark.timeout(900)
+def test_demo_resumes_from_an_interruption_in_any_stage_and_runs_every_stage(tmp_path):
+    """Regression: a rerun after an interrupted collection died with a BagError traceback."""
     env = os.environ.copy()
     isolate_ros_domain()
     env["ROS_DOMAIN_ID"] = os.environ["ROS_DOMAIN_ID"]
     out = tmp_path / "demo"
     argv = [sys.executable, "-m", "prophrl.cli", "demo", "--out", str(out), *TOY_BUDGETS]
+    ready = {"1.": _bag_started(out / "bags"), "1b.": _bag_started(out / "play_bags")}
+    for stage in STAGES:
+        code, output = _interrupt_in_stage(argv, env, stage, ready.get(stage, lambda: True))
+        # 130, or killed by the SIGINT itself (a shell shows 130 for both): a Ctrl-C'd process, one line, no traceback
+        assert code in (130, -signal.SIGINT) and "prophrl demo: interrupted" in output and "Traceback" not in output, \
+            f"stage {stage}: exit {code}\n{output[-3000:]}"
     first = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=240)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
 

@@ -6,7 +6,7 @@ import argparse
 import shlex
 import sys
 
-from prophrl_common.config_io import ConfigError
+from prophrl_common.cli_errors import run_reporting_errors
 from prophrl_common.tables import print_table
 
 
@@ -37,16 +37,20 @@ def _cmd_profiles(_args: argparse.Namespace) -> int:
 def _cmd_policy_sft(args: argparse.Namespace) -> int:
     import dataclasses
 
+    from prophrl_common.outputs import check_output_dir, check_writable_dir
     from prophrl_policy.configuration_vla import get_vla_config
-    from prophrl_trainer.sft import SFTConfig, load_demonstrations, train_sft
+    from prophrl_trainer.sft import SFT_OUTPUT, SFTConfig, load_demonstrations, train_sft
 
     policy_config = get_vla_config(args.config, **({"horizon": args.horizon} if args.horizon else {}))
     cfg = SFTConfig(steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed,
                     only_successful=not args.include_failures)
+    log_dir = args.log_dir or f"{args.out}/tensorboard"
+    check_output_dir(args.out, SFT_OUTPUT, overwrite=args.overwrite, inputs=[args.dataset])
+    check_writable_dir(log_dir, inputs=[args.dataset], option="--log-dir")
     data = load_demonstrations(args.dataset, policy_config.horizon, cfg.only_successful)
     print(f"SFT on {len(data)} samples from {len(set(data.episode_index.tolist()))} episodes; "
           f"policy config {policy_config.name}: {dataclasses.asdict(policy_config)}")
-    path, losses = train_sft(data, policy_config, cfg, args.out, log_dir=args.log_dir or f"{args.out}/tensorboard")
+    path, losses = train_sft(data, policy_config, cfg, args.out, log_dir=log_dir, overwrite=args.overwrite)
     print(f"saved {path} (final loss {sum(losses[-50:]) / len(losses[-50:]):.4f})")
     return 0
 
@@ -96,6 +100,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 PASSTHROUGH_VERBS = {
     "bags2dataset": ("prophrl_worldmodel.dataset:main_bags2dataset",
                      "rosbag2 episodes -> training shards (and a LeRobot v3 export)"),
+    "lerobot2dataset": ("prophrl_worldmodel.lerobot_import:main",
+                        "a LeRobot v3 dataset -> training shards (what bags2dataset writes)"),
     "worldmodel": ("prophrl_worldmodel.cli:main", "Prophet world model: pretrain | adapt | eval"),
     "judge": ("prophrl_worldmodel.judge_cli:main", "reward judge: train | eval"),
     "train": ("prophrl_trainer.imagination_rl:main", "FA-GRPO + FlowScale policy training inside the world model"),
@@ -132,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     sft.add_argument("--seed", type=int, default=0)
     sft.add_argument("--include-failures", action="store_true", help="also clone failed demonstrations")
     sft.add_argument("--log-dir", default="", help="TensorBoard directory (default OUT/tensorboard)")
+    sft.add_argument("--overwrite", action="store_true",
+                     help="replace OUT if it is a previous SFT checkpoint (never anything else)")
     sft.set_defaults(func=_cmd_policy_sft)
     ev = policy.add_parser("eval", help="true success in the physics sim on seeded held-out initial states")
     ev.add_argument("--checkpoint", required=True)
@@ -181,11 +189,8 @@ def _run_passthrough(verb: str, rest: list[str]) -> int:
     import importlib
 
     module_name, function_name = PASSTHROUGH_VERBS[verb][0].split(":")
-    try:
-        return getattr(importlib.import_module(module_name), function_name)(rest)
-    except ConfigError as exc:
-        print(f"prophrl {verb}: error: {exc}", file=sys.stderr)
-        return 2
+    return run_reporting_errors(f"prophrl {verb}",
+                                lambda: getattr(importlib.import_module(module_name), function_name)(rest))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -193,11 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in PASSTHROUGH_VERBS:
         return _run_passthrough(argv[0], argv[1:])
     args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except (ConfigError, FileExistsError) as exc:
-        print(f"prophrl: error: {exc}", file=sys.stderr)
-        return 2
+    verb = " ".join(v for v in (args.verb, getattr(args, "policy_verb", None)) if v)
+    return run_reporting_errors(f"prophrl {verb}", lambda: args.func(args))
 
 
 if __name__ == "__main__":

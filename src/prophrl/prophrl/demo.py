@@ -1,6 +1,8 @@
 """`prophrl demo`: the loop end to end on the embedded defaults (tiny configs, simulated Panda, lift).
 
-Stages (each skipped when its output already exists under --out, so a rerun resumes):
+Stages (each skipped when its output already exists under --out, so a rerun after an interruption at
+any point resumes: outputs are written atomically, a collection keeps its finished episodes and records
+an interrupted one again, RL continues from its newest checkpoint):
   1. collect scripted demonstrations through the live ROS 2 stack (sim, executor + safety filter,
      expert, recorder, CollectEpisode) into rosbag2 MCAP bags, and "play" episodes of a noisy expert
      that makes grasp mistakes (in process, same bag format): the failures a world model and a judge
@@ -41,6 +43,10 @@ DEMO_RL_CONFIG = {"group_size": 8, "states_per_update": 2, "chunks_per_rollout":
                   "eval_every": 0, "learning_rate": 1e-5, "minibatch_size": 32, "early_termination": False,
                   "shared_world_model_noise": True}
 
+# A bag's end_reason when its episode reached an outcome (the recorder writes e.g. "shutdown" when it stops
+# mid-episode; an in-process collection writes SUCCESS / FAILURE too).
+FINISHED_END_REASONS = ("SUCCESS", "FAILURE")
+
 DEMO_PARTS = {"policy": "policy_sft", "world_model": "prophet", "judge": "judge", "data": "dataset"}
 
 
@@ -54,6 +60,52 @@ def fill_parts_from_demo(args, parser) -> None:
     missing = [name for name in DEMO_PARTS if getattr(args, name) is None]
     if missing:
         parser.error(f"give --demo or all of --policy --world-model --judge --data (missing: {missing})")
+
+
+def _verb(code: int) -> None:
+    """A stage run through another verb's main(): that verb already reported its error (one line), so the demo
+    stops with its exit status; an interrupted verb interrupts the demo."""
+    from prophrl_common.cli_errors import EXIT_INTERRUPTED
+
+    if code == EXIT_INTERRUPTED:
+        raise KeyboardInterrupt
+    if code:
+        raise SystemExit(code)
+
+
+def finished_bags(directory: Path) -> list[Path]:
+    """The bags under `directory` whose episode was recorded to its outcome (an interrupted run leaves one
+    that was not: truncated, or closed by a recorder shutting down)."""
+    from prophrl_common.bags import BagError, is_bag, open_bag
+
+    if not directory.is_dir():
+        return []
+    finished = []
+    for path in sorted(directory.iterdir()):
+        if not is_bag(path):
+            continue
+        try:
+            bag = open_bag(path)
+        except BagError:
+            continue
+        if not bag.recovered and bag.custom_data.get("end_reason") in FINISHED_END_REASONS:
+            finished.append(path)
+    return finished
+
+
+def set_aside_interrupted_bags(directory: Path, aside: Path) -> None:
+    """Move the bags of interrupted episodes out of `directory` (into `aside`, kept) so a resumed collection
+    and its dataset hold finished episodes only."""
+    from prophrl_common.bags import is_bag
+
+    if not directory.is_dir():
+        return
+    keep = set(finished_bags(directory))
+    for path in sorted(directory.iterdir()):
+        if is_bag(path) and path not in keep:
+            aside.mkdir(parents=True, exist_ok=True)
+            path.rename(aside / path.name)
+            print(f"moved the bag of an interrupted episode to {aside / path.name}", flush=True)
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -78,11 +130,14 @@ def run_demo(args: argparse.Namespace) -> int:
     def collect():
         from prophrl.collect_ros import collect_over_ros
 
-        collect_over_ros(argparse.Namespace(robot=args.robot, task=args.task, episodes=args.demos, seed=0,
+        # Resuming: finished episodes (seeds 0, 1, ... in order) are kept, an interrupted one is set aside and
+        # recorded again from its seed.
+        set_aside_interrupted_bags(bags, out / "interrupted_bags")
+        done = len(finished_bags(bags))
+        collect_over_ros(argparse.Namespace(robot=args.robot, task=args.task, episodes=args.demos - done, seed=done,
                                             out=str(bags), teleop="scripted", noise_std=0.0, skill=1.0,
                                             max_steps=300))
-    stage(f"1. collect {args.demos} scripted demos over ROS 2", bags.is_dir() and
-          len([p for p in bags.iterdir() if p.is_dir()]) >= args.demos, collect)
+    stage(f"1. collect {args.demos} scripted demos over ROS 2", len(finished_bags(bags)) >= args.demos, collect)
     play_bags = out / "play_bags"
 
     def collect_play():
@@ -93,8 +148,7 @@ def run_demo(args: argparse.Namespace) -> int:
                                        first_seed=PLAY_FIRST_SEED, max_steps=PLAY_MAX_STEPS,
                                        noise_std=PLAY_NOISE_STD, skill=PLAY_SKILL), play_bags)
     stage(f"1b. collect {args.play_episodes} play episodes (noisy expert, failures included)",
-          args.play_episodes == 0 or (play_bags.is_dir() and len([p for p in play_bags.iterdir() if p.is_dir()])
-                                      >= args.play_episodes), collect_play)
+          len(finished_bags(play_bags)) >= args.play_episodes, collect_play)
     dataset = out / DEMO_PARTS["data"]
     # No LeRobot export here: it needs one constant camera rate, which a live sim on a busy machine may
     # miss; `prophrl bags2dataset --lerobot` makes one from the same bags.
@@ -128,9 +182,8 @@ def run_demo(args: argparse.Namespace) -> int:
     def train_judge():
         from prophrl_worldmodel.judge_cli import main as judge_main
 
-        if judge_main(["train", "--data", *map(str, world_data), "--out", str(judge), "--steps", str(args.judge_steps),
-                       "--imagined-from", str(world_model), "--image-size", "32"]):
-            raise RuntimeError("reward judge training failed")
+        _verb(judge_main(["train", "--data", *map(str, world_data), "--out", str(judge), "--steps",
+                          str(args.judge_steps), "--imagined-from", str(world_model), "--image-size", "32"]))
     stage(f"5. reward judge ({args.judge_steps} steps)", (judge / "model.safetensors").is_file(), train_judge)
 
     rl_run = out / "rl_fa_grpo_flowscale"
@@ -140,11 +193,9 @@ def run_demo(args: argparse.Namespace) -> int:
 
         rl_config = out / "rl_config.json"
         rl_config.write_text(json.dumps({**DEMO_RL_CONFIG, "updates": args.rl_updates}, indent=1))
-        code = train_main(["--policy", str(checkpoint), "--world-model", str(world_model), "--judge", str(judge),
-                           "--data", str(dataset), "--out", str(rl_run), "--updates", str(args.rl_updates),
-                           "--config", str(rl_config), "--threads", "1", "--resume"])
-        if code:
-            raise RuntimeError("FA-GRPO training failed")
+        _verb(train_main(["--policy", str(checkpoint), "--world-model", str(world_model), "--judge", str(judge),
+                          "--data", str(dataset), "--out", str(rl_run), "--updates", str(args.rl_updates),
+                          "--config", str(rl_config), "--threads", "1", "--resume"]))
     progress = rl_run / "progress.jsonl"
     stage(f"6. FA-GRPO + FlowScale in imagination ({args.rl_updates} updates)",
           progress.is_file() and len(progress.read_text().splitlines()) >= args.rl_updates, reinforce)
@@ -154,12 +205,10 @@ def run_demo(args: argparse.Namespace) -> int:
     def evaluate():
         from prophrl_trainer.report import main as report_main
 
-        code = report_main(["--policy", f"SFT={checkpoint}", "--policy", f"FA-GRPO+FlowScale={rl_run}",
-                            "--robot", args.robot, "--task", args.task, "--episodes", str(args.eval_episodes),
-                            "--replan-steps", str(config.horizon),
-                            "--world-model", str(world_model), "--out", str(report_dir)])
-        if code:
-            raise RuntimeError("evaluation failed")
+        _verb(report_main(["--policy", f"SFT={checkpoint}", "--policy", f"FA-GRPO+FlowScale={rl_run}",
+                           "--robot", args.robot, "--task", args.task, "--episodes", str(args.eval_episodes),
+                           "--replan-steps", str(config.horizon),
+                           "--world-model", str(world_model), "--out", str(report_dir)]))
     stage(f"7. true evaluation in the sim ({args.eval_episodes} held-out seeds)",
           (report_dir / "summary.json").is_file(), evaluate)
     summary = json.loads((report_dir / "summary.json").read_text())

@@ -12,17 +12,21 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 
 
 @contextlib.contextmanager
-def atomic_directory(directory: str | Path) -> Iterator[Path]:
+def atomic_directory(directory: str | Path, drop: Collection[str] = ()) -> Iterator[Path]:
     """Yield an empty temporary directory beside `directory`; on a clean exit it replaces `directory`.
 
     An exception inside the block removes the temporary directory and leaves any existing
     `directory` untouched. Replacing an existing directory moves it aside first (two renames), so
-    at no time is a partly written directory visible under the final name.
+    at no time is a partly written directory visible under the final name. Entries of the replaced
+    directory that the new one does not hold (a TensorBoard log written beside a checkpoint, a
+    summary) are then moved into the new one, except the names in `drop` (files the writer owns and
+    no longer writes, e.g. a full checkpoint's weights file replaced by an adapter's): replacing a
+    checkpoint replaces its files, nothing else.
     """
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
@@ -37,6 +41,9 @@ def atomic_directory(directory: str | Path) -> Iterator[Path]:
             old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old.", dir=directory.parent))
             os.replace(directory, old / directory.name)
             os.replace(tmp, directory)
+            for entry in (old / directory.name).iterdir():
+                if entry.name not in drop and not (directory / entry.name).exists():
+                    os.replace(entry, directory / entry.name)
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, directory)

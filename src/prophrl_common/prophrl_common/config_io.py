@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
@@ -35,6 +36,8 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
         return float(value)
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -56,8 +59,12 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     return value
 
 
-def dataclass_from_mapping(cls: type[T], data: dict[str, Any], source: str) -> T:
-    """Build a (frozen) dataclass from a mapping; unknown, missing or mistyped keys are errors."""
+def dataclass_from_mapping(cls: type[T], data: dict[str, Any], source: str, complete: bool = False) -> T:
+    """Build a (frozen) dataclass from a mapping; unknown, missing or mistyped keys are errors.
+
+    A key is missing when the field has no default, or, with ``complete``, whenever it is absent: a
+    saved config (a checkpoint's) must state every field, never fall back to today's defaults.
+    """
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
@@ -67,9 +74,20 @@ def dataclass_from_mapping(cls: type[T], data: dict[str, Any], source: str) -> T
     for name, field in fields.items():
         if name in data:
             kwargs[name] = _coerce(data[name], hints[name], f"{source}: {name}")
-        elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
-            raise ConfigError(f"{source}: missing required key '{name}'")
+        elif complete or (field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING):
+            raise ConfigError(f"{source}: missing required key '{name}'"
+                              + (" (a saved config must be complete)" if complete else ""))
     return cls(**kwargs)
+
+
+def require_finite_numbers(config, source: str) -> None:
+    """ConfigError naming the first float field (or float in a tuple field) of a dataclass that is NaN / inf."""
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        values = value if isinstance(value, tuple) else (value,)
+        for item in values:
+            if isinstance(item, float) and not math.isfinite(item):
+                raise ConfigError(f"{source}: {field.name} must be a finite number, got {value!r}")
 
 
 def dataclass_to_json(obj) -> str:
@@ -77,7 +95,8 @@ def dataclass_to_json(obj) -> str:
 
 
 def dataclass_from_json_file(cls: type[T], path: str | Path, what: str) -> T:
-    """Read a config saved with dataclass_to_json; the class's validate(source) runs on it."""
+    """Read a config saved with dataclass_to_json: every field must be there (no silent defaults); the
+    class's validate(source) runs on it."""
     path = Path(path)
     try:
         data = json.loads(path.read_text())
@@ -85,4 +104,4 @@ def dataclass_from_json_file(cls: type[T], path: str | Path, what: str) -> T:
         raise ConfigError(f"{path}: cannot read {what}: {exc}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: {what} must be a JSON object")
-    return dataclass_from_mapping(cls, data, str(path)).validate(str(path))
+    return dataclass_from_mapping(cls, data, str(path), complete=True).validate(str(path))

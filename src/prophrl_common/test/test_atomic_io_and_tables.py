@@ -8,15 +8,18 @@ from prophrl_common.atomic_io import atomic_directory, write_json_atomic
 from prophrl_common.tables import format_table
 
 
-def test_atomic_directory_replaces_an_existing_checkpoint_whole(tmp_path):
+def test_atomic_directory_replaces_an_existing_checkpoint_s_files(tmp_path):
     target = tmp_path / "ckpt"
     target.mkdir()
+    (target / "weights.txt").write_text("old")
     (target / "old.txt").write_text("old")
-    with atomic_directory(target) as tmp:
+    with atomic_directory(target, drop=("old.txt",)) as tmp:
         assert not (target / "new.txt").exists()
         (tmp / "new.txt").write_text("new")
-        assert (target / "old.txt").read_text() == "old"  # still the old one while writing
-    assert sorted(p.name for p in target.iterdir()) == ["new.txt"]
+        (tmp / "weights.txt").write_text("new")
+        assert (target / "weights.txt").read_text() == "old"  # still the old one while writing
+    assert sorted(p.name for p in target.iterdir()) == ["new.txt", "weights.txt"]
+    assert (target / "weights.txt").read_text() == "new"
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]  # no temporary or moved-aside directory left
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from prophrl_common.config_io import ConfigError, dataclass_from_json_file, dataclass_to_json
+from prophrl_common.config_io import (ConfigError, dataclass_from_json_file, dataclass_to_json,
+                                      require_finite_numbers)
 
 VISION_BACKBONES = ("small_cnn", "mobilenet_v2", "hf_vision")
 TEXT_ENCODERS = ("minilm", "hashed_bow", "hf_text")
@@ -35,6 +36,15 @@ class VLAConfig:
     time_beta_beta: float = 1.0
 
     def validate(self, source: str = "VLAConfig") -> "VLAConfig":
+        require_finite_numbers(self, source)
+        for key in ("image_size", "state_dim", "action_dim", "horizon", "hidden_dim", "num_layers", "num_heads",
+                    "num_inference_steps"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"{source}: {key} must be positive, got {getattr(self, key)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"{source}: dropout must be in [0, 1), got {self.dropout}")
+        if not (self.time_beta_alpha > 0 and self.time_beta_beta > 0):
+            raise ConfigError(f"{source}: time_beta_alpha and time_beta_beta must be positive")
         if self.vision_backbone not in VISION_BACKBONES:
             raise ConfigError(f"{source}: vision_backbone must be one of {VISION_BACKBONES}")
         if self.text_encoder not in TEXT_ENCODERS:
@@ -46,9 +56,6 @@ class VLAConfig:
             raise ConfigError(f"{source}: need 0 < robot_action_dim <= action_dim")
         if self.hidden_dim % self.num_heads:
             raise ConfigError(f"{source}: hidden_dim must be divisible by num_heads")
-        for key in ("image_size", "state_dim", "horizon", "hidden_dim", "num_layers", "num_inference_steps"):
-            if getattr(self, key) <= 0:
-                raise ConfigError(f"{source}: {key} must be positive")
         return self
 
     def to_json(self) -> str:

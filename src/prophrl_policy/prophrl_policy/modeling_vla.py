@@ -13,10 +13,11 @@ import math
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from prophrl_common.atomic_io import atomic_directory
+from prophrl_common.weights import save_finite_safetensors
 from prophrl_common.config_io import ConfigError
 from prophrl_policy import flow_matching as fm
 from prophrl_policy.configuration_vla import VLAConfig
@@ -234,8 +235,9 @@ class VLAPolicy(nn.Module):
 
     # ----- persistence -------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path) -> Path:
-        """config.json + norm_stats.json + model.safetensors (+ embodiment.json when known), written
-        atomically (temp dir + rename)."""
+        """config.json + norm_stats.json + model.safetensors (+ embodiment.json when known), written atomically
+        (temp dir + rename); other entries of an existing `directory` (a TensorBoard log) stay. Non-finite weights
+        raise NonFiniteError and write nothing."""
         directory = Path(directory)
         with atomic_directory(directory) as tmp:
             (tmp / CONFIG_NAME).write_text(self.config.to_json())
@@ -243,7 +245,8 @@ class VLAPolicy(nn.Module):
             if self.embodiment is not None:
                 (tmp / EMBODIMENT_NAME).write_text(self.embodiment.to_json())
             state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-            save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "policy": "prophrl_vla"})
+            save_finite_safetensors(state, tmp / WEIGHTS_NAME, {"format": "pt", "policy": "prophrl_vla"},
+                                    f"policy weights for {directory}")
         return directory
 
     @classmethod

@@ -14,8 +14,9 @@ One directory per checkpoint, ``RUN_DIR/checkpoints/update_000010/``::
 Writing is atomic: everything goes into a hidden temporary sibling (``.tmp-update_000010-<pid>``),
 every file and directory is fsynced, then the directory is renamed into place and the parent is
 fsynced. A crash at any moment leaves either the previous set of checkpoints or the new one, never a
-half-written ``update_*``. Old checkpoints beyond ``keep_last`` are first renamed to a hidden trash
-name and then deleted, so a crash during deletion cannot leave a partial ``update_*`` either; stale
+half-written ``update_*``. Weights or optimizer state holding NaN / inf are never written
+(NonFiniteError before anything is written), so a diverged run can never rotate a good checkpoint out
+for a bad one. Old checkpoints beyond ``keep_last`` are first renamed to a hidden trash name and then deleted, so a crash during deletion cannot leave a partial ``update_*`` either; stale
 temporaries and trash are removed by ``clean_stale``.
 """
 
@@ -34,6 +35,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from prophrl_common.config_io import ConfigError
+from prophrl_common.weights import save_finite_safetensors
 
 FORMAT = "prophrl-rl-checkpoint-v1"
 PREFIX = "update_"
@@ -189,7 +191,8 @@ def save_checkpoint(checkpoint_dir: str | Path, update: int, policy, optimizer: 
     try:
         policy.save_pretrained(tmp / POLICY_DIR)
         tensors, meta = optimizer_state_to_files(optimizer)
-        save_file(tensors, str(tmp / OPTIMIZER_TENSORS), metadata={"format": FORMAT})
+        save_finite_safetensors(tensors, tmp / OPTIMIZER_TENSORS, {"format": FORMAT},
+                                f"optimizer state of checkpoint {final.name}")
         (tmp / OPTIMIZER_JSON).write_text(json.dumps(meta, indent=1))
         save_file({k: v.contiguous().cpu() for k, v in rng_tensors.items()}, str(tmp / RNG_TENSORS),
                   metadata={"format": FORMAT})

@@ -30,6 +30,8 @@ import math
 
 import torch
 
+from prophrl_common.config_io import require_finite_numbers
+
 RATIO_LEVELS = ("action", "step")
 
 
@@ -56,6 +58,7 @@ class FlowScaleConfig:
     eps: float = 1e-8
 
     def __post_init__(self):
+        require_finite_numbers(self, "flowscale")
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"flowscale alpha must be in [0, 1], got {self.alpha}")
         if not 0.0 <= self.w_min <= self.w_max:
@@ -90,6 +93,7 @@ class FAGRPOConfig:
     flowscale: FlowScaleConfig = FlowScaleConfig()
 
     def __post_init__(self):
+        require_finite_numbers(self, "fa_grpo")
         if self.ratio_level not in RATIO_LEVELS:
             raise ValueError(f"ratio_level must be one of {RATIO_LEVELS}, got {self.ratio_level!r}")
         if not (0 <= self.clip_eps_low < 1 and self.clip_eps_high >= 0):

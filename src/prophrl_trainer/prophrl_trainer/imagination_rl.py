@@ -47,7 +47,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from prophrl_common.config_io import ConfigError, dataclass_from_mapping
+from prophrl_common.config_io import ConfigError, dataclass_from_mapping, require_finite_numbers
+from prophrl_common.weights import NonFiniteError, require_finite
+from prophrl_common.outputs import OutputKind, check_run_dir
 from prophrl_common.tables import print_table
 from prophrl_policy import flow_matching as fm
 from prophrl_policy.modeling_vla import Observation, VLAPolicy
@@ -132,6 +134,7 @@ class RLConfig:
     flowscale: FlowScaleConfig = FlowScaleConfig()
 
     def __post_init__(self):
+        require_finite_numbers(self, "RL config")
         for key in ("group_size", "states_per_update", "chunks_per_rollout", "denoising_steps", "ppo_epochs",
                     "updates", "checkpoint_every", "keep_checkpoints", "eval_states", "eval_rollouts",
                     "context_frames"):
@@ -166,7 +169,9 @@ class RLConfig:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
-    def from_dict(cls, data: dict, source: str = "RL config") -> "RLConfig":
+    def from_dict(cls, data: dict, source: str = "RL config", complete: bool = False) -> "RLConfig":
+        """A user's config may leave fields at their defaults; a saved one (``complete``, a checkpoint's)
+        must state every field, fa_grpo's loss settings and flowscale's included."""
         if not isinstance(data, dict):
             raise ConfigError(f"{source}: must be a JSON object")
         data = dict(data)
@@ -179,13 +184,18 @@ class RLConfig:
                 if moved:
                     raise ConfigError(f"{source}: fa_grpo.{moved[0]} is set at the top level "
                                       "(group_size, variant, use_flowscale / flowscale)")
+                missing = [key for key in _LOSS_KEYS if key not in sub] if complete else []
+                if missing:
+                    raise ConfigError(f"{source}: fa_grpo: missing required key '{missing[0]}' (a saved config must "
+                                      "be complete)")
                 loss = dataclass_from_mapping(FAGRPOConfig, sub, f"{source}: fa_grpo")
                 data["fa_grpo"] = loss
             if "flowscale" in data:
                 if not isinstance(data["flowscale"], dict):
                     raise ConfigError(f"{source}: flowscale must be an object")
-                data["flowscale"] = dataclass_from_mapping(FlowScaleConfig, data["flowscale"], f"{source}: flowscale")
-            config = dataclass_from_mapping(cls, data, source)
+                data["flowscale"] = dataclass_from_mapping(FlowScaleConfig, data["flowscale"], f"{source}: flowscale",
+                                                           complete=complete)
+            config = dataclass_from_mapping(cls, data, source, complete=complete)
             config.algorithm  # noqa: B018 - validates the combination
             return config
         except ValueError as exc:  # FAGRPOConfig / FlowScaleConfig validation
@@ -194,13 +204,18 @@ class RLConfig:
             raise ConfigError(f"{source}: {exc}") from exc
 
     @classmethod
-    def from_json_file(cls, path: str | Path) -> "RLConfig":
+    def from_json_file(cls, path: str | Path, complete: bool = False) -> "RLConfig":
         path = Path(path)
         try:
             data = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise ConfigError(f"{path}: cannot read the RL config: {exc}") from exc
-        return cls.from_dict(data, str(path))
+        return cls.from_dict(data, str(path), complete=complete)
+
+
+# What a run directory (`prophrl train --out`) holds; a run is resumed in it, never replaced.
+RL_RUN_OUTPUT = OutputKind("FA-GRPO run directory", frozenset({"checkpoints", "tensorboard", "progress.jsonl",
+                                                                "progress.jsonl.tmp"}))
 
 
 # ================================================================================ initial states
@@ -696,6 +711,10 @@ class Trainer:
                               max_grad_norm=cfg.max_grad_norm, ref_policy=self.ref_policy,
                               generator=self.order_generator, skip_empty=not self.dist.enabled,
                               target_kl=cfg.target_kl)
+        if not math.isfinite(stats["loss"]):
+            raise NonFiniteError(f"RL update {self.update + 1}: the loss became {stats['loss']}; training diverged "
+                                 "(lower learning_rate), the last checkpoint is kept")
+        require_finite(dict(self.policy.named_parameters()), f"RL update {self.update + 1}: the policy weights")
         t2 = time.perf_counter()
         group_std = imagined.rewards.std(axis=1)
         metrics = {
@@ -752,7 +771,7 @@ class Trainer:
     def load_checkpoint(self, path: str | Path) -> int:
         """Restore policy, optimizer, RNG streams, update count and history from a checkpoint."""
         path = Path(path)
-        saved_config = RLConfig.from_json_file(path / ckpt.CONFIG_JSON)
+        saved_config = RLConfig.from_json_file(path / ckpt.CONFIG_JSON, complete=True)
         if dataclasses.replace(saved_config, updates=self.config.updates) != self.config:
             raise ConfigError(f"{path}: the checkpoint was made with a different RL config")
         tensors, state = ckpt.load_checkpoint(path, self.policy, self.optimizer)
@@ -961,13 +980,13 @@ def build_trainer(args: argparse.Namespace, dist: DistContext | None = None, sho
     backend / scorer replace the in-process world model / judge (the ROS node passes its clients)."""
     dist = dist or DistContext()
     device = _device(args.device)
-    out = Path(args.out)
+    out = check_run_dir(args.out, RL_RUN_OUTPUT, inputs=[args.policy, args.world_model, args.judge, *args.data])
     latest = ckpt.latest_checkpoint(out / "checkpoints")
     if latest is not None and not args.resume:
         raise ConfigError(f"{out} already holds checkpoints (newest {latest.name}): pass --resume to continue "
                           "that run, or choose another --out")
     if args.resume and latest is not None:
-        config = RLConfig.from_json_file(latest / ckpt.CONFIG_JSON)
+        config = RLConfig.from_json_file(latest / ckpt.CONFIG_JSON, complete=True)
         if args.config and dataclasses.replace(RLConfig.from_json_file(args.config), updates=config.updates) != config:
             raise ConfigError(f"--config {args.config} differs from the config of the run in {out}")
     else:
@@ -1057,7 +1076,13 @@ def run_local_ranks(world_size: int, argv: Sequence[str], params_out: str | Path
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`prophrl train ...` (and under torchrun, one rank of it). Returns the exit status."""
+    from prophrl_common.cli_errors import run_reporting_errors
+
     args = build_parser().parse_args(argv)
+    return run_reporting_errors("prophrl train", lambda: _train(args))
+
+
+def _train(args: argparse.Namespace) -> int:
     dist = None
     try:
         if args.threads:
@@ -1067,9 +1092,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         start_update, start = trainer.update, time.perf_counter()
         history = trainer.run(updates)
         elapsed = time.perf_counter() - start
-    except ConfigError as exc:
-        print(f"prophrl train: error: {exc}", file=sys.stderr)
-        return 2
     finally:
         if dist is not None and dist.enabled:
             import torch.distributed as torch_dist

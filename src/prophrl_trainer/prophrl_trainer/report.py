@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from prophrl_common.config_io import ConfigError
+from prophrl_common.outputs import OutputKind, check_run_dir
 from prophrl_trainer.evaluation import HELD_OUT_SEED_BASE, EvalSettings, evaluate_policy
 
 SUMMARY_FORMAT = "prophrl-eval-report-v1"
@@ -297,17 +298,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from prophrl_common.cli_errors import run_reporting_errors
+
     args = build_parser().parse_args(argv)
-    try:
-        policies = parse_policy_args(args.policy)
-        if args.episodes < 1 or args.policy_seeds < 1 or args.replan_steps < 1 or args.jobs < 1:
-            raise ConfigError("--episodes, --policy-seeds, --replan-steps and --jobs must be >= 1")
-        if args.world_model and not (Path(args.world_model) / "prophet_config.json").is_file():
-            raise ConfigError(f"--world-model {args.world_model} is not a Prophet checkpoint (no prophet_config.json)")
-    except ConfigError as exc:
-        print(f"prophrl eval: error: {exc}")
-        return 2
-    out = Path(args.out)
+    return run_reporting_errors("prophrl eval", lambda: _report(args))
+
+
+# What `prophrl eval --out` writes; a report is rewritten in place, never into another kind of directory.
+REPORT_OUTPUT = OutputKind("evaluation report", frozenset({"report.md", "summary.json", "learning_curves.png",
+                                                           "videos"}))
+
+
+def _report(args: argparse.Namespace) -> int:
+    policies = parse_policy_args(args.policy)
+    if args.episodes < 1 or args.policy_seeds < 1 or args.replan_steps < 1 or args.jobs < 1:
+        raise ConfigError("--episodes, --policy-seeds, --replan-steps and --jobs must be >= 1")
+    if args.world_model and not (Path(args.world_model) / "prophet_config.json").is_file():
+        raise ConfigError(f"--world-model {args.world_model} is not a Prophet checkpoint (no prophet_config.json)")
+    out = check_run_dir(args.out, REPORT_OUTPUT, inputs=[args.world_model, *(source.policy_dir for sources in
+                                                                              policies.values() for source in sources)])
     out.mkdir(parents=True, exist_ok=True)
     start = time.time()
     settings = EvalSettings(robot=args.robot, episodes=args.episodes, first_seed=args.first_seed,

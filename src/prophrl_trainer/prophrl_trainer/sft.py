@@ -19,13 +19,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from prophrl_common.config_io import ConfigError
+from prophrl_common.config_io import ConfigError, require_finite_numbers
+from prophrl_common.outputs import OutputKind, check_output_dir, check_writable_dir
+from prophrl_common.weights import require_finite_loss
 from prophrl_worldmodel.dataset import read_dataset_index
 from prophrl_policy.configuration_vla import VLAConfig
 from prophrl_policy.embodiment import Embodiment
 from prophrl_policy.modeling_vla import Observation, VLAPolicy
 from prophrl_policy.transforms import POLICY_STATE_NAMES, NormStats
-
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +42,21 @@ class SFTConfig:
     only_successful: bool = True     # behaviour cloning from successful demonstrations
     max_pixel_shift: int = 4         # random-shift augmentation (DrQ-style), pixels at image_size
 
+    def __post_init__(self):
+        require_finite_numbers(self, "SFT config")
+        for key in ("steps", "batch_size", "log_every"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"SFT config: {key} must be >= 1, got {getattr(self, key)}")
+        if not (self.learning_rate > 0 and self.grad_clip > 0):
+            raise ConfigError("SFT config: learning_rate and grad_clip must be positive")
+        if self.weight_decay < 0 or self.warmup_steps < 0 or self.max_pixel_shift < 0:
+            raise ConfigError("SFT config: weight_decay, warmup_steps and max_pixel_shift must be >= 0")
+
+
+# What `prophrl policy sft --out` writes: the policy checkpoint, sft.json and the default TensorBoard log.
+SFT_OUTPUT = OutputKind("SFT policy checkpoint", frozenset({"config.json", "norm_stats.json", "model.safetensors",
+                                                             "sft.json", "tensorboard"}))
+
 
 @dataclasses.dataclass
 class DemoData:
@@ -51,6 +67,7 @@ class DemoData:
     episode_index: np.ndarray  # (N,) int
     robot: str = ""            # the dataset's robot config name ("" unknown)
     control_period_s: float = 0.0
+    sources: tuple[Path, ...] = ()  # the dataset directories the samples came from
 
     def embodiment(self) -> Embodiment | None:
         """What a policy trained on this data is for (None when the dataset does not say)."""
@@ -95,7 +112,7 @@ def load_demonstrations(dataset_dir: str | Path, horizon: int, only_successful: 
         raise ConfigError(f"{dataset_dir}: no {'successful ' if only_successful else ''}episodes to learn from")
     return DemoData(np.concatenate(frames), np.concatenate(states), np.concatenate(chunks), instructions,
                     np.concatenate(episode_index), robot=str(index.get("robot", "")),
-                    control_period_s=float(index.get("control_period_s") or 0.0))
+                    control_period_s=float(index.get("control_period_s") or 0.0), sources=(dataset_dir,))
 
 
 class _DemoDataset(Dataset):
@@ -131,10 +148,19 @@ def to_observation(frames_uint8: torch.Tensor, instructions: list[str], states: 
 
 
 def train_sft(data: DemoData, policy_config: VLAConfig, cfg: SFTConfig, out_dir: str | Path,
-              log_dir: str | Path | None = None, show_progress: bool = True) -> tuple[Path, list[float]]:
-    """Train, save the policy (safetensors + JSON + norm stats) to out_dir; return it and the loss curve."""
+              log_dir: str | Path | None = None, show_progress: bool = True,
+              overwrite: bool = False) -> tuple[Path, list[float]]:
+    """Train, save the policy (safetensors + JSON + norm stats) to out_dir; return it and the loss curve.
+
+    out_dir is checked before training (prophrl_common.outputs: never the dataset, an existing directory only
+    with ``overwrite`` and only a previous SFT output); a TensorBoard log inside it survives the save. A loss
+    that becomes NaN / inf stops training (NonFiniteError) and nothing is saved.
+    """
     from tqdm import tqdm
 
+    check_output_dir(out_dir, SFT_OUTPUT, overwrite=overwrite, inputs=data.sources)
+    if log_dir is not None:
+        check_writable_dir(log_dir, inputs=data.sources, option="--log-dir")
     if policy_config.robot_action_dim != 7 or policy_config.state_dim != 8:
         raise ConfigError("SFT on ee_delta_7d demonstrations needs robot_action_dim 7 and state_dim 8")
     torch.manual_seed(cfg.seed)
@@ -165,6 +191,7 @@ def train_sft(data: DemoData, policy_config: VLAConfig, cfg: SFTConfig, out_dir:
                                                              align_corners=False)
                 obs.images = random_shift(obs.images, cfg.max_pixel_shift, generator)
                 loss = policy.compute_loss(obs, chunks, generator=generator)
+                require_finite_loss(loss.item(), "SFT", step)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)

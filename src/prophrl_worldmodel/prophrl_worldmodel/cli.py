@@ -15,9 +15,13 @@ import sys
 from pathlib import Path
 
 from prophrl_common.config_io import ConfigError
+from prophrl_common.outputs import OutputKind, check_run_dir
 from prophrl_common.tables import format_table
 
-EXIT_USAGE = 2
+
+
+# What `prophrl worldmodel eval --out` writes; it is rewritten in place, never into another kind of directory.
+FIDELITY_OUTPUT = OutputKind("fidelity evaluation", frozenset({"summary.json", "videos"}), ("fidelity_",))
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
@@ -31,7 +35,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     out = pretrain(args.data, config, args.out, vae_steps=args.vae_steps, steps=args.steps,
                    batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                    log_dir=args.log_dir or Path(args.out).with_name(Path(args.out).name + "_tensorboard"),
-                   device=args.device)
+                   device=args.device, overwrite=args.overwrite)
     summary = json.loads((out / SUMMARY_NAME).read_text())
     keys = ("train_episodes", "held_out_episodes", "train_clips", "vae_steps", "vae_l1_first", "vae_l1_last", "steps",
             "loss_first", "loss_last", "held_out_loss", "step_time_s", "vae_seconds", "denoiser_seconds")
@@ -44,7 +48,7 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
     from prophrl_worldmodel.training import adapt, adapt_from_bags
 
     common = dict(batch_size=args.batch_size, lr=args.lr, seed=args.seed, lora_rank=args.lora_rank,
-                  log_dir=args.log_dir, device=args.device)
+                  log_dir=args.log_dir, device=args.device, overwrite=args.overwrite)
     if args.bags:
         result = adapt_from_bags(args.checkpoint, args.bags, args.steps, args.mode, args.out, robot=args.robot,
                                  dataset_dir=args.dataset_out, **common)
@@ -64,6 +68,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from prophrl_worldmodel.training import METRIC_FIELDS, evaluate_fidelity
 
     checkpoints = list(args.checkpoint or [])
+    check_run_dir(args.out, FIDELITY_OUTPUT, inputs=[*args.data, *checkpoints])
     labels = list(args.labels or [Path(c).name for c in checkpoints])
     if len(labels) != len(checkpoints):
         raise ConfigError(f"--labels gives {len(labels)} names for {len(checkpoints)} checkpoint(s)")
@@ -114,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--log-dir", help="TensorBoard directory (default OUT_tensorboard)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it is a previous Prophet checkpoint")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=_cmd_pretrain)
 
@@ -132,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lora-rank", type=int, help="default: the config's lora_rank")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--log-dir", help="TensorBoard directory")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it is a previous Prophet checkpoint")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=_cmd_adapt)
 
@@ -154,14 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from prophrl_common.bags import BagError
+    from prophrl_common.cli_errors import run_reporting_errors
 
     args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except (ConfigError, BagError, FileExistsError, FloatingPointError) as exc:
-        print(f"prophrl worldmodel {args.verb}: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    return run_reporting_errors(f"prophrl worldmodel {args.verb}", lambda: args.func(args))
 
 
 if __name__ == "__main__":

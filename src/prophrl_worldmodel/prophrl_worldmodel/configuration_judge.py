@@ -19,7 +19,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from prophrl_common.config_io import ConfigError, dataclass_from_json_file, dataclass_to_json
+from prophrl_common.config_io import (ConfigError, dataclass_from_json_file, dataclass_to_json,
+                                      require_finite_numbers)
 
 BACKENDS = ("classifier", "vlm")
 
@@ -65,6 +66,7 @@ class JudgeConfig:
     no_word: str = "no"
 
     def validate(self, source: str = "JudgeConfig") -> "JudgeConfig":
+        require_finite_numbers(self, source)
         if self.backend not in BACKENDS:
             raise ConfigError(f"{source}: backend must be one of {BACKENDS}, got {self.backend!r}")
         for key in ("num_frames", "image_size", "hidden_dim", "num_heads", "temporal_layers", "text_buckets"):

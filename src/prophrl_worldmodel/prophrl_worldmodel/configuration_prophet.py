@@ -12,7 +12,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from prophrl_common.config_io import ConfigError, dataclass_from_json_file, dataclass_to_json
+from prophrl_common.config_io import (ConfigError, dataclass_from_json_file, dataclass_to_json,
+                                      require_finite_numbers)
 
 ARM_ACTION_DIM = 7   # [dpos (3), drot (3, rotation vector about the base axes), gripper (0 open .. 1 closed)]
 MAX_ARMS = 2
@@ -79,6 +80,7 @@ class ProphetConfig:
         return 2 ** (len(self.vae_channels) - 1)
 
     def validate(self, source: str = "ProphetConfig") -> "ProphetConfig":
+        require_finite_numbers(self, source)
         for key in ("image_size", "frames_per_clip", "actions_per_frame", "action_dim", "action_frame_grid",
                     "num_inference_steps", "vae_layers_per_block", "vae_norm_groups", "vae_latent_channels",
                     "num_layers", "num_heads", "head_dim", "ffn_dim", "freq_dim", "context_dim"):
@@ -108,6 +110,8 @@ class ProphetConfig:
             raise ConfigError(f"{source}: head_dim must be even (rotary embeddings)")
         if self.finetune not in FINETUNE_MODES:
             raise ConfigError(f"{source}: finetune must be one of {FINETUNE_MODES}")
+        if self.lora_alpha <= 0:
+            raise ConfigError(f"{source}: lora_alpha must be positive")
         if self.finetune != "full" and (self.lora_rank <= 0 or not self.lora_target_modules):
             raise ConfigError(f"{source}: finetune={self.finetune} needs lora_rank > 0 and lora_target_modules")
         if not self.pretrained_path:

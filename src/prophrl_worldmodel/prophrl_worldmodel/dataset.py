@@ -25,7 +25,8 @@ horizon and action_dim, and every frame one image size; anything else is a :clas
 naming the bag.
 
 Output (written into a temporary sibling directory and renamed into place only when everything
-succeeded, so an error leaves no output directory behind)::
+succeeded, so an error leaves no output directory behind; an existing output directory is replaced
+only on request and only when it is a previous bags2dataset output, see prophrl_common.outputs)::
 
     OUT/index.json                   dataset + per-episode metadata (no pickle anywhere); each episode's
                                      "camera" is {"k": 9 floats, "width", "height", "world_to_camera":
@@ -34,65 +35,39 @@ succeeded, so an error leaves no output directory behind)::
                                      action_chunks, chunk_steps, actions (np.load(allow_pickle=False))
     OUT/lerobot/                     with lerobot=True: a LeRobot v3.0 dataset
 
-The LeRobot v3.0 layout is written with pyarrow + PyAV (``lerobot`` needs torchvision, which does not
-install here). It follows LeRobot's own writer (``lerobot/datasets/utils.py`` and
-``dataset_metadata.py`` of huggingface/lerobot at codebase v3.0, and the LeRobotDataset v3.0 blog
-post): ``meta/info.json`` (codebase_version "v3.0", features incl. the default timestamp /
-frame_index / episode_index / index / task_index, fps, splits, data_path / video_path templates,
-chunks_size, *_files_size_in_mb), ``meta/stats.json`` (min / max / mean / std / count per feature,
-images per channel in [0, 1] with shape (3, 1, 1)), ``meta/tasks.parquet`` (task_index, indexed by
-task, with the pandas index metadata LeRobot's ``pd.read_parquet`` expects),
-``meta/episodes/chunk-000/file-000.parquet`` (episode_index, tasks, length, data/*, videos/*/*,
-dataset_from_index / dataset_to_index, meta/episodes/*, stats/*/*, plus our ``success``),
-``data/chunk-000/file-000.parquet`` (one row per frame) and
-``videos/observation.images.<camera>/chunk-000/file-000.mp4`` (all episodes back to back, yuv420p,
-GOP 2, LeRobot's default libsvtav1 unless another codec is asked for). ``observation.state`` is the
-joint positions + ee pose, ``action`` the chunk step due at the frame, the task the instruction, and
-``observation.images.<camera>`` is named after the image topic's first segment. Frame timestamps are
-frame_index / fps, the convention LeRobot's video decoding relies on; everything goes to file 000
-(LeRobot's size-based file rollover is not needed to read the dataset).
+The LeRobot v3.0 export (``prophrl_worldmodel.lerobot_v3``, which owns the format) has
+``observation.state`` = the joint positions + ee pose, ``action`` = the chunk step due at the frame, the
+task = the instruction, ``observation.images.<camera>`` named after the image topic's first segment, and
+each episode's success, id, task name, control period and calibration as extra episode columns, so
+``prophrl_worldmodel.lerobot_import`` turns it back into the same samples.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
-import os
-import secrets
-import shutil
 import sys
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
-from fractions import Fraction
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from prophrl_common.atomic_io import atomic_directory
 from prophrl_common.bags import Bag, BagError, discover_bags, open_bag
+from prophrl_common.cli_errors import run_reporting_errors
 from prophrl_common.chunks import InvalidChunkError, chunk_to_array
 from prophrl_common.config_io import ConfigError
 from prophrl_common.images import ImageConversionError, to_rgb8
+from prophrl_common.outputs import OutputKind, check_output_dir
 from prophrl_common.robots import RobotConfig, load_robot_config
 from prophrl_worldmodel.action_frames import CameraCalibration, EndEffectorPose
+from prophrl_worldmodel.lerobot_v3 import DEFAULT_VIDEO_CODEC, VIDEO_ENCODERS, LeRobotV3Writer
 
 SHARD_FORMAT = "prophrl-samples-v1"
 EE_POSE_NAMES = ("ee_x", "ee_y", "ee_z", "ee_qx", "ee_qy", "ee_qz", "ee_qw")
 EE_DELTA_NAMES = ("dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper")
-LEROBOT_CODEBASE_VERSION = "v3.0"
-LEROBOT_DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
-LEROBOT_VIDEO_PATH = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
-LEROBOT_EPISODES_PATH = "meta/episodes/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
-LEROBOT_DEFAULT_FEATURES = {
-    "timestamp": {"dtype": "float32", "shape": [1], "names": None},
-    "frame_index": {"dtype": "int64", "shape": [1], "names": None},
-    "episode_index": {"dtype": "int64", "shape": [1], "names": None},
-    "index": {"dtype": "int64", "shape": [1], "names": None},
-    "task_index": {"dtype": "int64", "shape": [1], "names": None},
-}
-DEFAULT_VIDEO_CODEC = "libsvtav1"
-STATS_IMAGE_SAMPLES = 100  # frames per episode for image statistics, evenly spaced (LeRobot samples too)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -379,246 +354,8 @@ def _action_names(action_space: str, action_dim: int, robot: RobotConfig) -> lis
     return [f"action_{i}" for i in range(action_dim)]
 
 
-def _feature_stats(values: np.ndarray) -> dict[str, np.ndarray]:
-    """LeRobot's per-episode stats of a (N, ...) array, reduced over frames."""
-    values = values.astype(np.float64).reshape(len(values), -1)
-    return {"min": values.min(axis=0), "max": values.max(axis=0), "mean": values.mean(axis=0),
-            "std": values.std(axis=0), "count": np.array([len(values)])}
-
-
-def _image_stats(frames: np.ndarray) -> dict[str, np.ndarray]:
-    """Per-channel stats in [0, 1] with LeRobot's (3, 1, 1) shape, over evenly spaced frames."""
-    picked = frames[np.unique(np.linspace(0, len(frames) - 1, STATS_IMAGE_SAMPLES).round().astype(int))]
-    pixels = picked.astype(np.float64).reshape(-1, 3) / 255.0
-    stats = {"min": pixels.min(axis=0), "max": pixels.max(axis=0), "mean": pixels.mean(axis=0),
-             "std": pixels.std(axis=0)}
-    return {**{k: v.reshape(3, 1, 1) for k, v in stats.items()}, "count": np.array([len(picked)])}
-
-
-def _aggregate_stats(per_episode: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """Count-weighted mean and pooled variance, as LeRobot's aggregate_stats."""
-    counts = np.array([s["count"][0] for s in per_episode], dtype=np.float64)
-    means = np.stack([s["mean"] for s in per_episode])
-    weights = (counts / counts.sum()).reshape(-1, *([1] * (means.ndim - 1)))
-    mean = (means * weights).sum(axis=0)
-    variance = ((np.stack([s["std"] for s in per_episode]) ** 2 + (means - mean) ** 2) * weights).sum(axis=0)
-    return {"min": np.min([s["min"] for s in per_episode], axis=0),
-            "max": np.max([s["max"] for s in per_episode], axis=0),
-            "mean": mean, "std": np.sqrt(variance), "count": np.array([int(counts.sum())])}
-
-
-def _fixed_size_lists(values: np.ndarray):
-    import pyarrow as pa
-
-    return pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), values.shape[1])
-
-
-@contextlib.contextmanager
-def keep_scheduling_policy():
-    """Undo any change of this thread's CPU scheduling policy made inside the block.
-
-    SVT-AV1 (LeRobot's default video codec), when run as root, switches the calling thread to
-    SCHED_FIFO priority 99. Every process started from that thread afterwards inherits real-time
-    priority: on a small machine a busy node then starves everything else (DDS threads included),
-    which looks like a hang. Nothing here should ever run real time, so the policy is put back.
-    """
-    if not hasattr(os, "sched_getscheduler"):
-        yield
-        return
-    policy, param = os.sched_getscheduler(0), os.sched_getparam(0)
-    try:
-        yield
-    finally:
-        if (os.sched_getscheduler(0), os.sched_getparam(0)) != (policy, param):
-            os.sched_setscheduler(0, policy, param)
-
-
-class LeRobotV3Writer:
-    """Streams episodes into one LeRobot v3.0 dataset directory (see the module docstring)."""
-
-    def __init__(self, root: Path, *, fps: int, robot: RobotConfig, camera_name: str, image_shape: tuple[int, ...],
-                 action_space: str, action_dim: int, video_codec: str = DEFAULT_VIDEO_CODEC):
-        import av
-
-        height, width = image_shape[:2]
-        if height % 2 or width % 2:
-            raise ValueError(f"LeRobot video export needs an even image size (yuv420p), got {width}x{height}")
-        self.root = root
-        self.fps = fps
-        self.robot = robot
-        self.video_key = f"observation.images.{camera_name}"
-        self.image_shape = image_shape
-        self.state_names = [*robot.joint_names, *EE_POSE_NAMES]
-        self.action_names = _action_names(action_space, action_dim, robot)
-        self.video_codec = video_codec
-        self._video_path = root / LEROBOT_VIDEO_PATH.format(video_key=self.video_key, chunk_index=0, file_index=0)
-        self._video_path.parent.mkdir(parents=True)
-        os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 otherwise prints its whole configuration per file
-        with keep_scheduling_policy():
-            self._container = av.open(str(self._video_path), "w")
-            self._stream = self._container.add_stream(video_codec, rate=fps, options={"g": "2", "crf": "30"})
-            self._stream.width, self._stream.height, self._stream.pix_fmt = width, height, "yuv420p"
-        self._columns: dict[str, list[np.ndarray]] = {name: [] for name in (
-            "observation.state", "action", "timestamp", "frame_index", "episode_index", "index", "task_index")}
-        self._episodes: list[dict] = []
-        self._episode_stats: list[dict[str, dict[str, np.ndarray]]] = []
-        self._tasks: dict[str, int] = {}
-        self._total_frames = 0
-
-    def add_episode(self, episode: EpisodeSamples) -> None:
-        import av
-
-        episode_index, length, first = len(self._episodes), len(episode), self._total_frames
-        task_index = self._tasks.setdefault(episode.instruction, len(self._tasks))
-        with keep_scheduling_policy():
-            for offset, frame in enumerate(episode.frames):
-                video_frame = av.VideoFrame.from_ndarray(frame, format="rgb24")
-                video_frame.pts, video_frame.time_base = first + offset, Fraction(1, self.fps)
-                for packet in self._stream.encode(video_frame):
-                    self._container.mux(packet)
-        frame_index = np.arange(length, dtype=np.int64)
-        columns = {
-            "observation.state": episode.state.astype(np.float32),
-            "action": episode.actions.astype(np.float32),
-            "timestamp": (frame_index / self.fps).astype(np.float32),
-            "frame_index": frame_index,
-            "episode_index": np.full(length, episode_index, dtype=np.int64),
-            "index": first + frame_index,
-            "task_index": np.full(length, task_index, dtype=np.int64),
-        }
-        for name, values in columns.items():
-            self._columns[name].append(values)
-        stats = {name: _feature_stats(values) for name, values in columns.items()}
-        stats[self.video_key] = _image_stats(episode.frames)
-        self._episode_stats.append(stats)
-        self._episodes.append({
-            "episode_index": episode_index,
-            "tasks": [episode.instruction],
-            "length": length,
-            "data/chunk_index": 0, "data/file_index": 0,
-            "dataset_from_index": first, "dataset_to_index": first + length,
-            f"videos/{self.video_key}/chunk_index": 0, f"videos/{self.video_key}/file_index": 0,
-            f"videos/{self.video_key}/from_timestamp": first / self.fps,
-            f"videos/{self.video_key}/to_timestamp": (first + length) / self.fps,
-            "meta/episodes/chunk_index": 0, "meta/episodes/file_index": 0,
-            **{f"stats/{feature}/{name}": value.tolist()
-               for feature, feature_stats in stats.items() for name, value in feature_stats.items()},
-            "success": episode.success,
-        })
-        self._total_frames += length
-
-    def close(self) -> None:
-        """Finish the video and write the data, episode, task, stats and info files."""
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        self._finish_video()
-        data = {name: np.concatenate(parts) for name, parts in self._columns.items()}
-        table = pa.table({name: _fixed_size_lists(values) if values.ndim == 2 else pa.array(values)
-                          for name, values in data.items()})
-        self._write_parquet(pq, table, LEROBOT_DATA_PATH.format(chunk_index=0, file_index=0))
-        self._write_parquet(pq, pa.Table.from_pylist(self._episodes),
-                            LEROBOT_EPISODES_PATH.format(chunk_index=0, file_index=0))
-        self._write_parquet(pq, self._tasks_table(pa), "meta/tasks.parquet")
-        features = list(self._episode_stats[0])
-        stats = {feature: _aggregate_stats([s[feature] for s in self._episode_stats]) for feature in features}
-        self._write_json("meta/stats.json", {feature: {name: value.tolist() for name, value in feature_stats.items()}
-                                             for feature, feature_stats in stats.items()})
-        self._write_json("meta/info.json", self._info())
-
-    def abort(self) -> None:
-        """Release the encoder, best effort: the caller discards the directory anyway."""
-        with contextlib.suppress(Exception):
-            self._finish_video()
-
-    def _finish_video(self) -> None:
-        with keep_scheduling_policy():
-            for packet in self._stream.encode():  # drain the encoder (SVT-AV1 complains when closed without it)
-                self._container.mux(packet)
-            self._container.close()
-
-    def _tasks_table(self, pa):
-        # pandas' own index metadata: LeRobot reads tasks with pd.read_parquet and looks tasks up by index
-        table = pa.table({"task_index": pa.array(list(self._tasks.values()), pa.int64()),
-                          "task": pa.array(list(self._tasks), pa.string())})
-        pandas_metadata = {
-            "index_columns": ["task"],
-            "column_indexes": [{"name": None, "field_name": None, "pandas_type": "unicode", "numpy_type": "object",
-                                "metadata": {"encoding": "UTF-8"}}],
-            "columns": [
-                {"name": "task_index", "field_name": "task_index", "pandas_type": "int64", "numpy_type": "int64",
-                 "metadata": None},
-                {"name": "task", "field_name": "task", "pandas_type": "unicode", "numpy_type": "object",
-                 "metadata": None},
-            ],
-            "creator": {"library": "pyarrow", "version": pa.__version__},
-            "pandas_version": "2.2.3",
-        }
-        return table.replace_schema_metadata({b"pandas": json.dumps(pandas_metadata).encode()})
-
-    def _info(self) -> dict:
-        height, width, channels = self.image_shape
-        features = {
-            "observation.state": {"dtype": "float32", "shape": [len(self.state_names)], "names": self.state_names},
-            "action": {"dtype": "float32", "shape": [len(self.action_names)], "names": self.action_names},
-            self.video_key: {
-                "dtype": "video", "shape": [height, width, channels], "names": ["height", "width", "channels"],
-                "info": {
-                    "video.height": height, "video.width": width,
-                    "video.codec": self._stream.codec_context.codec.canonical_name, "video.pix_fmt": "yuv420p",
-                    "video.is_depth_map": False, "video.fps": self.fps, "video.channels": channels,
-                    "has_audio": False,
-                },
-            },
-            **LEROBOT_DEFAULT_FEATURES,
-        }
-        return {
-            "codebase_version": LEROBOT_CODEBASE_VERSION,
-            "robot_type": self.robot.name,
-            "total_episodes": len(self._episodes),
-            "total_frames": self._total_frames,
-            "total_tasks": len(self._tasks),
-            "chunks_size": 1000,
-            "data_files_size_in_mb": 100,
-            "video_files_size_in_mb": 500,
-            "fps": self.fps,
-            "splits": {"train": f"0:{len(self._episodes)}"},
-            "data_path": LEROBOT_DATA_PATH,
-            "video_path": LEROBOT_VIDEO_PATH,
-            "features": features,
-        }
-
-    def _write_parquet(self, pq, table, relative: str) -> None:
-        path = self.root / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(table, path)
-
-    def _write_json(self, relative: str, content: dict) -> None:
-        path = self.root / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(content, indent=4))
-
-
-@contextlib.contextmanager
-def _atomic_directory(out: Path, overwrite: bool) -> Iterator[Path]:
-    """A fresh sibling directory that becomes `out` only if the block succeeds; removed otherwise."""
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} already exists (pass overwrite=True / --overwrite to replace it)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.parent / f".{out.name}.partial-{secrets.token_hex(4)}"
-    staging.mkdir()
-    try:
-        yield staging
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    if out.exists():
-        retired = out.parent / f".{out.name}.old-{secrets.token_hex(4)}"
-        out.rename(retired)
-        staging.rename(out)
-        shutil.rmtree(retired)
-    else:
-        staging.rename(out)
+# What bags2dataset writes into its output directory.
+DATASET_OUTPUT = OutputKind("bags2dataset output", frozenset({"index.json", "shards", "lerobot"}))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -636,11 +373,17 @@ def bags2dataset(bags: Iterable[str | Path], out_dir: str | Path, robot: RobotCo
     """Convert rosbag2 episodes into training shards (and a LeRobot v3 dataset); all or nothing.
 
     ``bags``: bag directories / .mcap files, or directories of bags. ``fps`` (LeRobot only) defaults
-    to the first episode's camera rate. Raises BagError naming the bag for malformed input,
-    FileExistsError when ``out_dir`` exists (unless ``overwrite``).
+    to the first episode's camera rate. Raises BagError naming the bag for malformed input, ConfigError
+    when ``out_dir`` cannot take the output (prophrl_common.outputs: it exists and ``overwrite`` is not
+    given or it is not a previous bags2dataset output, it is or holds one of the bags, ...).
     """
     from tqdm import tqdm
 
+    bags = list(bags)
+    for path in bags:
+        if (Path(path) / "meta" / "info.json").is_file():
+            raise ConfigError(f"{path} is a LeRobot dataset, not a bag: convert it with prophrl lerobot2dataset")
+    check_output_dir(out_dir, DATASET_OUTPUT, overwrite=overwrite, inputs=bags)
     robot = robot if isinstance(robot, RobotConfig) else load_robot_config(robot)
     topics = topics or DatasetTopics.for_robot(robot)
     bag_paths = discover_bags(bags)
@@ -650,7 +393,7 @@ def bags2dataset(bags: Iterable[str | Path], out_dir: str | Path, robot: RobotCo
     index_episodes: list[dict] = []
     reference: EpisodeSamples | None = None
     writer: LeRobotV3Writer | None = None
-    with _atomic_directory(out_dir, overwrite) as staging:
+    with atomic_directory(out_dir, drop=DATASET_OUTPUT.names) as staging:
         (staging / "shards").mkdir()
         try:
             for bag_path in tqdm(bag_paths, desc="bags2dataset", unit="bag", disable=not show_progress):
@@ -660,7 +403,7 @@ def bags2dataset(bags: Iterable[str | Path], out_dir: str | Path, robot: RobotCo
                 else:
                     _check_compatible(episode, reference)
                 shard = f"shards/episode_{len(index_episodes):06d}.npz"
-                _write_shard(staging / shard, episode)
+                write_shard(staging / shard, episode)
                 index_episodes.append({
                     "shard": shard, "bag": str(bag_path), "episode_id": episode.episode_id,
                     "instruction": episode.instruction, "task": episode.task, "success": episode.success,
@@ -670,21 +413,29 @@ def bags2dataset(bags: Iterable[str | Path], out_dir: str | Path, robot: RobotCo
                 if lerobot:
                     if writer is None:
                         writer = LeRobotV3Writer(
-                            staging / "lerobot", fps=fps or _dataset_fps(episode), robot=robot,
+                            staging / "lerobot", fps=fps or _dataset_fps(episode), robot_type=robot.name,
                             camera_name=topics.camera_name, image_shape=episode.frames.shape[1:],
-                            action_space=episode.action_space, action_dim=episode.action_chunks.shape[2],
+                            state_names=[*robot.joint_names, *EE_POSE_NAMES],
+                            action_names=_action_names(episode.action_space, episode.action_chunks.shape[2], robot),
                             video_codec=video_codec)
                     _check_camera_rate(episode, writer.fps)
-                    writer.add_episode(episode)
+                    writer.add_episode(episode.frames, episode.state, episode.actions, episode.instruction,
+                                       lerobot_episode_columns(index_episodes[-1], episode.control_period_s))
             if writer is not None:
                 writer.close()
         except BaseException:
             if writer is not None:
                 writer.abort()
             raise
-        _write_index(staging / "index.json", robot, topics, reference, index_episodes)
+        write_index(staging / "index.json", robot, topics, reference, index_episodes)
     samples = sum(e["num_samples"] for e in index_episodes)
     return DatasetSummary(out_dir, len(index_episodes), samples, out_dir / "lerobot" if lerobot else None)
+
+
+def lerobot_episode_columns(entry: dict, control_period_s: float) -> dict:
+    """This project's episode columns in a LeRobot export (lerobot_v3.EPISODE_COLUMNS) from an index entry."""
+    return {"success": bool(entry["success"]), "episode_id": str(entry["episode_id"]), "task_name": str(entry["task"]),
+            "control_period_s": float(control_period_s), "camera_calibration": json.dumps(entry.get("camera"))}
 
 
 def _check_compatible(episode: EpisodeSamples, reference: EpisodeSamples) -> None:
@@ -709,7 +460,7 @@ def _check_camera_rate(episode: EpisodeSamples, fps: int) -> None:
                                          " (set fps, or convert episodes of different rates separately)")
 
 
-def _write_shard(path: Path, episode: EpisodeSamples) -> None:
+def write_shard(path: Path, episode: EpisodeSamples) -> None:
     with path.open("wb") as f:
         np.savez(f, frames=episode.frames, frame_times_ns=episode.frame_times_ns,
                  joint_positions=episode.joint_positions, ee_pose=episode.ee_pose, state=episode.state,
@@ -734,8 +485,10 @@ def read_dataset_index(dataset_dir: str | Path, action_space: str | None = None,
     return index
 
 
-def _write_index(path: Path, robot: RobotConfig, topics: DatasetTopics, reference: EpisodeSamples,
-                 episodes: list[dict]) -> None:
+def write_index(path: Path, robot: RobotConfig, topics: DatasetTopics | None, reference: EpisodeSamples,
+                episodes: list[dict], source: dict | None = None) -> None:
+    """OUT/index.json: the dataset's metadata (from the first episode) and one entry per episode; topics are
+    the bag topics read (None for other sources, which `source` describes)."""
     horizon, action_dim = reference.action_chunks.shape[1:]
     path.write_text(json.dumps({
         "format": SHARD_FORMAT,
@@ -748,7 +501,8 @@ def _write_index(path: Path, robot: RobotConfig, topics: DatasetTopics, referenc
         "action_dim": int(action_dim),
         "control_period_s": reference.control_period_s,
         "image_shape": list(reference.frames.shape[1:]),
-        "topics": dataclasses.asdict(topics),
+        "topics": dataclasses.asdict(topics) if topics is not None else None,
+        **({"source": source} if source else {}),
         "num_samples": sum(e["num_samples"] for e in episodes),
         "episodes": episodes,
     }, indent=2))
@@ -766,17 +520,19 @@ def main_bags2dataset(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--lerobot", action="store_true", help="also export a LeRobot v3 dataset to OUT/lerobot")
     parser.add_argument("--image-topic", default=DatasetTopics.image)
     parser.add_argument("--fps", type=int, help="LeRobot fps (default: the first episode's camera rate)")
-    parser.add_argument("--video-codec", default=DEFAULT_VIDEO_CODEC, help="PyAV encoder for the LeRobot videos")
-    parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    parser.add_argument("--video-codec", default=DEFAULT_VIDEO_CODEC, choices=sorted(VIDEO_ENCODERS),
+                        help="encoder of the LeRobot videos (libx264rgb: lossless)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace OUT if it is a previous bags2dataset output (never anything else, never a bag)")
     args = parser.parse_args(argv)
-    try:
-        robot = load_robot_config(args.robot)
-        summary = bags2dataset(args.bags, args.out, robot, topics=DatasetTopics.for_robot(robot, args.image_topic),
-                               lerobot=args.lerobot, fps=args.fps, video_codec=args.video_codec,
-                               overwrite=args.overwrite, show_progress=True)
-    except (BagError, ConfigError, FileExistsError, ValueError) as exc:
-        print(f"bags2dataset: error: {exc}", file=sys.stderr)
-        return 2
+    return run_reporting_errors("prophrl bags2dataset", lambda: _bags2dataset_command(args), also=(ValueError,))
+
+
+def _bags2dataset_command(args: argparse.Namespace) -> int:
+    robot = load_robot_config(args.robot)
+    summary = bags2dataset(args.bags, args.out, robot, topics=DatasetTopics.for_robot(robot, args.image_topic),
+                           lerobot=args.lerobot, fps=args.fps, video_codec=args.video_codec,
+                           overwrite=args.overwrite, show_progress=True)
     print(f"wrote {summary.samples} samples from {summary.episodes} episodes to {summary.out_dir}"
           + (f" (LeRobot v3: {summary.lerobot_dir})" if summary.lerobot_dir else ""))
     return 0

@@ -29,9 +29,9 @@ from pathlib import Path
 
 from prophrl_common.atomic_io import write_json_atomic
 from prophrl_common.config_io import ConfigError
+from prophrl_common.outputs import OutputKind, check_run_dir
 from prophrl_common.tables import format_table as _format_table
 
-EXIT_USAGE = 2
 
 
 def format_table(title: str, header: Sequence[str], rows: Sequence[Sequence]) -> str:
@@ -48,6 +48,10 @@ METRICS_HEADER = ["clips of", "clips", "success", "failure", "threshold", "accur
                   "bal. acc", "AUC"]
 
 
+
+
+# What `prophrl judge eval --out` writes; it is rewritten in place, never into another kind of directory.
+JUDGE_EVAL_OUTPUT = OutputKind("judge evaluation", frozenset({"summary.json"}))
 
 
 def _check_datasets(dirs: Sequence[str]) -> None:
@@ -74,10 +78,12 @@ def _imagined(args, episodes, settings):
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from prophrl_worldmodel.configuration_judge import get_judge_config
-    from prophrl_worldmodel.judge_training import (JudgeTrainConfig, clips_from_episodes, load_episodes,
-                                                   train_judge)
+    from prophrl_common.outputs import check_output_dir
+    from prophrl_worldmodel.judge_training import (JUDGE_OUTPUT, JudgeTrainConfig, clips_from_episodes,
+                                                   load_episodes, train_judge)
 
     _check_datasets(args.data)
+    check_output_dir(args.out, JUDGE_OUTPUT, overwrite=args.overwrite, inputs=[*args.data, args.imagined_from])
     overrides = {"image_size": args.image_size} if args.image_size else {}
     if args.num_frames:
         overrides["num_frames"] = args.num_frames
@@ -92,7 +98,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     print(f"judge training on {clips.counts()} from {len(args.data)} dataset(s); config {config.name}")
     out = Path(args.out)
     result = train_judge(clips.clips, clips.labels, clips.instructions, config, out, args.steps, groups=clips.groups,
-                         train_config=train_config,
+                         train_config=train_config, overwrite=args.overwrite,
                          log_dir=args.log_dir or out.with_name(out.name + "_tensorboard"))
     summary = {"judge": str(result.path), "config": dataclasses.asdict(config) | {"threshold": result.threshold},
                "datasets": [str(d) for d in args.data], "imagined_from": args.imagined_from,
@@ -120,6 +126,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from prophrl_worldmodel.modeling_judge import load_judge
 
     _check_datasets(args.data)
+    out = Path(args.out) if args.out else Path(str(Path(args.judge)) + "_eval")
+    check_run_dir(out, JUDGE_EVAL_OUTPUT, inputs=[*args.data, args.judge, args.imagined_from])
     judge = load_judge(args.judge, backend=args.backend, device=args.device)
     settings = _clip_settings(args)
     episodes = load_episodes(args.data)
@@ -128,7 +136,6 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         clips = clips + _imagined(args, episodes, settings)
     threshold = judge.threshold if args.threshold is None else args.threshold
     metrics = evaluate_judge(judge, clips, threshold)
-    out = Path(args.out) if args.out else Path(str(Path(args.judge)) + "_eval")
     write_json_atomic(out / "summary.json", {"judge": str(args.judge), "backend": judge.config.backend,
                                              "datasets": [str(d) for d in args.data],
                                              "imagined_from": args.imagined_from, "threshold": threshold,
@@ -168,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-fraction", type=float, default=0.25, help="episodes held out for validation")
     p.add_argument("--target-recall", type=float, default=0.9, help="validation recall the threshold must keep")
     p.add_argument("--log-dir", help="TensorBoard directory (default OUT_tensorboard)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it is a previous judge")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("eval", help="accuracy / precision / recall of a judge on labelled clips")
@@ -181,13 +189,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except (ConfigError, ValueError, FileExistsError) as exc:
-        print(f"prophrl judge {args.verb}: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    from prophrl_common.cli_errors import run_reporting_errors
+
+    args = build_parser().parse_args(argv)
+    return run_reporting_errors(f"prophrl judge {args.verb}", lambda: args.func(args), also=(ValueError,))
 
 
 if __name__ == "__main__":

@@ -48,7 +48,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from prophrl_common.config_io import ConfigError
+from prophrl_common.config_io import ConfigError, require_finite_numbers
+from prophrl_common.outputs import OutputKind, check_output_dir
+from prophrl_common.weights import require_finite_loss
 from prophrl_worldmodel.configuration_judge import JudgeConfig
 from prophrl_worldmodel.dataset import read_dataset_index
 from prophrl_worldmodel.modeling_judge import RewardJudge, frames_at, uniform_indices
@@ -355,6 +357,7 @@ class JudgeTrainConfig:
     seed: int = 0
 
     def validate(self) -> "JudgeTrainConfig":
+        require_finite_numbers(self, "judge training")
         if self.batch_size < 2:
             raise ConfigError("batch_size must be >= 2 (half positives, half negatives)")
         if not 0.0 <= self.val_fraction < 1.0:
@@ -365,7 +368,14 @@ class JudgeTrainConfig:
             raise ConfigError("label_smoothing must be in [0, 1)")
         if self.learning_rate <= 0 or self.eval_every <= 0 or self.max_pixel_shift < 0:
             raise ConfigError("learning_rate and eval_every must be positive, max_pixel_shift >= 0")
+        if self.weight_decay < 0 or self.grad_clip <= 0 or self.warmup_steps < 0 or self.brightness_jitter < 0:
+            raise ConfigError("need weight_decay >= 0, grad_clip > 0, warmup_steps >= 0 and brightness_jitter >= 0")
         return self
+
+
+# What `prophrl judge train --out` writes (the TensorBoard log goes beside it, OUT_tensorboard).
+JUDGE_OUTPUT = OutputKind("reward judge", frozenset({"config.json", "model.safetensors", "judge_training.json",
+                                                      "summary.json"}))
 
 
 @dataclasses.dataclass
@@ -434,15 +444,19 @@ def _batch(clips: list, indices: np.ndarray, config: JudgeConfig, rng: np.random
 
 def train_judge(clips, labels, instructions, config: JudgeConfig, out_dir: str | Path, steps: int, *,
                 groups: Sequence[str] | None = None, train_config: JudgeTrainConfig = JudgeTrainConfig(),
-                log_dir: str | Path | None = None, show_progress: bool = True) -> JudgeTrainResult:
+                log_dir: str | Path | None = None, show_progress: bool = True,
+                overwrite: bool = False) -> JudgeTrainResult:
     """Train a RewardJudge, pick its threshold on the validation split, save it to out_dir.
 
     clips: list of (T_i, H, W, 3) uint8 arrays (or a (B, T, H, W, 3) array), labels 0/1, one instruction
     per clip; groups (episode ids) keep every episode on one side of the train / validation split
-    (without groups, clips are split one by one). TensorBoard scalars go to log_dir when given.
+    (without groups, clips are split one by one). TensorBoard scalars go to log_dir when given. An
+    existing out_dir is replaced only with ``overwrite`` and only when it is a previous judge
+    (prophrl_common.outputs); a loss that becomes NaN / inf stops training (NonFiniteError) with nothing saved.
     """
     from tqdm import tqdm
 
+    check_output_dir(out_dir, JUDGE_OUTPUT, overwrite=overwrite)
     cfg = train_config.validate()
     config = config.validate()
     if config.backend != "classifier":
@@ -503,6 +517,7 @@ def train_judge(clips, labels, instructions, config: JudgeConfig, out_dir: str |
             logits = judge(frames, [instructions[i] for i in batch_idx])
             targets = torch.from_numpy(labels[batch_idx]).float() * (1 - cfg.label_smoothing) + cfg.label_smoothing / 2
             loss = F.binary_cross_entropy_with_logits(logits, targets)
+            require_finite_loss(loss.item(), "judge training", step)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(judge.parameters(), cfg.grad_clip)

@@ -28,10 +28,11 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from prophrl_common.atomic_io import atomic_directory, write_text_atomic
+from prophrl_common.weights import save_finite_safetensors
 from prophrl_common.config_io import ConfigError
 from prophrl_policy.encoders import HashedBagOfWords
 from prophrl_worldmodel.configuration_judge import JudgeConfig, get_judge_config
@@ -191,12 +192,14 @@ class RewardJudge(nn.Module):
 
     # ----- persistence -----------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path, extra: dict | None = None) -> Path:
-        """config.json + model.safetensors (+ judge_training.json when `extra` is given), atomically."""
+        """config.json + model.safetensors (+ judge_training.json when `extra` is given), atomically; other
+        entries of an existing `directory` stay. Non-finite weights raise NonFiniteError and write nothing."""
         directory = Path(directory)
-        with atomic_directory(directory) as tmp:
+        with atomic_directory(directory, drop=("judge_training.json",)) as tmp:
             (tmp / CONFIG_NAME).write_text(self.config.to_json())
             state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-            save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "model": "prophrl_reward_judge"})
+            save_finite_safetensors(state, tmp / WEIGHTS_NAME, {"format": "pt", "model": "prophrl_reward_judge"},
+                                    f"reward-judge weights for {directory}")
             if extra is not None:
                 (tmp / "judge_training.json").write_text(json.dumps(extra, indent=2))
         return directory

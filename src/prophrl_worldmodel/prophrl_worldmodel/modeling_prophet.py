@@ -40,10 +40,11 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, AutoencoderKLWan, WanTransformer3DModel
 from diffusers.utils.torch_utils import randn_tensor
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from prophrl_common.atomic_io import atomic_directory
+from prophrl_common.weights import save_finite_safetensors
 from prophrl_common.config_io import ConfigError
 from prophrl_worldmodel import schedulers
 from prophrl_worldmodel.configuration_prophet import ARM_ACTION_DIM, ProphetConfig
@@ -522,9 +523,10 @@ class Prophet(nn.Module):
             {name for name, _ in self.named_buffers(recurse=False)}
 
     def save_pretrained(self, directory: str | Path) -> Path:
-        """prophet_config.json + model.safetensors (or adapter.safetensors), written atomically."""
+        """prophet_config.json + model.safetensors (or adapter.safetensors), written atomically; other entries
+        of an existing `directory` stay. Non-finite weights raise NonFiniteError and write nothing."""
         directory = Path(directory)
-        with atomic_directory(directory) as tmp:
+        with atomic_directory(directory, drop=(WEIGHTS_NAME, ADAPTER_NAME)) as tmp:
             (tmp / CONFIG_NAME).write_text(self.config.to_json())
             state = self.state_dict()
             contents = "full"
@@ -533,8 +535,9 @@ class Prophet(nn.Module):
                 state = {k: v for k, v in state.items() if k in keys}
                 contents = "adapter"
             state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
-            save_file(state, str(tmp / (ADAPTER_NAME if contents == "adapter" else WEIGHTS_NAME)),
-                      metadata={"format": "pt", "model": "prophrl_prophet", "contents": contents})
+            save_finite_safetensors(state, tmp / (ADAPTER_NAME if contents == "adapter" else WEIGHTS_NAME),
+                                    {"format": "pt", "model": "prophrl_prophet", "contents": contents},
+                                    f"Prophet weights for {directory}")
         return directory
 
     @classmethod

@@ -37,6 +37,8 @@ import torch
 
 from prophrl_common.atomic_io import write_json_atomic
 from prophrl_common.config_io import ConfigError
+from prophrl_common.outputs import OutputKind, check_output_dir
+from prophrl_common.weights import require_finite_loss
 from prophrl_worldmodel.clips import (ClipSampler, Episode, load_episodes, replay_chunks, replay_episode,
                                       split_episodes)
 from prophrl_worldmodel.configuration_prophet import ProphetConfig
@@ -51,6 +53,9 @@ PSNR_CAP_DB = 100.0          # identical frames (inf dB) count as this, so means
 EVAL_MAX_CLIPS = 64          # held-out clips in loss_before / loss_after
 METRIC_FIELDS = ("psnr", "ssim", "flow_epe", "flow_cos")
 Progress = Callable[[int, int, float], None]
+# What `prophrl worldmodel pretrain|adapt --out` writes (TensorBoard logs go beside it, OUT_tensorboard).
+PROPHET_OUTPUT = OutputKind("Prophet checkpoint", frozenset({"prophet_config.json", "model.safetensors",
+                                                              "adapter.safetensors", SUMMARY_NAME}))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +75,12 @@ def _check_steps(**values: int) -> None:
     for name, value in values.items():
         if not isinstance(value, (int, np.integer)) or value < 0:
             raise ConfigError(f"{name} must be a non-negative integer, got {value!r}")
+
+
+def _check_rates(**values: float) -> None:
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+            raise ConfigError(f"{name} must be a positive finite number, got {value!r}")
 
 
 def _schedule(optimizer: torch.optim.Optimizer, steps: int, warmup: int) -> torch.optim.lr_scheduler.LambdaLR:
@@ -150,8 +161,7 @@ def _train_denoiser(model: Prophet, sampler: ClipSampler, steps: int, batch_size
     bar = tqdm(range(steps), desc=tag, unit="step", disable=not show_progress)
     for step in bar:
         loss = model.training_loss(sampler.random_batch(batch_size, rng), generator)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"{tag}: loss became {loss.item()} at step {step} (lower the learning rate)")
+        require_finite_loss(loss.item(), tag, step)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, grad_clip)
@@ -171,17 +181,21 @@ def pretrain(dataset_dirs: str | Path | Iterable[str | Path], config: ProphetCon
              vae_steps: int = 500, steps: int = 2000, batch_size: int = 8, lr: float = 2e-3, seed: int = 0,
              log_dir: str | Path | None = None, *, vae_lr: float = 2e-3,
              held_out_fraction: float = DEFAULT_HELD_OUT_FRACTION, device: str | torch.device = "cpu",
-             progress: Progress | None = None, show_progress: bool = True) -> Path:
+             progress: Progress | None = None, show_progress: bool = True, overwrite: bool = False) -> Path:
     """Train a Prophet on bags2dataset directories and save it to out_dir; returns out_dir.
 
     The VAE phase draws batch_size * frames_per_clip single frames per step; the denoiser phase
     batch_size clips. out_dir/training_summary.json records the losses (first / last 10 % of steps),
-    the held-out loss and timings.
+    the held-out loss and timings. An existing out_dir is replaced only with ``overwrite`` and only when it
+    is a previous Prophet checkpoint (prophrl_common.outputs), checked before any work; a loss that becomes
+    NaN / inf stops training (NonFiniteError) with nothing saved.
     """
     _check_steps(vae_steps=vae_steps, steps=steps, batch_size=batch_size)
+    _check_rates(lr=lr, vae_lr=vae_lr)
     if batch_size == 0:
         raise ConfigError("batch_size must be positive")
     config = config.validate()
+    check_output_dir(out_dir, PROPHET_OUTPUT, overwrite=overwrite, inputs=_dirs(dataset_dirs))
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     generator = torch.Generator(device=device).manual_seed(seed)
@@ -209,6 +223,7 @@ def pretrain(dataset_dirs: str | Path | Iterable[str | Path], config: ProphetCon
             bar = tqdm(range(vae_steps), desc="pretrain vae", unit="step", disable=not show_progress)
             for step in bar:
                 result = model.vae_loss(sampler.frames(batch_size * config.frames_per_clip, rng), generator)
+                require_finite_loss(result.loss.item(), "pretrain vae", step)
                 optimizer.zero_grad(set_to_none=True)
                 result.loss.backward()
                 torch.nn.utils.clip_grad_norm_(vae_parameters, 1.0)
@@ -243,19 +258,23 @@ def adapt(checkpoint: str | Path, dataset_dirs: str | Path | Iterable[str | Path
           out_dir: str | Path = "prophet_adapted", progress: Progress | None = None, *, batch_size: int = 8,
           lr: float | None = None, seed: int = 0, held_out_fraction: float = DEFAULT_HELD_OUT_FRACTION,
           lora_rank: int | None = None, log_dir: str | Path | None = None, device: str | torch.device = "cpu",
-          show_progress: bool = True) -> AdaptResult:
+          show_progress: bool = True, overwrite: bool = False) -> AdaptResult:
     """Few-shot adaptation of the Prophet at `checkpoint` to the episodes of dataset_dirs; saved to out_dir.
 
     mode "lora": LoRA adapters (rank lora_rank, default the config's) on the transformer attention are
     the only trained weights; "full": the denoiser and conditioning weights. Metrics: loss_before /
     loss_after on held-out episodes (on the training episodes when there is only one episode:
-    held_out_episodes 0 says so), the first / last training losses, timings and counts.
+    held_out_episodes 0 says so), the first / last training losses, timings and counts. out_dir is checked
+    as in pretrain (never the input checkpoint).
     """
     if mode not in ADAPT_MODES:
         raise ConfigError(f"adapt mode must be one of {ADAPT_MODES}, got {mode!r}")
     _check_steps(steps=steps, batch_size=batch_size)
+    if lr is not None:
+        _check_rates(lr=lr)
     if batch_size == 0:
         raise ConfigError("batch_size must be positive")
+    check_output_dir(out_dir, PROPHET_OUTPUT, overwrite=overwrite, inputs=[checkpoint, *_dirs(dataset_dirs)])
     begin = time.perf_counter()
     model = Prophet.from_pretrained(checkpoint, map_location=device)
     if model.config.finetune == "full":
@@ -319,6 +338,8 @@ def adapt_from_bags(checkpoint: str | Path, bag_paths: Sequence[str | Path], ste
     from prophrl_common.bags import discover_bags
     from prophrl_worldmodel.dataset import bags2dataset
 
+    check_output_dir(out_dir, PROPHET_OUTPUT, overwrite=adapt_kwargs.get("overwrite", False),
+                     inputs=[checkpoint, *bag_paths])
     bags = discover_bags(bag_paths)
     if not bags:
         raise ConfigError(f"no rosbag2 bags found in {[str(p) for p in bag_paths]}")

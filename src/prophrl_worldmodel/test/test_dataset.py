@@ -184,7 +184,7 @@ def test_lerobot_v3_export(tmp_path):
     assert tasks.to_pydict() == {"task_index": [0, 1], "task": ["lift the cube", "open the drawer"]}
     assert json.loads(tasks.schema.metadata[b"pandas"])["index_columns"] == ["task"]
     stats = json.loads((root / "meta" / "stats.json").read_text())
-    assert set(stats["observation.state"]) == {"min", "max", "mean", "std", "count"}
+    assert set(stats["observation.state"]) == {"min", "max", "mean", "std", "count", "q01", "q10", "q50", "q90", "q99"}
     assert stats["index"]["count"] == [total] and np.shape(stats["observation.images.camera"]["mean"]) == (3, 1, 1)
 
     with av.open(str(root / "videos" / "observation.images.camera" / "chunk-000" / "file-000.mp4")) as container:
