@@ -8,9 +8,12 @@ import numpy as np
 import pytest
 
 from prophrl_common.bags import open_bag
-from prophrl_policy.collect import CollectSettings, collect_direct
-from prophrl_worldmodel.dataset import bags2dataset, load_episode
 from prophrl_common.robots import load_robot_config
+from prophrl_common.testing import decode_bag_with_third_party_readers
+from prophrl_policy.collect import CollectSettings, collect_direct
+from prophrl_policy.episode_bags import EpisodeBagRecorder
+from prophrl_policy.sim_rollout import ExpertController, run_episode
+from prophrl_worldmodel.dataset import bags2dataset, load_episode
 
 EPISODES = 10
 
@@ -44,8 +47,40 @@ def test_direct_collection_writes_the_recorder_layout(tmp_path):
     assert {t for t in bag.topics} >= {"/camera/image_raw", "/camera/camera_info", "/joint_states", "/prophrl/ee_pose",
                                        "/prophrl/action_chunk", "/prophrl/instruction", "/prophrl/episode"}
     assert bag.custom_data["success"] == "true" and bag.custom_data["robot"] == "panda_sim"
+    counts = decode_bag_with_third_party_readers(rows[0]["bag"])  # every topic, strictly, by rosbags and mcap-ros2
+    assert counts == {topic: info.message_count for topic, info in bag.topics.items()}
     episode = load_episode(rows[0]["bag"], load_robot_config("panda_sim"))
     # one frame per control step, each with the chunk row due at that step
     assert abs(episode.camera_rate_hz - 20.0) < 0.5
     assert np.isfinite(episode.actions).all() and episode.actions.shape == (len(episode), 7)
     assert episode.actions[-1, 6] > 0.5, "the lift ends with the gripper closed"
+
+
+def test_exported_actions_are_the_chunk_rows_the_sim_executed(tmp_path):
+    """One frame per control step: the action exported for each frame is exactly the chunk row the sim
+    stepped with at that frame (before the safety filter), including one control period after a chunk."""
+    from prophrl_sim.arm_sim import ArmSim
+
+    sim = ArmSim("panda_sim", "lift", image_width=64, image_height=64)
+    executed = []
+    recorder = None
+
+    def record(step):
+        nonlocal recorder
+        if recorder is None:
+            recorder = EpisodeBagRecorder(tmp_path / "bag", sim, "lift", 3)
+        recorder(step)
+        executed.append(step.commanded_action.copy())
+
+    try:
+        expert = ExpertController("lift", sim.control_period_s)
+        outcome = run_episode(sim, expert, 3, max_steps=40, replan_steps=3, on_step=record)
+        recorder.close(outcome)
+    finally:
+        sim.close()
+    episode = load_episode(tmp_path / "bag", load_robot_config("panda_sim"))
+    assert episode.skipped_frames == 0 and len(episode) == len(executed) == 40
+    assert episode.chunk_steps.tolist()[:7] == [0, 1, 2, 0, 1, 2, 0]
+    mismatched = [i for i, (got, row) in enumerate(zip(episode.actions, executed)) if not np.array_equal(got, row)]
+    assert not mismatched, f"frames whose exported action is not the executed row: {mismatched}"
+    assert episode.control_period_s == 0.05

@@ -8,8 +8,9 @@ so every stream is on one clock even when the sources stamp headers with differe
   order (by name; extra joints ignored, missing ones are an error);
 - ``ee_pose``: the latest end-effector PoseStamped (x y z qx qy qz qw);
 - ``action_chunk``: the latest ActionChunk at or before the frame as (horizon, action_dim), and
-  ``chunk_step``: the step of that chunk due at the frame, floor(elapsed / control_period_s),
-  clipped to the last step when the chunk has run out (the executor holds until the next chunk);
+  ``chunk_step``: the step of that chunk due at the frame, floor(elapsed / control period) in exact
+  integer arithmetic on ns (see :func:`chunk_period_ns`), clipped to the last step when the chunk
+  has run out (the executor holds until the next chunk);
 - the episode's ``instruction`` and ``success`` (bag custom_data, else the recorded instruction
   topic / a SUCCESS EpisodeEvent);
 - the episode's ``camera`` calibration, from the first ``/camera/camera_info`` (K, width, height)
@@ -162,6 +163,32 @@ class EpisodeSamples:
         if len(self) < 2:
             return None
         return 1e9 / float(np.median(np.diff(self.frame_times_ns)))
+
+
+def _shortest_decimal(value: float, dtype) -> Fraction:
+    """The shortest decimal that `value` as `dtype` denotes, exactly ("0.05", not 0.0500000007450580596...)."""
+    return Fraction(np.format_float_positional(dtype(value), unique=True, trim="0"))
+
+
+def chunk_period_ns(chunk_period_s: float, robot: RobotConfig) -> Fraction:
+    """A chunk's control period in ns, exactly.
+
+    ActionChunk carries it as a float32, where 0.05 s is 50,000,000.745 ns: one period after a chunk,
+    a float quotient is floor(0.99999998) = 0, the previous row. The period is the robot config's (the
+    decimal written there) when the float32 holds that value, else the shortest decimal the float32
+    denotes.
+    """
+    if np.float32(chunk_period_s) == np.float32(robot.control_period_s):
+        seconds = _shortest_decimal(robot.control_period_s, np.float64)
+    else:
+        seconds = _shortest_decimal(chunk_period_s, np.float32)
+    return seconds * 1_000_000_000
+
+
+def chunk_steps_due(elapsed_ns: np.ndarray, period_ns: Fraction, horizon: int) -> np.ndarray:
+    """floor(elapsed / period) in integers, clipped to the chunk's last step."""
+    steps = [(int(elapsed) * period_ns.denominator) // period_ns.numerator for elapsed in elapsed_ns]
+    return np.minimum(np.asarray(steps, np.int64), horizon - 1).astype(np.int32)
 
 
 class _ChunkStream:
@@ -342,9 +369,8 @@ def load_episode(bag_path: str | Path, robot: RobotConfig, topics: DatasetTopics
                                  " joint state and end-effector pose: nothing to align")
     chunk_index = latest["chunk"][keep]
     horizon = chunk_arrays[0].shape[0]
-    elapsed_ns = frame_times[keep] - chunk_times[chunk_index]
-    period_ns = chunks.control_period_s * 1e9
-    steps = np.minimum(np.floor(elapsed_ns / period_ns), horizon - 1).astype(np.int32)
+    period_ns = chunk_period_ns(chunks.control_period_s, robot)
+    steps = chunk_steps_due(frame_times[keep] - chunk_times[chunk_index], period_ns, horizon)
 
     custom = bag.custom_data
     instruction = custom.get("instruction") or (instructions[-1] if instructions else "")
@@ -363,7 +389,7 @@ def load_episode(bag_path: str | Path, robot: RobotConfig, topics: DatasetTopics
         action_chunks=np.stack([chunk_arrays[i] for i in chunk_index]),
         chunk_steps=steps,
         action_space=chunks.action_space,
-        control_period_s=chunks.control_period_s,
+        control_period_s=float(period_ns / 1_000_000_000),
         skipped_frames=int(keep[0]),
         camera=camera_entry(bag, robot, camera_info, _camera_pose_at(camera_poses, int(frame_times[keep[0]]))),
     )
