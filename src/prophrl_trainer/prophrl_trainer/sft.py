@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from prophrl_common.config_io import ConfigError
-from prophrl_worldmodel.dataset import read_dataset_index
+from prophrl_worldmodel.dataset import episodes_with_known_outcome, read_dataset_index
 from prophrl_policy.configuration_vla import VLAConfig
 from prophrl_policy.modeling_vla import Observation, VLAPolicy
 from prophrl_policy.transforms import NormStats
@@ -72,7 +72,7 @@ def load_demonstrations(dataset_dir: str | Path, horizon: int, only_successful: 
     dataset_dir = Path(dataset_dir)
     index = read_dataset_index(dataset_dir, "ee_delta_7d", needed_by="SFT")
     frames, states, chunks, instructions, episode_index = [], [], [], [], []
-    for i, episode in enumerate(index["episodes"]):
+    for i, episode in episodes_with_known_outcome(index, dataset_dir, "SFT"):
         if only_successful and not episode["success"]:
             continue
         with np.load(dataset_dir / episode["shard"], allow_pickle=False) as shard:

@@ -11,8 +11,8 @@ so every stream is on one clock even when the sources stamp headers with differe
   ``chunk_step``: the step of that chunk due at the frame, floor(elapsed / control period) in exact
   integer arithmetic on ns (see :func:`chunk_period_ns`), clipped to the last step when the chunk
   has run out (the executor holds until the next chunk);
-- the episode's ``instruction`` and ``success`` (bag custom_data, else the recorded instruction
-  topic / a SUCCESS EpisodeEvent);
+- the episode's ``instruction`` (bag custom_data, else the recorded instruction topic) and ``success``
+  (see :func:`episode_success`: True / False, or None when a recovered bag no longer says);
 - the episode's ``camera`` calibration, from the first ``/camera/camera_info`` (K, width, height)
   and the latest ``/camera/pose`` at the first kept frame (else the first one; geometry_msgs/PoseStamped:
   the OpenCV/ROS optical frame's pose in the robot base frame, latched by the sim; its inverse is
@@ -133,7 +133,7 @@ class EpisodeSamples:
     episode_id: str
     instruction: str
     task: str
-    success: bool
+    success: bool | None  # None: unknown (a recovered bag whose end did not survive)
     recovered: bool
     frames: np.ndarray  # (N, H, W, 3) uint8
     frame_times_ns: np.ndarray  # (N,) int64, receive times
@@ -240,6 +240,31 @@ def _truthy(text: str) -> bool:
     return text.strip().lower() in ("true", "1", "yes")
 
 
+def episode_success(bag: Bag, end_events: list[tuple[str, bool]]) -> bool | None:
+    """The episode's outcome from its bag and its (kind, success flag) end events: True, False, or None
+    when it is unknown.
+
+    A complete bag says it in its custom_data ``success`` (written at close), else by a SUCCESS
+    event. A recovered bag (its writer died, or its file was cut) is judged only by the
+    EpisodeEvents that survived in its data: a metadata.yaml or metadata record can outlive a cut
+    that took the episode's end with it. SUCCESS (or a STOP marked successful) -> True, FAILURE or
+    STOP -> False, no end event -> None, with a warning: such an episode is no demonstration and no
+    judge label (SFT and judge training leave it out).
+    """
+    if not bag.recovered:
+        if "success" in bag.custom_data:
+            return _truthy(bag.custom_data["success"])
+        return any(kind == "SUCCESS" for kind, _ in end_events)
+    if any(kind == "SUCCESS" or (kind == "STOP" and success) for kind, success in end_events):
+        return True
+    if end_events:
+        return False
+    warnings.warn(f"bag {bag.path}: recovered ({'; '.join(bag.recovery_notes)}) and no SUCCESS, FAILURE or STOP"
+                  " event survived: its outcome is unknown (success: null); SFT and judge training leave it out",
+                  stacklevel=2)
+    return None
+
+
 def _camera_pose_at(poses: list, time_ns: int):
     """The latest camera pose received at or before time_ns (a latched pose re-sent when a recorder opens the
     bag may precede a fresh one), else the first one; None without any."""
@@ -311,7 +336,7 @@ def load_episode(bag_path: str | Path, robot: RobotConfig, topics: DatasetTopics
     joint_times, joints = [], []
     pose_times, poses = [], []
     chunks = _ChunkStream(bag)
-    instructions, success_events = [], 0
+    instructions, end_events = [], []
     camera_info, camera_poses = None, []
     reorder_cache: dict = {}
     optional = {topics.instruction: "std_msgs/msg/String", topics.episode: "prophrl_msgs/msg/EpisodeEvent",
@@ -351,8 +376,9 @@ def load_episode(bag_path: str | Path, robot: RobotConfig, topics: DatasetTopics
             camera_info = msg if camera_info is None else camera_info
         elif message.topic == topics.camera_pose:
             camera_poses.append((t, msg))
-        elif msg.event == msg.SUCCESS:
-            success_events += 1
+        elif msg.event in (msg.SUCCESS, msg.FAILURE, msg.STOP):
+            end_events.append(("SUCCESS" if msg.event == msg.SUCCESS else "FAILURE" if msg.event == msg.FAILURE
+                               else "STOP", bool(msg.success)))
 
     frame_times, frames = _sorted_by_time(frame_times, frames)
     joint_times, joints = _sorted_by_time(joint_times, joints)
@@ -374,13 +400,12 @@ def load_episode(bag_path: str | Path, robot: RobotConfig, topics: DatasetTopics
 
     custom = bag.custom_data
     instruction = custom.get("instruction") or (instructions[-1] if instructions else "")
-    success = _truthy(custom["success"]) if "success" in custom else success_events > 0
     return EpisodeSamples(
         bag_path=bag.path,
         episode_id=custom.get("episode_id") or bag.path.name,
         instruction=instruction,
         task=custom.get("task", ""),
-        success=success,
+        success=episode_success(bag, end_events),
         recovered=bag.recovered,
         frames=np.stack([frames[i] for i in keep]),
         frame_times_ns=frame_times[keep],
@@ -758,6 +783,18 @@ def read_dataset_index(dataset_dir: str | Path, action_space: str | None = None,
         raise ConfigError(f"{index_path}: {needed_by or 'this use'} needs {action_space} actions, the dataset has "
                           f"{index.get('action_space')!r}")
     return index
+
+
+def episodes_with_known_outcome(index: dict, dataset_dir: str | Path, needed_by: str) -> list[tuple[int, dict]]:
+    """(position, entry) of the index's episodes whose success is known, for training on outcomes
+    (`needed_by`, e.g. "SFT"); one warning names those left out (success null: see episode_success)."""
+    episodes = list(enumerate(index.get("episodes", [])))
+    unknown = [entry.get("episode_id") or entry.get("shard") or str(i) for i, entry in episodes
+               if entry.get("success") is None]
+    if unknown:
+        warnings.warn(f"{dataset_dir}: {needed_by} leaves out {len(unknown)} episode(s) whose outcome is unknown"
+                      f" (recovered bags whose end did not survive): {', '.join(map(str, unknown))}", stacklevel=2)
+    return [(i, entry) for i, entry in episodes if entry.get("success") is not None]
 
 
 def _write_index(path: Path, robot: RobotConfig, topics: DatasetTopics, reference: EpisodeSamples,

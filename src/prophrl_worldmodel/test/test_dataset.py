@@ -20,6 +20,7 @@ from prophrl_common.chunks import array_to_chunk
 from prophrl_common.images import numpy_to_image
 from prophrl_common.robots import load_robot_config
 from prophrl_msgs.msg import EpisodeEvent
+from prophrl_worldmodel import judge_training
 from prophrl_worldmodel.dataset import bags2dataset, load_episode, main_bags2dataset
 
 ROBOT = load_robot_config("panda_sim")
@@ -40,11 +41,13 @@ def chunk_actions(number: int, action_dim: int = 7) -> np.ndarray:
 
 
 def write_episode(path, *, frames=24, instruction="lift the cube", success=True, close=True, skip_topic=None,
-                  joint_states_type=JointState, action_dims=None, joint_names=None):
+                  joint_states_type=JointState, action_dims=None, joint_names=None, **writer_options):
     """Camera at 20 Hz, joint states at 100 Hz (reversed order + a finger joint), ee pose 1 ms after each
-    frame, an 8-step chunk (0.05 s period) 1 ms before every 4th frame from frame 2."""
+    frame, an 8-step chunk (0.05 s period) 1 ms before every 4th frame from frame 2; a SUCCESS (or FAILURE)
+    event at the end."""
     joint_names = joint_names or [*reversed(ROBOT.joint_names), "panda_finger_joint1"]
-    writer = BagWriter(path, {"episode_id": path.name, "instruction": instruction, "robot": ROBOT.name})
+    writer = BagWriter(path, {"episode_id": path.name, "instruction": instruction, "robot": ROBOT.name},
+                       **writer_options)
     topics = {"/camera/image_raw": "sensor_msgs/msg/Image", "/joint_states": "sensor_msgs/msg/JointState",
               "/prophrl/ee_pose": "geometry_msgs/msg/PoseStamped",
               "/prophrl/action_chunk": "prophrl_msgs/msg/ActionChunk", "/prophrl/instruction": "std_msgs/msg/String",
@@ -81,8 +84,8 @@ def write_episode(path, *, frames=24, instruction="lift the cube", success=True,
     if not close:
         writer.flush()  # then abandoned without a footer, as a killed recorder leaves it
         return path
-    if success:
-        write("/prophrl/episode", EpisodeEvent(event=EpisodeEvent.SUCCESS), T0 + frames * FRAME_NS)
+    write("/prophrl/episode", EpisodeEvent(event=EpisodeEvent.SUCCESS if success else EpisodeEvent.FAILURE,
+                                           success=success), T0 + frames * FRAME_NS)
     writer.set_custom_data({"success": "true" if success else "false"})
     writer.close()
     return path
@@ -194,9 +197,47 @@ def test_lerobot_v3_export(tmp_path):
 
 
 def test_bag_of_a_killed_recorder_converts(tmp_path):
-    episode = load_episode(write_episode(tmp_path / "killed", close=False), ROBOT)
-    assert episode.recovered and not episode.success and episode.instruction == "lift the cube"
+    with pytest.warns(UserWarning, match="outcome is unknown"):
+        episode = load_episode(write_episode(tmp_path / "killed", close=False), ROBOT)
+    assert episode.recovered and episode.success is None and episode.instruction == "lift the cube"
     assert len(episode) == 24 - FIRST_CHUNK_FRAME
+
+
+def cut_in_half(bag):
+    """Truncate the bag's MCAP file mid-file, leaving its metadata.yaml (success: true) in place."""
+    mcap = next(bag.glob("*.mcap"))
+    data = mcap.read_bytes()
+    mcap.write_bytes(data[:len(data) // 2])
+    assert "success: 'true'" in (bag / "metadata.yaml").read_text()
+
+
+def test_a_truncated_bag_is_no_successful_demonstration(tmp_path):
+    """The metadata.yaml of a cut bag still says success: true; the episode's end, which said so, is gone."""
+    cut = write_episode(tmp_path / "bags" / "a_cut", chunk_size_bytes=4_000)
+    write_episode(tmp_path / "bags" / "b_whole")
+    write_episode(tmp_path / "bags" / "c_failed", success=False)
+    cut_in_half(cut)
+    with pytest.warns(UserWarning, match="a_cut: recovered .* outcome is unknown"):
+        episode = load_episode(cut, ROBOT)
+    assert episode.recovered and episode.success is None and 0 < len(episode) < 24 - FIRST_CHUNK_FRAME
+    with pytest.warns(UserWarning, match="outcome is unknown"):
+        bags2dataset([tmp_path / "bags"], tmp_path / "out", ROBOT, lerobot=True)
+    index = json.loads((tmp_path / "out" / "index.json").read_text())
+    assert [(e["episode_id"], e["success"], e["recovered"]) for e in index["episodes"]] == [
+        ("a_cut", None, True), ("b_whole", True, False), ("c_failed", False, False)]
+    with pytest.warns(UserWarning, match="judge training leaves out 1 episode.*a_cut"):
+        episodes = judge_training.load_episodes(tmp_path / "out")
+    assert [(e.episode_id.split("/")[-1], e.success) for e in episodes] == [("b_whole", True), ("c_failed", False)]
+
+
+def test_a_cut_bag_keeps_the_outcome_its_surviving_events_record(tmp_path):
+    """A cut that spares the episode's end (here: only the summary is lost) keeps its SUCCESS / FAILURE."""
+    for name, success in (("won", True), ("lost", False)):
+        bag = write_episode(tmp_path / name, success=success, chunk_size_bytes=4_000)
+        mcap = next(bag.glob("*.mcap"))
+        mcap.write_bytes(mcap.read_bytes()[:-200])
+        episode = load_episode(bag, ROBOT)
+        assert episode.recovered and episode.success is success and len(episode) == 24 - FIRST_CHUNK_FRAME
 
 
 BROKEN = {
