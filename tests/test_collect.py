@@ -1,6 +1,7 @@
 """Demonstration collection end to end: sim + executor (safety filter) + scripted expert + recorder
 + CollectEpisode over DDS, one rosbag2 bag per episode, then bags2dataset on what was recorded."""
 
+import json
 import subprocess
 import sys
 
@@ -84,3 +85,61 @@ def test_exported_actions_are_the_chunk_rows_the_sim_executed(tmp_path):
     mismatched = [i for i, (got, row) in enumerate(zip(episode.actions, executed)) if not np.array_equal(got, row)]
     assert not mismatched, f"frames whose exported action is not the executed row: {mismatched}"
     assert episode.control_period_s == 0.05
+
+
+def test_live_collection_on_a_slowed_sim_records_exact_rates(tmp_path):
+    """The collect profile through its live nodes with the sim held to 0.3x real time (a machine that
+    cannot keep up): every node runs on the sim's /clock, so the bag's camera rate is exactly 20 Hz in
+    both header stamps and receive times, and bags2dataset exports it at 20 fps."""
+    import io
+    import time
+
+    import rclpy
+    from rclpy.action import ActionClient
+    from rclpy.node import Node
+
+    from prophrl.profiles import load_profile
+    from prophrl.up import Supervisor
+    from prophrl_msgs.action import CollectEpisode
+
+    out, log = tmp_path / "bags", io.StringIO()
+    profile = load_profile("collect", {"robot": "panda_sim", "task": "lift", "out": str(out),
+                                       "real_time_factor": "0.3"})
+    supervisor = Supervisor(profile, out=log)
+    rclpy.init()
+    node = Node("slow_collect_client")
+    try:
+        supervisor.start()
+        client = ActionClient(node, CollectEpisode, "/collector/collect_episode")
+        assert client.wait_for_server(timeout_sec=120), log.getvalue()[-4000:]
+        goal = CollectEpisode.Goal(instruction="", max_duration_s=2.0, task="lift", teleop="scripted", seed=1000)
+        began = time.monotonic()
+        sent = client.send_goal_async(goal)
+        rclpy.spin_until_future_complete(node, sent, timeout_sec=120)
+        assert sent.result() is not None and sent.result().accepted, log.getvalue()[-4000:]
+        done = sent.result().get_result_async()
+        rclpy.spin_until_future_complete(node, done, timeout_sec=300)
+        wall_s = time.monotonic() - began
+        assert done.result() is not None, log.getvalue()[-4000:]
+        result = done.result().result
+        assert result.bag_path, f"{result.message}\n{log.getvalue()[-4000:]}"
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+        supervisor.request_stop("test finished")
+        supervisor.shutdown()
+
+    bag = open_bag(result.bag_path)
+    frames = list(bag.messages(["/camera/image_raw"]))
+    stamps = np.array([m.publish_time_ns for m in frames])
+    receive = np.array([m.log_time_ns for m in frames])
+    sim_s = (stamps[-1] - stamps[0]) / 1e9
+    assert len(frames) >= 30 and wall_s > sim_s / 0.6, (len(frames), sim_s, wall_s)  # the sim did run slow
+    assert set(np.diff(stamps).tolist()) == {50_000_000}, np.unique(np.diff(stamps), return_counts=True)
+    assert set(np.diff(receive).tolist()) == {50_000_000}, np.unique(np.diff(receive), return_counts=True)
+    episode = load_episode(result.bag_path, load_robot_config("panda_sim"))
+    assert episode.camera_rate_hz == 20.0 and len(episode) >= 25
+    assert decode_bag_with_third_party_readers(result.bag_path)["/camera/image_raw"] == len(frames)
+    summary = bags2dataset([result.bag_path], tmp_path / "dataset", "panda_sim", lerobot=True)
+    info = json.loads((summary.lerobot_dir / "meta" / "info.json").read_text())
+    assert info["fps"] == 20 and info["total_frames"] == len(episode)

@@ -13,13 +13,13 @@ output = "twist": drives the arm directly, without an executor: every control pe
   first step of a fresh chunk as a TwistStamped (delta / control period, base frame) on the robot
   config's twist_topic and the gripper command on its gripper_topic.
 
-No output while the poses are older than stale_after_s (e.g. the sim is not running).
+No output while the poses are older than stale_after_s (e.g. the sim is not running). Times are the
+steady clock, or sim time (/clock) with use_sim_time.
 """
 
 from __future__ import annotations
 
 import sys
-import time
 
 import numpy as np
 import rclpy
@@ -29,6 +29,7 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import Float64, String
 
 from prophrl_common.chunks import array_to_chunk
+from prophrl_common.node_clock import node_seconds
 from prophrl_common.node_runtime import spin_until_shutdown
 from prophrl_common.robots import load_robot_config
 from prophrl_msgs.msg import ActionChunk, EpisodeEvent
@@ -85,11 +86,11 @@ class ScriptedExpertNode(Node):
                                     f"needs {list(self.task.object_names)}", throttle_duration_sec=5.0)
             return
         self._objects = {name: _pose(pose) for name, pose in zip(self.task.object_names, msg.poses)}
-        self._received_s["objects"] = time.monotonic()
+        self._received_s["objects"] = node_seconds(self)
 
     def _on_ee_pose(self, msg: PoseStamped) -> None:
         self._ee_pose = _pose(msg.pose)
-        self._received_s["ee"] = time.monotonic()
+        self._received_s["ee"] = node_seconds(self)
 
     def _on_instruction(self, msg: String) -> None:
         self._instruction = msg.data
@@ -102,7 +103,7 @@ class ScriptedExpertNode(Node):
             self._received_s = {"ee": -np.inf, "objects": -np.inf}
 
     def _plan(self) -> np.ndarray | None:
-        now = time.monotonic()
+        now = node_seconds(self)
         if any(now - received > self.stale_after_s for received in self._received_s.values()):
             return None
         return self.expert.plan(self._ee_pose, self._objects, self.get_clock().now().nanoseconds * 1e-9)

@@ -31,9 +31,15 @@ Services
   START/SUCCESS events), for a collector that starts every recorded episode itself.
 - Setting the ``seed`` parameter (``ros2 param set /sim seed 42``) starts an episode with that seed.
 
-realtime (default true): the sim advances one control period per control period of wall time.
-false: it steps as fast as it can; command timeouts, trajectory timing, camera pacing and message
-stamps then use sim time, which is published on /clock (run other nodes with use_sim_time).
+realtime (default true): the sim advances one control period per control period of wall time
+(real_time_factor < 1: proportionally slower), or as fast as the machine allows when that is slower.
+false: it steps as fast as it can.
+
+publish_clock (default false; implied by realtime false): command timeouts, trajectory timing and
+message stamps use sim time, which is published on /clock before each step's messages; run the
+other nodes with use_sim_time. Sim time starts at the wall time when the node starts and advances
+exactly one control period per step, across episodes, so every rate in a recording is exact however
+slowly a loaded machine steps. Otherwise stamps are the node's clock (wall time).
 """
 
 from __future__ import annotations
@@ -49,6 +55,8 @@ from geometry_msgs.msg import Pose as PoseMsg
 from geometry_msgs.msg import PoseArray, PoseStamped, TwistStamped
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy._rclpy_pybind11 import RCLError
+from rclpy.clock import Clock as SteadyClock
+from rclpy.clock import ClockType
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
@@ -71,8 +79,7 @@ STATE_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 
-def _time_msg(seconds: float) -> Time:
-    nanoseconds = int(round(seconds * 1e9))
+def _time_msg(nanoseconds: int) -> Time:
     return Time(sec=nanoseconds // 10**9, nanosec=nanoseconds % 10**9)
 
 
@@ -131,6 +138,15 @@ class SimNode(Node):
         self.camera_period_s = 1.0 / p("camera_rate_hz", 20.0).value
         self.twist_timeout_s = p("twist_timeout_s", 0.2).value
         self.realtime = p("realtime", True).value
+        real_time_factor = p("real_time_factor", 1.0, ParameterDescriptor(
+            description="with realtime: sim seconds per wall second, at most (below 1: a slower sim)")).value
+        if not real_time_factor > 0:
+            raise ValueError(f"real_time_factor must be positive, got {real_time_factor}")
+        self.sim_clock = p("publish_clock", False, ParameterDescriptor(
+            description="stamp with sim time and publish it on /clock (always so when realtime is false)"
+        )).value or not self.realtime
+        self._period_ns = round(robot.control_period_s * 1e9)
+        self._clock_ns = time.time_ns()  # sim time: advances one control period per step
         announce_first = p("announce_first_episode", True, ParameterDescriptor(
             description="publish START for the episode the node starts with (false when a collector starts episodes)"
         )).value
@@ -148,7 +164,7 @@ class SimNode(Node):
         self._objects_pub = self.create_publisher(PoseArray, OBJECT_POSES_TOPIC, STATE_QOS)
         self._episode_pub = self.create_publisher(EpisodeEvent, "/prophrl/episode", STATE_QOS)
         self._instruction_pub = self.create_publisher(String, "/prophrl/instruction", LATCHED)
-        self._clock_pub = None if self.realtime else self.create_publisher(Clock, "/clock", STATE_QOS)
+        self._clock_pub = self.create_publisher(Clock, "/clock", STATE_QOS) if self.sim_clock else None
         self.create_subscription(TwistStamped, robot.twist_topic, self._on_twist, STATE_QOS)
         self.create_subscription(Float64, robot.gripper_topic, self._on_gripper, STATE_QOS)
         self.create_subscription(JointTrajectory, robot.joint_trajectory_topic, self._on_trajectory, STATE_QOS)
@@ -159,20 +175,20 @@ class SimNode(Node):
         self._episode_succeeded = False
         self._reset_episode(seed, announce=announce_first)
         if self.realtime:
-            self.create_timer(robot.control_period_s, self.tick)
+            self.create_timer(robot.control_period_s / real_time_factor, self.tick,
+                              clock=SteadyClock(clock_type=ClockType.STEADY_TIME))
+        pace = f"{real_time_factor:g}x real time" if self.realtime else "as fast as possible"
         self.get_logger().info(
-            f"{robot.name} on task {self.task_name!r} ({self.sim.camera} camera {width}x{height}, "
-            f"{'real time' if self.realtime else 'as fast as possible'}); episode {self._episode_id}")
+            f"{robot.name} on task {self.task_name!r} ({self.sim.camera} camera {width}x{height}, {pace}"
+            f"{', sim time on /clock' if self.sim_clock else ''}); episode {self._episode_id}")
 
     # ------------------------------------------------------------------ time
     def _now_s(self) -> float:
-        """The clock commands are timed with: wall clock in real time, else sim time."""
-        return time.monotonic() if self.realtime else self.sim.time_s
+        """The clock commands are timed with: sim time when it is published, else the steady clock."""
+        return self._clock_ns * 1e-9 if self.sim_clock else time.monotonic()
 
     def _stamp(self) -> Time:
-        if self.realtime:
-            return self.get_clock().now().to_msg()
-        return _time_msg(self.sim.time_s)
+        return _time_msg(self._clock_ns) if self.sim_clock else self.get_clock().now().to_msg()
 
     # ------------------------------------------------------------------ commands
     def _on_twist(self, msg: TwistStamped) -> None:
@@ -253,6 +269,7 @@ class SimNode(Node):
             self.sim.step_ee_velocity(*self._twist, self._gripper)
         else:
             self.sim.step_ee_delta(np.zeros(3), np.zeros(3), self._gripper)
+        self._clock_ns += self._period_ns
         observation = self.sim.observe()
         if self._clock_pub is not None:
             self._clock_pub.publish(Clock(clock=self._stamp()))
