@@ -50,7 +50,9 @@ dataset_from_index / dataset_to_index, meta/episodes/*, stats/*/*, plus our ``su
 GOP 2, LeRobot's default libsvtav1 unless another codec is asked for). ``observation.state`` is the
 joint positions + ee pose, ``action`` the chunk step due at the frame, the task the instruction, and
 ``observation.images.<camera>`` is named after the image topic's first segment. Frame timestamps are
-frame_index / fps, the convention LeRobot's video decoding relies on; everything goes to file 000
+frame_index / fps, the convention LeRobot's video decoding relies on, so each episode is first put on
+that frame grid (:func:`on_rate_grid`: a real camera's jittery timestamps map one frame to each grid
+point; a camera at another rate has frames repeated or skipped, with a warning); everything goes to file 000
 (LeRobot's size-based file rollover is not needed to read the dataset).
 """
 
@@ -420,6 +422,32 @@ def load_episode(bag_path: str | Path, robot: RobotConfig, topics: DatasetTopics
     )
 
 
+def on_rate_grid(episode: EpisodeSamples, fps: int) -> tuple[EpisodeSamples, int]:
+    """The episode's samples at a fixed rate, for a dataset whose frames are frame_index / fps apart
+    (LeRobot): one sample per point of the grid first frame + k / fps up to the last frame, each the
+    sample of the camera frame nearest to it (the earlier one on a tie). Returns it and how many frames
+    were repeated or skipped to fill the grid.
+
+    A rate-exact recording comes back unchanged; a real camera's jittery timestamps map one frame to
+    each grid point; a camera slower or faster than fps repeats or skips frames.
+    """
+    times = episode.frame_times_ns
+    if len(times) < 2:
+        return episode, 0
+    count = 1 + round((int(times[-1]) - int(times[0])) * fps / 1_000_000_000)
+    grid = int(times[0]) + np.array([round(k * 1_000_000_000 / fps) for k in range(count)], np.int64)
+    after = np.clip(np.searchsorted(times, grid, side="left"), 1, len(times) - 1)
+    before = after - 1
+    chosen = np.where(times[after] - grid < grid - times[before], after, before)
+    changed = count - len(np.unique(chosen)) + (len(times) - len(np.unique(chosen)))
+    if np.array_equal(chosen, np.arange(len(times))):
+        return episode, 0
+    return dataclasses.replace(
+        episode, frames=episode.frames[chosen], frame_times_ns=grid, joint_positions=episode.joint_positions[chosen],
+        ee_pose=episode.ee_pose[chosen], action_chunks=episode.action_chunks[chosen],
+        chunk_steps=episode.chunk_steps[chosen]), int(changed)
+
+
 def _action_names(action_space: str, action_dim: int, robot: RobotConfig) -> list[str]:
     if action_space == "ee_delta_7d":
         return list(EE_DELTA_NAMES)
@@ -725,8 +753,7 @@ def bags2dataset(bags: Iterable[str | Path], out_dir: str | Path, robot: RobotCo
                             camera_name=topics.camera_name, image_shape=episode.frames.shape[1:],
                             action_space=episode.action_space, action_dim=episode.action_chunks.shape[2],
                             video_codec=video_codec)
-                    _check_camera_rate(episode, writer.fps)
-                    writer.add_episode(episode)
+                    writer.add_episode(_at_dataset_rate(episode, writer.fps))
             if writer is not None:
                 writer.close()
         except BaseException:
@@ -753,11 +780,14 @@ def _dataset_fps(episode: EpisodeSamples) -> int:
     return max(1, round(rate))
 
 
-def _check_camera_rate(episode: EpisodeSamples, fps: int) -> None:
-    rate = episode.camera_rate_hz
-    if rate is not None and abs(rate - fps) > 0.1 * fps:
-        raise BagError(episode.bag_path, f"its camera runs at {rate:.1f} Hz but the LeRobot dataset is at {fps} fps"
-                                         " (set fps, or convert episodes of different rates separately)")
+def _at_dataset_rate(episode: EpisodeSamples, fps: int) -> EpisodeSamples:
+    """The episode on the LeRobot dataset's frame grid; a warning when that repeats or skips frames."""
+    aligned, changed = on_rate_grid(episode, fps)
+    if changed:
+        warnings.warn(f"bag {episode.bag_path}: camera at {episode.camera_rate_hz:.1f} Hz (median), the LeRobot"
+                      f" dataset at {fps} fps: {changed} of {len(aligned)} frames repeated or skipped to put it on"
+                      " the dataset's frame grid", stacklevel=2)
+    return aligned
 
 
 def _write_shard(path: Path, episode: EpisodeSamples) -> None:

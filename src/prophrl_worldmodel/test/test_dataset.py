@@ -41,10 +41,13 @@ def chunk_actions(number: int, action_dim: int = 7) -> np.ndarray:
 
 
 def write_episode(path, *, frames=24, instruction="lift the cube", success=True, close=True, skip_topic=None,
-                  joint_states_type=JointState, action_dims=None, joint_names=None, **writer_options):
+                  joint_states_type=JointState, action_dims=None, joint_names=None, frame_ns=FRAME_NS, jitter_ns=0,
+                  **writer_options):
     """Camera at 20 Hz, joint states at 100 Hz (reversed order + a finger joint), ee pose 1 ms after each
     frame, an 8-step chunk (0.05 s period) 1 ms before every 4th frame from frame 2; a SUCCESS (or FAILURE)
-    event at the end."""
+    event at the end. frame_ns / jitter_ns: another camera period / uniform random timestamp jitter."""
+    jitter = np.random.default_rng(7).integers(-jitter_ns, jitter_ns + 1, frames) if jitter_ns else np.zeros(frames, int)
+    frame_time = [T0 + i * frame_ns + int(jitter[i]) for i in range(frames)]
     joint_names = joint_names or [*reversed(ROBOT.joint_names), "panda_finger_joint1"]
     writer = BagWriter(path, {"episode_id": path.name, "instruction": instruction, "robot": ROBOT.name},
                        **writer_options)
@@ -64,7 +67,7 @@ def write_episode(path, *, frames=24, instruction="lift the cube", success=True,
 
     write("/prophrl/instruction", String(data=instruction), T0 - 10 * MS)
     write("/prophrl/episode", EpisodeEvent(event=EpisodeEvent.START), T0 - 5 * MS)
-    for k in range(frames * 5):
+    for k in range((frame_time[-1] - T0) // (10 * MS) + 5):
         if joint_states_type is String:
             write("/joint_states", String(data="not joints"), T0 + k * 10 * MS - 2 * MS)
         else:
@@ -76,16 +79,16 @@ def write_episode(path, *, frames=24, instruction="lift the cube", success=True,
             action_dim = (action_dims or {}).get(number, 7)
             write("/prophrl/action_chunk", array_to_chunk(chunk_actions(number, action_dim),
                                                           "joint_position" if action_dim != 7 else "ee_delta_7d",
-                                                          0.05), T0 + i * FRAME_NS - MS)
-        write("/camera/image_raw", numpy_to_image(frame_pixels(i), "rgb8"), T0 + i * FRAME_NS)
+                                                          0.05), frame_time[i] - MS)
+        write("/camera/image_raw", numpy_to_image(frame_pixels(i), "rgb8"), frame_time[i])
         pose = PoseStamped()
         pose.pose.position.x, pose.pose.orientation.w = float(i), 1.0
-        write("/prophrl/ee_pose", pose, T0 + i * FRAME_NS + MS)
+        write("/prophrl/ee_pose", pose, frame_time[i] + MS)
     if not close:
         writer.flush()  # then abandoned without a footer, as a killed recorder leaves it
         return path
     write("/prophrl/episode", EpisodeEvent(event=EpisodeEvent.SUCCESS if success else EpisodeEvent.FAILURE,
-                                           success=success), T0 + frames * FRAME_NS)
+                                           success=success), frame_time[-1] + frame_ns)
     writer.set_custom_data({"success": "true" if success else "false"})
     writer.close()
     return path
@@ -194,6 +197,29 @@ def test_lerobot_v3_export(tmp_path):
         decoded = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
     assert len(decoded) == total and decoded[0].shape == (HEIGHT, WIDTH, 3)
     assert np.abs(decoded[0].astype(int) - frame_pixels(FIRST_CHUNK_FRAME)).mean() < 8
+
+
+def test_lerobot_export_puts_jittery_and_off_rate_cameras_on_its_frame_grid(tmp_path):
+    """What a real robot records: camera timestamps with jitter, or a camera at another rate (a loaded
+    machine's 10 Hz instead of 20). The LeRobot export takes each episode onto its fps grid instead of
+    refusing it; the training shards keep every recorded frame."""
+    write_episode(tmp_path / "bags" / "a_exact")
+    write_episode(tmp_path / "bags" / "b_jitter", jitter_ns=12 * MS)
+    write_episode(tmp_path / "bags" / "c_10hz", frame_ns=2 * FRAME_NS)
+    with pytest.warns(UserWarning, match=r"c_10hz: camera at 10.0 Hz .* at 20 fps: \d+ of \d+ frames repeated"):
+        summary = bags2dataset([tmp_path / "bags"], tmp_path / "out", ROBOT, lerobot=True)
+    index = json.loads((tmp_path / "out" / "index.json").read_text())
+    assert [e["num_samples"] for e in index["episodes"]] == [22, 22, 22]
+    info = json.loads((summary.lerobot_dir / "meta" / "info.json").read_text())
+    episodes = pq.read_table(summary.lerobot_dir / "meta" / "episodes" / "chunk-000" / "file-000.parquet").to_pydict()
+    # exact and jittery: one frame per grid point; 10 Hz: 21 intervals of 0.1 s -> 43 points at 20 fps
+    assert info["fps"] == FPS and episodes["length"] == [22, 22, 43] and info["total_frames"] == 87
+    data = pq.read_table(summary.lerobot_dir / "data" / "chunk-000" / "file-000.parquet").to_pydict()
+    rows = [i for i, e in enumerate(data["episode_index"]) if e == 1]
+    jittery = load_episode(tmp_path / "bags" / "b_jitter", ROBOT)
+    np.testing.assert_array_equal(np.array([data["action"][i] for i in rows], np.float32), jittery.actions)
+    slow = [data["observation.state"][i][7] for i, e in enumerate(data["episode_index"]) if e == 2]
+    assert slow[:4] == [FIRST_CHUNK_FRAME - 1] * 2 + [FIRST_CHUNK_FRAME] * 2  # each 10 Hz frame held twice
 
 
 def test_bag_of_a_killed_recorder_converts(tmp_path):
