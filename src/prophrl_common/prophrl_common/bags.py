@@ -30,7 +30,7 @@ Reader (:func:`open_bag`) and recovery
     - Messages still in the writer's in-memory chunk when it died are lost: at most
       ``chunk_size_bytes`` or ``flush_period_s`` worth (512 KiB / 0.2 s by default), plus whatever a
       caller had queued but not yet passed to :meth:`BagWriter.write`. A topic's schema and channel
-      travel in the chunk of its first message, so they are lost only together with it.
+      travel in the first chunk written after :meth:`BagWriter.add_topic`, never after its messages.
     - A record cut off mid-write, or a chunk whose CRC or compression does not check out, ends the
       read: nothing after the first damaged record is read (there is no resynchronisation), so damage
       in the middle of a file (not a truncation) loses the rest of that file.

@@ -11,8 +11,9 @@ Run: ``ros2 run prophrl_policy recorder_node`` (or the console script ``recorder
   ``/prophrl/action_chunk``, ``/prophrl/instruction`` and ``/prophrl/episode``). Like
   ``ros2 bag record``, a topic is subscribed once it has a publisher, with the publishers' QoS
   (reliable unless one is best-effort, transient-local if all are), and its type from the graph
-  when none is given. Messages are taken as raw CDR (the bytes ``serialize_message`` gives) and
-  stamped with the receive time (MCAP log_time) and their header stamp (publish_time).
+  when none is given. Messages are taken as raw CDR from the wire (a wire message can end in padding
+  bytes; the bag writer stores canonical CDR) and stamped with the receive time (MCAP log_time) and
+  their header stamp (publish_time).
 * ``/prophrl/episode`` (prophrl_msgs/EpisodeEvent): START opens ``<output_dir>/<episode_id>/``
   (a START while recording first closes the current bag); SUCCESS, FAILURE and STOP close it.
   The services ``~/start`` and ``~/stop`` (std_srvs/Trigger) do the same; their reply message is
