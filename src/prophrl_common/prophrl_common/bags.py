@@ -743,6 +743,7 @@ __all__ = [
     "BagWriter",
     "TopicInfo",
     "TopicQos",
+    "canonical_cdr",
     "cdr_header_stamp_ns",
     "default_typestore",
     "deserialize_cdr",
@@ -750,4 +751,5 @@ __all__ = [
     "is_bag",
     "normalize_msgtype",
     "open_bag",
+    "rosbag2_metadata",
 ]

@@ -26,7 +26,8 @@ Run: ``ros2 run prophrl_policy recorder_node`` (or the console script ``recorder
   bag is logged before its START.
 * Times are the node's clock: with ``use_sim_time`` the sim's /clock, so a sim that falls behind
   real time under load still gives bags at its exact rates. A /clock message can reach this node
-  after a message its source stamped at that time: a message is never logged before its stamp then.
+  after a message its source stamped at that time: a message is never logged before its stamp then
+  (and a recorder more than a whole step behind logs a message at the step it caught up in).
 * Disk I/O runs on a writer thread behind a queue: callbacks only enqueue. When more than
   ``queue_size`` messages are waiting, new ones are dropped and counted (logged, and stored as
   ``dropped_messages`` in the bag's custom_data). Data reaches the file at least every
