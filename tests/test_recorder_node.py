@@ -6,6 +6,7 @@ import time
 
 import numpy as np
 import pytest
+import yaml
 import rclpy
 from geometry_msgs.msg import PoseStamped
 from rclpy.node import Node
@@ -17,7 +18,7 @@ from std_msgs.msg import String
 from prophrl_common.bags import BagError, open_bag
 from prophrl_common.chunks import array_to_chunk, chunk_to_array
 from prophrl_common.images import image_to_numpy, numpy_to_image
-from prophrl_common.testing import node_process, python_module_argv, spin_until
+from prophrl_common.testing import decode_bag_with_third_party_readers, node_process, python_module_argv, spin_until
 from prophrl_msgs.msg import ActionChunk, EpisodeEvent
 
 RELIABLE = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
@@ -36,13 +37,15 @@ class EpisodeSource:
         self.ee_pose = node.create_publisher(PoseStamped, "/prophrl/ee_pose", RELIABLE)
         self.chunk = node.create_publisher(ActionChunk, "/prophrl/action_chunk", RELIABLE)
         self.instruction = node.create_publisher(String, "/prophrl/instruction", LATCHED)
+        self.camera_pose = node.create_publisher(PoseStamped, "/camera/pose", LATCHED)
         self.episode = node.create_publisher(EpisodeEvent, "/prophrl/episode", RELIABLE)
         self.last_bags = []
         node.create_subscription(String, "/recorder_node/last_bag", lambda msg: self.last_bags.append(msg.data),
                                  LATCHED)
 
     def publishers(self):
-        return [self.image, self.camera_info, self.joints, self.ee_pose, self.chunk, self.instruction, self.episode]
+        return [self.image, self.camera_info, self.joints, self.ee_pose, self.chunk, self.instruction,
+                self.camera_pose, self.episode]
 
     def wait_for_recorder(self, recorder) -> None:
         subscribed = lambda: all(pub.get_subscription_count() > 0 for pub in self.publishers())
@@ -135,6 +138,44 @@ def test_episode_is_recorded_with_contents_and_metadata(source, tmp_path):
         np.testing.assert_array_equal(chunk_to_array(msg), actions)
     events = [bag.deserialize(m).event for m in bag.messages(["/prophrl/episode"])]
     assert events == [EpisodeEvent.START, EpisodeEvent.SUCCESS]
+    decoded = decode_bag_with_third_party_readers(bag_path)  # every topic, strictly, by rosbags and mcap-ros2
+    assert decoded == {topic: info.message_count for topic, info in bag.topics.items()}
+
+
+def test_latched_messages_are_logged_at_the_start_not_when_first_received(source, tmp_path):
+    """A latched message received long before an episode (the previous episode's /camera/pose) is written
+    into the bag right after START, at START's receive time; its header stamp stays its publish time."""
+    with node_process(recorder_argv(tmp_path)) as recorder:
+        source.wait_for_recorder(recorder)
+        pose = PoseStamped()
+        pose.header.stamp.sec, pose.header.frame_id = 42, "panda_link0"
+        source.camera_pose.publish(pose)
+        source.instruction.publish(String(data="lift the cube"))
+        source.start("episode_early", tmp_path, recorder)  # the recorder holds the latched messages once
+        has_pose = lambda: recorded_counts(tmp_path / "episode_early").get("/camera/pose") == 1
+        assert spin_until(source.node, has_pose, 10), recorder.output()  # this bag has them: the recorder does
+        source.episode.publish(EpisodeEvent(event=EpisodeEvent.SUCCESS, episode_id="episode_early"))
+        assert spin_until(source.node, lambda: len(source.last_bags) == 1, 10), recorder.output()
+        spin_until(source.node, lambda: False, 1.5)  # the latched messages age before the next episode
+        source.start("episode_late", tmp_path, recorder)
+        for step in range(5):
+            source.publish_step(step, stamp_s=50.0 + step * 0.05)
+        on_disk = lambda: recorded_counts(tmp_path / "episode_late").get("/camera/image_raw") == 5
+        assert spin_until(source.node, on_disk, 10), recorder.output()
+        source.episode.publish(EpisodeEvent(event=EpisodeEvent.SUCCESS, episode_id="episode_late"))
+        assert spin_until(source.node, lambda: len(source.last_bags) == 2, 10), recorder.output()
+
+    bag = open_bag(tmp_path / "episode_late")
+    messages = list(bag.messages())
+    assert messages[0].topic == "/prophrl/episode" and bag.deserialize(messages[0]).event == EpisodeEvent.START
+    start_ns = messages[0].log_time_ns
+    assert min(m.log_time_ns for m in messages) == start_ns, [(m.topic, m.log_time_ns - start_ns) for m in messages]
+    (pose_message,) = bag.messages(["/camera/pose"])
+    assert pose_message.log_time_ns == start_ns and pose_message.publish_time_ns == 42 * 10**9
+    (instruction,) = bag.messages(["/prophrl/instruction"])
+    assert instruction.log_time_ns == start_ns
+    metadata = yaml.safe_load((tmp_path / "episode_late" / "metadata.yaml").read_text())
+    assert metadata["rosbag2_bagfile_information"]["starting_time"]["nanoseconds_since_epoch"] == start_ns
 
 
 def test_killed_recorder_leaves_a_readable_bag(source, tmp_path):

@@ -39,7 +39,8 @@ def collect_over_ros(args: argparse.Namespace) -> list[dict]:
         if args.teleop != "scripted":
             # The operator's device runs in this terminal (keyboard needs its stdin).
             teleop = subprocess.Popen([sys.executable, "-m", "prophrl_policy.teleop_node", "--ros-args",
-                                       "-p", f"device:={args.teleop}", "-p", f"robot:={args.robot}"])
+                                       "-p", f"device:={args.teleop}", "-p", f"robot:={args.robot}",
+                                       "-p", "use_sim_time:=true"])  # the teleop profile's sim time
         client = ActionClient(node, CollectEpisode, "/collector/collect_episode")
         if not client.wait_for_server(timeout_sec=60):
             raise RuntimeError("the collector node did not come up (see collect_nodes.log)")

@@ -1,35 +1,45 @@
 """rosbag2 episode bags (MCAP storage) without rclpy: typestore, crash-tolerant writer, recovering reader.
 
 The files are ordinary rosbag2 v9 bags: a directory holding ``<name>_0.mcap`` (profile ``ros2``, CDR
-messages, ``ros2msg`` schemas, rosbag2's channel metadata) and ``metadata.yaml``, readable by
-``ros2 bag info/play``, ``rosbags`` and the ``mcap`` tools. Message bytes are the CDR that rclpy's
-``serialize_message`` produces; this module never deserialises on the write path.
+messages, ``ros2msg`` schemas, rosbag2's channel metadata, the ``rosbag2`` metadata record holding the
+bare ``BagMetadata`` map as rosbag2_storage_mcap writes it) and ``metadata.yaml``, readable by
+``ros2 bag info/play``, ``rosbags`` and the ``mcap`` tools. The MCAP records are written and read by
+the ``mcap`` library; this module decides what goes in them, when data reaches the disk, and how a
+damaged file is read.
 
 Writer (:class:`BagWriter`)
-    Messages go into MCAP chunks of at most ``chunk_size_bytes``; a chunk is written and the file
-    flushed when it is full, when it is older than ``flush_period_s`` (checked on every write and on
-    :meth:`BagWriter.flush`), and on close. Schema and channel records are written and flushed as soon
-    as a topic is added, and the custom metadata (instruction, robot, task, episode_id, ...) is
-    written as an MCAP metadata record whenever it changes, so a bag whose writer dies keeps all of
-    them. :meth:`BagWriter.close` adds the summary (statistics, indexes), the footer and
-    ``metadata.yaml`` with the custom metadata under rosbag2's ``custom_data``.
+    Every message is stored as canonical CDR: the bytes given are decoded (leniently, see
+    :func:`deserialize_cdr`) and serialised again by the typestore, so alignment padding is zero and
+    nothing trails the message, whatever produced them (rclpy's ``serialize_message`` leaves
+    uninitialised padding and a trailing word that strict readers refuse). A message that does not
+    decode as its topic's type is a :class:`BagError`. Messages go into MCAP chunks of at most
+    ``chunk_size_bytes``; a chunk is written and the file flushed when it is full, when it is older
+    than ``flush_period_s`` (checked on every write and on :meth:`BagWriter.flush`), and on close. The
+    custom metadata (instruction, robot, task, episode_id, ...) is written as an MCAP metadata record
+    whenever it changes, so a bag whose writer dies keeps it. :meth:`BagWriter.close` adds the
+    ``rosbag2`` metadata record, the summary (statistics, indexes), the footer and ``metadata.yaml``
+    with the custom metadata under rosbag2's ``custom_data``.
 
 Reader (:func:`open_bag`) and recovery
     A complete MCAP file is read through its summary. When the footer or summary is missing (the
-    writer was killed) or ``metadata.yaml`` is missing or unreadable, the reader scans the data
-    section record by record and keeps everything up to the last complete record; such a bag has
-    ``recovered=True`` and ``recovery_notes`` saying what was cut. Limits:
+    writer was killed, or the file was cut) or ``metadata.yaml`` is missing or unreadable, the file is
+    read record by record (the ``mcap`` stream reader, CRCs checked) and everything up to the last
+    complete, intact record is kept; such a bag has ``recovered=True`` and ``recovery_notes`` saying
+    what was cut. Limits:
 
     - Messages still in the writer's in-memory chunk when it died are lost: at most
       ``chunk_size_bytes`` or ``flush_period_s`` worth (512 KiB / 0.2 s by default), plus whatever a
-      caller had queued but not yet passed to :meth:`BagWriter.write`.
+      caller had queued but not yet passed to :meth:`BagWriter.write`. A topic's schema and channel
+      travel in the first chunk written after :meth:`BagWriter.add_topic`, never after its messages.
     - A record cut off mid-write, or a chunk whose CRC or compression does not check out, ends the
-      scan: nothing after the first damaged record is read (there is no resynchronisation), so damage
+      read: nothing after the first damaged record is read (there is no resynchronisation), so damage
       in the middle of a file (not a truncation) loses the rest of that file.
     - The MCAP header must be intact; a bag cut before its first chunk holds no message and raises
       ``BagError`` ("truncated beyond recovery").
     - Custom metadata is the last metadata record written before the crash: keys only known at close
-      (``success`` in the recorder's bags) are absent.
+      (``success`` in the recorder's bags) are absent. A bag's ``metadata.yaml`` can outlive a cut
+      of its MCAP file: what it says about the episode's end is then not backed by the data (see
+      prophrl_worldmodel.dataset, which takes the outcome of a recovered bag from its messages).
     - Only MCAP storage is read; sqlite3 (``.db3``) bags must be converted first
       (``ros2 bag convert`` or ``rosbags-convert``).
 
@@ -43,13 +53,18 @@ import os
 import re
 import struct
 import time
-import zlib
 from collections.abc import Iterable, Iterator, Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Self
 
 import yaml
+from mcap.exceptions import McapError
+from mcap.reader import SeekingReader
+from mcap.records import Channel, DataEnd, Footer, Header, Message, Metadata, Schema
+from mcap.stream_reader import StreamReader
+from mcap.writer import LIBRARY_IDENTIFIER, MCAP0_MAGIC, CompressionType
+from mcap.writer import Writer as McapWriter
 from rosbags.typesys import Stores, TypesysError, get_types_from_idl, get_types_from_msg, get_typestore
 from rosbags.typesys.store import Typestore
 
@@ -58,15 +73,13 @@ DEFAULT_FLUSH_PERIOD_S = 0.2
 STANDARD_TYPESTORE = Stores.ROS2_KILTED  # the same definitions as Humble for every type we record
 CUSTOM_DATA_RECORD = "prophrl_custom_data"
 ROSBAG2_METADATA_RECORD = "rosbag2"  # what rosbag2's own MCAP plugin writes at close
-
-_MAGIC = b"\x89MCAP0\r\n"
-_OP_HEADER, _OP_FOOTER, _OP_SCHEMA, _OP_CHANNEL, _OP_MESSAGE, _OP_CHUNK = 0x01, 0x02, 0x03, 0x04, 0x05, 0x06
-_OP_MESSAGE_INDEX, _OP_CHUNK_INDEX, _OP_STATISTICS, _OP_METADATA = 0x07, 0x08, 0x0B, 0x0C
-_OP_METADATA_INDEX, _OP_SUMMARY_OFFSET, _OP_DATA_END = 0x0D, 0x0E, 0x0F
-_RECORD_PREFIX = struct.Struct("<BQ")
-_MESSAGE_PREFIX = struct.Struct("<BQHIQQ")  # record prefix + channel_id, sequence, log_time, publish_time
-_MESSAGE_FIELDS = struct.Struct("<HIQQ")
-_FOOTER_SIZE = _RECORD_PREFIX.size + 20
+ROSBAG2_METADATA_VERSION = 9
+COMPRESSION = {"none": CompressionType.NONE, "lz4": CompressionType.LZ4, "zstd": CompressionType.ZSTD}
+_MESSAGE_RECORD_OVERHEAD = 1 + 8 + 2 + 4 + 8 + 8  # opcode, length, channel id, sequence, log and publish time
+# What reading a cut or damaged file raises: the mcap library's McapError and CRC errors, struct and
+# decoding errors, zstandard's and lz4's own errors, and MemoryError when a corrupt length asks for an
+# impossible allocation. Caught only around the library's reads, never around our own logic.
+_DAMAGE = Exception
 _NS = 1_000_000_000
 
 
@@ -114,7 +127,7 @@ class BagMessage:
     msgtype: str
     log_time_ns: int  # when the recorder received it
     publish_time_ns: int  # the header stamp (or the receive time for messages without a header)
-    data: bytes  # CDR, as rclpy's serialize_message produces it
+    data: bytes  # CDR
 
 
 def normalize_msgtype(msgtype: str) -> str:
@@ -141,7 +154,8 @@ def deserialize_cdr(store: Typestore, data: bytes | memoryview, msgtype: str):
 
     rclpy's serialize_message (Fast-CDR 2.x) sizes its buffer by the worst-case alignment, so a
     message with empty sequences of 8-byte values (e.g. a JointState without velocity/effort) ends
-    in a few unused bytes, which rosbags' own deserialize_cdr rejects as a size mismatch.
+    in a few unused bytes, which rosbags' own deserialize_cdr rejects as a size mismatch. Bags
+    written by other tools may hold such bytes; ours never do (see :func:`canonical_cdr`).
     """
     if len(data) < 4 or bytes(data[:2]) not in (b"\x00\x00", b"\x00\x01"):
         raise ValueError("invalid or unsupported CDR encapsulation")
@@ -149,6 +163,11 @@ def deserialize_cdr(store: Typestore, data: bytes | memoryview, msgtype: str):
     deserialize = msgdef.deserialize_cdr_le if data[1] else msgdef.deserialize_cdr_be
     message, _end = deserialize(memoryview(data)[4:], 0, msgdef.cls, store)
     return message
+
+
+def canonical_cdr(store: Typestore, data: bytes | bytearray | memoryview, msgtype: str) -> bytes:
+    """The message's canonical little-endian CDR: zero padding, exact size (what strict readers expect)."""
+    return bytes(store.serialize_cdr(deserialize_cdr(store, data, msgtype), msgtype))
 
 
 def _prophrl_msg_dir() -> Path | None:
@@ -173,29 +192,16 @@ def default_typestore() -> Typestore:
     return store
 
 
-def _string(value: str) -> bytes:
-    encoded = value.encode()
-    return struct.pack("<I", len(encoded)) + encoded
-
-
-def _string_map(mapping: Mapping[str, str]) -> bytes:
-    entries = b"".join(_string(key) + _string(value) for key, value in mapping.items())
-    return struct.pack("<I", len(entries)) + entries
-
-
-def _record(op: int, body: bytes) -> bytes:
-    return _RECORD_PREFIX.pack(op, len(body)) + body
-
-
-def _rosbag2_metadata(relative_file: str, topics: list[dict], counts: list[int], start_ns: int, end_ns: int,
-                      custom_data: Mapping[str, str]) -> dict:
+def rosbag2_metadata(relative_file: str, topics: list[dict], counts: list[int], start_ns: int, end_ns: int,
+                     custom_data: Mapping[str, str]) -> dict:
+    """rosbag2's BagMetadata (version 9) as a map: the `rosbag2` MCAP metadata record holds it as it is,
+    metadata.yaml under the key `rosbag2_bagfile_information`."""
     total = sum(counts)
     start = start_ns if total else 0
     duration = end_ns - start_ns if total else 0
-    return {"rosbag2_bagfile_information": {
-        "version": 9,
+    return {
+        "version": ROSBAG2_METADATA_VERSION,
         "storage_identifier": "mcap",
-        "relative_file_paths": [relative_file],
         "duration": {"nanoseconds": duration},
         "starting_time": {"nanoseconds_since_epoch": start},
         "message_count": total,
@@ -204,6 +210,7 @@ def _rosbag2_metadata(relative_file: str, topics: list[dict], counts: list[int],
         ],
         "compression_format": "",
         "compression_mode": "",
+        "relative_file_paths": [relative_file],
         "files": [{
             "path": relative_file,
             "starting_time": {"nanoseconds_since_epoch": start},
@@ -212,7 +219,7 @@ def _rosbag2_metadata(relative_file: str, topics: list[dict], counts: list[int],
         }],
         "custom_data": dict(custom_data),
         "ros_distro": os.environ.get("ROS_DISTRO", ""),
-    }}
+    }
 
 
 def _check_custom_data(values: Mapping[str, str]) -> None:
@@ -235,35 +242,38 @@ class BagWriter:
     """Writes one rosbag2 bag (MCAP storage) from CDR bytes; not thread-safe (use one writer thread).
 
     Use as a context manager, or call :meth:`close`. Leaving the context with an exception still
-    closes the bag properly: what was written stays readable.
+    closes the bag properly: what was written stays readable. ``compression`` ("none", "lz4" or
+    "zstd") applies to the chunks.
     """
 
     def __init__(self, path: str | Path, custom_data: Mapping[str, str] | None = None, *,
-                 chunk_size_bytes: int = DEFAULT_CHUNK_SIZE_BYTES, flush_period_s: float = DEFAULT_FLUSH_PERIOD_S):
+                 chunk_size_bytes: int = DEFAULT_CHUNK_SIZE_BYTES, flush_period_s: float = DEFAULT_FLUSH_PERIOD_S,
+                 compression: str = "none"):
         self.path = Path(path)
         if self.path.exists():
             raise BagError(self.path, "already exists; a bag is never overwritten")
         if chunk_size_bytes <= 0 or flush_period_s <= 0:
             raise ValueError("chunk_size_bytes and flush_period_s must be positive")
+        if compression not in COMPRESSION:
+            raise ValueError(f"compression must be one of {sorted(COMPRESSION)}, got {compression!r}")
         _check_custom_data(custom_data or {})
         self.path.mkdir(parents=True)
         self.storage_path = self.path / f"{self.path.name}_0.mcap"
         self._file = self.storage_path.open("xb")
-        self._offset = 0
         self._chunk_size_bytes = chunk_size_bytes
         self._flush_period_s = flush_period_s
+        # Chunks end where this class says (size, age, close): the library's own size limit is never reached.
+        self._mcap = McapWriter(self._file, chunk_size=2**62, compression=COMPRESSION[compression])
+        self._mcap.start(profile="ros2", library=f"prophrl_common.bags; {LIBRARY_IDENTIFIER}")
+        self._store = default_typestore()
         self._custom_data: dict[str, str] = {}
-        self._schemas: dict[str, tuple[int, bytes]] = {}  # msgtype -> (schema id, schema record)
+        self._schemas: dict[str, int] = {}  # msgtype -> schema id
         self._channels: dict[str, _Channel] = {}
-        self._channel_records: list[bytes] = []
-        self._metadata_index: list[bytes] = []
-        self._chunk_indexes: list[bytes] = []
+        self._pending_bytes = 0  # message bytes in the chunk not yet written
+        self._chunk_opened_at = time.monotonic()
         self._start_ns: int | None = None
         self._end_ns = 0
         self._closed = False
-        self._reset_chunk()
-        self._write(_MAGIC)
-        self._write(_record(_OP_HEADER, _string("ros2") + _string("prophrl_common.bags")))
         if custom_data:
             self.set_custom_data(custom_data)
         self._file.flush()
@@ -285,28 +295,19 @@ class BagWriter:
                 known = self._channels[topic].msgtype
                 raise BagError(self.path, f"topic {topic} already has type {known}, not {msgtype}")
             return
-        store = default_typestore()
+        store = self._store
         if msgtype not in store.fielddefs:
             raise BagError(self.path, f"unknown message type {msgtype} for topic {topic}: not a ROS 2 standard type"
                                       " and not in the prophrl_msgs .msg files found (is AMENT_PREFIX_PATH set?)")
         type_hash = store.hash_rihs01(msgtype)
         if msgtype not in self._schemas:
             definition, _ = store.generate_msgdef(msgtype, ros_version=2)
-            schema_id = len(self._schemas) + 1
-            schema = _record(_OP_SCHEMA, struct.pack("<H", schema_id) + _string(msgtype) + _string("ros2msg")
-                             + struct.pack("<I", len(definition.encode())) + definition.encode())
-            self._schemas[msgtype] = (schema_id, schema)
-            self._write(schema)
+            self._schemas[msgtype] = self._mcap.register_schema(msgtype, "ros2msg", definition.encode())
         qos_profiles = qos.as_rosbag2()
-        channel_id = len(self._channels) + 1
-        channel = _record(_OP_CHANNEL, struct.pack("<HH", channel_id, self._schemas[msgtype][0]) + _string(topic)
-                          + _string("cdr") + _string_map({
-                              "offered_qos_profiles": yaml.safe_dump(qos_profiles, sort_keys=False).strip(),
-                              "topic_type_hash": type_hash,
-                          }))
-        self._channel_records.append(channel)
-        self._write(channel)
-        self._file.flush()
+        channel_id = self._mcap.register_channel(topic, "cdr", self._schemas[msgtype], {
+            "offered_qos_profiles": yaml.safe_dump(qos_profiles, sort_keys=False).strip(),
+            "topic_type_hash": type_hash,
+        })
         self._channels[topic] = _Channel(channel_id, topic, msgtype, {
             "name": topic, "type": msgtype, "serialization_format": "cdr",
             "offered_qos_profiles": qos_profiles, "type_description_hash": type_hash,
@@ -314,7 +315,8 @@ class BagWriter:
 
     def write(self, topic: str, data: bytes | bytearray | memoryview, log_time_ns: int,
               publish_time_ns: int | None = None) -> None:
-        """Append one CDR message; log_time is the receive time, publish_time the header stamp."""
+        """Append one CDR message (stored canonically); log_time is the receive time, publish_time the
+        header stamp."""
         self._check_open()
         channel = self._channels.get(topic)
         if channel is None:
@@ -323,20 +325,21 @@ class BagWriter:
         if not (0 <= log_time_ns < 2**64 and 0 <= publish_time_ns < 2**64):
             raise BagError(self.path, f"times must be unsigned 64-bit ns, got log_time {log_time_ns},"
                                       f" publish_time {publish_time_ns}")
-        if not self._chunk:
+        try:
+            data = canonical_cdr(self._store, data, channel.msgtype)
+        except Exception as exc:  # rosbags raises assorted errors on bytes that are not this type
+            raise BagError(self.path, f"a {len(data)}-byte message on {topic} is not a valid {channel.msgtype}"
+                                      f" in CDR: {exc}") from None
+        if not self._pending_bytes:
             self._chunk_opened_at = time.monotonic()
-        self._chunk_messages.setdefault(channel.channel_id, []).append((log_time_ns, len(self._chunk)))
-        self._chunk += _MESSAGE_PREFIX.pack(_OP_MESSAGE, _MESSAGE_FIELDS.size + len(data), channel.channel_id,
-                                            channel.sequence, log_time_ns, publish_time_ns)
-        self._chunk += data
+        self._mcap.add_message(channel.channel_id, log_time_ns, data, publish_time_ns, channel.sequence)
+        self._pending_bytes += len(data) + _MESSAGE_RECORD_OVERHEAD
         channel.sequence = (channel.sequence + 1) & 0xFFFFFFFF
         channel.count += 1
-        self._chunk_start_ns = min(self._chunk_start_ns, log_time_ns)
-        self._chunk_end_ns = max(self._chunk_end_ns, log_time_ns)
         self._start_ns = log_time_ns if self._start_ns is None else min(self._start_ns, log_time_ns)
         self._end_ns = max(self._end_ns, log_time_ns)
-        chunk_age_s = time.monotonic() - self._chunk_opened_at
-        if len(self._chunk) >= self._chunk_size_bytes or chunk_age_s >= self._flush_period_s:
+        if (self._pending_bytes >= self._chunk_size_bytes
+                or time.monotonic() - self._chunk_opened_at >= self._flush_period_s):
             self._write_chunk()
 
     def set_custom_data(self, values: Mapping[str, str]) -> None:
@@ -344,40 +347,36 @@ class BagWriter:
         self._check_open()
         _check_custom_data(values)
         self._custom_data.update(values)
-        self._write_metadata_record(CUSTOM_DATA_RECORD, self._custom_data)
+        self._mcap.add_metadata(CUSTOM_DATA_RECORD, dict(self._custom_data))
         self._file.flush()
 
     def flush(self) -> None:
         """Write the pending chunk (if any) and flush the file to the OS."""
         self._check_open()
-        if self._chunk:
+        if self._pending_bytes:
             self._write_chunk()
 
     def close(self) -> None:
-        """Write the pending chunk, the summary, the footer and metadata.yaml. Idempotent.
-
-        If this fails half-way, the file is left as a crashed writer would leave it (recoverable).
+        """Write the pending chunk, the rosbag2 metadata record, the summary, the footer and metadata.yaml.
+        Idempotent. If this fails half-way, the file is left as a crashed writer would leave it (recoverable).
         """
         if self._closed:
             return
         self._closed = True
         try:
-            if self._chunk:
-                self._write_chunk()
             channels = list(self._channels.values())
-            metadata = _rosbag2_metadata(self.storage_path.name, [c.topic_metadata for c in channels],
-                                         [c.count for c in channels], self._start_ns or 0, self._end_ns,
-                                         self._custom_data)
-            metadata_text = yaml.safe_dump(metadata, sort_keys=False)
-            self._write_metadata_record(ROSBAG2_METADATA_RECORD, {"serialized_metadata": metadata_text})
-            self._write(_record(_OP_DATA_END, struct.pack("<I", 0)))
-            self._write_summary(channels)
+            metadata = rosbag2_metadata(self.storage_path.name, [c.topic_metadata for c in channels],
+                                        [c.count for c in channels], self._start_ns or 0, self._end_ns,
+                                        self._custom_data)
+            self._mcap.add_metadata(ROSBAG2_METADATA_RECORD,
+                                    {"serialized_metadata": yaml.safe_dump(metadata, sort_keys=False)})
+            self._mcap.finish()
             self._file.flush()
             os.fsync(self._file.fileno())
         finally:
             self._file.close()
         partial = self.path / "metadata.yaml.partial"
-        partial.write_text(metadata_text)
+        partial.write_text(yaml.safe_dump({"rosbag2_bagfile_information": metadata}, sort_keys=False))
         partial.replace(self.path / "metadata.yaml")
 
     def __enter__(self) -> Self:
@@ -390,152 +389,18 @@ class BagWriter:
         if self._closed:
             raise BagError(self.path, "the writer is closed")
 
-    def _write(self, data: bytes | bytearray) -> None:
-        self._file.write(data)
-        self._offset += len(data)
-
-    def _reset_chunk(self) -> None:
-        self._chunk = bytearray()
-        self._chunk_messages: dict[int, list[tuple[int, int]]] = {}
-        self._chunk_start_ns = 2**64 - 1
-        self._chunk_end_ns = 0
-        self._chunk_opened_at = time.monotonic()
-
     def _write_chunk(self) -> None:
-        records = self._chunk
-        fields = (struct.pack("<QQQI", self._chunk_start_ns, self._chunk_end_ns, len(records), zlib.crc32(records))
-                  + _string("") + struct.pack("<Q", len(records)))
-        chunk_start = self._offset
-        self._write(_RECORD_PREFIX.pack(_OP_CHUNK, len(fields) + len(records)) + fields)
-        self._write(records)
-        chunk_length = self._offset - chunk_start
-        index_offsets = []
-        for channel_id, entries in self._chunk_messages.items():
-            index_offsets.append(struct.pack("<HQ", channel_id, self._offset))
-            pairs = struct.pack(f"<{2 * len(entries)}Q", *(value for entry in entries for value in entry))
-            self._write(_record(_OP_MESSAGE_INDEX, struct.pack("<HI", channel_id, len(pairs)) + pairs))
-        index_length = self._offset - chunk_start - chunk_length
-        offsets = b"".join(index_offsets)
-        self._chunk_indexes.append(_record(_OP_CHUNK_INDEX, struct.pack(
-            "<QQQQ", self._chunk_start_ns, self._chunk_end_ns, chunk_start, chunk_length)
-            + struct.pack("<I", len(offsets)) + offsets + struct.pack("<Q", index_length) + _string("")
-            + struct.pack("<QQ", len(records), len(records))))
-        self._file.flush()
-        self._reset_chunk()
-
-    def _write_metadata_record(self, name: str, values: Mapping[str, str]) -> None:
-        start = self._offset
-        self._write(_record(_OP_METADATA, _string(name) + _string_map(values)))
-        self._metadata_index.append(_record(_OP_METADATA_INDEX, struct.pack("<QQ", start, self._offset - start)
-                                            + _string(name)))
-
-    def _write_summary(self, channels: list[_Channel]) -> None:
-        counts = {c.channel_id: c.count for c in channels}
-        statistics = (struct.pack("<QHIIIIQQ", sum(counts.values()), len(self._schemas), len(channels), 0,
-                                  len(self._metadata_index), len(self._chunk_indexes), self._start_ns or 0,
-                                  self._end_ns)
-                      + struct.pack("<I", 10 * len(counts))
-                      + b"".join(struct.pack("<HQ", cid, n) for cid, n in counts.items()))
-        groups = [
-            (_OP_SCHEMA, [record for _, record in self._schemas.values()]),
-            (_OP_CHANNEL, self._channel_records),
-            (_OP_STATISTICS, [_record(_OP_STATISTICS, statistics)]),
-            (_OP_METADATA_INDEX, self._metadata_index),
-            (_OP_CHUNK_INDEX, self._chunk_indexes),
-        ]
-        summary_start = self._offset
-        group_offsets = []
-        for op, records in groups:
-            if records:
-                group_start = self._offset
-                for record in records:
-                    self._write(record)
-                group_offsets.append(_record(_OP_SUMMARY_OFFSET, struct.pack(
-                    "<BQQ", op, group_start, self._offset - group_start)))
-        summary_offset_start = self._offset
-        for record in group_offsets:
-            self._write(record)
-        self._write(_record(_OP_FOOTER, struct.pack("<QQI", summary_start, summary_offset_start, 0)))
-        self._write(_MAGIC)
+        self._mcap.flush()  # ends the chunk, writes it and its message indexes, flushes the file
+        self._pending_bytes = 0
 
 
-class _Truncation(Exception):
-    def __init__(self, offset: int, reason: str):
-        super().__init__(reason)
-        self.offset = offset
-        self.reason = reason
-
-
-def _read_string(buf, pos: int) -> tuple[str, int]:
-    (length,) = struct.unpack_from("<I", buf, pos)
-    end = pos + 4 + length
-    if end > len(buf):
-        raise struct.error("string runs past its record")
-    return bytes(buf[pos + 4:end]).decode(), end
-
-
-def _read_string_map(buf, pos: int) -> tuple[dict[str, str], int]:
-    (length,) = struct.unpack_from("<I", buf, pos)
-    end = pos + 4 + length
-    values, pos = {}, pos + 4
-    while pos < end:
-        key, pos = _read_string(buf, pos)
-        values[key], pos = _read_string(buf, pos)
-    return values, end
-
-
-def _decompress(compression: str, data: bytes) -> bytes:
-    if compression == "":
-        return data
-    if compression == "zstd":
-        try:
-            from compression import zstd  # Python >= 3.14
-        except ImportError:
-            from backports import zstd  # a rosbags dependency
-
-        return zstd.decompress(data)
-    if compression == "lz4":
-        import lz4.frame  # a rosbags dependency
-
-        return lz4.frame.decompress(data)
-    raise ValueError(f"unsupported chunk compression {compression!r}")
-
-
-def _chunk_records(body: bytes, offset: int) -> memoryview:
-    """The uncompressed, CRC-checked records of a Chunk record body."""
-    try:
-        _start, _end, size, crc = struct.unpack_from("<QQQI", body, 0)
-        compression, pos = _read_string(body, 28)
-        (compressed_size,) = struct.unpack_from("<Q", body, pos)
-        pos += 8
-        if pos + compressed_size > len(body):
-            raise ValueError("compressed data runs past the chunk")
-        records = _decompress(compression, body[pos:pos + compressed_size])
-    except (struct.error, ValueError, RuntimeError, UnicodeDecodeError) as exc:
-        raise _Truncation(offset, f"unreadable chunk: {exc}") from None
-    if len(records) != size or (crc and zlib.crc32(records) != crc):
-        raise _Truncation(offset, "chunk fails its size/CRC check")
-    return memoryview(records)
-
-
-def _split_records(buf: memoryview, offset: int) -> list[tuple[int, memoryview]]:
-    """(opcode, body) of every record packed in buf; all or nothing, so a bad chunk yields no message."""
-    records, pos = [], 0
-    while pos < len(buf):
-        if pos + _RECORD_PREFIX.size > len(buf):
-            raise _Truncation(offset, "record header runs past its chunk")
-        op, length = _RECORD_PREFIX.unpack_from(buf, pos)
-        body_start = pos + _RECORD_PREFIX.size
-        if body_start + length > len(buf):
-            raise _Truncation(offset, "record runs past its chunk")
-        records.append((op, buf[body_start:body_start + length]))
-        pos = body_start + length
-    return records
+class _Cut(Exception):
+    """The file ends, or is damaged, before the record being read."""
 
 
 @dataclasses.dataclass
 class _McapFile:
-    """One MCAP file: schemas, channels and message counts, from its summary or from a scan."""
+    """One MCAP file: schemas, channels and message counts, from its summary or from a record-by-record read."""
 
     path: Path
     bag_path: Path
@@ -544,191 +409,144 @@ class _McapFile:
     counts: dict[int, int] = dataclasses.field(default_factory=dict)
     metadata: list[tuple[str, dict[str, str]]] = dataclasses.field(default_factory=list)
     recovery_note: str = ""
-    data_start: int = 0
-    data_end: int = 0
+    indexed: bool = False  # read through the summary (else record by record, up to `readable_messages`)
+    readable_messages: int = 0
+    size: int = 0
 
     @classmethod
     def open(cls, path: Path, bag_path: Path) -> _McapFile:
-        mcap = cls(path, bag_path)
-        size = path.stat().st_size
+        mcap = cls(path, bag_path, size=path.stat().st_size)
         with path.open("rb") as f:
-            mcap.data_start = mcap._read_header(f, size)
-            footer = mcap._read_footer(f, size)
-            if footer is None:
-                mcap.recovery_note = "no MCAP footer (the writer did not close the file)"
-                mcap.data_end = size
-                mcap._scan(f)
+            mcap._check_header(f)
+            if mcap._has_footer(f):
+                mcap.indexed = mcap._read_summary(f)
             else:
-                summary_start, footer_start = footer
-                mcap.data_end = summary_start or footer_start
-                if not (summary_start and mcap._read_summary(f, summary_start, footer_start)):
-                    mcap._scan(f)
+                mcap.recovery_note = "no MCAP footer (the writer did not close the file, or the file was cut)"
+            if not mcap.indexed:
+                mcap._scan(f)
         return mcap
 
     def _error(self, problem: str) -> BagError:
         return BagError(self.bag_path, f"{self.path.name}: {problem}")
 
-    def _read_header(self, f, size: int) -> int:
-        if size == 0:
+    def _check_header(self, f) -> None:
+        if self.size == 0:
             raise self._error("empty file (0 bytes)")
-        magic = f.read(len(_MAGIC))
-        if magic != _MAGIC:
-            if len(magic) < len(_MAGIC) and _MAGIC.startswith(magic):
+        magic = f.read(len(MCAP0_MAGIC))
+        if magic != MCAP0_MAGIC:
+            if len(magic) < len(MCAP0_MAGIC) and MCAP0_MAGIC.startswith(magic):
                 raise self._error("truncated beyond recovery: the MCAP magic is cut off")
             raise self._error("not an MCAP file (bad magic bytes)")
-        prefix = f.read(_RECORD_PREFIX.size)
-        if len(prefix) < _RECORD_PREFIX.size:
-            raise self._error("truncated beyond recovery: the MCAP header record is cut off")
-        op, length = _RECORD_PREFIX.unpack(prefix)
-        body = f.read(length) if op == _OP_HEADER and length < 1 << 20 else b""
-        if op != _OP_HEADER or len(body) != length:
+        f.seek(0)
+        try:
+            header = next(iter(self._stream_reader(f).records))
+        except _DAMAGE:
+            raise self._error("truncated beyond recovery: no complete MCAP header record") from None
+        if not isinstance(header, Header):
             raise self._error("truncated beyond recovery: no complete MCAP header record")
-        try:
-            profile, _ = _read_string(body, 0)
-        except (struct.error, UnicodeDecodeError):
-            raise self._error("malformed MCAP header record") from None
-        if profile != "ros2":
-            raise self._error(f"MCAP profile is {profile!r}, not 'ros2': not a rosbag2 file")
-        return f.tell()
+        if header.profile != "ros2":
+            raise self._error(f"MCAP profile is {header.profile!r}, not 'ros2': not a rosbag2 file")
 
-    def _read_footer(self, f, size: int) -> tuple[int, int] | None:
-        """(summary_start, footer_start) of a closed file, None when the footer is missing or damaged."""
-        footer_start = size - _FOOTER_SIZE - len(_MAGIC)
-        if footer_start < self.data_start:
-            return None
-        f.seek(footer_start)
-        tail = f.read()
-        op, length = _RECORD_PREFIX.unpack_from(tail, 0)
-        if tail[-len(_MAGIC):] != _MAGIC or op != _OP_FOOTER or length != 20:
-            return None
-        summary_start, _summary_offset_start, _crc = struct.unpack_from("<QQI", tail, _RECORD_PREFIX.size)
-        if summary_start and not self.data_start <= summary_start < footer_start:
-            return None
-        return summary_start, footer_start
+    def _stream_reader(self, f) -> StreamReader:
+        return StreamReader(f, validate_crcs=True, record_size_limit=self.size)
 
-    def _read_summary(self, f, summary_start: int, footer_start: int) -> bool:
+    def _has_footer(self, f) -> bool:
+        if self.size < 2 * len(MCAP0_MAGIC):
+            return False
+        f.seek(self.size - len(MCAP0_MAGIC))
+        return f.read() == MCAP0_MAGIC
+
+    def _read_summary(self, f) -> bool:
         """Schemas, channels, counts and metadata from the summary; False when it lacks statistics or is damaged."""
-        f.seek(summary_start)
-        summary = memoryview(f.read(footer_start - summary_start))
-        metadata_offsets = []
-        statistics_found = False
+        f.seek(0)
         try:
-            for op, body in _split_records(summary, summary_start):
-                if op == _OP_SCHEMA:
-                    self._add_schema(body)
-                elif op == _OP_CHANNEL:
-                    self._add_channel(body)
-                elif op == _OP_STATISTICS:
-                    statistics_found = True
-                    (count_bytes,) = struct.unpack_from("<I", body, 42)
-                    for pos in range(46, 46 + count_bytes, 10):
-                        channel_id, count = struct.unpack_from("<HQ", body, pos)
-                        self.counts[channel_id] = count
-                elif op == _OP_METADATA_INDEX:
-                    metadata_offsets.append(struct.unpack_from("<QQ", body, 0))
-            for offset, length in metadata_offsets:
-                if not (self.data_start <= offset and offset + length <= summary_start):
-                    raise ValueError("metadata index points outside the data section")
-                f.seek(offset)
-                self._add_metadata(memoryview(f.read(length))[_RECORD_PREFIX.size:])
-        except (_Truncation, struct.error, UnicodeDecodeError, ValueError):
-            statistics_found = False
-        if not statistics_found:
+            reader = SeekingReader(f, validate_crcs=True, record_size_limit=self.size)
+            summary = reader.get_summary()
+            if summary is None or summary.statistics is None:
+                return False
+            for schema in summary.schemas.values():
+                self._add_schema(schema)
+            for channel in summary.channels.values():
+                self._add_channel(channel)
+            self.counts = dict(summary.statistics.channel_message_counts)
+            self.metadata = [(record.name, dict(record.metadata)) for record in reader.iter_metadata()]
+        except _DAMAGE:
             self.schemas.clear()
             self.channels.clear()
             self.counts.clear()
             self.metadata.clear()
-        return statistics_found
+            return False
+        return True
+
+    def _records(self, f) -> Iterator:
+        """The data section's records in file order (chunks opened, CRCs checked); raises _Cut at the
+        first cut-off or damaged record."""
+        f.seek(0)
+        records = iter(self._stream_reader(f).records)
+        while True:
+            try:
+                record = next(records)
+            except StopIteration:
+                return
+            except _DAMAGE as exc:
+                raise _Cut(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) from None
+            if isinstance(record, (DataEnd, Footer)):
+                return
+            yield record
 
     def _scan(self, f) -> None:
         """Schemas, channels, metadata and counts record by record, up to the last complete record."""
         try:
-            self._collect(f)
-        except _Truncation as cut:
-            lost = self.data_end - cut.offset
-            self.data_end = cut.offset
+            for record in self._records(f):
+                if isinstance(record, Message):
+                    self.counts[record.channel_id] = self.counts.get(record.channel_id, 0) + 1
+                    self.readable_messages += 1
+                elif isinstance(record, Schema):
+                    self._add_schema(record)
+                elif isinstance(record, Channel):
+                    self._add_channel(record)
+                elif isinstance(record, Metadata):
+                    self.metadata.append((record.name, dict(record.metadata)))
+        except _Cut as cut:
             self.recovery_note = "; ".join(filter(None, [
-                self.recovery_note, f"kept the records before byte {cut.offset}, dropped {lost} bytes ({cut.reason})"]))
-            # count again up to the cut, so a chunk that failed half-way contributes nothing
-            self.schemas.clear()
-            self.channels.clear()
-            self.counts.clear()
-            self.metadata.clear()
-            self._collect(f)
-
-    def _collect(self, f) -> None:
-        for offset, op, body in self._records(f):
-            try:
-                if op == _OP_MESSAGE:
-                    if len(body) < _MESSAGE_FIELDS.size:
-                        raise struct.error("message record shorter than its fixed fields")
-                    (channel_id,) = struct.unpack_from("<H", body, 0)
-                    self.counts[channel_id] = self.counts.get(channel_id, 0) + 1
-                elif op == _OP_SCHEMA:
-                    self._add_schema(body)
-                elif op == _OP_CHANNEL:
-                    self._add_channel(body)
-                elif op == _OP_METADATA:
-                    self._add_metadata(body)
-            except (struct.error, UnicodeDecodeError) as exc:
-                raise _Truncation(offset, f"malformed record: {exc}") from None
-
-    def _records(self, f) -> Iterator[tuple[int, int, memoryview]]:
-        """(offset, opcode, body) of the data-section records in file order, chunks expanded (offset: the
-        chunk's). Raises _Truncation at the first incomplete or corrupt record."""
-        pos = self.data_start
-        f.seek(pos)
-        while pos < self.data_end:
-            prefix = f.read(_RECORD_PREFIX.size)
-            if len(prefix) < _RECORD_PREFIX.size:
-                raise _Truncation(pos, "record header cut off")
-            op, length = _RECORD_PREFIX.unpack(prefix)
-            if op == 0 or pos + _RECORD_PREFIX.size + length > self.data_end:
-                raise _Truncation(pos, "record cut off" if op else "invalid record")
-            body = f.read(length)
-            if op in (_OP_DATA_END, _OP_FOOTER):
-                return
-            if op == _OP_CHUNK:
-                for inner_op, inner_body in _split_records(_chunk_records(body, pos), pos):
-                    yield pos, inner_op, inner_body
-            else:
-                yield pos, op, memoryview(body)
-            pos += _RECORD_PREFIX.size + length
+                self.recovery_note, f"kept the {self.readable_messages} messages before the first cut-off or"
+                                    f" damaged record ({cut})"]))
 
     def messages(self, channel_ids: set[int]) -> Iterator[tuple[int, int, int, bytes]]:
-        """(channel_id, log_time, publish_time, data) in file order, up to data_end."""
+        """(channel_id, log_time, publish_time, data) in file order."""
         with self.path.open("rb") as f:
+            if self.indexed:
+                yield from self._indexed_messages(f, channel_ids)
+                return
+            remaining = self.readable_messages
             try:
-                for offset, op, body in self._records(f):
-                    if op != _OP_MESSAGE:
-                        continue
-                    if len(body) < _MESSAGE_FIELDS.size:
-                        raise _Truncation(offset, "malformed message record")
-                    channel_id, _sequence, log_time, publish_time = _MESSAGE_FIELDS.unpack_from(body, 0)
-                    if channel_id in channel_ids:
-                        yield channel_id, log_time, publish_time, bytes(body[_MESSAGE_FIELDS.size:])
-            except _Truncation as damage:  # only in a closed file: a crashed one was scanned to its last good record
-                raise self._error(f"damaged at byte {damage.offset}: {damage.reason}") from None
+                for record in self._records(f):
+                    if remaining == 0:
+                        return
+                    if isinstance(record, Message):
+                        remaining -= 1
+                        if record.channel_id in channel_ids:
+                            yield record.channel_id, record.log_time, record.publish_time, record.data
+            except _Cut:  # the cut that the scan found: everything before it has been yielded
+                return
 
-    def _add_schema(self, body) -> None:
-        (schema_id,) = struct.unpack_from("<H", body, 0)
-        name, pos = _read_string(body, 2)
-        encoding, pos = _read_string(body, pos)
-        text, _ = _read_string(body, pos)
-        self.schemas[schema_id] = (name, encoding, text)
+    def _indexed_messages(self, f, channel_ids: set[int]) -> Iterator[tuple[int, int, int, bytes]]:
+        f.seek(0)
+        try:
+            reader = SeekingReader(f, validate_crcs=True, record_size_limit=self.size)
+            for _schema, channel, message in reader.iter_messages(log_time_order=False):
+                if channel.id in channel_ids:
+                    yield channel.id, message.log_time, message.publish_time, message.data
+        except _DAMAGE as exc:
+            raise self._error(f"damaged: {type(exc).__name__}: {exc}") from None
 
-    def _add_channel(self, body) -> None:
-        channel_id, schema_id = struct.unpack_from("<HH", body, 0)
-        topic, pos = _read_string(body, 4)
-        encoding, _ = _read_string(body, pos)
-        if encoding != "cdr":
-            raise self._error(f"topic {topic} uses message encoding {encoding!r}, not cdr")
-        self.channels[channel_id] = (topic, schema_id)
+    def _add_schema(self, schema: Schema) -> None:
+        self.schemas[schema.id] = (schema.name, schema.encoding, bytes(schema.data).decode())
 
-    def _add_metadata(self, body) -> None:
-        name, pos = _read_string(body, 0)
-        values, _ = _read_string_map(body, pos)
-        self.metadata.append((name, values))
+    def _add_channel(self, channel: Channel) -> None:
+        if channel.message_encoding != "cdr":
+            raise self._error(f"topic {channel.topic} uses message encoding {channel.message_encoding!r}, not cdr")
+        self.channels[channel.id] = (channel.topic, channel.schema_id)
 
 
 def _custom_data_from_rosbag2(metadata: object) -> dict[str, str]:
@@ -925,6 +743,7 @@ __all__ = [
     "BagWriter",
     "TopicInfo",
     "TopicQos",
+    "canonical_cdr",
     "cdr_header_stamp_ns",
     "default_typestore",
     "deserialize_cdr",
@@ -932,4 +751,5 @@ __all__ = [
     "is_bag",
     "normalize_msgtype",
     "open_bag",
+    "rosbag2_metadata",
 ]

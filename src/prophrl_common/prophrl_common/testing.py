@@ -212,3 +212,41 @@ def stop_process_tree(proc: subprocess.Popen, descendants: Sequence = (), sig: i
             pass
     psutil.wait_procs(alive, timeout=5.0)
     return alive
+
+
+def decode_bag_with_third_party_readers(bag_path) -> dict[str, int]:
+    """Decode every message of a rosbag2 MCAP bag with two independent readers, and return the message
+    count per topic (raises AssertionError naming the topic and message otherwise):
+
+    - rosbags' AnyReader with the types of the bag's own schemas, strictly: its deserialize_cdr refuses a
+      message with bytes missing or left over, and re-serialising the decoded message must give the
+      stored bytes back exactly (zero padding, nothing trailing: canonical CDR);
+    - the mcap library with mcap-ros2-support's decoder (also from the bag's schemas).
+    """
+    from pathlib import Path
+
+    from mcap.reader import make_reader
+    from mcap_ros2.decoder import DecoderFactory
+    from rosbags.highlevel import AnyReader
+
+    bag_path = Path(bag_path)
+    rosbags_counts: dict[str, int] = {}
+    with AnyReader([bag_path]) as reader:
+        for connection, log_time, raw in reader.messages():
+            where = f"{bag_path}: {connection.topic} ({connection.msgtype}) at {log_time} ns"
+            try:
+                message = reader.typestore.deserialize_cdr(raw, connection.msgtype)
+            except Exception as exc:  # noqa: BLE001 - whatever the strict reader refuses
+                raise AssertionError(f"{where}: rosbags refuses it: {exc}") from exc
+            again = bytes(reader.typestore.serialize_cdr(message, connection.msgtype))
+            assert again == bytes(raw), f"{where}: not canonical CDR ({len(raw)} bytes stored, {len(again)} canonical)"
+            rosbags_counts[connection.topic] = rosbags_counts.get(connection.topic, 0) + 1
+    mcap_counts: dict[str, int] = {}
+    for storage in sorted(bag_path.glob("*.mcap")) if bag_path.is_dir() else [bag_path]:
+        with storage.open("rb") as f:
+            reader = make_reader(f, validate_crcs=True, decoder_factories=[DecoderFactory()])
+            for _schema, channel, message, _decoded in reader.iter_decoded_messages(log_time_order=False):
+                mcap_counts[channel.topic] = mcap_counts.get(channel.topic, 0) + 1
+    assert mcap_counts == rosbags_counts, f"{bag_path}: mcap read {mcap_counts}, rosbags {rosbags_counts}"
+    return rosbags_counts
+

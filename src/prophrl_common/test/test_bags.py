@@ -1,4 +1,4 @@
-"""prophrl_common.bags: rosbag2 MCAP round trips, rclpy byte equality, crash recovery, clear errors."""
+"""prophrl_common.bags: rosbag2 MCAP round trips, canonical CDR, third-party readers, crash recovery, clear errors."""
 
 import shutil
 import signal
@@ -18,6 +18,7 @@ from prophrl_common.bags import (
     BagError,
     BagWriter,
     TopicQos,
+    canonical_cdr,
     cdr_header_stamp_ns,
     default_typestore,
     deserialize_cdr,
@@ -26,6 +27,7 @@ from prophrl_common.bags import (
 )
 from prophrl_common.chunks import array_to_chunk, chunk_to_array
 from prophrl_common.images import image_to_numpy, numpy_to_image
+from prophrl_common.testing import decode_bag_with_third_party_readers
 from prophrl_msgs.msg import ActionChunk, EpisodeEvent
 
 IMAGE, CHUNK = "/camera/image_raw", "/prophrl/action_chunk"
@@ -69,7 +71,9 @@ def test_round_trip_with_custom_types(tmp_path):
     chunks = list(bag.messages([CHUNK]))
     for i, ((image, chunk, image_cdr, chunk_cdr), image_msg, chunk_msg) in enumerate(
             zip(sent, images, chunks, strict=True)):
-        assert (image_msg.data, chunk_msg.data) == (image_cdr, chunk_cdr)  # the raw CDR comes back byte for byte
+        store = default_typestore()  # stored canonically: rclpy's bytes with zero padding, nothing trailing
+        assert image_msg.data == canonical_cdr(store, image_cdr, "sensor_msgs/msg/Image")
+        assert chunk_msg.data == canonical_cdr(store, chunk_cdr, "prophrl_msgs/msg/ActionChunk")
         np.testing.assert_array_equal(image_to_numpy(deserialize_message(image_msg.data, Image)),
                                       image_to_numpy(image))
         assert (image_msg.log_time_ns, image_msg.publish_time_ns) == (2_000 + 10 * i, round((10.0 + i * 0.05) * 1e9))
@@ -122,6 +126,61 @@ def test_unused_trailing_bytes_from_rclpy_are_accepted():
     decoded = deserialize_cdr(default_typestore(), cdr, "sensor_msgs/msg/JointState")
     assert list(decoded.name) == ["a", "b"] and decoded.position.tolist() == [0.5, 0.25]
     assert decoded.velocity.size == decoded.effort.size == 0
+
+
+def test_messages_are_stored_as_canonical_cdr_that_strict_readers_decode(tmp_path):
+    """rclpy's serialize_message leaves uninitialised padding and a trailing word (a JointState of 380 bytes
+    where CDR needs 376): the bag holds the canonical bytes, which rosbags (strict) and mcap-ros2 decode."""
+    joints = JointState(name=["a", "b", "c"], position=[0.5, 0.25, 1.0], velocity=[0.1, 0.2, 0.3])
+    joints.header.frame_id = "base"
+    rclpy_cdr = serialize_message(joints)
+    with pytest.raises(Exception, match="size mismatch"):  # what a strict reader makes of rclpy's bytes
+        default_typestore().deserialize_cdr(rclpy_cdr, "sensor_msgs/msg/JointState")
+    with BagWriter(tmp_path / "bag") as writer:
+        writer.add_topic("/joint_states", "sensor_msgs/msg/JointState")
+        writer.add_topic(EVENT, "prophrl_msgs/msg/EpisodeEvent")
+        for i in range(5):
+            joints.header.stamp = Time(sec=i)
+            writer.write("/joint_states", serialize_message(joints), 1_000 + i)
+        writer.write(EVENT, serialize_message(EpisodeEvent(event=EpisodeEvent.SUCCESS, episode_id="e", success=True)),
+                     2_000)
+    write_bag(tmp_path / "mixed")
+    assert decode_bag_with_third_party_readers(tmp_path / "bag") == {"/joint_states": 5, EVENT: 1}
+    assert decode_bag_with_third_party_readers(tmp_path / "mixed") == {IMAGE: 20, CHUNK: 20, INSTRUCTION: 1}
+    stored = [m.data for m in open_bag(tmp_path / "bag").messages(["/joint_states"])]
+    assert all(len(data) < len(rclpy_cdr) for data in stored)
+    assert deserialize_message(stored[-1], JointState) == joints
+
+
+def test_a_message_that_is_not_its_topics_type_is_refused(tmp_path):
+    with BagWriter(tmp_path / "bag") as writer:
+        writer.add_topic("/joint_states", "sensor_msgs/msg/JointState")
+        with pytest.raises(BagError, match="not a valid sensor_msgs/msg/JointState"):
+            writer.write("/joint_states", b"\x00\x01\x00\x00\xff\xff", 1)
+        writer.write("/joint_states", serialize_message(JointState(name=["a"], position=[1.0])), 2)
+    assert open_bag(tmp_path / "bag").message_count == 1
+
+
+def test_rosbag2_metadata_record_is_the_bare_bag_metadata_map(tmp_path):
+    """rosbag2_storage_mcap stores YAML::convert<BagMetadata>::encode in the `rosbag2` record: `version` at the
+    top, not wrapped in `rosbag2_bagfile_information` (that wrapper belongs to metadata.yaml only)."""
+    import yaml
+    from mcap.reader import make_reader
+
+    write_bag(tmp_path / "bag", custom_data={"episode_id": "ep"})
+    with (tmp_path / "bag" / "bag_0.mcap").open("rb") as f:
+        records = {record.name: record.metadata for record in make_reader(f).iter_metadata()}
+    stored = yaml.safe_load(records["rosbag2"]["serialized_metadata"])
+    assert stored["version"] == 9 and "rosbag2_bagfile_information" not in stored
+    assert set(stored) >= {"version", "storage_identifier", "duration", "starting_time", "message_count",
+                           "topics_with_message_count", "compression_format", "compression_mode",
+                           "relative_file_paths", "files", "custom_data", "ros_distro"}
+    assert stored["storage_identifier"] == "mcap" and stored["message_count"] == 41
+    assert stored["custom_data"] == {"episode_id": "ep"}
+    assert {t["topic_metadata"]["name"]: t["message_count"] for t in stored["topics_with_message_count"]} == {
+        IMAGE: 20, CHUNK: 20, INSTRUCTION: 1}
+    on_disk = yaml.safe_load((tmp_path / "bag" / "metadata.yaml").read_text())
+    assert on_disk == {"rosbag2_bagfile_information": stored}
 
 
 def test_metadata_round_trip_and_interop_with_rosbags(tmp_path):
@@ -217,7 +276,7 @@ def test_damage_inside_a_closed_bag_is_reported(tmp_path):
     data = bytearray(mcap.read_bytes())
     data[len(data) // 2] ^= 0xFF
     mcap.write_bytes(bytes(data))
-    with pytest.raises(BagError, match=r"damaged at byte .*CRC"):
+    with pytest.raises(BagError, match=r"bag_0.mcap: damaged: .*crc validation failed"):
         list(open_bag(tmp_path / "bag").messages())
 
 

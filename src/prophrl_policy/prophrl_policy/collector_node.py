@@ -6,7 +6,8 @@ or `max_duration_s` (then it publishes FAILURE), and returns the bag the recorde
 (announced on the recorder's `~/last_bag`). Feedback: elapsed time and chunks seen.
 
 Parameters: sim_node (node name of the sim, e.g. /sim; empty on a real robot), recorder_last_bag_topic,
-robot, task, bag_timeout_s.
+robot, task, bag_timeout_s. With use_sim_time, max_duration_s is sim time (/clock): a sim slowed down
+by a loaded machine gets the same number of steps.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from rclpy.qos import DurabilityPolicy, QoSProfile
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
+from prophrl_common.node_clock import node_seconds, uses_sim_time
 from prophrl_common.node_runtime import spin_until_shutdown
 from prophrl_msgs.action import CollectEpisode
 from prophrl_msgs.msg import ActionChunk, EpisodeEvent
@@ -143,7 +145,9 @@ class CollectorNode(Node):
             if not self._recording_ready:
                 self._wait_until_recording_ready()
             episode_id = self._start_episode(goal)
-            start = time.monotonic()
+            if uses_sim_time(self) and not self._wait_for(lambda: self.get_clock().now().nanoseconds > 0, 10.0):
+                raise RuntimeError("no /clock received (use_sim_time is set: is the sim publishing its clock?)")
+            start = node_seconds(self)
             with self._lock:
                 first_event = len(self._events)
 
@@ -154,14 +158,14 @@ class CollectorNode(Node):
                         return e.event == EpisodeEvent.SUCCESS
                 return None
             success = False
-            while time.monotonic() - start < goal.max_duration_s and not goal_handle.is_cancel_requested:
+            while node_seconds(self) - start < goal.max_duration_s and not goal_handle.is_cancel_requested:
                 if self._wait_for(lambda: outcome() is not None, 0.2):
                     with self._lock:
                         success = outcome()
                     break
                 with self._lock:
                     chunks = self._chunks - chunks_before
-                goal_handle.publish_feedback(CollectEpisode.Feedback(elapsed_s=time.monotonic() - start,
+                goal_handle.publish_feedback(CollectEpisode.Feedback(elapsed_s=node_seconds(self) - start,
                                                                      num_steps=chunks))
             # The recorder closes the bag on SUCCESS/FAILURE/STOP; a SUCCESS it already saw is harmless to repeat.
             self._publish(EpisodeEvent.SUCCESS if success else EpisodeEvent.FAILURE, episode_id, goal.instruction,

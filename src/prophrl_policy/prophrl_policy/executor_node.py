@@ -33,6 +33,8 @@ Interfaces (defaults):
 * watchdog: once the chunk is exhausted and no new chunk came within the robot's
   ``watchdog_timeout_s`` of the last executed step, one hold (zero twist / JointTrajectory at the
   measured joint positions) per stop.
+* timing (step pacing, watchdog, state freshness) is on the steady clock, or on sim time (/clock) when
+  the node runs with ``use_sim_time``.
 * ``/diagnostics`` (diagnostic_msgs/DiagnosticArray) every ``diagnostics_period_s``: status
   ``"<node name>: safety"`` with every counter, and the same counters as JSON (std_msgs/String)
   on ``~/safety_counters``.
@@ -45,7 +47,6 @@ import math
 import signal
 import sys
 import threading
-import time
 import traceback
 from typing import Any
 
@@ -69,6 +70,7 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 from prophrl_common.chunks import InvalidChunkError, chunk_to_array
 from prophrl_common.config_io import ConfigError
 from prophrl_common.joint_states import JointPositions
+from prophrl_common.node_clock import node_seconds
 from prophrl_common.robots import RobotConfig, load_robot_config
 from prophrl_policy.ik_backends import KinematicsIkBackend, MoveItIkBackend, select_ik_backend
 from prophrl_policy.safety import SafetyFilter, Watchdog
@@ -265,12 +267,12 @@ class ExecutorNode(LifecycleNode):
     def _on_ee_pose(self, msg: PoseStamped) -> None:
         p = msg.pose.position
         self._ee_pos = np.array([p.x, p.y, p.z], dtype=np.float64)
-        self._ee_time = time.monotonic()
+        self._ee_time = node_seconds(self)
 
     def _on_joint_state(self, msg: JointState) -> None:
         if self._joint_merge.update(msg.name, msg.position):  # extra joints (gripper fingers, ...) are ignored
             self._joints = self._joint_merge.values
-            self._joint_time = time.monotonic()
+            self._joint_time = node_seconds(self)
 
     def _fresh(self, value: np.ndarray | None, stamp: float | None, now: float) -> np.ndarray | None:
         if value is None or stamp is None:
@@ -323,7 +325,7 @@ class ExecutorNode(LifecycleNode):
         self._chunk_dt = self.filter.effective_dt(msg.control_period_s)
         self._chunk_version = int(msg.policy_version)
         self._state = "executing"
-        now = time.monotonic()
+        now = node_seconds(self)
         # Low latency when idle; never faster than one step per step duration.
         if self._last_step_time is None or now - self._last_step_time >= self._chunk_dt:
             self._execute_step(now)
@@ -335,7 +337,7 @@ class ExecutorNode(LifecycleNode):
     def _on_step_timer(self) -> None:
         if not self._active or self._chunk is None or self._chunk_index >= len(self._chunk):
             return
-        now = time.monotonic()
+        now = node_seconds(self)
         if now >= self._next_due:
             self._execute_step(now)
 
@@ -470,7 +472,7 @@ class ExecutorNode(LifecycleNode):
             return
         if self._chunk is not None and self._chunk_index < len(self._chunk):
             return
-        if self.watchdog.hold_due(time.monotonic()):
+        if self.watchdog.hold_due(node_seconds(self)):
             self._drop_chunk()
             self._counters["watchdog_holds"] += 1
             self._publish_hold("watchdog: chunk exhausted and no new chunk")
@@ -540,7 +542,7 @@ class ExecutorNode(LifecycleNode):
             status.level, status.message = DiagnosticStatus.WARN, "holding"
         else:
             status.level, status.message = DiagnosticStatus.OK, self._state
-        now = time.monotonic()
+        now = node_seconds(self)
 
         def age(stamp: float | None) -> str:
             return "never" if stamp is None else f"{now - stamp:.3f}"

@@ -11,8 +11,9 @@ Run: ``ros2 run prophrl_policy recorder_node`` (or the console script ``recorder
   ``/prophrl/action_chunk``, ``/prophrl/instruction`` and ``/prophrl/episode``). Like
   ``ros2 bag record``, a topic is subscribed once it has a publisher, with the publishers' QoS
   (reliable unless one is best-effort, transient-local if all are), and its type from the graph
-  when none is given. Messages are taken as raw CDR (the bytes ``serialize_message`` gives) and
-  stamped with the receive time (MCAP log_time) and their header stamp (publish_time).
+  when none is given. Messages are taken as raw CDR from the wire (a wire message can end in padding
+  bytes; the bag writer stores canonical CDR) and stamped with the receive time (MCAP log_time) and
+  their header stamp (publish_time).
 * ``/prophrl/episode`` (prophrl_msgs/EpisodeEvent): START opens ``<output_dir>/<episode_id>/``
   (a START while recording first closes the current bag); SUCCESS, FAILURE and STOP close it.
   The services ``~/start`` and ``~/stop`` (std_srvs/Trigger) do the same; their reply message is
@@ -20,7 +21,13 @@ Run: ``ros2 run prophrl_policy recorder_node`` (or the console script ``recorder
   (from the event, else the last ``/prophrl/instruction`` and the ``robot``/``task`` parameters),
   then success, end_reason and message at close.
 * The last message of every transient-local topic (e.g. the latched instruction) is written at
-  the start of each bag, so every bag is self-contained.
+  the start of each bag, so every bag is self-contained: right after the START event, with the
+  START's receive time as its log time (its header stamp stays its publish time). No message of a
+  bag is logged before its START.
+* Times are the node's clock: with ``use_sim_time`` the sim's /clock, so a sim that falls behind
+  real time under load still gives bags at its exact rates. A /clock message can reach this node
+  after a message its source stamped at that time: a message is never logged before its stamp then
+  (and a recorder more than a whole step behind logs a message at the step it caught up in).
 * Disk I/O runs on a writer thread behind a queue: callbacks only enqueue. When more than
   ``queue_size`` messages are waiting, new ones are dropped and counted (logged, and stored as
   ``dropped_messages`` in the bag's custom_data). Data reaches the file at least every
@@ -267,7 +274,9 @@ class RecorderNode(Node):
         default_typestore()  # parse the message definitions now, not when the first episode starts
         self._writer = BagWriterThread(self.get_logger(), self._on_bag_closed, max_queued,
                                        chunk_size_kib * 1024, flush_period_s)
+        self._sim_time = bool(self.get_parameter("use_sim_time").value)
         self._episode: dict[str, str] | None = None  # the open bag's custom_data
+        self._episode_start_ns = 0  # the open bag's START receive time
         self._bag_path: Path | None = None
         self._used_paths: set[Path] = set()
         self._latched: dict[str, _Write] = {}  # last message of each transient-local topic
@@ -332,17 +341,26 @@ class RecorderNode(Node):
                                f" {'transient-local' if transient_local else 'volatile'})")
 
     # -- callbacks (never touch the disk) --------------------------------------------------------
-    def _on_message(self, topic: RecordedTopic, data: bytes) -> None:
+    def _received(self, topic: RecordedTopic, data: bytes) -> _Write:
+        """The message with its receive time (log time) and header stamp (publish time)."""
         receive_ns = self.get_clock().now().nanoseconds
-        stamp_ns = max(cdr_header_stamp_ns(data), 0) if topic.has_header else receive_ns
-        item = _Write(topic, data, receive_ns, stamp_ns)
+        if not topic.has_header:
+            return _Write(topic, data, receive_ns, receive_ns)
+        stamp_ns = max(cdr_header_stamp_ns(data), 0)
+        if self._sim_time and stamp_ns > receive_ns:
+            receive_ns = stamp_ns  # stamped by the clock's source: its /clock has not been processed here yet
+        return _Write(topic, data, receive_ns, stamp_ns)
+
+    def _on_message(self, topic: RecordedTopic, data: bytes) -> None:
+        item = self._received(topic, data)
         if topic.qos.transient_local:
             self._latched[topic.name] = item
         if self._episode is not None and topic.record:
             self._record(item)
 
     def _record(self, item: _Write) -> None:
-        if not self._writer.write(item.topic, item.data, item.log_time_ns, item.publish_time_ns):
+        log_time_ns = max(item.log_time_ns, self._episode_start_ns)  # a bag never starts before its START
+        if not self._writer.write(item.topic, item.data, log_time_ns, item.publish_time_ns):
             self._dropped_in_episode += 1
             self.get_logger().warning(f"bag writer is behind: dropped {self._dropped_in_episode} messages in this"
                                       " episode (raise queue_size or use a faster disk)", throttle_duration_sec=2.0)
@@ -356,8 +374,7 @@ class RecorderNode(Node):
 
     def _on_episode_event(self, topic: RecordedTopic, event: EpisodeEvent) -> None:
         if event.event == EpisodeEvent.START:
-            self._start_episode(event)
-            self._on_message(topic, serialize_message(event))
+            self._start_episode(event, self._received(topic, serialize_message(event)))
         elif event.event in END_EVENTS:
             self._on_message(topic, serialize_message(event))
             success = event.event == EpisodeEvent.SUCCESS or (event.event == EpisodeEvent.STOP and event.success)
@@ -366,7 +383,7 @@ class RecorderNode(Node):
             self._on_message(topic, serialize_message(event))
 
     def _start_service(self, _request, response):
-        response.message = str(self._start_episode(EpisodeEvent(event=EpisodeEvent.START)))
+        response.message = str(self._start_episode(EpisodeEvent(event=EpisodeEvent.START), None))
         response.success = True
         return response
 
@@ -380,9 +397,12 @@ class RecorderNode(Node):
         return response
 
     # -- episodes --------------------------------------------------------------------------------
-    def _start_episode(self, event: EpisodeEvent) -> Path:
+    def _start_episode(self, event: EpisodeEvent, start: _Write | None) -> Path:
+        """Open a bag: the START event (None: started by the service) first, then the latched messages,
+        all at the START's receive time."""
         if self._episode is not None:
             self._end_episode("superseded by a new START", False, "")
+        self._episode_start_ns = start.log_time_ns if start is not None else self.get_clock().now().nanoseconds
         episode_id = event.episode_id or time.strftime("episode_%Y%m%d_%H%M%S")
         self._bag_path = self._unused_bag_path(re.sub(r"[^A-Za-z0-9_.-]", "_", episode_id))
         self._episode = {
@@ -393,9 +413,11 @@ class RecorderNode(Node):
             "recorder": self.get_fully_qualified_name(),
         }
         self._writer.open(self._bag_path, dict(self._episode))
+        if start is not None and start.topic.record:
+            self._record(start)
         for item in self._latched.values():
             if item.topic.record and item.topic.name != self.episode_topic:
-                self._record(item)
+                self._record(dataclasses.replace(item, log_time_ns=self._episode_start_ns))
         self.get_logger().info(f"episode {episode_id!r} started: recording {self._bag_path}")
         return self._bag_path
 

@@ -33,6 +33,7 @@ class StepRecord:
     observation: object              # prophrl_sim.arm_sim.SimObservation
     new_chunk: np.ndarray | None     # the chunk issued at this step, if any
     executed_action: np.ndarray      # (7,) the filtered action actually applied
+    commanded_action: np.ndarray     # (7,) the chunk row due at this step, before the safety filter
 
 
 @dataclasses.dataclass
@@ -104,7 +105,8 @@ def run_episode(sim, controller: Controller, seed: int, *, max_steps: int = 200,
             chunk = np.asarray(controller.chunk(image, sim.instruction, observation, gripper), np.float32)
             chunk_step = 0
             new_chunk = chunk
-        result = safety.filter_ee_delta(chunk[chunk_step], observation.ee_pose.position)
+        commanded = chunk[chunk_step]
+        result = safety.filter_ee_delta(commanded, observation.ee_pose.position)
         chunk_step += 1
         if result.hold:
             holds += 1
@@ -113,7 +115,7 @@ def run_episode(sim, controller: Controller, seed: int, *, max_steps: int = 200,
             applied = np.asarray(result.command, np.float32)
             gripper = float(applied[6])
         if on_step is not None:
-            on_step(StepRecord(sim.time_s, image, observation, new_chunk, applied))
+            on_step(StepRecord(sim.time_s, image, observation, new_chunk, applied, commanded))
         sim.step_ee_delta(applied[:3], applied[3:6], float(applied[6]))
         observation = sim.observe()
         if observation.success and success_step is None:

@@ -15,7 +15,8 @@ output = "twist": drives the arm directly, without an executor: for every new st
   on its gripper_topic. Planning on the arm's own steps rather than a wall-clock timer keeps one command per
   step when the sim runs slower than real time.
 
-No output while the poses are older than stale_after_s (e.g. the sim is not running).
+No output while the poses are older than stale_after_s (e.g. the sim is not running), on the node's clock (the
+steady clock, or sim time on /clock with use_sim_time).
 
 The expert's stages are timed on the robot's clock, the header stamp of the ee pose it plans from (a sim that
 falls behind real time on a busy machine stamps its own, slower time), and each chunk carries that stamp.
@@ -24,7 +25,6 @@ falls behind real time on a busy machine stamps its own, slower time), and each 
 from __future__ import annotations
 
 import sys
-import time
 
 import numpy as np
 import rclpy
@@ -34,6 +34,7 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import Float64, String
 
 from prophrl_common.chunks import array_to_chunk
+from prophrl_common.node_clock import node_seconds
 from prophrl_common.node_runtime import spin_until_shutdown
 from prophrl_common.robots import load_robot_config
 from prophrl_msgs.msg import ActionChunk, EpisodeEvent
@@ -93,13 +94,13 @@ class ScriptedExpertNode(Node):
             return
         self._objects = {name: _pose(pose) for name, pose in zip(self.task.object_names, msg.poses)}
         self._objects_stamp = msg.header.stamp
-        self._received_s["objects"] = time.monotonic()
+        self._received_s["objects"] = node_seconds(self)
         self._on_new_state()
 
     def _on_ee_pose(self, msg: PoseStamped) -> None:
         self._ee_pose = _pose(msg.pose)
         self._ee_stamp = msg.header.stamp
-        self._received_s["ee"] = time.monotonic()
+        self._received_s["ee"] = node_seconds(self)
         self._on_new_state()
 
     def _on_new_state(self) -> None:
@@ -120,7 +121,7 @@ class ScriptedExpertNode(Node):
             self._received_s = {"ee": -np.inf, "objects": -np.inf}
 
     def _plan(self) -> np.ndarray | None:
-        now = time.monotonic()
+        now = node_seconds(self)
         if any(now - received > self.stale_after_s for received in self._received_s.values()):
             return None
         stamp_s = self._ee_stamp.sec + self._ee_stamp.nanosec * 1e-9

@@ -19,11 +19,11 @@ Publishes (all poses in the robot config's base_frame)
 
 Subscribes (the robot config's topics)
 - twist_topic (geometry_msgs/TwistStamped, base frame, like MoveIt Servo): the velocity is applied
-  every control period until a newer one arrives or twist_timeout_s (sim time) passes; then the arm holds.
+  every control period until a newer one arrives or twist_timeout_s passes; then the arm holds.
 - gripper_topic (std_msgs/Float64): 0 open .. 1 closed, held until the next command.
 - joint_trajectory_topic (trajectory_msgs/JointTrajectory, like a JointTrajectoryController): the
-  points are followed (on sim time) from the current positions, starting when it arrives (header.stamp is
-  not used); joints it does not name keep their positions. The newest twist or trajectory wins.
+  points are followed from the current positions, starting when it arrives (header.stamp is not
+  used); joints it does not name keep their positions. The newest twist or trajectory wins.
 
 Services
 - ~/reset (std_srvs/Trigger): new episode with the next seed (seed + 1).
@@ -31,15 +31,20 @@ Services
   START/SUCCESS events), for a collector that starts every recorded episode itself.
 - Setting the ``seed`` parameter (``ros2 param set /sim seed 42``) starts an episode with that seed.
 
-realtime (default true): the sim advances one control period per control period / real_time_factor
-of wall time (real_time_factor, default 1.0, < 1 runs slower than real time). false: it steps as fast as it
-can and publishes its clock on /clock (run other nodes with use_sim_time). Command timeouts, trajectory timing
-and camera pacing use sim time in both modes.
+realtime (default true): the sim advances one control period per control period of wall time
+(real_time_factor < 1: proportionally slower), or as fast as the machine allows when that is slower.
+false: it steps as fast as it can.
 
-Message stamps are the sim's own clock in both modes: an origin plus the episode's sim time. In real time the
-origin is the wall-clock time of the episode's start, so the stamps equal wall-clock time while the sim keeps
-up and fall behind it when the machine cannot step the sim in real time; a node that times the robot's motion
-(the scripted expert) reads these stamps, not its own clock. Stamps never go backwards across episodes.
+The sim keeps its own clock: it advances exactly one control period per step. Message stamps, command
+timeouts and trajectory timing all use it, so a sim that a busy machine cannot step in real time still runs
+each command for the same sim time, and a node that times the robot's motion (the scripted expert) reads the
+stamps rather than its own clock.
+- publish_clock (default false; implied by realtime false): the clock is also published on /clock before
+  each step's messages (run the other nodes with use_sim_time). It starts at the wall time when the node
+  starts and runs on across episodes, so every rate in a recording is exact however slowly a loaded machine
+  steps.
+- Otherwise the clock is re-anchored to the wall clock at each episode start (never backwards): its stamps
+  equal wall time while the sim keeps up and fall behind it when it cannot.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ from __future__ import annotations
 import datetime
 import math
 import sys
+import time
 
 import numpy as np
 import rclpy
@@ -55,6 +61,8 @@ from geometry_msgs.msg import Pose as PoseMsg
 from geometry_msgs.msg import PoseArray, PoseStamped, TwistStamped
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy._rclpy_pybind11 import RCLError
+from rclpy.clock import Clock as SteadyClock
+from rclpy.clock import ClockType
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
@@ -75,6 +83,10 @@ CAMERA_FRAME = "camera_optical_frame"
 IMAGE_QOS = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE)
 STATE_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+
+def _time_msg(nanoseconds: int) -> Time:
+    return Time(sec=nanoseconds // 10**9, nanosec=nanoseconds % 10**9)
 
 
 def _pose_msg(pose: Pose) -> PoseMsg:
@@ -133,11 +145,16 @@ class SimNode(Node):
         self.twist_timeout_s = p("twist_timeout_s", 0.2).value
         self.realtime = p("realtime", True).value
         real_time_factor = p("real_time_factor", 1.0, ParameterDescriptor(
-            dynamic_typing=True, description="sim seconds per wall-clock second when realtime (< 1: slower)")).value
+            dynamic_typing=True,
+            description="with realtime: sim seconds per wall second, at most (below 1: a slower sim)")).value
         if not (isinstance(real_time_factor, (int, float)) and not isinstance(real_time_factor, bool)
-                and math.isfinite(real_time_factor)
-                and real_time_factor > 0):
+                and math.isfinite(real_time_factor) and real_time_factor > 0):
             raise ValueError(f"parameter real_time_factor must be a positive number, got {real_time_factor!r}")
+        self.sim_clock = p("publish_clock", False, ParameterDescriptor(
+            description="stamp with sim time and publish it on /clock (always so when realtime is false)"
+        )).value or not self.realtime
+        self._period_ns = round(robot.control_period_s * 1e9)
+        self._clock_ns = time.time_ns()  # sim time: advances one control period per step
         announce_first = p("announce_first_episode", True, ParameterDescriptor(
             description="publish START for the episode the node starts with (false when a collector starts episodes)"
         )).value
@@ -155,7 +172,7 @@ class SimNode(Node):
         self._objects_pub = self.create_publisher(PoseArray, OBJECT_POSES_TOPIC, STATE_QOS)
         self._episode_pub = self.create_publisher(EpisodeEvent, "/prophrl/episode", STATE_QOS)
         self._instruction_pub = self.create_publisher(String, "/prophrl/instruction", LATCHED)
-        self._clock_pub = None if self.realtime else self.create_publisher(Clock, "/clock", STATE_QOS)
+        self._clock_pub = self.create_publisher(Clock, "/clock", STATE_QOS) if self.sim_clock else None
         self.create_subscription(TwistStamped, robot.twist_topic, self._on_twist, STATE_QOS)
         self.create_subscription(Float64, robot.gripper_topic, self._on_gripper, STATE_QOS)
         self.create_subscription(JointTrajectory, robot.joint_trajectory_topic, self._on_trajectory, STATE_QOS)
@@ -164,34 +181,22 @@ class SimNode(Node):
 
         self._episode_id = ""
         self._episode_succeeded = False
-        self._clock_origin_ns = 0
         self._reset_episode(seed, announce=announce_first)
         if self.realtime:
-            self.create_timer(robot.control_period_s / real_time_factor, self.tick)
+            self.create_timer(robot.control_period_s / real_time_factor, self.tick,
+                              clock=SteadyClock(clock_type=ClockType.STEADY_TIME))
+        pace = f"{real_time_factor:g}x real time" if self.realtime else "as fast as possible"
         self.get_logger().info(
-            f"{robot.name} on task {self.task_name!r} ({self.sim.camera} camera {width}x{height}, "
-            f"{'real time' if self.realtime else 'as fast as possible'}); episode {self._episode_id}")
+            f"{robot.name} on task {self.task_name!r} ({self.sim.camera} camera {width}x{height}, {pace}"
+            f"{', sim time on /clock' if self.sim_clock else ''}); episode {self._episode_id}")
 
     # ------------------------------------------------------------------ time
     def _now_s(self) -> float:
-        """The clock commands are timed with (twist timeout, trajectory timing): the sim's own clock, so a sim
-        that cannot keep up with real time still runs each command for the same sim time."""
-        return self._stamp_ns() * 1e-9
-
-    def _stamp_ns(self) -> int:
-        """The sim's clock in integer nanoseconds: origin + the episode's sim time."""
-        return self._clock_origin_ns + round(self.sim.time_s * 1e9)
+        """The sim's clock, which times commands (twist timeout, trajectory timing)."""
+        return self._clock_ns * 1e-9
 
     def _stamp(self) -> Time:
-        nanoseconds = self._stamp_ns()
-        return Time(sec=nanoseconds // 10**9, nanosec=nanoseconds % 10**9)
-
-    def _next_clock_origin_ns(self, last_stamp_ns: int) -> int:
-        """The clock's origin for a new episode (its sim time starts at 0): the wall clock in real time, and never
-        before the previous episode's last stamp."""
-        if not self.realtime:
-            return last_stamp_ns
-        return max(self.get_clock().now().nanoseconds, last_stamp_ns)
+        return _time_msg(self._clock_ns)
 
     # ------------------------------------------------------------------ commands
     def _on_twist(self, msg: TwistStamped) -> None:
@@ -227,9 +232,9 @@ class SimNode(Node):
     def _reset_episode(self, seed: int, announce: bool = True) -> None:
         if self._episode_id and self._episode_announced:
             self._publish_event(EpisodeEvent.STOP, success=self._episode_succeeded, message="reset")
-        last_stamp_ns = self._stamp_ns() if self._episode_id else 0
         observation = self.sim.reset(seed)
-        self._clock_origin_ns = self._next_clock_origin_ns(last_stamp_ns)
+        if self.realtime and not self.sim_clock:
+            self._clock_ns = max(self._clock_ns, time.time_ns())
         self._twist = None
         self._twist_received_s = -np.inf
         self._trajectory = None
@@ -274,6 +279,7 @@ class SimNode(Node):
             self.sim.step_ee_velocity(*self._twist, self._gripper)
         else:
             self.sim.step_ee_delta(np.zeros(3), np.zeros(3), self._gripper)
+        self._clock_ns += self._period_ns
         observation = self.sim.observe()
         if self._clock_pub is not None:
             self._clock_pub.publish(Clock(clock=self._stamp()))

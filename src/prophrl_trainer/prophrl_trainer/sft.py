@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from prophrl_common.config_io import ConfigError, require_finite_numbers
 from prophrl_common.outputs import OutputKind, check_output_dir, check_writable_dir
 from prophrl_common.weights import require_finite_loss
-from prophrl_worldmodel.dataset import read_dataset_index
+from prophrl_worldmodel.dataset import episodes_with_known_outcome, read_dataset_index
 from prophrl_policy.configuration_vla import VLAConfig
 from prophrl_policy.embodiment import Embodiment
 from prophrl_policy.modeling_vla import Observation, VLAPolicy
@@ -98,7 +98,7 @@ def load_demonstrations(dataset_dir: str | Path, horizon: int, only_successful: 
     dataset_dir = Path(dataset_dir)
     index = read_dataset_index(dataset_dir, "ee_delta_7d", needed_by="SFT")
     frames, states, chunks, instructions, episode_index = [], [], [], [], []
-    for i, episode in enumerate(index["episodes"]):
+    for i, episode in episodes_with_known_outcome(index, dataset_dir, "SFT"):
         if only_successful and not episode["success"]:
             continue
         with np.load(dataset_dir / episode["shard"], allow_pickle=False) as shard:

@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -53,6 +54,19 @@ def test_sft_learns_from_recorded_demonstrations_and_saves_a_loadable_policy(dem
     # The checkpoint records what it is for: the dataset's robot, ee deltas, the policy state layout.
     assert (policy.embodiment.robot, policy.embodiment.action_space) == ("panda_sim", "ee_delta_7d")
     assert policy.embodiment.state_names == POLICY_STATE_NAMES and policy.embodiment.control_period_s == pytest.approx(0.05)
+
+
+def test_sft_leaves_out_episodes_of_unknown_outcome_with_a_warning(demo_dataset, tmp_path):
+    """A recovered bag whose end did not survive has success null in the index: no demonstration."""
+    dataset = tmp_path / "dataset"
+    shutil.copytree(demo_dataset, dataset)
+    index = json.loads((dataset / "index.json").read_text())
+    index["episodes"][0]["success"] = None
+    (dataset / "index.json").write_text(json.dumps(index))
+    with pytest.warns(UserWarning, match="SFT leaves out 1 episode.*outcome is unknown"):
+        data = load_demonstrations(dataset, 6)
+    assert set(np.unique(data.episode_index)) == {i for i, e in enumerate(index["episodes"]) if e["success"]}
+    assert 0 not in data.episode_index
 
 
 def test_sft_refuses_a_directory_that_is_not_a_dataset(tmp_path):

@@ -8,10 +8,11 @@ so every stream is on one clock even when the sources stamp headers with differe
   order (by name; extra joints ignored, missing ones are an error);
 - ``ee_pose``: the latest end-effector PoseStamped (x y z qx qy qz qw);
 - ``action_chunk``: the latest ActionChunk at or before the frame as (horizon, action_dim), and
-  ``chunk_step``: the step of that chunk due at the frame, floor(elapsed / control_period_s),
-  clipped to the last step when the chunk has run out (the executor holds until the next chunk);
-- the episode's ``instruction`` and ``success`` (bag custom_data, else the recorded instruction
-  topic / a SUCCESS EpisodeEvent);
+  ``chunk_step``: the step of that chunk due at the frame, floor(elapsed / control period) in exact
+  integer arithmetic on ns (see :func:`chunk_period_ns`), clipped to the last step when the chunk
+  has run out (the executor holds until the next chunk);
+- the episode's ``instruction`` (bag custom_data, else the recorded instruction topic) and ``success``
+  (see :func:`episode_success`: True / False, or None when a recovered bag no longer says);
 - the episode's ``camera`` calibration, from the first ``/camera/camera_info`` (K, width, height)
   and the latest ``/camera/pose`` at the first kept frame (else the first one; geometry_msgs/PoseStamped:
   the OpenCV/ROS optical frame's pose in the robot base frame, latched by the sim; its inverse is
@@ -40,6 +41,9 @@ The LeRobot v3.0 export (``prophrl_worldmodel.lerobot_v3``, which owns the forma
 task = the instruction, ``observation.images.<camera>`` named after the image topic's first segment, and
 each episode's success, id, task name, control period and calibration as extra episode columns, so
 ``prophrl_worldmodel.lerobot_import`` turns it back into the same samples.
+LeRobot frame timestamps are frame_index / fps, so each episode is first put on that frame grid
+(:func:`on_rate_grid`: a real camera's jittery timestamps map one frame to each grid point; a camera at another
+rate has frames repeated or skipped, with a warning).
 """
 
 from __future__ import annotations
@@ -107,7 +111,7 @@ class EpisodeSamples:
     episode_id: str
     instruction: str
     task: str
-    success: bool
+    success: bool | None  # None: unknown (a recovered bag whose end did not survive)
     recovered: bool
     frames: np.ndarray  # (N, H, W, 3) uint8
     frame_times_ns: np.ndarray  # (N,) int64, receive times
@@ -137,6 +141,32 @@ class EpisodeSamples:
         if len(self) < 2:
             return None
         return 1e9 / float(np.median(np.diff(self.frame_times_ns)))
+
+
+def _shortest_decimal(value: float, dtype) -> Fraction:
+    """The shortest decimal that `value` as `dtype` denotes, exactly ("0.05", not 0.0500000007450580596...)."""
+    return Fraction(np.format_float_positional(dtype(value), unique=True, trim="0"))
+
+
+def chunk_period_ns(chunk_period_s: float, robot: RobotConfig) -> Fraction:
+    """A chunk's control period in ns, exactly.
+
+    ActionChunk carries it as a float32, where 0.05 s is 50,000,000.745 ns: one period after a chunk,
+    a float quotient is floor(0.99999998) = 0, the previous row. The period is the robot config's (the
+    decimal written there) when the float32 holds that value, else the shortest decimal the float32
+    denotes.
+    """
+    if np.float32(chunk_period_s) == np.float32(robot.control_period_s):
+        seconds = _shortest_decimal(robot.control_period_s, np.float64)
+    else:
+        seconds = _shortest_decimal(chunk_period_s, np.float32)
+    return seconds * 1_000_000_000
+
+
+def chunk_steps_due(elapsed_ns: np.ndarray, period_ns: Fraction, horizon: int) -> np.ndarray:
+    """floor(elapsed / period) in integers, clipped to the chunk's last step."""
+    steps = [(int(elapsed) * period_ns.denominator) // period_ns.numerator for elapsed in elapsed_ns]
+    return np.minimum(np.asarray(steps, np.int64), horizon - 1).astype(np.int32)
 
 
 class _ChunkStream:
@@ -186,6 +216,31 @@ def _sorted_by_time(times: list[int], values: list) -> tuple[np.ndarray, list]:
 
 def _truthy(text: str) -> bool:
     return text.strip().lower() in ("true", "1", "yes")
+
+
+def episode_success(bag: Bag, end_events: list[tuple[str, bool]]) -> bool | None:
+    """The episode's outcome from its bag and its (kind, success flag) end events: True, False, or None
+    when it is unknown.
+
+    A complete bag says it in its custom_data ``success`` (written at close), else by a SUCCESS
+    event. A recovered bag (its writer died, or its file was cut) is judged only by the
+    EpisodeEvents that survived in its data: a metadata.yaml or metadata record can outlive a cut
+    that took the episode's end with it. SUCCESS (or a STOP marked successful) -> True, FAILURE or
+    STOP -> False, no end event -> None, with a warning: such an episode is no demonstration and no
+    judge label (SFT and judge training leave it out).
+    """
+    if not bag.recovered:
+        if "success" in bag.custom_data:
+            return _truthy(bag.custom_data["success"])
+        return any(kind == "SUCCESS" for kind, _ in end_events)
+    if any(kind == "SUCCESS" or (kind == "STOP" and success) for kind, success in end_events):
+        return True
+    if end_events:
+        return False
+    warnings.warn(f"bag {bag.path}: recovered ({'; '.join(bag.recovery_notes)}) and no SUCCESS, FAILURE or STOP"
+                  " event survived: its outcome is unknown (success: null); SFT and judge training leave it out",
+                  stacklevel=2)
+    return None
 
 
 def _camera_pose_at(poses: list, time_ns: int):
@@ -259,7 +314,7 @@ def load_episode(bag_path: str | Path, robot: RobotConfig, topics: DatasetTopics
     joint_times, joints = [], []
     pose_times, poses = [], []
     chunks = _ChunkStream(bag)
-    instructions, success_events = [], 0
+    instructions, end_events = [], []
     camera_info, camera_poses = None, []
     reorder_cache: dict = {}
     optional = {topics.instruction: "std_msgs/msg/String", topics.episode: "prophrl_msgs/msg/EpisodeEvent",
@@ -299,8 +354,9 @@ def load_episode(bag_path: str | Path, robot: RobotConfig, topics: DatasetTopics
             camera_info = msg if camera_info is None else camera_info
         elif message.topic == topics.camera_pose:
             camera_poses.append((t, msg))
-        elif msg.event == msg.SUCCESS:
-            success_events += 1
+        elif msg.event in (msg.SUCCESS, msg.FAILURE, msg.STOP):
+            end_events.append(("SUCCESS" if msg.event == msg.SUCCESS else "FAILURE" if msg.event == msg.FAILURE
+                               else "STOP", bool(msg.success)))
 
     frame_times, frames = _sorted_by_time(frame_times, frames)
     joint_times, joints = _sorted_by_time(joint_times, joints)
@@ -317,19 +373,17 @@ def load_episode(bag_path: str | Path, robot: RobotConfig, topics: DatasetTopics
                                  " joint state and end-effector pose: nothing to align")
     chunk_index = latest["chunk"][keep]
     horizon = chunk_arrays[0].shape[0]
-    elapsed_ns = frame_times[keep] - chunk_times[chunk_index]
-    period_ns = chunks.control_period_s * 1e9
-    steps = np.minimum(np.floor(elapsed_ns / period_ns), horizon - 1).astype(np.int32)
+    period_ns = chunk_period_ns(chunks.control_period_s, robot)
+    steps = chunk_steps_due(frame_times[keep] - chunk_times[chunk_index], period_ns, horizon)
 
     custom = bag.custom_data
     instruction = custom.get("instruction") or (instructions[-1] if instructions else "")
-    success = _truthy(custom["success"]) if "success" in custom else success_events > 0
     return EpisodeSamples(
         bag_path=bag.path,
         episode_id=custom.get("episode_id") or bag.path.name,
         instruction=instruction,
         task=custom.get("task", ""),
-        success=success,
+        success=episode_success(bag, end_events),
         recovered=bag.recovered,
         frames=np.stack([frames[i] for i in keep]),
         frame_times_ns=frame_times[keep],
@@ -338,10 +392,36 @@ def load_episode(bag_path: str | Path, robot: RobotConfig, topics: DatasetTopics
         action_chunks=np.stack([chunk_arrays[i] for i in chunk_index]),
         chunk_steps=steps,
         action_space=chunks.action_space,
-        control_period_s=chunks.control_period_s,
+        control_period_s=float(period_ns / 1_000_000_000),
         skipped_frames=int(keep[0]),
         camera=camera_entry(bag, robot, camera_info, _camera_pose_at(camera_poses, int(frame_times[keep[0]]))),
     )
+
+
+def on_rate_grid(episode: EpisodeSamples, fps: int) -> tuple[EpisodeSamples, int]:
+    """The episode's samples at a fixed rate, for a dataset whose frames are frame_index / fps apart
+    (LeRobot): one sample per point of the grid first frame + k / fps up to the last frame, each the
+    sample of the camera frame nearest to it (the earlier one on a tie). Returns it and how many frames
+    were repeated or skipped to fill the grid.
+
+    A rate-exact recording comes back unchanged; a real camera's jittery timestamps map one frame to
+    each grid point; a camera slower or faster than fps repeats or skips frames.
+    """
+    times = episode.frame_times_ns
+    if len(times) < 2:
+        return episode, 0
+    count = 1 + round((int(times[-1]) - int(times[0])) * fps / 1_000_000_000)
+    grid = int(times[0]) + np.array([round(k * 1_000_000_000 / fps) for k in range(count)], np.int64)
+    after = np.clip(np.searchsorted(times, grid, side="left"), 1, len(times) - 1)
+    before = after - 1
+    chosen = np.where(times[after] - grid < grid - times[before], after, before)
+    changed = count - len(np.unique(chosen)) + (len(times) - len(np.unique(chosen)))
+    if np.array_equal(chosen, np.arange(len(times))):
+        return episode, 0
+    return dataclasses.replace(
+        episode, frames=episode.frames[chosen], frame_times_ns=grid, joint_positions=episode.joint_positions[chosen],
+        ee_pose=episode.ee_pose[chosen], action_chunks=episode.action_chunks[chosen],
+        chunk_steps=episode.chunk_steps[chosen]), int(changed)
 
 
 def _action_names(action_space: str, action_dim: int, robot: RobotConfig) -> list[str]:
@@ -418,9 +498,9 @@ def bags2dataset(bags: Iterable[str | Path], out_dir: str | Path, robot: RobotCo
                             state_names=[*robot.joint_names, *EE_POSE_NAMES],
                             action_names=_action_names(episode.action_space, episode.action_chunks.shape[2], robot),
                             video_codec=video_codec)
-                    _check_camera_rate(episode, writer.fps)
-                    writer.add_episode(episode.frames, episode.state, episode.actions, episode.instruction,
-                                       lerobot_episode_columns(index_episodes[-1], episode.control_period_s))
+                    aligned = _at_dataset_rate(episode, writer.fps)
+                    writer.add_episode(aligned.frames, aligned.state, aligned.actions, aligned.instruction,
+                                       lerobot_episode_columns(index_episodes[-1], aligned.control_period_s))
             if writer is not None:
                 writer.close()
         except BaseException:
@@ -453,11 +533,14 @@ def _dataset_fps(episode: EpisodeSamples) -> int:
     return max(1, round(rate))
 
 
-def _check_camera_rate(episode: EpisodeSamples, fps: int) -> None:
-    rate = episode.camera_rate_hz
-    if rate is not None and abs(rate - fps) > 0.1 * fps:
-        raise BagError(episode.bag_path, f"its camera runs at {rate:.1f} Hz but the LeRobot dataset is at {fps} fps"
-                                         " (set fps, or convert episodes of different rates separately)")
+def _at_dataset_rate(episode: EpisodeSamples, fps: int) -> EpisodeSamples:
+    """The episode on the LeRobot dataset's frame grid; a warning when that repeats or skips frames."""
+    aligned, changed = on_rate_grid(episode, fps)
+    if changed:
+        warnings.warn(f"bag {episode.bag_path}: camera at {episode.camera_rate_hz:.1f} Hz (median), the LeRobot"
+                      f" dataset at {fps} fps: {changed} of {len(aligned)} frames repeated or skipped to put it on"
+                      " the dataset's frame grid", stacklevel=2)
+    return aligned
 
 
 def write_shard(path: Path, episode: EpisodeSamples) -> None:
@@ -483,6 +566,18 @@ def read_dataset_index(dataset_dir: str | Path, action_space: str | None = None,
         raise ConfigError(f"{index_path}: {needed_by or 'this use'} needs {action_space} actions, the dataset has "
                           f"{index.get('action_space')!r}")
     return index
+
+
+def episodes_with_known_outcome(index: dict, dataset_dir: str | Path, needed_by: str) -> list[tuple[int, dict]]:
+    """(position, entry) of the index's episodes whose success is known, for training on outcomes
+    (`needed_by`, e.g. "SFT"); one warning names those left out (success null: see episode_success)."""
+    episodes = list(enumerate(index.get("episodes", [])))
+    unknown = [entry.get("episode_id") or entry.get("shard") or str(i) for i, entry in episodes
+               if entry.get("success") is None]
+    if unknown:
+        warnings.warn(f"{dataset_dir}: {needed_by} leaves out {len(unknown)} episode(s) whose outcome is unknown"
+                      f" (recovered bags whose end did not survive): {', '.join(map(str, unknown))}", stacklevel=2)
+    return [(i, entry) for i, entry in episodes if entry.get("success") is not None]
 
 
 def write_index(path: Path, robot: RobotConfig, topics: DatasetTopics | None, reference: EpisodeSamples,

@@ -52,7 +52,7 @@ from prophrl_common.config_io import ConfigError, require_finite_numbers
 from prophrl_common.outputs import OutputKind, check_output_dir
 from prophrl_common.weights import require_finite_loss
 from prophrl_worldmodel.configuration_judge import JudgeConfig
-from prophrl_worldmodel.dataset import read_dataset_index
+from prophrl_worldmodel.dataset import episodes_with_known_outcome, read_dataset_index
 from prophrl_worldmodel.modeling_judge import RewardJudge, frames_at, uniform_indices
 
 ARM_ACTION_DIM = 7
@@ -132,13 +132,14 @@ class ClipSet:
 
 
 def load_episodes(dataset_dirs: str | Path | Sequence[str | Path]) -> list[Episode]:
-    """Every episode of one or more bags2dataset outputs (frames + executed actions + ground truth)."""
+    """Every episode of known outcome of one or more bags2dataset outputs (frames + executed actions + ground
+    truth); those of unknown outcome are left out with a warning (see dataset.episodes_with_known_outcome)."""
     if isinstance(dataset_dirs, (str, Path)):
         dataset_dirs = [dataset_dirs]
     episodes = []
     for directory in map(Path, dataset_dirs):
         index = read_dataset_index(directory)
-        for i, meta in enumerate(index.get("episodes", [])):
+        for i, meta in episodes_with_known_outcome(index, directory, "judge training"):
             try:
                 with np.load(directory / meta["shard"], allow_pickle=False) as shard:
                     frames, actions = shard["frames"], shard["actions"]

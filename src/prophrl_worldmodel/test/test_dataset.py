@@ -20,6 +20,7 @@ from prophrl_common.chunks import array_to_chunk
 from prophrl_common.images import numpy_to_image
 from prophrl_common.robots import load_robot_config
 from prophrl_msgs.msg import EpisodeEvent
+from prophrl_worldmodel import judge_training
 from prophrl_worldmodel.dataset import bags2dataset, load_episode, main_bags2dataset
 
 ROBOT = load_robot_config("panda_sim")
@@ -40,11 +41,16 @@ def chunk_actions(number: int, action_dim: int = 7) -> np.ndarray:
 
 
 def write_episode(path, *, frames=24, instruction="lift the cube", success=True, close=True, skip_topic=None,
-                  joint_states_type=JointState, action_dims=None, joint_names=None):
+                  joint_states_type=JointState, action_dims=None, joint_names=None, frame_ns=FRAME_NS, jitter_ns=0,
+                  **writer_options):
     """Camera at 20 Hz, joint states at 100 Hz (reversed order + a finger joint), ee pose 1 ms after each
-    frame, an 8-step chunk (0.05 s period) 1 ms before every 4th frame from frame 2."""
+    frame, an 8-step chunk (0.05 s period) 1 ms before every 4th frame from frame 2; a SUCCESS (or FAILURE)
+    event at the end. frame_ns / jitter_ns: another camera period / uniform random timestamp jitter."""
+    jitter = np.random.default_rng(7).integers(-jitter_ns, jitter_ns + 1, frames) if jitter_ns else np.zeros(frames, int)
+    frame_time = [T0 + i * frame_ns + int(jitter[i]) for i in range(frames)]
     joint_names = joint_names or [*reversed(ROBOT.joint_names), "panda_finger_joint1"]
-    writer = BagWriter(path, {"episode_id": path.name, "instruction": instruction, "robot": ROBOT.name})
+    writer = BagWriter(path, {"episode_id": path.name, "instruction": instruction, "robot": ROBOT.name},
+                       **writer_options)
     topics = {"/camera/image_raw": "sensor_msgs/msg/Image", "/joint_states": "sensor_msgs/msg/JointState",
               "/prophrl/ee_pose": "geometry_msgs/msg/PoseStamped",
               "/prophrl/action_chunk": "prophrl_msgs/msg/ActionChunk", "/prophrl/instruction": "std_msgs/msg/String",
@@ -61,7 +67,7 @@ def write_episode(path, *, frames=24, instruction="lift the cube", success=True,
 
     write("/prophrl/instruction", String(data=instruction), T0 - 10 * MS)
     write("/prophrl/episode", EpisodeEvent(event=EpisodeEvent.START), T0 - 5 * MS)
-    for k in range(frames * 5):
+    for k in range((frame_time[-1] - T0) // (10 * MS) + 5):
         if joint_states_type is String:
             write("/joint_states", String(data="not joints"), T0 + k * 10 * MS - 2 * MS)
         else:
@@ -73,16 +79,16 @@ def write_episode(path, *, frames=24, instruction="lift the cube", success=True,
             action_dim = (action_dims or {}).get(number, 7)
             write("/prophrl/action_chunk", array_to_chunk(chunk_actions(number, action_dim),
                                                           "joint_position" if action_dim != 7 else "ee_delta_7d",
-                                                          0.05), T0 + i * FRAME_NS - MS)
-        write("/camera/image_raw", numpy_to_image(frame_pixels(i), "rgb8"), T0 + i * FRAME_NS)
+                                                          0.05), frame_time[i] - MS)
+        write("/camera/image_raw", numpy_to_image(frame_pixels(i), "rgb8"), frame_time[i])
         pose = PoseStamped()
         pose.pose.position.x, pose.pose.orientation.w = float(i), 1.0
-        write("/prophrl/ee_pose", pose, T0 + i * FRAME_NS + MS)
+        write("/prophrl/ee_pose", pose, frame_time[i] + MS)
     if not close:
         writer.flush()  # then abandoned without a footer, as a killed recorder leaves it
         return path
-    if success:
-        write("/prophrl/episode", EpisodeEvent(event=EpisodeEvent.SUCCESS), T0 + frames * FRAME_NS)
+    write("/prophrl/episode", EpisodeEvent(event=EpisodeEvent.SUCCESS if success else EpisodeEvent.FAILURE,
+                                           success=success), frame_time[-1] + frame_ns)
     writer.set_custom_data({"success": "true" if success else "false"})
     writer.close()
     return path
@@ -193,10 +199,71 @@ def test_lerobot_v3_export(tmp_path):
     assert np.abs(decoded[0].astype(int) - frame_pixels(FIRST_CHUNK_FRAME)).mean() < 8
 
 
+def test_lerobot_export_puts_jittery_and_off_rate_cameras_on_its_frame_grid(tmp_path):
+    """What a real robot records: camera timestamps with jitter, or a camera at another rate (a loaded
+    machine's 10 Hz instead of 20). The LeRobot export takes each episode onto its fps grid instead of
+    refusing it; the training shards keep every recorded frame."""
+    write_episode(tmp_path / "bags" / "a_exact")
+    write_episode(tmp_path / "bags" / "b_jitter", jitter_ns=12 * MS)
+    write_episode(tmp_path / "bags" / "c_10hz", frame_ns=2 * FRAME_NS)
+    with pytest.warns(UserWarning, match=r"c_10hz: camera at 10.0 Hz .* at 20 fps: \d+ of \d+ frames repeated"):
+        summary = bags2dataset([tmp_path / "bags"], tmp_path / "out", ROBOT, lerobot=True)
+    index = json.loads((tmp_path / "out" / "index.json").read_text())
+    assert [e["num_samples"] for e in index["episodes"]] == [22, 22, 22]
+    info = json.loads((summary.lerobot_dir / "meta" / "info.json").read_text())
+    episodes = pq.read_table(summary.lerobot_dir / "meta" / "episodes" / "chunk-000" / "file-000.parquet").to_pydict()
+    # exact and jittery: one frame per grid point; 10 Hz: 21 intervals of 0.1 s -> 43 points at 20 fps
+    assert info["fps"] == FPS and episodes["length"] == [22, 22, 43] and info["total_frames"] == 87
+    data = pq.read_table(summary.lerobot_dir / "data" / "chunk-000" / "file-000.parquet").to_pydict()
+    rows = [i for i, e in enumerate(data["episode_index"]) if e == 1]
+    jittery = load_episode(tmp_path / "bags" / "b_jitter", ROBOT)
+    np.testing.assert_array_equal(np.array([data["action"][i] for i in rows], np.float32), jittery.actions)
+    slow = [data["observation.state"][i][7] for i, e in enumerate(data["episode_index"]) if e == 2]
+    assert slow[:4] == [FIRST_CHUNK_FRAME - 1] * 2 + [FIRST_CHUNK_FRAME] * 2  # each 10 Hz frame held twice
+
+
 def test_bag_of_a_killed_recorder_converts(tmp_path):
-    episode = load_episode(write_episode(tmp_path / "killed", close=False), ROBOT)
-    assert episode.recovered and not episode.success and episode.instruction == "lift the cube"
+    with pytest.warns(UserWarning, match="outcome is unknown"):
+        episode = load_episode(write_episode(tmp_path / "killed", close=False), ROBOT)
+    assert episode.recovered and episode.success is None and episode.instruction == "lift the cube"
     assert len(episode) == 24 - FIRST_CHUNK_FRAME
+
+
+def cut_in_half(bag):
+    """Truncate the bag's MCAP file mid-file, leaving its metadata.yaml (success: true) in place."""
+    mcap = next(bag.glob("*.mcap"))
+    data = mcap.read_bytes()
+    mcap.write_bytes(data[:len(data) // 2])
+    assert "success: 'true'" in (bag / "metadata.yaml").read_text()
+
+
+def test_a_truncated_bag_is_no_successful_demonstration(tmp_path):
+    """The metadata.yaml of a cut bag still says success: true; the episode's end, which said so, is gone."""
+    cut = write_episode(tmp_path / "bags" / "a_cut", chunk_size_bytes=4_000)
+    write_episode(tmp_path / "bags" / "b_whole")
+    write_episode(tmp_path / "bags" / "c_failed", success=False)
+    cut_in_half(cut)
+    with pytest.warns(UserWarning, match="a_cut: recovered .* outcome is unknown"):
+        episode = load_episode(cut, ROBOT)
+    assert episode.recovered and episode.success is None and 0 < len(episode) < 24 - FIRST_CHUNK_FRAME
+    with pytest.warns(UserWarning, match="outcome is unknown"):
+        bags2dataset([tmp_path / "bags"], tmp_path / "out", ROBOT, lerobot=True)
+    index = json.loads((tmp_path / "out" / "index.json").read_text())
+    assert [(e["episode_id"], e["success"], e["recovered"]) for e in index["episodes"]] == [
+        ("a_cut", None, True), ("b_whole", True, False), ("c_failed", False, False)]
+    with pytest.warns(UserWarning, match="judge training leaves out 1 episode.*a_cut"):
+        episodes = judge_training.load_episodes(tmp_path / "out")
+    assert [(e.episode_id.split("/")[-1], e.success) for e in episodes] == [("b_whole", True), ("c_failed", False)]
+
+
+def test_a_cut_bag_keeps_the_outcome_its_surviving_events_record(tmp_path):
+    """A cut that spares the episode's end (here: only the summary is lost) keeps its SUCCESS / FAILURE."""
+    for name, success in (("won", True), ("lost", False)):
+        bag = write_episode(tmp_path / name, success=success, chunk_size_bytes=4_000)
+        mcap = next(bag.glob("*.mcap"))
+        mcap.write_bytes(mcap.read_bytes()[:-200])
+        episode = load_episode(bag, ROBOT)
+        assert episode.recovered and episode.success is success and len(episode) == 24 - FIRST_CHUNK_FRAME
 
 
 BROKEN = {
