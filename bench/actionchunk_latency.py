@@ -8,6 +8,8 @@ Starts the relay node (prophrl_common.testing_nodes) in a second process, sends 
 
 from __future__ import annotations
 
+import prophrl_common.threads  # noqa: F401 - first: the project's threading setup, before torch loads OpenMP
+
 import argparse
 import time
 

@@ -8,6 +8,8 @@ sends a 4-step chunk, and times the zero twist that follows the last step. Repea
 
 from __future__ import annotations
 
+import prophrl_common.threads  # noqa: F401 - first: the project's threading setup, before torch loads OpenMP
+
 import argparse
 import time
 
