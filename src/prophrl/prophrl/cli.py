@@ -193,11 +193,19 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in PASSTHROUGH_VERBS:
         return _run_passthrough(argv[0], argv[1:])
     args = build_parser().parse_args(argv)
+    from prophrl.collect_ros import CollectError
+    from prophrl_common.startup import StartupTimeout
+
     try:
         return args.func(args)
     except (ConfigError, FileExistsError) as exc:
         print(f"prophrl: error: {exc}", file=sys.stderr)
         return 2
+    except (StartupTimeout, CollectError) as exc:
+        print(f"prophrl: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

@@ -171,6 +171,13 @@ def load_profile(name_or_path: str | Path, overrides: Mapping[str, str] | None =
     return Profile(path.stem, str(data.get("description", "")), path, arguments, tuple(nodes))
 
 
+def required_node_exit(name: str, returncode: int) -> tuple[int, str]:
+    """A required node exited while the profile ran: the profile's exit status (the node's code, 1 for
+    a node that exited with 0) and the line that says so. `prophrl up` and the launch files share it."""
+    return (returncode if returncode else 1,
+            f"required node {name} exited with code {returncode}; stopping the profile")
+
+
 def parse_overrides(items: list[str]) -> dict[str, str]:
     """`robot:=ur5e task:=lift` (ros2 launch syntax) -> {'robot': 'ur5e', 'task': 'lift'}."""
     out = {}
