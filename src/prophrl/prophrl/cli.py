@@ -11,7 +11,7 @@ from prophrl_common.tables import print_table
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
-    from prophrl.profiles import load_profile, parse_overrides
+    from prophrl.profiles import check_paths, load_profile, parse_overrides
     from prophrl.up import node_command, run_profile
 
     profile = load_profile(args.profile, parse_overrides(args.overrides))
@@ -20,6 +20,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
             print(f"# {spec.name}{'' if spec.required else ' (optional)'}")
             print(shlex.join(node_command(spec)))
         return 0
+    check_paths(profile)
     return run_profile(profile)
 
 
