@@ -3,10 +3,12 @@
 The launch files behave like `prophrl up`: an argument the profile does not declare (a misspelling
 such as robt:=ur5e_sim) and a `must_exist` path that does not exist stop the launch before any node
 starts, with one line saying what to pass; a required node that exits while the launch is not
-already shutting down (Ctrl-C) stops the others and makes `ros2 launch` exit non-zero. Both are
-exceptions raised inside launch's event loop, which logs "Caught exception in launch ...: <reason>",
-shuts everything down and returns 1 (launch.LaunchService.run). `launch` / `launch_ros` are
-imported only when a launch description is built.
+shutting down stops the others and makes `ros2 launch` exit non-zero. Both are exceptions raised
+inside launch's event loop, which logs "Caught exception in launch ...: <reason>", shuts everything
+down and returns 1 (launch.LaunchService.run). Ctrl-C reaches the nodes and launch together, and on
+a busy machine a node can be gone before launch has handled the signal: whether a required node's
+exit fails the launch is decided EXIT_GRACE_S later. `launch` / `launch_ros` are imported only when
+a launch description is built.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from prophrl.profiles import Profile, check_paths, load_profile, profile_argumen
 # its names as "anon<name>"): never a misspelled profile argument.
 FRAMEWORK_CONFIGURATIONS = frozenset({"launch-prefix", "launch-prefix-filter", "sigterm_timeout", "sigkill_timeout",
                                       "emulate_tty", "ros_namespace", "ros_remaps", "global_params"})
+EXIT_GRACE_S = 2.0
 
 
 class RequiredNodeExited(RuntimeError):
@@ -46,15 +49,16 @@ def required_exit_reason(name: str, returncode: int, shutting_down: bool) -> str
 
 def generate_profile_launch_description(profile_name: str):
     from launch import LaunchDescription
-    from launch.actions import DeclareLaunchArgument, OpaqueFunction
+    from launch.actions import DeclareLaunchArgument, OpaqueFunction, TimerAction
     from launch_ros.actions import Node
 
     def on_required_exit(name: str):
-        def handler(event, context):
-            reason = required_exit_reason(name, event.returncode, context.is_shutdown)
-            if reason is not None:
-                raise RequiredNodeExited(reason)
-            return None
+        def handler(event, _context):
+            def fail_unless_shutting_down(context):
+                reason = required_exit_reason(name, event.returncode, context.is_shutdown)
+                if reason is not None:
+                    raise RequiredNodeExited(reason)
+            return TimerAction(period=EXIT_GRACE_S, actions=[OpaqueFunction(function=fail_unless_shutting_down)])
         return handler
 
     def nodes(context):
