@@ -33,6 +33,7 @@ from std_msgs.msg import String
 from prophrl_common.bags import BagError, BagWriter, cdr_header_stamp_ns, open_bag
 from prophrl_common.chunks import array_to_chunk
 from prophrl_common.images import numpy_to_image
+from prophrl_common.startup import startup_timeout_s
 from prophrl_common.testing import isolate_ros_domain, node_process, python_module_argv, spin_until
 from prophrl_msgs.msg import ActionChunk, EpisodeEvent
 
@@ -102,7 +103,7 @@ def bench_node(images, chunks, workdir: Path) -> NodeResult:
     try:
         with node_process(argv) as recorder:
             ready = lambda: all(p.get_subscription_count() for p in (image_pub, chunk_pub, episode_pub))
-            if not spin_until(node, ready, 30):
+            if not spin_until(node, ready, startup_timeout_s()):
                 raise RuntimeError(f"recorder did not subscribe:\n{recorder.output()}")
             episode_pub.publish(EpisodeEvent(event=EpisodeEvent.START, episode_id="bench"))
             if not spin_until(node, lambda: (bag_dir / "bench").is_dir(), 10):
