@@ -21,9 +21,10 @@ import torch
 from prophrl_common.startup import ReadyWatcher, StartupTimeout
 
 BIN = Path(sys.executable).parent
-# What a clean stop never prints: a traceback, an asyncio/rclpy task whose exception nobody read, a node
-# still publishing after its context was shut down.
-DIRTY = ("Traceback", "KeyboardInterrupt", "never retrieved", "Failed to publish", "context is invalid")
+# What a clean stop never prints: a traceback, an error in a finaliser (MuJoCo's EGL renderer), an rclpy task
+# whose exception nobody read, a node still publishing after its context was shut down.
+DIRTY = ("Traceback", "KeyboardInterrupt", "Exception ignored", "never retrieved", "Failed to publish",
+         "context is invalid")
 
 
 def _policy_checkpoint(root: Path) -> Path:
