@@ -117,11 +117,6 @@ class Supervisor:
             self._stop_reason = reason
             self._stop.set()
 
-    @property
-    def stop_reason(self) -> str:
-        """Why the profile is stopping ("" while it runs)."""
-        return self._stop_reason if self._stop.is_set() else ""
-
     def exited_required(self) -> list[tuple[str, int]]:
         """(name, exit code) of the required nodes that have exited."""
         return [(c.spec.name, c.proc.returncode) for c in self.children
@@ -188,7 +183,7 @@ class Supervisor:
             child.pump.join(timeout=1.0)
 
 
-def _report_readiness(supervisor: Supervisor) -> int | None:
+def _report_readiness(supervisor: Supervisor, timeout_s: float) -> int | None:
     """Watch the profile's nodes come up (a DDS participant of its own, gone afterwards); say when all are
     ready. Returns 1 when one did not come up in time (the profile is then stopping), else None."""
     import rclpy
@@ -202,8 +197,7 @@ def _report_readiness(supervisor: Supervisor) -> int | None:
     executor.add_node(node)
     start = time.monotonic()
     try:
-        if supervisor.wait_until_ready(ReadyWatcher(node), lambda t: executor.spin_once(timeout_sec=t),
-                                       startup_timeout_s()):
+        if supervisor.wait_until_ready(ReadyWatcher(node), lambda t: executor.spin_once(timeout_sec=t), timeout_s):
             names = ", ".join(c.spec.name for c in supervisor.children if c.proc.poll() is None)
             supervisor._say(f"ready after {time.monotonic() - start:.1f} s: {names}")
     except StartupTimeout as exc:
@@ -218,6 +212,7 @@ def _report_readiness(supervisor: Supervisor) -> int | None:
 
 
 def run_profile(profile: Profile) -> int:
+    timeout_s = startup_timeout_s()
     supervisor = Supervisor(profile)
 
     def on_signal(signum, _frame):
@@ -226,7 +221,7 @@ def run_profile(profile: Profile) -> int:
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         supervisor.start()
-        failed = _report_readiness(supervisor)
+        failed = _report_readiness(supervisor, timeout_s)
         return supervisor.wait() or failed or 0
     finally:
         supervisor.shutdown()
