@@ -1,10 +1,10 @@
-"""Every test session runs its nodes on a private ROS domain, loopback only, with one OpenMP/torch
-thread per process: on a 2-core machine shared by node subprocesses, spinning OpenMP workers of
-several processes slow each other down by orders of magnitude."""
+"""Every test session runs its nodes on a private ROS domain, loopback only, with the project's
+threading setup (prophrl_common.threads: OpenMP workers sleep instead of spinning, set before torch
+is imported here or in a child process)."""
 
-import os
+from prophrl_common.threads import configure_threads
 
-os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch is imported here or in a child process
+configure_threads()
 
 from prophrl_common.testing import isolate_ros_domain  # noqa: E402
 

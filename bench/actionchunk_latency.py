@@ -8,6 +8,8 @@ Starts the relay node (prophrl_common.testing_nodes) in a second process, sends 
 
 from __future__ import annotations
 
+import prophrl_common.threads  # noqa: F401 - first: the project's threading setup, before torch loads OpenMP
+
 import argparse
 import time
 
@@ -19,6 +21,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 
 from prophrl_common.chunks import array_to_chunk
+from prophrl_common.startup import startup_timeout_s
 from prophrl_common.testing import isolate_ros_domain, node_process, python_module_argv, spin_until
 from prophrl_msgs.msg import ActionChunk
 
@@ -60,7 +63,7 @@ def main() -> None:
 
     with node_process(python_module_argv("prophrl_common.testing_nodes")) as relay:
         ready = lambda: chunk_pub.get_subscription_count() > 0 and image_pub.get_subscription_count() > 0  # noqa: E731
-        if not spin_until(node, ready, 30, executor):
+        if not spin_until(node, ready, startup_timeout_s(), executor):
             raise SystemExit(f"relay node did not come up:\n{relay.output()}")
         results = {
             f"ActionChunk {args.horizon}x{args.action_dim}": round_trips(

@@ -17,6 +17,8 @@ matrices, on 1 thread and on all threads.
 
 from __future__ import annotations
 
+import prophrl_common.threads  # noqa: F401 - first: the project's threading setup, before torch loads OpenMP
+
 import argparse
 import os
 import statistics

@@ -12,6 +12,8 @@ warm-up, and the median is reported. Random weights: the speed does not depend o
 
 from __future__ import annotations
 
+import prophrl_common.threads  # noqa: F401 - first: the project's threading setup, before torch loads OpenMP
+
 import argparse
 import statistics
 import time

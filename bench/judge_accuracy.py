@@ -16,23 +16,23 @@ clips (the paper's domain-match recipe). Everything lives under --work and is re
 
 from __future__ import annotations
 
+import prophrl_common.threads  # noqa: F401 - first: the project's threading setup, before torch loads OpenMP
+
 import argparse
 import json
 import os
 import time
 from pathlib import Path
 
-os.environ.setdefault("OMP_NUM_THREADS", "1")
+import torch
 
-import torch  # noqa: E402
-
-from prophrl_policy.collect import CollectSettings, collect_direct  # noqa: E402
-from prophrl_worldmodel.configuration_judge import get_judge_config  # noqa: E402
-from prophrl_worldmodel.dataset import bags2dataset  # noqa: E402
-from prophrl_worldmodel.judge_cli import format_table  # noqa: E402
-from prophrl_worldmodel.judge_training import (ClipSettings, JudgeTrainConfig, clips_from_episodes,  # noqa: E402
+from prophrl_policy.collect import CollectSettings, collect_direct
+from prophrl_worldmodel.configuration_judge import get_judge_config
+from prophrl_worldmodel.dataset import bags2dataset
+from prophrl_worldmodel.judge_cli import format_table
+from prophrl_worldmodel.judge_training import (ClipSettings, JudgeTrainConfig, clips_from_episodes,
                                                evaluate_judge, imagined_clips, load_episodes, train_judge)
-from prophrl_worldmodel.modeling_judge import RewardJudge  # noqa: E402
+from prophrl_worldmodel.modeling_judge import RewardJudge
 
 SKILLS = (1.0, 0.5, 0.0)
 

@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import prophrl_common.threads  # noqa: F401 - first: the project's threading setup, before torch loads OpenMP
+
 import argparse
 import tempfile
 import time
@@ -24,6 +26,7 @@ from sensor_msgs.msg import Image
 from geometry_msgs.msg import PoseStamped
 
 from prophrl_common.images import numpy_to_image
+from prophrl_common.startup import startup_timeout_s
 from prophrl_common.testing import isolate_ros_domain, node_process, python_module_argv, spin_until
 from prophrl_msgs.msg import ActionChunk
 from prophrl_policy.configuration_vla import get_vla_config
@@ -103,7 +106,7 @@ def main() -> None:
                                   "-p", "replan_period_s:=0.0", "-p", "instruction:=lift the red cube")
         with node_process(argv) as policy_proc:
             ready = lambda: echo_pub.get_subscription_count() > 0 and camera_pub.get_subscription_count() > 0  # noqa: E731
-            if not spin_until(node, ready, 60, executor):
+            if not spin_until(node, ready, startup_timeout_s(), executor):
                 raise SystemExit(f"nodes did not come up:\n{relay.output()}\n{policy_proc.output()}")
             stream(node, executor, camera_pub, chunks, 20, args.rate, pose_pub)  # warm-up
             rows["raw Image echo (2 hops)"] = stream(node, executor, echo_pub, echoes, args.frames, args.rate)

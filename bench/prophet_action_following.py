@@ -13,6 +13,8 @@ the predictions against the true clips, and train-step / generation timings.
 
 from __future__ import annotations
 
+import prophrl_common.threads  # noqa: F401 - first: the project's threading setup, before torch loads OpenMP
+
 import argparse
 import time
 

@@ -23,6 +23,8 @@ Small scale (minutes):
 
 from __future__ import annotations
 
+import prophrl_common.threads  # noqa: F401 - first: the project's threading setup, before torch loads OpenMP
+
 import argparse
 import importlib.util
 import json

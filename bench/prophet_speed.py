@@ -8,6 +8,8 @@ K Euler steps) and a closed-loop rollout of N chunks, each the median of --repea
 
 from __future__ import annotations
 
+import prophrl_common.threads  # noqa: F401 - first: the project's threading setup, before torch loads OpenMP
+
 import argparse
 import statistics
 import time

@@ -17,6 +17,8 @@
 
 from __future__ import annotations
 
+import prophrl_common.threads  # noqa: F401 - first: the project's threading setup, before torch loads OpenMP
+
 import argparse
 import dataclasses
 import shutil
@@ -37,6 +39,7 @@ from std_msgs.msg import String
 from prophrl_common.bags import BagError, BagWriter, cdr_header_stamp_ns, open_bag
 from prophrl_common.chunks import array_to_chunk
 from prophrl_common.images import numpy_to_image
+from prophrl_common.startup import startup_timeout_s
 from prophrl_common.testing import isolate_ros_domain, node_process, python_module_argv, spin_until
 from prophrl_msgs.msg import ActionChunk, EpisodeEvent
 
@@ -111,7 +114,7 @@ def bench_node(images, chunks, workdir: Path) -> NodeResult:
     try:
         with node_process(argv) as recorder:
             ready = lambda: all(p.get_subscription_count() for p in (image_pub, chunk_pub, episode_pub))
-            if not spin_until(node, ready, 30):
+            if not spin_until(node, ready, startup_timeout_s()):
                 raise RuntimeError(f"recorder did not subscribe:\n{recorder.output()}")
             process = psutil.Process(recorder.proc.pid)
             cpu_before = sum(process.cpu_times()[:2])

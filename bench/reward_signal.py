@@ -18,6 +18,8 @@ noise), and the spread of the group means across initial states. Typical use, on
 
 from __future__ import annotations
 
+import prophrl_common.threads  # noqa: F401 - first: the project's threading setup, before torch loads OpenMP
+
 import argparse
 import json
 import tempfile

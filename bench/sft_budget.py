@@ -9,6 +9,8 @@ success % on held-out seeds (mean +- std over --policy-seeds sampling seeds).
 
 from __future__ import annotations
 
+import prophrl_common.threads  # noqa: F401 - first: the project's threading setup, before torch loads OpenMP
+
 import argparse
 import json
 import time

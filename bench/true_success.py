@@ -15,6 +15,8 @@ and last updates) with updates/hour, so a gain in imagination that does not tran
 
 from __future__ import annotations
 
+import prophrl_common.threads  # noqa: F401 - first: the project's threading setup, before torch loads OpenMP
+
 import argparse
 import json
 import statistics

@@ -8,6 +8,8 @@ sends a 4-step chunk, and times the zero twist that follows the last step. Repea
 
 from __future__ import annotations
 
+import prophrl_common.threads  # noqa: F401 - first: the project's threading setup, before torch loads OpenMP
+
 import argparse
 import time
 
@@ -19,6 +21,7 @@ from rclpy.node import Node
 
 from prophrl_common.chunks import array_to_chunk
 from prophrl_common.robots import load_robot_config
+from prophrl_common.startup import startup_timeout_s
 from prophrl_common.testing import isolate_ros_domain, node_process, python_module_argv, spin_until
 from prophrl_msgs.msg import ActionChunk
 
@@ -49,7 +52,7 @@ def main() -> None:
     node.create_timer(0.01, publish_pose)
     latencies = []
     with node_process(python_module_argv("prophrl_policy.executor_node", "-p", "robot:=panda_sim")) as proc:
-        if not spin_until(node, lambda: chunk_pub.get_subscription_count() > 0, 60, executor):
+        if not spin_until(node, lambda: chunk_pub.get_subscription_count() > 0, startup_timeout_s(), executor):
             raise SystemExit(proc.output())
         spin_until(node, lambda: False, 1.0, executor)
         for _ in range(args.trials):

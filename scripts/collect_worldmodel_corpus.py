@@ -30,6 +30,8 @@ Existing dataset directories are kept (the run resumes) unless --overwrite is gi
 
 from __future__ import annotations
 
+import prophrl_common.threads  # noqa: F401 - first: the project's threading setup, before torch loads OpenMP
+
 import argparse
 import itertools
 import json

@@ -46,17 +46,28 @@ if ! stamp_ok cmakefix "$deps_hash"; then
 fi
 
 # 3. prophrl_msgs: generated with cmake into the venv prefix (no colcon/ROS install needed here).
+#    Built in the venv's own build directory: build/ at the repo root is colcon's (`colcon build` there
+#    would otherwise reuse this CMake cache, whose install prefix is the venv, and leave
+#    install/prophrl_msgs empty). A build/prophrl_msgs that an earlier setup.sh made (its cache
+#    installs into this venv) is removed for that reason.
+MSGS_BUILD="$VENV/build/prophrl_msgs"
+MSGS_LOG="$VENV/build/msgs.log"
+if grep -qsxF "CMAKE_INSTALL_PREFIX:PATH=$VENV" build/prophrl_msgs/CMakeCache.txt; then
+  log "removing build/prophrl_msgs of an earlier setup (colcon's build directory)"
+  rm -rf build/prophrl_msgs build/msgs.log
+  rmdir build 2>/dev/null || true
+fi
 msgs_hash=$(cd src/prophrl_msgs && find . -type f | sort | xargs cat | sha256sum | cut -d' ' -f1)
 if ! stamp_ok msgs "$msgs_hash" || ! "$VPY" -c 'import prophrl_msgs.msg' 2>/dev/null; then
   log "building prophrl_msgs"
-  rm -rf build/prophrl_msgs && mkdir -p build
+  rm -rf "$MSGS_BUILD" && mkdir -p "$VENV/build"
   (
     export AMENT_PREFIX_PATH="$VENV" PATH="$VENV/bin:$PATH"
-    cmake -S src/prophrl_msgs -B build/prophrl_msgs -DCMAKE_INSTALL_PREFIX="$VENV" \
-      -DBUILD_TESTING=OFF -DPython3_EXECUTABLE="$VPY" -DCMAKE_BUILD_TYPE=Release >build/msgs.log 2>&1 \
-      && cmake --build build/prophrl_msgs -j"$(nproc)" >>build/msgs.log 2>&1 \
-      && cmake --install build/prophrl_msgs >>build/msgs.log 2>&1
-  ) || { mkdir -p build; echo "prophrl_msgs build failed; see build/msgs.log" >&2; tail -30 build/msgs.log >&2; exit 1; }
+    cmake -S src/prophrl_msgs -B "$MSGS_BUILD" -DCMAKE_INSTALL_PREFIX="$VENV" \
+      -DBUILD_TESTING=OFF -DPython3_EXECUTABLE="$VPY" -DCMAKE_BUILD_TYPE=Release >"$MSGS_LOG" 2>&1 \
+      && cmake --build "$MSGS_BUILD" -j"$(nproc)" >>"$MSGS_LOG" 2>&1 \
+      && cmake --install "$MSGS_BUILD" >>"$MSGS_LOG" 2>&1
+  ) || { echo "prophrl_msgs build failed; see $MSGS_LOG" >&2; tail -30 "$MSGS_LOG" >&2; exit 1; }
   stamp_set msgs "$msgs_hash"
 fi
 

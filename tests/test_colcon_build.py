@@ -41,3 +41,16 @@ def test_colcon_builds_all_packages_and_installs_launch_and_config(tmp_path):
     assert (install / "prophrl_policy" / "lib" / "prophrl_policy" / "executor_node").is_file()
     generated = list((install / "prophrl_msgs").rglob("prophrl_msgs/msg/_action_chunk.py"))
     assert generated, "prophrl_msgs Python bindings were not generated"
+    # `. install/setup.bash` sources each package's local_setup.bash
+    assert (install / "prophrl_msgs" / "share" / "prophrl_msgs" / "local_setup.bash").is_file()
+
+
+def test_setup_leaves_colcons_build_directory_to_colcon():
+    """scripts/setup.sh (run before the suite) builds prophrl_msgs outside build/: `colcon build` at the repo
+    root would otherwise reuse that CMake cache, install into the venv and leave install/prophrl_msgs empty."""
+    assert ROOT is not None, "run from a source checkout"
+    cache = ROOT / "build" / "prophrl_msgs" / "CMakeCache.txt"
+    prefixes = [line.split("=", 1)[1] for line in (cache.read_text().splitlines() if cache.is_file() else [])
+                if line.startswith("CMAKE_INSTALL_PREFIX:")]
+    assert not any(Path(p).resolve() == Path(sys.prefix).resolve() for p in prefixes), \
+        f"{cache} is setup.sh's build (it installs into {sys.prefix}), in colcon's build directory"

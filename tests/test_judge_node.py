@@ -87,5 +87,5 @@ def test_judge_node_exits_with_a_clear_error_on_a_missing_judge(tmp_path):
 
     argv = python_module_argv("prophrl_worldmodel.judge_node", "-p", f"judge_path:={tmp_path / 'nowhere'}")
     result = subprocess.run(argv, capture_output=True, text=True, timeout=60)
-    assert result.returncode == 1
+    assert result.returncode == 2   # node_runtime: a node that cannot start
     assert "judge path does not exist" in result.stderr

@@ -6,12 +6,12 @@ import argparse
 import shlex
 import sys
 
-from prophrl_common.cli_errors import run_reporting_errors
+from prophrl_common.cli_errors import one_line, run_reporting_errors
 from prophrl_common.tables import print_table
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
-    from prophrl.profiles import load_profile, parse_overrides
+    from prophrl.profiles import check_paths, load_profile, parse_overrides
     from prophrl.up import node_command, run_profile
 
     profile = load_profile(args.profile, parse_overrides(args.overrides))
@@ -20,6 +20,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
             print(f"# {spec.name}{'' if spec.required else ' (optional)'}")
             print(shlex.join(node_command(spec)))
         return 0
+    check_paths(profile)
     return run_profile(profile)
 
 
@@ -199,7 +200,18 @@ def main(argv: list[str] | None = None) -> int:
         return _run_passthrough(argv[0], argv[1:])
     args = build_parser().parse_args(argv)
     verb = " ".join(v for v in (args.verb, getattr(args, "policy_verb", None)) if v)
-    return run_reporting_errors(f"prophrl {verb}", lambda: args.func(args))
+
+    def run_verb() -> int:
+        from prophrl.collect_ros import CollectError
+        from prophrl_common.startup import StartupTimeout
+
+        try:
+            return args.func(args)
+        except (StartupTimeout, CollectError) as exc:  # the nodes failed, not the user: exit 1
+            print(f"prophrl {verb}: error: {one_line(exc)}", file=sys.stderr)
+            return 1
+
+    return run_reporting_errors(f"prophrl {verb}", run_verb)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,9 @@
-"""`prophrl collect` through the live nodes: start the collect/teleop profile, send CollectEpisode goals."""
+"""`prophrl collect` through the live nodes: start the collect/teleop profile, send CollectEpisode goals.
+
+Goals go out once every node of the profile has announced that it is ready (prophrl_common.startup);
+a node that does not come up within the start-up timeout, or a required node that exits, ends the
+collection with one line naming it (its log: collect_nodes.log beside the output directory).
+"""
 
 from __future__ import annotations
 
@@ -6,19 +11,26 @@ import argparse
 import os
 import subprocess
 import sys
-import threading
+import time
 from pathlib import Path
 
 from prophrl.profiles import load_profile
 from prophrl.up import Supervisor
 
 
+class CollectError(RuntimeError):
+    """The live collection cannot go on (a node did not come up or exited, an episode failed)."""
+
+
 def collect_over_ros(args: argparse.Namespace) -> list[dict]:
     import rclpy
     from rclpy.action import ActionClient
+    from rclpy.executors import SingleThreadedExecutor
     from rclpy.node import Node
+    from rclpy.signals import SignalHandlerOptions
     from tqdm import tqdm
 
+    from prophrl_common.startup import ReadyWatcher, startup_timeout_s
     from prophrl_msgs.action import CollectEpisode
 
     out = str(Path(args.out).resolve())
@@ -27,38 +39,58 @@ def collect_over_ros(args: argparse.Namespace) -> list[dict]:
                                            "noise_std": str(args.noise_std), "skill": str(args.skill)})
     else:
         profile = load_profile("teleop", {"robot": args.robot, "task": args.task, "out": out})
-    log = open(Path(out).parent / "collect_nodes.log", "w") if Path(out).parent.is_dir() else open(os.devnull, "w")
+    timeout_s = startup_timeout_s()
+    log_path = Path(out).parent / "collect_nodes.log"
+    log = open(log_path, "w") if log_path.parent.is_dir() else open(os.devnull, "w")
+    where = f"see {log_path}" if log_path.parent.is_dir() else "node output was not kept"
     supervisor = Supervisor(profile, out=log)
     teleop = None
     rows: list[dict] = []
-    rclpy.init()
+    rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
     node = Node("prophrl_collect")
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    watcher = ReadyWatcher(node)
+
+    def spin_until(done, timeout: float, what: str):
+        """Spin until done() or timeout; a stopping profile (a required node exited) ends it with its reason."""
+        deadline = time.monotonic() + timeout
+        while not done():
+            if supervisor.exited_required():
+                name, code = supervisor.exited_required()[0]
+                raise CollectError(f"node {name} exited with code {code} ({what}; {where})")
+            if time.monotonic() >= deadline:
+                raise CollectError(f"no answer within {timeout:g} s: {what} ({where})")
+            executor.spin_once(timeout_sec=0.1)
+
     try:
         supervisor.start()
-        threading.Thread(target=supervisor.wait, daemon=True).start()
+        ready = supervisor.wait_until_ready(watcher, lambda t: executor.spin_once(timeout_sec=t), timeout_s)
+        if not ready:
+            name, code = supervisor.exited_required()[0]
+            raise CollectError(f"node {name} exited with code {code} while starting ({where})")
         if args.teleop != "scripted":
             # The operator's device runs in this terminal (keyboard needs its stdin).
             teleop = subprocess.Popen([sys.executable, "-m", "prophrl_policy.teleop_node", "--ros-args",
                                        "-p", f"device:={args.teleop}", "-p", f"robot:={args.robot}",
                                        "-p", "use_sim_time:=true"])  # the teleop profile's sim time
         client = ActionClient(node, CollectEpisode, "/collector/collect_episode")
-        if not client.wait_for_server(timeout_sec=60):
-            raise RuntimeError("the collector node did not come up (see collect_nodes.log)")
+        spin_until(client.server_is_ready, timeout_s, "the collector's CollectEpisode action")
         max_duration = args.max_steps * 0.05 if args.teleop == "scripted" else 600.0
         bar = tqdm(range(args.seed, args.seed + args.episodes), desc=f"collect {args.task} (ros)", unit="episode")
         for seed in bar:
             goal = CollectEpisode.Goal(instruction="", max_duration_s=float(max_duration), task=args.task,
                                        teleop=args.teleop, seed=seed)
             send = client.send_goal_async(goal)
-            rclpy.spin_until_future_complete(node, send, timeout_sec=30)
+            spin_until(send.done, timeout_s, f"episode {seed}: CollectEpisode goal")
             handle = send.result()
             if handle is None or not handle.accepted:
-                raise RuntimeError("CollectEpisode goal was rejected")
+                raise CollectError("CollectEpisode goal was rejected")
             result_future = handle.get_result_async()
-            rclpy.spin_until_future_complete(node, result_future, timeout_sec=max_duration + 60)
+            spin_until(result_future.done, max_duration + timeout_s, f"episode {seed}: CollectEpisode result")
             result = result_future.result().result
             if not result.bag_path:
-                raise RuntimeError(f"episode {seed} failed: {result.message}")
+                raise CollectError(f"episode {seed} failed: {result.message}")
             rows.append({"seed": seed, "success": result.success, "steps": result.num_steps, "bag": result.bag_path})
             bar.set_postfix(success=f"{sum(r['success'] for r in rows)}/{len(rows)}")
     finally:
@@ -67,6 +99,7 @@ def collect_over_ros(args: argparse.Namespace) -> list[dict]:
             teleop.wait(10)
         supervisor.request_stop("collection finished")
         supervisor.shutdown()
+        executor.shutdown()
         node.destroy_node()
         rclpy.try_shutdown()
         log.close()

@@ -6,6 +6,7 @@ A profile:
     description: text
     arguments:                      # launch arguments, overridable as name:=value
       robot: {default: panda_sim, description: ...}
+      checkpoint: {default: checkpoints/sft, description: ..., must_exist: true}   # a path that must exist
     nodes:
       - name: executor              # ROS node name
         package: prophrl_policy     # ament package == Python distribution
@@ -15,6 +16,8 @@ A profile:
         remappings: {/from: /to}                # (optional)
         required: true              # when it dies, the whole profile stops (default true)
 `${arg}` is replaced by the argument's value in parameter strings, remappings and params_file.
+Unknown arguments are refused. Before a profile runs, check_paths() refuses `must_exist` arguments
+whose path does not exist (relative to the current directory, where the nodes run).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from prophrl_common.config_io import ConfigError, load_yaml_mapping
 from prophrl_common.paths import config_dir
 
 _SUBST = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_ARGUMENT_KEYS = {"default", "description", "must_exist"}
 _NODE_KEYS = {"name", "package", "executable", "params_file", "parameters", "remappings", "required"}
 _ROS_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 
@@ -39,6 +43,7 @@ class ProfileArgument:
     name: str
     default: str
     description: str = ""
+    must_exist: bool = False    # a path (file or directory) that must exist when the profile runs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +64,7 @@ class Profile:
     path: Path
     arguments: tuple[ProfileArgument, ...]
     nodes: tuple[NodeSpec, ...]
+    values: Mapping[str, str] = dataclasses.field(default_factory=dict)   # argument name -> value
 
 
 def available_profiles() -> list[str]:
@@ -88,7 +94,13 @@ def _parse_arguments(data: dict, source: str) -> tuple[ProfileArgument, ...]:
     for name, spec in raw.items():
         if not isinstance(spec, dict) or "default" not in spec:
             raise ConfigError(f"{source}: argument '{name}' needs a 'default'")
-        args.append(ProfileArgument(str(name), str(spec["default"]), str(spec.get("description", ""))))
+        bad = sorted(set(spec) - _ARGUMENT_KEYS)
+        if bad:
+            raise ConfigError(f"{source}: argument '{name}': unknown key(s) {bad}; allowed: {sorted(_ARGUMENT_KEYS)}")
+        if not isinstance(spec.get("must_exist", False), bool):
+            raise ConfigError(f"{source}: argument '{name}': 'must_exist' must be true or false")
+        args.append(ProfileArgument(str(name), str(spec["default"]), str(spec.get("description", "")),
+                                    spec.get("must_exist", False)))
     return tuple(args)
 
 
@@ -168,7 +180,28 @@ def load_profile(name_or_path: str | Path, overrides: Mapping[str, str] | None =
             raise ConfigError(f"{where}: 'required' must be true or false")
         nodes.append(NodeSpec(name, raw["package"], raw["executable"], params_file, parameters,
                               tuple((str(k), str(v)) for k, v in remappings.items()), required))
-    return Profile(path.stem, str(data.get("description", "")), path, arguments, tuple(nodes))
+    return Profile(path.stem, str(data.get("description", "")), path, arguments, tuple(nodes), values)
+
+
+def check_paths(profile: Profile) -> None:
+    """Refuse to run a profile whose `must_exist` arguments name paths that do not exist (one line for all)."""
+    missing = []
+    for argument in profile.arguments:
+        value = profile.values.get(argument.name, argument.default)
+        path = Path(value).expanduser()
+        if argument.must_exist and not path.exists():
+            what = f" ({argument.description})" if argument.description else ""
+            missing.append(f"{argument.name}:={value} does not exist (looked for {path.absolute()}); "
+                           f"pass {argument.name}:=PATH{what}")
+    if missing:
+        raise ConfigError(f"profile '{profile.name}': " + "; ".join(missing))
+
+
+def required_node_exit(name: str, returncode: int) -> tuple[int, str]:
+    """A required node exited while the profile ran: the profile's exit status (the node's code, 1 for
+    a node that exited with 0) and the line that says so. `prophrl up` and the launch files share it."""
+    return (returncode if returncode else 1,
+            f"required node {name} exited with code {returncode}; stopping the profile")
 
 
 def parse_overrides(items: list[str]) -> dict[str, str]:

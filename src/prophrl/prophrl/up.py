@@ -3,7 +3,9 @@
 One child process per node, parameters and remappings passed as --ros-args, output prefixed
 with the node name. SIGINT/SIGTERM stop every child (SIGINT, then SIGTERM, then SIGKILL); a
 child also gets SIGTERM if this supervisor dies (PR_SET_PDEATHSIG). A required node that exits
-stops the rest and makes `up` exit non-zero.
+stops the rest and makes `up` exit non-zero (profiles.required_node_exit). `up` says when every
+node has announced that it is ready (prophrl_common.startup); one that has not within the
+start-up timeout is named, and the profile stops with exit code 1.
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import Callable, TextIO
 
-from prophrl.profiles import NodeSpec, Profile
+from prophrl.profiles import NodeSpec, Profile, required_node_exit
 from prophrl_common.config_io import ConfigError
+from prophrl_common.startup import ReadyWatcher, StartupTimeout, not_ready_message, startup_timeout_s
 
 _PR_SET_PDEATHSIG = 1
 
@@ -114,6 +117,31 @@ class Supervisor:
             self._stop_reason = reason
             self._stop.set()
 
+    def exited_required(self) -> list[tuple[str, int]]:
+        """(name, exit code) of the required nodes that have exited."""
+        return [(c.spec.name, c.proc.returncode) for c in self.children
+                if c.spec.required and c.proc.poll() is not None]
+
+    def wait_until_ready(self, watcher: ReadyWatcher, spin_once: Callable[[float], None],
+                         timeout_s: float | None = None) -> bool:
+        """Spin `watcher`'s node until every running node of the profile has announced that it is ready:
+        True then; False as soon as a stop is requested or a required node exits (wait() reports it).
+        Raises StartupTimeout naming the nodes still not ready after timeout_s (default: the start-up
+        timeout). A node that is not required and exits is not waited for."""
+        timeout_s = startup_timeout_s() if timeout_s is None else timeout_s
+        deadline = time.monotonic() + timeout_s
+        while not self._stop.is_set():
+            if self.exited_required():
+                return False
+            waiting = [c.spec.name for c in self.children
+                       if c.proc.poll() is None and not watcher.is_ready(c.spec.name)]
+            if not waiting:
+                return True
+            if time.monotonic() >= deadline:
+                raise StartupTimeout(not_ready_message(waiting, timeout_s, f"profile {self.profile.name}"))
+            spin_once(0.1)
+        return False
+
     def wait(self) -> int:
         """Block until a stop is requested or a required node exits; return the exit status."""
         status = 0
@@ -125,8 +153,8 @@ class Supervisor:
                     continue
                 reported.add(child.proc.pid)
                 if child.spec.required:
-                    self._say(f"required node {child.spec.name} exited with code {code}; stopping the profile")
-                    status = code if code else 1
+                    status, message = required_node_exit(child.spec.name, code)
+                    self._say(message)
                     self.request_stop(f"{child.spec.name} exited")
                 else:
                     self._say(f"node {child.spec.name} exited with code {code} (not required; continuing)")
@@ -155,7 +183,36 @@ class Supervisor:
             child.pump.join(timeout=1.0)
 
 
+def _report_readiness(supervisor: Supervisor, timeout_s: float) -> int | None:
+    """Watch the profile's nodes come up (a DDS participant of its own, gone afterwards); say when all are
+    ready. Returns 1 when one did not come up in time (the profile is then stopping), else None."""
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.signals import SignalHandlerOptions
+
+    context = rclpy.Context()
+    rclpy.init(context=context, signal_handler_options=SignalHandlerOptions.NO)
+    node = rclpy.create_node("prophrl_up", context=context, start_parameter_services=False)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+    start = time.monotonic()
+    try:
+        if supervisor.wait_until_ready(ReadyWatcher(node), lambda t: executor.spin_once(timeout_sec=t), timeout_s):
+            names = ", ".join(c.spec.name for c in supervisor.children if c.proc.poll() is None)
+            supervisor._say(f"ready after {time.monotonic() - start:.1f} s: {names}")
+    except StartupTimeout as exc:
+        supervisor._say(f"{exc}; stopping the profile")
+        supervisor.request_stop("start-up timeout")
+        return 1
+    finally:
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown(context=context)
+    return None
+
+
 def run_profile(profile: Profile) -> int:
+    timeout_s = startup_timeout_s()
     supervisor = Supervisor(profile)
 
     def on_signal(signum, _frame):
@@ -164,7 +221,8 @@ def run_profile(profile: Profile) -> int:
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         supervisor.start()
-        return supervisor.wait()
+        failed = _report_readiness(supervisor, timeout_s)
+        return supervisor.wait() or failed or 0
     finally:
         supervisor.shutdown()
         for s, handler in previous.items():

@@ -14,13 +14,13 @@ import os
 import sys
 import time
 
-import rclpy
 from rclpy.action import ActionServer
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 
+from prophrl_common.node_runtime import run_node
 from prophrl_msgs.action import Imagine
 from prophrl_msgs.msg import ActionChunk
 from prophrl_msgs.srv import LoadPolicy
@@ -40,7 +40,6 @@ class InterfaceTestNode(Node):
         exit_after_s = self.declare_parameter("exit_after_s", 0.0).value
         if exit_after_s > 0:
             self._exit_timer = self.create_timer(exit_after_s, self._exit)
-        self.get_logger().info("ready")
 
     def _exit(self):
         self.get_logger().error("exit_after_s elapsed: exiting with code 3")
@@ -84,19 +83,8 @@ class InterfaceTestNode(Node):
 
 
 def main(argv=None) -> int:
-    rclpy.init(args=argv if argv is not None else sys.argv)
-    node = InterfaceTestNode()
-    executor = MultiThreadedExecutor(num_threads=2)
-    executor.add_node(node)
-    try:
-        while rclpy.ok() and not node.exit_code:
-            executor.spin_once(timeout_sec=0.1)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return node.exit_code
+    return run_node(InterfaceTestNode, argv, executor=lambda _node: MultiThreadedExecutor(num_threads=2),
+                    keep_running=lambda node: not node.exit_code, exit_code=lambda node: node.exit_code)
 
 
 if __name__ == "__main__":

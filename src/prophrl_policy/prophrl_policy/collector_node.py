@@ -5,6 +5,11 @@ reset service; real robot: publishes the START event itself), waits for the task
 or `max_duration_s` (then it publishes FAILURE), and returns the bag the recorder node closed
 (announced on the recorder's `~/last_bag`). Feedback: elapsed time and chunks seen.
 
+Before its first episode it waits until the sim and the recorder have announced that they are
+ready (prophrl_common.startup), and waits for their answers, as long as the start-up timeout
+(PROPHRL_STARTUP_TIMEOUT_S): a cold sim is still building its scene long after its services are
+visible.
+
 Parameters: sim_node (node name of the sim, e.g. /sim; empty on a real robot), recorder_last_bag_topic,
 robot, task, bag_timeout_s. With use_sim_time, max_duration_s is sim time (/clock): a sim slowed down
 by a loaded machine gets the same number of steps.
@@ -17,7 +22,6 @@ import threading
 import time
 import uuid
 
-import rclpy
 from rcl_interfaces.srv import SetParameters
 from rclpy.action import ActionServer, CancelResponse
 from rclpy.callback_groups import ReentrantCallbackGroup
@@ -29,7 +33,8 @@ from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
 from prophrl_common.node_clock import node_seconds, uses_sim_time
-from prophrl_common.node_runtime import spin_until_shutdown
+from prophrl_common.node_runtime import run_node
+from prophrl_common.startup import ReadyWatcher, startup_timeout_s
 from prophrl_msgs.action import CollectEpisode
 from prophrl_msgs.msg import ActionChunk, EpisodeEvent
 
@@ -42,11 +47,14 @@ class CollectorNode(Node):
         self.sim_node = self.declare_parameter("sim_node", "/sim").value.rstrip("/")
         self.robot = self.declare_parameter("robot", "panda_sim").value
         self.task = self.declare_parameter("task", "").value
-        self.bag_timeout_s = self.declare_parameter("bag_timeout_s", 10.0).value
+        self.bag_timeout_s = self.declare_parameter("bag_timeout_s", 60.0).value
         last_bag_topic = self.declare_parameter("recorder_last_bag_topic", "/recorder/last_bag").value
         self.recorder_name = last_bag_topic.strip("/").split("/")[0]
         self._recording_ready = False
+        self.stopping = threading.Event()
+        self.startup_timeout_s = startup_timeout_s()
         group = ReentrantCallbackGroup()
+        self._ready = ReadyWatcher(self, callback_group=group)
         self._lock = threading.Lock()
         self._events: list[EpisodeEvent] = []
         self._bags: list[str] = []
@@ -74,6 +82,10 @@ class CollectorNode(Node):
         with self._lock:
             self._chunks += 1
 
+    def stop(self) -> None:
+        """The node is going away: a running goal ends (aborted) instead of waiting on."""
+        self.stopping.set()
+
     def _wait_for(self, predicate, timeout_s: float, goal_handle=None) -> bool:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -82,17 +94,28 @@ class CollectorNode(Node):
                     return True
             if goal_handle is not None and goal_handle.is_cancel_requested:
                 return False
+            if self.stopping.is_set():
+                raise RuntimeError("the collector is shutting down")
             time.sleep(0.02)
         with self._lock:
             return predicate()
 
-    def _call(self, client, request, timeout_s: float = 10.0):
-        if not client.wait_for_service(timeout_sec=timeout_s):
-            raise RuntimeError(f"service {client.srv_name} is not available")
+    def _call(self, client, request):
+        if not self._wait_for(client.service_is_ready, self.startup_timeout_s):
+            raise RuntimeError(f"service {client.srv_name} is not available (waited {self.startup_timeout_s:g} s)")
         future = client.call_async(request)
-        if not self._wait_for(future.done, timeout_s):
-            raise RuntimeError(f"service {client.srv_name} did not answer within {timeout_s} s")
+        if not self._wait_for(future.done, self.startup_timeout_s):
+            raise RuntimeError(f"service {client.srv_name} did not answer within {self.startup_timeout_s:g} s")
         return future.result()
+
+    def _wait_until_peers_ready(self) -> None:
+        """The sim (when there is one) and the recorder have announced that they are ready."""
+        peers = ([self.sim_node] if self.sim_node else []) + [self.recorder_name]
+        if self._ready.missing(peers):
+            self.get_logger().info(f"waiting for {', '.join(self._ready.missing(peers))} to come up")
+        if not self._wait_for(lambda: not self._ready.missing(peers), self.startup_timeout_s):
+            raise RuntimeError(f"{', '.join(self._ready.missing(peers))} did not come up within "
+                               f"{self.startup_timeout_s:g} s (PROPHRL_STARTUP_TIMEOUT_S)")
 
     def _recorder_subscribes(self, topic: str) -> bool:
         return any(info.node_name == self.recorder_name for info in self.get_subscriptions_info_by_topic(topic))
@@ -100,8 +123,9 @@ class CollectorNode(Node):
     def _wait_until_recording_ready(self) -> None:
         """The recorder subscribes a topic once it has discovered its publisher: when it records the
         camera, it also hears the sim's episode events (a START sent earlier would be lost)."""
+        self._wait_until_peers_ready()
         topics = ["/prophrl/episode"] + (["/camera/image_raw"] if self.sim_node else [])
-        if not self._wait_for(lambda: all(self._recorder_subscribes(t) for t in topics), 60.0):
+        if not self._wait_for(lambda: all(self._recorder_subscribes(t) for t in topics), self.startup_timeout_s):
             raise RuntimeError(f"the recorder ({self.recorder_name}) is not subscribed to {topics}")
         time.sleep(0.5)  # let the last endpoints match
         self._recording_ready = True
@@ -124,7 +148,7 @@ class CollectorNode(Node):
 
         def started():
             return any(e.event == EpisodeEvent.START for e in self._events[seen:])
-        if not self._wait_for(started, 10.0):
+        if not self._wait_for(started, self.startup_timeout_s):
             raise RuntimeError("the sim did not announce the new episode")
         with self._lock:
             return next(e.episode_id for e in self._events[seen:] if e.event == EpisodeEvent.START)
@@ -190,8 +214,8 @@ class CollectorNode(Node):
 
 
 def main(args=None) -> int:
-    rclpy.init(args=args if args is not None else sys.argv)
-    return spin_until_shutdown(CollectorNode(), MultiThreadedExecutor(num_threads=4))
+    return run_node(CollectorNode, args, executor=lambda _node: MultiThreadedExecutor(num_threads=4),
+                    before_destroy=CollectorNode.stop)
 
 
 if __name__ == "__main__":

@@ -44,24 +44,18 @@ from __future__ import annotations
 
 import json
 import math
-import signal
 import sys
-import threading
-import traceback
 from typing import Any
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseStamped, TwistStamped
 from prophrl_msgs.msg import ActionChunk
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.duration import Duration
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
                        qos_profile_sensor_data)
-from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool, Float64, String
 from std_srvs.srv import Trigger
@@ -71,6 +65,7 @@ from prophrl_common.chunks import InvalidChunkError, chunk_to_array
 from prophrl_common.config_io import ConfigError
 from prophrl_common.joint_states import JointPositions
 from prophrl_common.node_clock import node_seconds
+from prophrl_common.node_runtime import run_node
 from prophrl_common.robots import RobotConfig, load_robot_config
 from prophrl_policy.ik_backends import KinematicsIkBackend, MoveItIkBackend, select_ik_backend
 from prophrl_policy.safety import SafetyFilter, Watchdog
@@ -559,48 +554,17 @@ class ExecutorNode(LifecycleNode):
         self._counters_pub.publish(String(data=json.dumps({**counters, **extra}, sort_keys=True)))
 
 
+def _last_hold(node: ExecutorNode) -> None:
+    """On the way out (Ctrl-C, SIGTERM) an executing arm gets a last hold."""
+    if node._active and node._state == "executing":
+        node._publish_hold("shutdown")
+
+
 def main(args: list[str] | None = None) -> int:
-    """Run the executor; returns 0 on a clean stop, 2 when it cannot start (bad parameters)."""
-    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-    stop = threading.Event()
-
-    def _request_stop(signum, frame):  # noqa: ARG001
-        stop.set()
-
-    signal.signal(signal.SIGINT, _request_stop)
-    signal.signal(signal.SIGTERM, _request_stop)
-    node = None
-    code = 0
-    try:
-        node = ExecutorNode()
-        if node.autostart:
-            if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
-                node.get_logger().error("executor_node failed to configure (see above); exiting")
-                return 2
-            if node.trigger_activate() != TransitionCallbackReturn.SUCCESS:
-                node.get_logger().error("executor_node failed to activate; exiting")
-                return 2
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        while not stop.is_set() and rclpy.ok():
-            try:
-                executor.spin_once(timeout_sec=0.05)
-            except (KeyboardInterrupt, ExternalShutdownException):
-                raise
-            except Exception:  # a bug in a callback: stop the arm, report, keep serving the e-stop
-                node.on_callback_error(traceback.format_exc())
-        if node._active and node._state == "executing":  # a last hold on the way out (SIGINT/SIGTERM)
-            node._publish_hold("shutdown")
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except Exception as exc:  # parameter type errors etc.: one clear line, non-zero exit
-        print(f"executor_node: {type(exc).__name__}: {exc}", file=sys.stderr)
-        code = 2
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return code
+    """Run the executor; returns 0 on a clean stop, 2 when it cannot start (bad parameters).
+    A bug in a callback stops the arm and is reported; the node keeps serving the e-stop."""
+    return run_node(ExecutorNode, args, spin_timeout_s=0.05, before_destroy=_last_hold,
+                    on_callback_error=ExecutorNode.on_callback_error)
 
 
 if __name__ == "__main__":

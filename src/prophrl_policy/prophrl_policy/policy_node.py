@@ -18,14 +18,12 @@ late or repeated push never replaces newer weights.
 
 from __future__ import annotations
 
-import signal
 import sys
 import threading
 import time
 from collections import deque
 
 import numpy as np
-import rclpy
 import torch
 from geometry_msgs.msg import PoseStamped
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
@@ -37,7 +35,7 @@ from std_msgs.msg import Float64, String
 
 from prophrl_common.chunks import array_to_chunk
 from prophrl_common.config_io import ConfigError
-from prophrl_common.node_runtime import spin_until_shutdown
+from prophrl_common.node_runtime import run_node
 from prophrl_common.images import ImageConversionError, to_rgb8
 from prophrl_common.robots import load_robot_config
 from prophrl_msgs.msg import ActionChunk
@@ -242,16 +240,7 @@ class PolicyNode(LifecycleNode):
 
 
 def main(args: list[str] | None = None) -> int:
-    rclpy.init(args=args if args is not None else sys.argv)
-    node = PolicyNode()
-    signal.signal(signal.SIGTERM, lambda *_: rclpy.try_shutdown())
-    if node.autostart:
-        if node.trigger_configure() != TransitionCallbackReturn.SUCCESS or \
-                node.trigger_activate() != TransitionCallbackReturn.SUCCESS:
-            node.destroy_node()
-            rclpy.try_shutdown()
-            return 1
-    return spin_until_shutdown(node, MultiThreadedExecutor(num_threads=3))
+    return run_node(PolicyNode, args, executor=lambda _node: MultiThreadedExecutor(num_threads=3))
 
 
 if __name__ == "__main__":

@@ -43,21 +43,18 @@ import dataclasses
 import importlib
 import queue
 import re
-import signal
 import sys
 import threading
 import time
 from pathlib import Path
 
-import rclpy
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.serialization import serialize_message
-from rclpy.signals import SignalHandlerOptions
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
+from prophrl_common.node_runtime import run_node
 from prophrl_common.bags import (
     DEFAULT_CHUNK_SIZE_BYTES,
     DEFAULT_FLUSH_PERIOD_S,
@@ -450,29 +447,7 @@ class RecorderNode(Node):
 
 
 def main(args: list[str] | None = None) -> int:
-    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-    stop = threading.Event()
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    node = None
-    code = 0
-    try:
-        node = RecorderNode()
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        while not stop.is_set() and rclpy.ok():
-            executor.spin_once(timeout_sec=0.05)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except Exception as exc:  # noqa: BLE001 - bad parameters: one clear line, non-zero exit
-        print(f"recorder_node: {type(exc).__name__}: {exc}", file=sys.stderr)
-        code = 2
-    finally:
-        if node is not None:
-            node.shutdown()
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return code
+    return run_node(RecorderNode, args, spin_timeout_s=0.05, before_destroy=RecorderNode.shutdown)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from std_srvs.srv import Trigger
 
 from prophrl_common.chunks import array_to_chunk
 from prophrl_common.config_io import ConfigError
-from prophrl_common.node_runtime import spin_until_shutdown
+from prophrl_common.node_runtime import run_node
 from prophrl_common.robots import load_robot_config
 from prophrl_msgs.msg import ActionChunk, EpisodeEvent
 from prophrl_policy.teleop import (KEYBOARD_HELP, EpisodeCommand, KeyboardTeleop, SpaceMouseTeleop,
@@ -58,12 +58,19 @@ class TeleopNode(Node):
 
         if self.device == "keyboard":
             self.keyboard = KeyboardTeleop(scales)
-            threading.Thread(target=self._read_keys, daemon=True).start()
+            self._reader = threading.Thread(target=self._read_keys, daemon=True)
+            self._reader.start()
             print(KEYBOARD_HELP, file=sys.stderr, flush=True)
         else:
             self.spacemouse = SpaceMouseTeleop(scales)
             self.spacemouse_device = SpaceMouseTeleop.open_device()
             self.create_timer(self.robot.control_period_s, self._poll_spacemouse)
+
+    def close(self) -> None:
+        """Stop reading keys and give the terminal its settings back."""
+        self.quit.set()
+        if getattr(self, "_reader", None) is not None:
+            self._reader.join(timeout=1.0)
 
     def _on_instruction(self, msg: String) -> None:
         if msg.data:
@@ -136,14 +143,8 @@ class TeleopNode(Node):
 
 
 def main(argv=None) -> int:
-    rclpy.init(args=argv if argv is not None else sys.argv)
-    try:
-        node = TeleopNode()
-    except (ConfigError, RuntimeError) as exc:
-        print(f"teleop: error: {exc}", file=sys.stderr)
-        rclpy.try_shutdown()
-        return 2
-    return spin_until_shutdown(node, keep_running=lambda: not node.quit.is_set())
+    return run_node(TeleopNode, argv, keep_running=lambda node: not node.quit.is_set(),
+                    before_destroy=TeleopNode.close)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ from __future__ import annotations
 import sys
 
 import numpy as np
-import rclpy
 from geometry_msgs.msg import PoseArray, PoseStamped, TwistStamped
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
@@ -35,7 +34,7 @@ from std_msgs.msg import Float64, String
 
 from prophrl_common.chunks import array_to_chunk
 from prophrl_common.node_clock import node_seconds
-from prophrl_common.node_runtime import spin_until_shutdown
+from prophrl_common.node_runtime import run_node
 from prophrl_common.robots import load_robot_config
 from prophrl_msgs.msg import ActionChunk, EpisodeEvent
 from prophrl_sim.arm_sim import Pose
@@ -149,8 +148,7 @@ class ScriptedExpertNode(Node):
 
 
 def main(argv=None) -> int:
-    rclpy.init(args=argv if argv is not None else sys.argv)
-    return spin_until_shutdown(ScriptedExpertNode())
+    return run_node(ScriptedExpertNode, argv)
 
 
 if __name__ == "__main__":

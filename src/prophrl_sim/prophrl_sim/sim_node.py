@@ -31,6 +31,11 @@ Services
   START/SUCCESS events), for a collector that starts every recorded episode itself.
 - Setting the ``seed`` parameter (``ros2 param set /sim seed 42``) starts an episode with that seed.
 
+Start-up: the node announces that it is ready (prophrl_common.startup) once its scene is built and
+its first episode reset; clients wait for that, not for its services to appear. Tests make a slow
+cold start with PROPHRL_TEST_SIM_STARTUP_DELAY_S (seconds slept before the first reset, when
+its topics and services exist already).
+
 realtime (default true): the sim advances one control period per control period of wall time
 (real_time_factor < 1: proportionally slower), or as fast as the machine allows when that is slower.
 false: it steps as fast as it can.
@@ -51,11 +56,11 @@ from __future__ import annotations
 
 import datetime
 import math
+import os
 import sys
 import time
 
 import numpy as np
-import rclpy
 from builtin_interfaces.msg import Time
 from geometry_msgs.msg import Pose as PoseMsg
 from geometry_msgs.msg import PoseArray, PoseStamped, TwistStamped
@@ -73,7 +78,7 @@ from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
 from prophrl_common.images import numpy_to_image
-from prophrl_common.node_runtime import spin_until_shutdown
+from prophrl_common.node_runtime import run_node
 from prophrl_common.robots import load_robot_config
 from prophrl_msgs.msg import EpisodeEvent
 from prophrl_sim import OBJECT_POSES_TOPIC
@@ -83,6 +88,13 @@ CAMERA_FRAME = "camera_optical_frame"
 IMAGE_QOS = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE)
 STATE_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+
+def _test_startup_delay() -> None:
+    """Tests only: a cold start slower than any fixed wait (PROPHRL_TEST_SIM_STARTUP_DELAY_S seconds)."""
+    delay_s = float(os.environ.get("PROPHRL_TEST_SIM_STARTUP_DELAY_S", "0") or 0)
+    if delay_s > 0:
+        time.sleep(delay_s)
 
 
 def _time_msg(nanoseconds: int) -> Time:
@@ -181,6 +193,7 @@ class SimNode(Node):
 
         self._episode_id = ""
         self._episode_succeeded = False
+        _test_startup_delay()
         self._reset_episode(seed, announce=announce_first)
         if self.realtime:
             self.create_timer(robot.control_period_s / real_time_factor, self.tick,
@@ -324,15 +337,16 @@ class SimNode(Node):
         super().destroy_node()
 
 
-def main(argv=None) -> int:
-    rclpy.init(args=argv if argv is not None else sys.argv)
-    node = SimNode()
-    if node.realtime:
-        return spin_until_shutdown(node)
-    def step_as_fast_as_possible() -> bool:
+def _step_unless_realtime(node: SimNode) -> bool:
+    """keep_running of run_node: with realtime false, one tick between spins (as fast as it can)."""
+    if not node.realtime:
         node.tick()
-        return True
-    return spin_until_shutdown(node, keep_running=step_as_fast_as_possible, spin_timeout_s=0.0)
+    return True
+
+
+def main(argv=None) -> int:
+    return run_node(SimNode, argv, keep_running=_step_unless_realtime,
+                    spin_timeout_s=lambda node: 0.1 if node.realtime else 0.0)
 
 
 if __name__ == "__main__":

@@ -1,1 +1,5 @@
 """FA-GRPO + FlowScale RL for flow-matching VLA policies, SFT, trainer node, evaluation."""
+
+from prophrl_common.threads import configure_threads
+
+configure_threads()  # before any module of this package imports torch (OpenMP)

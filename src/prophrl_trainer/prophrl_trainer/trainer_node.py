@@ -17,12 +17,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 import threading
 import traceback
 
-import rclpy
 import torch
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.callback_groups import ReentrantCallbackGroup
@@ -32,7 +30,8 @@ from rclpy.qos import DurabilityPolicy, QoSProfile
 from std_msgs.msg import String
 
 from prophrl_common.config_io import ConfigError
-from prophrl_common.node_runtime import spin_until_shutdown
+from prophrl_common.node_runtime import run_node
+from prophrl_common.startup import startup_timeout_s
 from prophrl_msgs.srv import LoadPolicy
 from prophrl_policy.configuration_vla import VLAConfig
 from prophrl_trainer.imagination_rl import build_trainer
@@ -48,13 +47,14 @@ class TrainerNode(Node):
                 ("policy_checkpoint", ""), ("dataset_dirs", [""]), ("out_dir", ""), ("updates", 0),
                 ("rl_config", ""), ("resume", False), ("device", "cpu"), ("torch_threads", 1),
                 ("imagination_actions", ["/prophrl/imagination/imagine"]),
-                ("max_goals_in_flight", 2), ("goal_timeout_s", 600.0), ("server_wait_s", 60.0),
+                ("max_goals_in_flight", 2), ("goal_timeout_s", 600.0), ("server_wait_s", startup_timeout_s()),
                 ("control_period_s", 0.05),
                 ("score_service", "/prophrl/judge/score_rollout"), ("judge_checkpoint", ""), ("test_reward", ""),
                 ("load_policy_service", "/policy_node/load_policy"), ("load_policy_timeout_s", 30.0),
                 ("progress_topic", "/prophrl/training/progress"), ("exit_when_done", True)):
             self.declare_parameter(name, default)
         self.done = threading.Event()
+        self.stopping = threading.Event()
         self.exit_code = 0
         self.status = "starting"
         self.counters = {"updates": 0, "checkpoints": 0, "policy_pushes": 0, "policy_push_failures": 0}
@@ -75,6 +75,12 @@ class TrainerNode(Node):
 
     def start(self) -> None:
         self._worker.start()
+
+    def stop(self) -> None:
+        """The node is going away (Ctrl-C, SIGTERM): the worker thread, which may be waiting on the
+        servers or in an update, ends without a word once its ROS calls fail; a checkpoint it is
+        writing stays whole (atomic writes)."""
+        self.stopping.set()
 
     # ----- the worker thread ---------------------------------------------------------------------
     def _args(self) -> argparse.Namespace:
@@ -119,14 +125,18 @@ class TrainerNode(Node):
             self.status = f"done: {trainer.update} updates"
             self.get_logger().info(f"training finished: {trainer.update} updates, last checkpoint "
                                    f"{trainer.last_checkpoint}")
-        except (ConfigError, RemoteError) as exc:
-            self.status, self.exit_code = f"failed: {exc}", 1
-            self.get_logger().error(f"training failed: {exc}")
         except Exception as exc:  # noqa: BLE001 - report, exit non-zero
-            self.status, self.exit_code = f"failed: {type(exc).__name__}: {exc}", 1
-            self.get_logger().error(f"training failed:\n{traceback.format_exc()}")
+            if self.stopping.is_set():
+                self.status = "stopped"
+            elif isinstance(exc, (ConfigError, RemoteError)):
+                self.status, self.exit_code = f"failed: {exc}", 1
+                self.get_logger().error(f"training failed: {exc}")
+            else:
+                self.status, self.exit_code = f"failed: {type(exc).__name__}: {exc}", 1
+                self.get_logger().error(f"training failed:\n{traceback.format_exc()}")
         finally:
-            self._publish_diagnostics()
+            if not self.stopping.is_set():
+                self._publish_diagnostics()
             self.done.set()
 
     def _on_update(self, metrics: dict) -> None:
@@ -171,20 +181,15 @@ class TrainerNode(Node):
         self._diag_pub.publish(msg)
 
 
-def main(args: list[str] | None = None) -> int:
-    rclpy.init(args=args if args is not None else sys.argv)
-    signal.signal(signal.SIGTERM, lambda *_: rclpy.try_shutdown())
-    try:
-        node = TrainerNode()
-    except Exception as exc:  # parameter type errors: one clear line
-        print(f"trainer_node: {type(exc).__name__}: {exc}", file=sys.stderr)
-        rclpy.try_shutdown()
-        return 2
+def _started(node: TrainerNode) -> TrainerNode:
     node.start()
-    exit_when_done = bool(node.p("exit_when_done"))
-    spin_until_shutdown(node, MultiThreadedExecutor(num_threads=4),
-                        keep_running=lambda: not (exit_when_done and node.done.is_set()))
-    return node.exit_code
+    return node
+
+
+def main(args: list[str] | None = None) -> int:
+    return run_node(lambda: _started(TrainerNode()), args, executor=lambda _node: MultiThreadedExecutor(num_threads=4),
+                    keep_running=lambda node: not (node.p("exit_when_done") and node.done.is_set()),
+                    before_destroy=TrainerNode.stop, exit_code=lambda node: node.exit_code)
 
 
 if __name__ == "__main__":

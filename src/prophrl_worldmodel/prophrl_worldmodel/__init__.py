@@ -1,1 +1,5 @@
 """Prophet action-conditioned video world model, rosbag2 datasets, adaptation, reward judge, imagination server."""
+
+from prophrl_common.threads import configure_threads
+
+configure_threads()  # before any module of this package imports torch (OpenMP)

@@ -74,7 +74,6 @@ import dataclasses
 import datetime
 import json
 import math
-import signal
 import sys
 import threading
 import time
@@ -82,7 +81,6 @@ import traceback
 from pathlib import Path
 
 import numpy as np
-import rclpy
 import torch
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseStamped
@@ -102,7 +100,7 @@ from std_srvs.srv import Trigger
 from prophrl_common.chunks import InvalidChunkError, array_to_chunk, chunk_to_array
 from prophrl_common.config_io import ConfigError
 from prophrl_common.images import ImageConversionError, numpy_to_image, to_rgb8
-from prophrl_common.node_runtime import spin_until_shutdown
+from prophrl_common.node_runtime import run_node
 from prophrl_common.robots import load_robot_config
 from prophrl_msgs.action import AdaptWorldModel, Imagine
 from prophrl_msgs.msg import ActionChunk, EpisodeEvent
@@ -984,23 +982,10 @@ def _quaternion(rotation: np.ndarray) -> np.ndarray:
 
 def main(args: list[str] | None = None) -> int:
     """Run the node; 0 on a clean stop, 2 when it cannot start (bad parameters or checkpoint)."""
-    rclpy.init(args=args if args is not None else sys.argv)
-    signal.signal(signal.SIGTERM, lambda *_: rclpy.try_shutdown())
-    try:
-        node = ImaginationNode()
-    except Exception as exc:  # parameter type errors: one clear line
-        print(f"imagination_node: {type(exc).__name__}: {exc}", file=sys.stderr)
-        rclpy.try_shutdown()
-        return 2
-    if node.autostart:
-        if node.trigger_configure() != TransitionCallbackReturn.SUCCESS or \
-                node.trigger_activate() != TransitionCallbackReturn.SUCCESS:
-            node.get_logger().error("imagination_node failed to start (see above); exiting")
-            node.destroy_node()
-            rclpy.try_shutdown()
-            return 2
-    queued = max(0, int(node.p("max_queued_goals"))) if isinstance(node.p("max_queued_goals"), int) else 0
-    return spin_until_shutdown(node, MultiThreadedExecutor(num_threads=4 + queued))
+    def executor(node: ImaginationNode) -> MultiThreadedExecutor:
+        queued = max(0, int(node.p("max_queued_goals"))) if isinstance(node.p("max_queued_goals"), int) else 0
+        return MultiThreadedExecutor(num_threads=4 + queued)
+    return run_node(ImaginationNode, args, executor=executor)
 
 
 if __name__ == "__main__":

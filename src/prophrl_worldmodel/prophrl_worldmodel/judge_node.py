@@ -16,18 +16,16 @@ other processes on this CPU), ``max_frames``.
 
 from __future__ import annotations
 
-import signal
 import sys
 import time
 
 import numpy as np
-import rclpy
 import torch
 from rclpy.node import Node
 
 from prophrl_common.config_io import ConfigError
 from prophrl_common.images import ImageConversionError, to_rgb8
-from prophrl_common.node_runtime import spin_until_shutdown
+from prophrl_common.node_runtime import run_node
 from prophrl_msgs.srv import ScoreRollout
 from prophrl_worldmodel.modeling_judge import load_judge
 
@@ -108,15 +106,7 @@ class JudgeNode(Node):
 
 
 def main(args: list[str] | None = None) -> int:
-    rclpy.init(args=args if args is not None else sys.argv)
-    signal.signal(signal.SIGTERM, lambda *_: rclpy.try_shutdown())
-    try:
-        node = JudgeNode()
-    except (ConfigError, RuntimeError, OSError) as exc:
-        print(f"judge_node: error: {exc}", file=sys.stderr)
-        rclpy.try_shutdown()
-        return 1
-    return spin_until_shutdown(node)
+    return run_node(JudgeNode, args)
 
 
 if __name__ == "__main__":
