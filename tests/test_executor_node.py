@@ -150,9 +150,14 @@ class Rig:
         with self.lock:
             return dict(self.diagnostics.get(f"{node_name}: safety", {}))
 
-    def send(self, actions, space="ee_delta_7d", period=0.05, version=1):
+    def send(self, actions, space="ee_delta_7d", period=0.05, version=1, age_s=None):
+        """Publish a chunk; with age_s, stamped as planned from an observation age_s ago (else unstamped)."""
+        from rclpy.duration import Duration
+
         from prophrl_common.chunks import array_to_chunk
-        self.chunk_pub.publish(array_to_chunk(np.asarray(actions, dtype=np.float32), space, period, version))
+        stamp = None if age_s is None else (self.node.get_clock().now() - Duration(seconds=age_s)).to_msg()
+        self.chunk_pub.publish(array_to_chunk(np.asarray(actions, dtype=np.float32), space, period, version,
+                                              stamp=stamp))
 
     def close(self):
         import rclpy
@@ -235,6 +240,10 @@ def vec(twist_msg):
     return np.array([t.linear.x, t.linear.y, t.linear.z, t.angular.x, t.angular.y, t.angular.z])
 
 
+def stamp_s(msg) -> float:
+    return msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+
+
 def first_zero_after(twists, t0: float):
     return next(((t, m) for t, m in twists if t >= t0 and not nonzero(m)), None)
 
@@ -312,6 +321,29 @@ def test_malformed_chunk_is_rejected_and_node_survives(rig, executor):
     assert rig.diag(executor.name)["rejected_chunks"] == "1"
 
 
+def test_a_stamped_chunk_starts_at_the_row_due_and_an_expired_one_is_dropped(rig, executor):
+    """Row i is due i steps after the chunk's stamp: a chunk planned 2.5 steps ago starts at row 2 (or later,
+    by its transport delay), and one whose rows are all past is dropped while the running chunk goes on."""
+    rows = [[0.001 * (i + 1), 0.0, 0.0, 0.0, 0.0, 0.0, 0.0] for i in range(10)]  # row i: vx = 0.02 * (i + 1)
+    rig.send(rows, age_s=2.5 * 0.05)
+    moved = wait_for(lambda: [m for _, m in rig.snapshot_twists() if nonzero(m)], 3.0)
+    assert moved, executor.output()
+    executed = [round(vec(m)[0] / 0.02) - 1 for m in moved]
+    assert 2 <= executed[0] <= 5, executed  # rows 0 and 1 were due before the chunk arrived
+    assert executed == list(range(executed[0], executed[0] + len(executed))), executed
+
+    rig.send([[0.0, 0.01, 0.0, 0.0, 0.0, 0.0, 0.0]] * 40, version=2)  # a long chunk (row 0: unstamped)
+    assert wait_for(lambda: any(vec(m)[1] > 0 for _, m in rig.snapshot_twists()), 3.0)
+    rig.send([[0.0, -0.01, 0.0, 0.0, 0.0, 0.0, 0.0]] * 4, version=3, age_s=1.0)  # 4 rows, all 20 steps past
+    diag = wait_for(lambda: (lambda d: d if d.get("stale_chunks") == "1" else None)(rig.diag(executor.name)), 3.0)
+    assert diag, rig.diag(executor.name)
+    time.sleep(0.2)
+    assert not any(vec(m)[1] < 0 for _, m in rig.snapshot_twists()), "the expired chunk moved the arm"
+    assert any(vec(m)[1] > 0 for t, m in rig.snapshot_twists() if t > time.monotonic() - 0.15), \
+        "the running chunk stopped"
+    assert diag["policy_version"] == "2" and "all due by now" in executor.output()
+
+
 def test_watchdog_holds_once_within_timeout(rig, executor):
     timeout = rig.robot.watchdog_timeout_s
     latencies = []
@@ -322,8 +354,10 @@ def test_watchdog_holds_once_within_timeout(rig, executor):
             rig.snapshot_twists()), timeout + 2.0)
         assert got, "no hold arrived"
         last_cmd = max(t for t, m in got if nonzero(m))
-        hold_t, _ = first_zero_after(got, last_cmd)
-        latencies.append(hold_t - last_cmd)
+        _, hold = first_zero_after(got, last_cmd)
+        # On the executor's own stamps: when it sent the last step and when it decided to hold.
+        last_stamp = max(stamp_s(m) for _, m in got if nonzero(m))
+        latencies.append(stamp_s(hold) - last_stamp)
         time.sleep(0.3)  # exactly one hold per stop
         assert sum(not nonzero(m) for _, m in rig.snapshot_twists()) == 1
     print(f"\nwatchdog hold latency after the last step (timeout {timeout:.3f} s): "

@@ -21,7 +21,7 @@ def _configurations(profile, **given):
 
 
 def test_a_misspelled_launch_argument_is_refused():
-    declared = r"arguments: \['robot', 'seed', 'task'\]"
+    declared = r"arguments: \['real_time_factor', 'robot', 'seed', 'task'\]"
     with pytest.raises(ConfigError, match=r"profile 'sim' has no argument 'robt'; " + declared):
         profile_for_launch("sim", _configurations("sim", robt="ur5e_sim"))
 
@@ -76,7 +76,7 @@ def test_up_refuses_missing_inputs_in_one_line_without_starting_nodes(tmp_path):
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("prophrl: error: profile 'train': checkpoint:=checkpoints/sft "
+    assert len(lines) == 1 and lines[0].startswith("prophrl up: error: profile 'train': checkpoint:=checkpoints/sft "
                                                    "does not exist"), result.stderr
     for name in ("world_model", "judge", "dataset"):
         assert f"pass {name}:=PATH" in lines[0]

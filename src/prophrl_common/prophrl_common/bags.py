@@ -59,7 +59,6 @@ from pathlib import Path
 from typing import Self
 
 import yaml
-from mcap.exceptions import McapError
 from mcap.reader import SeekingReader
 from mcap.records import Channel, DataEnd, Footer, Header, Message, Metadata, Schema
 from mcap.stream_reader import StreamReader

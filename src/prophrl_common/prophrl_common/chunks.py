@@ -1,8 +1,14 @@
-"""prophrl_msgs/ActionChunk <-> numpy, with the validation every consumer needs."""
+"""prophrl_msgs/ActionChunk <-> numpy, with the validation every consumer needs, and the timing of a chunk's rows.
+
+Row i of a chunk is due i control periods after the chunk's header stamp (the time of the observation it
+was planned from): the executor starts a chunk at the row due when it arrives, and a recording labels
+each frame with the row due at the frame's time. Both use :func:`rows_due` on integer nanoseconds.
+"""
 
 from __future__ import annotations
 
 import array
+from fractions import Fraction
 
 import numpy as np
 
@@ -58,3 +64,34 @@ def array_to_chunk(actions: np.ndarray, action_space: str, control_period_s: flo
     msg.policy_version = int(policy_version)
     msg.instruction = instruction
     return msg
+
+
+def _shortest_decimal(value: float, dtype) -> Fraction:
+    """The shortest decimal that `value` as `dtype` denotes, exactly ("0.05", not 0.0500000007450580596...)."""
+    return Fraction(np.format_float_positional(dtype(value), unique=True, trim="0"))
+
+
+def chunk_period_ns(chunk_period_s: float, robot_control_period_s: float) -> Fraction:
+    """A chunk's control period in ns, exactly.
+
+    ActionChunk carries it as a float32, where 0.05 s is 50,000,000.745 ns: one period after a chunk,
+    a float quotient is floor(0.99999998) = 0, the previous row. The period is the robot config's (the
+    decimal written there) when the float32 holds that value, else the shortest decimal the float32
+    denotes.
+    """
+    if np.float32(chunk_period_s) == np.float32(robot_control_period_s):
+        seconds = _shortest_decimal(robot_control_period_s, np.float64)
+    else:
+        seconds = _shortest_decimal(chunk_period_s, np.float32)
+    return seconds * 1_000_000_000
+
+
+def rows_due(elapsed_ns, period_ns: Fraction) -> np.ndarray:
+    """floor(elapsed / period) for each elapsed time (ns since the chunk's stamp), in exact integers."""
+    return np.asarray([(int(elapsed) * period_ns.denominator) // period_ns.numerator
+                       for elapsed in np.atleast_1d(elapsed_ns)], np.int64)
+
+
+def chunk_steps_due(elapsed_ns: np.ndarray, period_ns: Fraction, horizon: int) -> np.ndarray:
+    """The row due at each elapsed time, clipped to the chunk's last row (a recording's action labels)."""
+    return np.minimum(rows_due(elapsed_ns, period_ns), horizon - 1).astype(np.int32)

@@ -45,7 +45,6 @@ import sys
 import time
 
 import numpy as np
-import rclpy
 from geometry_msgs.msg import PoseStamped, TwistStamped
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -56,7 +55,7 @@ from std_msgs.msg import Float64, String
 from trajectory_msgs.msg import JointTrajectory
 
 from prophrl_common.kinematics import KinematicChain, matrix_to_pose
-from prophrl_common.node_runtime import spin_until_shutdown
+from prophrl_common.node_runtime import run_node
 from prophrl_common.robots import RobotConfig, load_robot_config
 
 # How each driver lays out /joint_states: "sorted" names or the config's order, and extra joints.
@@ -260,8 +259,7 @@ class DriverDouble(Node):
 
 
 def main(args: list[str] | None = None) -> int:
-    rclpy.init(args=args if args is not None else sys.argv)
-    return spin_until_shutdown(DriverDouble())
+    return run_node(DriverDouble, args)
 
 
 if __name__ == "__main__":

@@ -23,19 +23,16 @@ Run: ``ros2 run prophrl_policy ee_pose_node --ros-args -p robot:=ur5e``
 
 from __future__ import annotations
 
-import signal
 import sys
 
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseStamped
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import JointState
 
-from prophrl_common.config_io import ConfigError
 from prophrl_common.ee_pose import EePoseTracker
-from prophrl_common.node_runtime import spin_until_shutdown
+from prophrl_common.node_runtime import run_node
 from prophrl_common.robots import load_robot_config
 
 POSE_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
@@ -106,19 +103,7 @@ class EePoseNode(Node):
 
 def main(args: list[str] | None = None) -> int:
     """Run the node; 0 on a clean stop, 2 when the robot config cannot give an end-effector pose."""
-    rclpy.init(args=args if args is not None else sys.argv)
-    signal.signal(signal.SIGTERM, lambda *_: rclpy.try_shutdown())
-    try:
-        node = EePoseNode()
-    except ConfigError as exc:
-        print(f"ee_pose_node: {exc}", file=sys.stderr)
-        rclpy.try_shutdown()
-        return 2
-    except Exception as exc:  # e.g. a parameter of the wrong type: one line, not a traceback
-        print(f"ee_pose_node: {type(exc).__name__}: {exc}", file=sys.stderr)
-        rclpy.try_shutdown()
-        return 2
-    return spin_until_shutdown(node)
+    return run_node(EePoseNode, args)
 
 
 if __name__ == "__main__":

@@ -13,9 +13,14 @@ activates itself, so it works without a lifecycle manager; if that fails (e.g. a
 Interfaces (defaults):
 
 * subscribes ``/prophrl/action_chunk`` (prophrl_msgs/ActionChunk, reliable): a valid chunk
-  replaces the one being executed (receding horizon) and is executed from its step 0, one step
-  per ``max(chunk.control_period_s, robot.control_period_s)``; a malformed one is rejected with
-  one warning and counted (``rejected_chunks``).
+  replaces the one being executed (receding horizon), one step per ``max(chunk.control_period_s,
+  robot.control_period_s)``; a malformed one is rejected with one warning and counted (``rejected_chunks``).
+  With ``align_chunks_to_stamp`` (default true) a chunk starts at the row due now: row i is due i steps
+  after its header stamp, the time of the observation it was planned from (prophrl_common.chunks), so the
+  planner's and the transport's latency do not replay rows the arm has already moved past; a chunk whose
+  rows are all past is dropped (``stale_chunks``) and the running one goes on. An unset stamp (0) or one
+  ahead of this node's clock starts at row 0. Turn it off where the stamps are not on this node's clock
+  (another machine's unsynchronised clock, or a simulator's time without ``use_sim_time``).
 * subscribes the robot's ``ee_pose_topic`` (geometry_msgs/PoseStamped: the simulator's, or
   ee_pose_node's on a real arm) and ``/joint_states`` (sensor_msgs/JointState, mapped by name, extra
   joints ignored) as the current state.
@@ -56,12 +61,13 @@ from rclpy.duration import Duration
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
                        qos_profile_sensor_data)
+from rclpy.time import Time
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool, Float64, String
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
-from prophrl_common.chunks import InvalidChunkError, chunk_to_array
+from prophrl_common.chunks import InvalidChunkError, chunk_period_ns, chunk_to_array, rows_due
 from prophrl_common.config_io import ConfigError
 from prophrl_common.joint_states import JointPositions
 from prophrl_common.node_clock import node_seconds
@@ -78,6 +84,7 @@ NODE_COUNTERS = (
     "estop_dropped_chunks",  # chunks dropped while the e-stop was engaged
     "inactive_dropped_chunks",  # chunks that arrived while the node was not active
     "preempted_chunks",      # chunks replaced by a newer one before their last step
+    "stale_chunks",          # chunks dropped because every row was already due when they arrived
     "completed_chunks",      # chunks executed to their last step
     "executed_steps",        # steps taken (commands and per-step holds)
     "hold_commands",         # hold commands published (per-step, watchdog, e-stop, deactivate)
@@ -109,6 +116,8 @@ class ExecutorNode(LifecycleNode):
             description="MoveIt planning group for ee_delta chunks on joint_trajectory robots (needs moveit_py; "
                         "empty: IK from the robot config's kinematics)"))
         self.declare_parameter("ik_timeout_s", 0.02, dyn)
+        self.declare_parameter("align_chunks_to_stamp", True, ParameterDescriptor(
+            description="start a chunk at the row due now (row i is due i steps after its header stamp)"))
         self._entities: list[Any] = []
         self._active = False
         self.robot: RobotConfig | None = None
@@ -161,6 +170,10 @@ class ExecutorNode(LifecycleNode):
         self.diagnostics_period_s = self._number("diagnostics_period_s", 0.0)
         self.state_timeout_s = self._number("state_timeout_s", 0.0, allow_zero=True)
         self.ik_timeout_s = self._number("ik_timeout_s", 0.0)
+        align = self.get_parameter("align_chunks_to_stamp").value
+        if not isinstance(align, bool):
+            raise ConfigError(f"parameter align_chunks_to_stamp must be true or false, got {align!r}")
+        self.align_chunks_to_stamp = align
 
     # ---------------------------------------------------------------- lifecycle
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -313,17 +326,36 @@ class ExecutorNode(LifecycleNode):
             self._reject(msg, f"joint_position chunk has action_dim {actions.shape[1]} but robot {robot.name} "
                               f"has {robot.num_joints} joints {list(robot.joint_names)}")
             return
+        step_s = self.filter.effective_dt(msg.control_period_s)
+        first_row = self._first_row_due(msg, step_s)
+        if first_row >= len(actions):
+            self._counters["stale_chunks"] += 1
+            self.get_logger().warning(
+                f"dropped an ActionChunk whose {len(actions)} rows were all due by now (stamped "
+                f"{(self.get_clock().now() - Time.from_msg(msg.header.stamp)).nanoseconds * 1e-9:.3f} s ago); "
+                "if its stamp is on another clock, set align_chunks_to_stamp false", throttle_duration_sec=2.0)
+            return
         if self._chunk is not None and self._chunk_index < len(self._chunk):
             self._counters["preempted_chunks"] += 1
         self._counters["accepted_chunks"] += 1
-        self._chunk, self._chunk_space, self._chunk_index = actions, space, 0
-        self._chunk_dt = self.filter.effective_dt(msg.control_period_s)
+        self._chunk, self._chunk_space, self._chunk_index = actions, space, first_row
+        self._chunk_dt = step_s
         self._chunk_version = int(msg.policy_version)
         self._state = "executing"
         now = node_seconds(self)
         # Low latency when idle; never faster than one step per step duration.
         if self._last_step_time is None or now - self._last_step_time >= self._chunk_dt:
             self._execute_step(now)
+
+    def _first_row_due(self, msg: ActionChunk, step_s: float) -> int:
+        """The row of `msg` due now on this node's clock (0 without alignment, an unset stamp or one ahead)."""
+        stamp_ns = Time.from_msg(msg.header.stamp).nanoseconds
+        if not self.align_chunks_to_stamp or stamp_ns == 0:
+            return 0
+        age_ns = self.get_clock().now().nanoseconds - stamp_ns
+        if age_ns <= 0:
+            return 0
+        return int(rows_due(age_ns, chunk_period_ns(step_s, self.robot.control_period_s))[0])
 
     def _drop_chunk(self) -> None:
         self._chunk = None

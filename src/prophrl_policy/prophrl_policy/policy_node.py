@@ -35,6 +35,7 @@ from std_msgs.msg import Float64, String
 
 from prophrl_common.chunks import array_to_chunk
 from prophrl_common.config_io import ConfigError
+from prophrl_common.node_clock import node_seconds
 from prophrl_common.node_runtime import run_node
 from prophrl_common.images import ImageConversionError, to_rgb8
 from prophrl_common.robots import load_robot_config
@@ -148,7 +149,7 @@ class PolicyNode(LifecycleNode):
     def _on_ee_pose(self, msg: PoseStamped) -> None:
         p, q = msg.pose.position, msg.pose.orientation
         self._ee_pose = np.array([p.x, p.y, p.z, q.x, q.y, q.z, q.w])
-        self._ee_stamp = time.monotonic()
+        self._ee_stamp = node_seconds(self)
 
     def _on_gripper(self, msg: Float64) -> None:
         if np.isfinite(msg.data):
@@ -168,7 +169,7 @@ class PolicyNode(LifecycleNode):
         image = self._image
         if image is None or self._ee_pose is None:
             return
-        if time.monotonic() - self._ee_stamp > self.p("max_state_age_s"):
+        if node_seconds(self) - self._ee_stamp > self.p("max_state_age_s"):
             self.get_logger().warning("end-effector pose is stale: not publishing", throttle_duration_sec=5.0)
             return
         try:

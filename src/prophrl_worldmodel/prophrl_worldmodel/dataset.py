@@ -9,7 +9,7 @@ so every stream is on one clock even when the sources stamp headers with differe
 - ``ee_pose``: the latest end-effector PoseStamped (x y z qx qy qz qw);
 - ``action_chunk``: the latest ActionChunk at or before the frame as (horizon, action_dim), and
   ``chunk_step``: the step of that chunk due at the frame, floor(elapsed / control period) in exact
-  integer arithmetic on ns (see :func:`chunk_period_ns`), clipped to the last step when the chunk
+  integer arithmetic on ns (prophrl_common.chunks.rows_due), clipped to the last step when the chunk
   has run out (the executor holds until the next chunk);
 - the episode's ``instruction`` (bag custom_data, else the recorded instruction topic) and ``success``
   (see :func:`episode_success`: True / False, or None when a recovered bag no longer says);
@@ -61,7 +61,7 @@ import numpy as np
 from prophrl_common.atomic_io import atomic_directory
 from prophrl_common.bags import Bag, BagError, discover_bags, open_bag
 from prophrl_common.cli_errors import run_reporting_errors
-from prophrl_common.chunks import InvalidChunkError, chunk_to_array
+from prophrl_common.chunks import InvalidChunkError, chunk_period_ns, chunk_steps_due, chunk_to_array
 from prophrl_common.config_io import ConfigError
 from prophrl_common.images import ImageConversionError, to_rgb8
 from prophrl_common.outputs import OutputKind, check_output_dir
@@ -141,32 +141,6 @@ class EpisodeSamples:
         if len(self) < 2:
             return None
         return 1e9 / float(np.median(np.diff(self.frame_times_ns)))
-
-
-def _shortest_decimal(value: float, dtype) -> Fraction:
-    """The shortest decimal that `value` as `dtype` denotes, exactly ("0.05", not 0.0500000007450580596...)."""
-    return Fraction(np.format_float_positional(dtype(value), unique=True, trim="0"))
-
-
-def chunk_period_ns(chunk_period_s: float, robot: RobotConfig) -> Fraction:
-    """A chunk's control period in ns, exactly.
-
-    ActionChunk carries it as a float32, where 0.05 s is 50,000,000.745 ns: one period after a chunk,
-    a float quotient is floor(0.99999998) = 0, the previous row. The period is the robot config's (the
-    decimal written there) when the float32 holds that value, else the shortest decimal the float32
-    denotes.
-    """
-    if np.float32(chunk_period_s) == np.float32(robot.control_period_s):
-        seconds = _shortest_decimal(robot.control_period_s, np.float64)
-    else:
-        seconds = _shortest_decimal(chunk_period_s, np.float32)
-    return seconds * 1_000_000_000
-
-
-def chunk_steps_due(elapsed_ns: np.ndarray, period_ns: Fraction, horizon: int) -> np.ndarray:
-    """floor(elapsed / period) in integers, clipped to the chunk's last step."""
-    steps = [(int(elapsed) * period_ns.denominator) // period_ns.numerator for elapsed in elapsed_ns]
-    return np.minimum(np.asarray(steps, np.int64), horizon - 1).astype(np.int32)
 
 
 class _ChunkStream:
@@ -373,7 +347,7 @@ def load_episode(bag_path: str | Path, robot: RobotConfig, topics: DatasetTopics
                                  " joint state and end-effector pose: nothing to align")
     chunk_index = latest["chunk"][keep]
     horizon = chunk_arrays[0].shape[0]
-    period_ns = chunk_period_ns(chunks.control_period_s, robot)
+    period_ns = chunk_period_ns(chunks.control_period_s, robot.control_period_s)
     steps = chunk_steps_due(frame_times[keep] - chunk_times[chunk_index], period_ns, horizon)
 
     custom = bag.custom_data
