@@ -106,17 +106,13 @@ def _run_jobs(jobs: list[tuple[str, EvalSettings, int]], workers: int, show_prog
     them in that many spawned processes of one torch thread each (every job owns its sim)."""
     if workers <= 1 or len(jobs) <= 1:
         return [_evaluate_job(*job, show_progress) for job in jobs]
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
     from tqdm import tqdm
 
-    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_one_torch_thread) as pool:
-        futures = [pool.submit(_evaluate_job, *job, False) for job in jobs]
-        for future in tqdm(futures, desc=f"eval ({workers} processes)", unit="policy", disable=not show_progress):
-            future.result()
-        return [future.result() for future in futures]
+    from prophrl_common.process_pool import run_in_processes
+
+    with tqdm(total=len(jobs), desc=f"eval ({workers} processes)", unit="policy", disable=not show_progress) as bar:
+        return run_in_processes(_evaluate_job, [(*job, False) for job in jobs], min(workers, len(jobs)),
+                                initializer=_one_torch_thread, on_result=lambda _: bar.update())
 
 
 def evaluate_all(policies: dict[str, list[PolicySource]], tasks: Sequence[str], settings: EvalSettings,
