@@ -29,6 +29,8 @@ REPO = Path(__file__).resolve().parents[1]
 VARIANTS = {  # label -> RLConfig overrides
     "FA-GRPO": {"variant": "fa_grpo", "use_flowscale": False},
     "FA-GRPO+FlowScale": {"variant": "fa_grpo", "use_flowscale": True},
+    "FA-GRPO-element+FlowScale": {"variant": "fa_grpo_element", "use_flowscale": True},
+    "FA-GRPO-chunk-mean+FlowScale": {"variant": "fa_grpo_chunk_mean", "use_flowscale": True},
     "Flow-GRPO": {"variant": "flow_grpo", "use_flowscale": False},
 }
 

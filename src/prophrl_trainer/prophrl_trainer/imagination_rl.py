@@ -59,7 +59,8 @@ from prophrl_trainer.fa_grpo import (FAGRPOConfig, FlowScaleConfig, RolloutBatch
 from prophrl_worldmodel.dataset import SHARD_FORMAT, read_dataset_index
 from prophrl_worldmodel.imagination import ImaginationStart
 
-VARIANTS = {"fa_grpo": "action", "flow_grpo": "step"}
+VARIANTS = {  # RLConfig.variant -> the loss's ratio level (prophrl_trainer.fa_grpo)
+    "fa_grpo": "chunk", "fa_grpo_chunk_mean": "chunk_mean", "fa_grpo_element": "element", "flow_grpo": "step"}
 REWARD_MODES = ("probability", "binary")
 STATE_DIM = 8            # policy proprio: ee pose (7: xyz + quaternion xyzw) + gripper command
 ROBOT_ACTION_DIM = 7     # ee_delta_7d
@@ -98,7 +99,9 @@ class RLConfig:
         In-process imagination only.
     context_frames: 1 recorded frame given to the world model as the start (more: history frames).
     reward: "probability" | "binary", see the module docstring. early_termination: True.
-    variant: "fa_grpo" (action-level ratio) | "flow_grpo" (per-step ratio, the ablation baseline).
+    variant: "fa_grpo" (one ratio per chunk) | "fa_grpo_chunk_mean" (per chunk, length-normalised) |
+        "fa_grpo_element" (one ratio per action element) | "flow_grpo" (Flow-GRPO's per-step ratio of
+        element-averaged log-densities, the ablation baseline); see prophrl_trainer.fa_grpo.
     use_flowscale: True; flowscale: its weights (FlowScaleConfig).
     fa_grpo: the loss settings (clip_eps_low, clip_eps_high, kl_beta, advantage_eps); its group_size,
         ratio_level and flowscale come from the fields above. kl_beta > 0 keeps a frozen copy of the
@@ -552,6 +555,7 @@ class Imagined:
     states: torch.Tensor          # (n*G, C', 8)
     latents: torch.Tensor | None  # (n*G, C', K+1, H, A), SDE only
     log_probs: torch.Tensor | None  # (n*G, C', K)
+    means: torch.Tensor | None    # (n*G, C', K, H, A), the sampler's step means
     instructions: list[str]       # (n*G,)
     mask: np.ndarray              # (n, G, C') 1 = the chunk counts
     rewards: np.ndarray           # (n, G)
@@ -626,7 +630,7 @@ class Trainer:
         timings = {"policy_s": 0.0, "world_model_s": 0.0, "judge_s": 0.0}
         groups = self.backend.open(starts, g, seeds)
         instructions = [group.instruction for group in groups for _ in range(g)]
-        images, states, latents, log_probs = [], [], [], []
+        images, states, latents, log_probs, means = [], [], [], [], []
         alive = np.ones((n, g), bool)
         masks = []
         rewards = np.zeros((n, g), np.float32)
@@ -646,6 +650,7 @@ class Trainer:
                 if mode == "sde":
                     latents.append(sample.latents.cpu())
                     log_probs.append(sample.log_probs.cpu())
+                    means.append(sample.means.cpu())
                 masks.append(alive.astype(np.float32))
                 actions = sample.actions.cpu().numpy().reshape(n, g, *sample.actions.shape[1:])
                 t1 = time.perf_counter()
@@ -675,7 +680,7 @@ class Trainer:
         finally:
             self.backend.close(groups)
         stack = (lambda xs: torch.stack(xs, 1) if xs else None)
-        return Imagined(stack(images), stack(states), stack(latents), stack(log_probs), instructions,
+        return Imagined(stack(images), stack(states), stack(latents), stack(log_probs), stack(means), instructions,
                         np.stack(masks, axis=2), rewards, success, length, timings)
 
     def rollout_batch(self, imagined: Imagined, advantages: torch.Tensor, drop_masked: bool) -> RolloutBatch:
@@ -686,13 +691,14 @@ class Trainer:
         adv = advantages.reshape(ng, 1).expand(ng, c).reshape(-1)
         instructions = [t for t in imagined.instructions for _ in range(c)]
         obs = ObservationBatch(flat(imagined.images), instructions, flat(imagined.states))
-        batch = RolloutBatch(obs, flat(imagined.latents), flat(imagined.log_probs), adv.float(), mask)
+        batch = RolloutBatch(obs, flat(imagined.latents), flat(imagined.log_probs), adv.float(), mask,
+                             flat(imagined.means))
         if not drop_masked:
             return batch
         keep = torch.nonzero(mask > 0).flatten()
         obs = ObservationBatch(obs.images[keep], [instructions[i] for i in keep.tolist()], obs.states[keep])
         return RolloutBatch(obs, batch.latents[keep], batch.old_log_probs[keep], batch.advantages[keep],
-                            torch.ones(len(keep)))
+                            torch.ones(len(keep)), batch.old_means[keep])
 
     # ----- one update ----------------------------------------------------------------------------
     def train_step(self) -> dict[str, float]:
@@ -1028,7 +1034,8 @@ def summary_rows(history: list[dict], max_rows: int = 10) -> list[list[str]]:
         m = history[i]
         ev = f"{m['eval/success_rate']:.2f}" if "eval/success_rate" in m else "-"
         rows.append([str(m["update"]), f"{m['rollout/reward_mean']:.3f}", f"{m['rollout/success_rate']:.2f}", ev,
-                     f"{m['train/clip_fraction']:.3f}", f"{m['train/approx_kl_old']:.2e}", f"{m['train/kl']:.2e}",
+                     f"{m['train/clip_fraction']:.3f}", f"{m.get('train/policy_kl', math.nan):.2e}",
+                     f"{m['train/approx_kl_old']:.2e}", f"{m['train/kl']:.2e}",
                      f"{m['time/update_total_s']:.1f}"])
     return rows
 
@@ -1101,7 +1108,8 @@ def _train(args: argparse.Namespace) -> int:
         done = trainer.update - start_update
         print_table(f"FA-GRPO ({trainer.config.variant}, FlowScale {'on' if trainer.config.use_flowscale else 'off'}) "
                     f"in {args.out}: {trainer.update} updates",
-                    ["update", "reward", "success", "eval success", "clip frac", "approx KL old", "KL ref", "s/update"],
+                    ["update", "reward", "success", "eval success", "clip frac", "policy KL", "ratio pseudo-KL",
+                     "KL ref", "s/update"],
                     summary_rows(history))
         rate = f"{3600 * done / elapsed:.1f} updates/hour" if done else "nothing to do"
         print(f"\nthis session: {done} updates in {elapsed:.1f} s ({rate}) on {dist.world_size} rank(s); "

@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from prophrl_policy import flow_matching as fm
-from prophrl_trainer.fa_grpo import (FAGRPOConfig, FlowScaleConfig, RolloutBatch, fa_grpo_loss, flowscale_weights,
-                                     group_advantages, policy_update)
+from prophrl_trainer.fa_grpo import (FAGRPOConfig, FlowScaleConfig, RolloutBatch, element_log_ratios, fa_grpo_loss,
+                                     flowscale_weights, group_advantages, kl_beta_from_flow_grpo, path_kl,
+                                     policy_update)
 from prophrl_trainer.toy import ContextualBandit, ToyFlowPolicy
 
 
@@ -271,3 +272,158 @@ def test_target_kl_ends_the_update_once_the_policy_leaves_the_trust_region():
     # the first minibatch is on-policy (KL 0) and always steps; the stop comes within the first epoch
     assert 1 <= bounded["minibatches"] < 4 and bounded["stopped_early"] == 1
     assert bounded["approx_kl_old"] <= 1.5 * 0.05
+
+
+# ----- ratio levels, the KL's scale, the policy KL that target_kl reads -----
+
+def _gaussian_paths(b=3, k=4, h=2, a=3, seed=0, dtype=torch.float64):
+    """Stored SDE paths with the rollout policy's means, a moved policy's means and the step stds."""
+    g = torch.Generator().manual_seed(seed)
+    stds = torch.linspace(0.5, 0.1, k, dtype=dtype)
+    old_means = torch.randn(b, k, h, a, generator=g, dtype=dtype)
+    samples = old_means + stds.view(1, k, 1, 1) * torch.randn(b, k, h, a, generator=g, dtype=dtype)
+    new_means = old_means + 0.05 * torch.randn(b, k, h, a, generator=g, dtype=dtype)
+    return samples, old_means, new_means, stds
+
+
+def _log_probs(samples, means, stds, element_mask=None):
+    return torch.stack([fm.gaussian_log_prob(samples[:, j], means[:, j], stds[j], element_mask)
+                        for j in range(samples.shape[1])], dim=1)
+
+
+def test_element_log_ratios_are_the_gaussian_log_density_differences_and_sum_to_the_step_ratio():
+    samples, old_means, new_means, stds = _gaussian_paths()
+    per_element = element_log_ratios(samples, new_means, old_means, stds)
+    normal = lambda m: torch.distributions.Normal(m, stds.view(1, -1, 1, 1))  # noqa: E731
+    torch.testing.assert_close(per_element, normal(new_means).log_prob(samples) - normal(old_means).log_prob(samples))
+    torch.testing.assert_close(per_element.flatten(2).sum(-1),
+                               _log_probs(samples, new_means, stds) - _log_probs(samples, old_means, stds))
+
+
+@pytest.mark.parametrize("level", ["chunk", "chunk_mean", "element", "step"])
+def test_every_ratio_level_by_hand(level):
+    """Each level's loss, clip fraction and mean ratio computed independently from the Gaussian densities."""
+    samples, old_means, new_means, stds = _gaussian_paths(b=4, k=3, h=2, a=3, seed=1)
+    new_means = new_means.clone().requires_grad_(True)
+    element_mask = torch.tensor([1.0, 1.0, 0.0], dtype=torch.float64)   # the last action dim is padding
+    new_lp = _log_probs(samples, new_means, stds, element_mask)
+    old_lp = _log_probs(samples, old_means, stds, element_mask)
+    adv = torch.tensor([1.0, -1.0, 0.5, -2.0], dtype=torch.float64)
+    w = torch.tensor([1.5, 1.0, 0.5], dtype=torch.float64)
+    cfg = FAGRPOConfig(ratio_level=level, clip_eps_low=0.01, clip_eps_high=0.02)
+    out = fa_grpo_loss(new_lp, old_lp, adv, torch.ones(4), w, cfg, new_means, None, stds, element_mask,
+                       samples=samples, old_means=old_means)
+
+    d = (torch.distributions.Normal(new_means, stds.view(1, -1, 1, 1)).log_prob(samples)
+         - torch.distributions.Normal(old_means, stds.view(1, -1, 1, 1)).log_prob(samples))[..., :2].detach()
+    n = 2 * 2  # horizon x valid action dims
+
+    def clipped_objective(r, a):
+        return torch.minimum(r * a, r.clamp(0.99, 1.02) * a), ((r < 0.99) | (r > 1.02)).double()
+
+    if level in ("chunk", "chunk_mean"):
+        log_r = (d.sum(dim=(2, 3)) * w).sum(1) / (n if level == "chunk_mean" else 1)
+        r = log_r.exp()
+        obj, clip = clipped_objective(r, adv)
+    elif level == "element":
+        r = (d * w.view(1, -1, 1, 1)).sum(1).exp()                         # (B, H, 2)
+        obj, clip = clipped_objective(r, adv.view(-1, 1, 1))
+        obj, clip, r = obj.mean(dim=(1, 2)), clip.mean(dim=(1, 2)), r.mean(dim=(1, 2))
+    else:
+        r = (d.mean(dim=(2, 3))).exp()                                     # (B, K): element-averaged log-densities
+        obj, clip = clipped_objective(r, adv[:, None] * w[None])
+        obj, clip, r = obj.mean(1), clip.mean(1), r.mean(1)
+    assert out.policy_loss == pytest.approx(-obj.mean().item(), rel=1e-9)
+    assert out.clip_fraction == pytest.approx(clip.mean().item())
+    assert out.ratio_mean == pytest.approx(r.mean().item(), rel=1e-9)
+    assert out.policy_kl == pytest.approx(path_kl(new_means.detach(), old_means, stds, element_mask).mean().item())
+    out.loss.backward()
+    assert new_means.grad[..., 2].abs().sum() == 0, "padded action dimensions get no gradient"
+
+
+def test_the_element_ratio_is_far_less_spread_than_the_chunk_ratio():
+    """One small change of the means: the chunk's log-ratio sums N x K terms, an element's only K."""
+    samples, old_means, new_means, stds = _gaussian_paths(b=256, k=10, h=10, a=7, seed=2)
+    per_element = element_log_ratios(samples, new_means, old_means, stds)
+    chunk_spread = per_element.sum(dim=(1, 2, 3)).std()
+    element_spread = per_element.sum(dim=1).std()
+    assert chunk_spread > 5 * element_spread   # ~sqrt(70) = 8.4 for independent elements
+
+
+def test_the_reference_kl_is_the_exact_path_kl_and_converts_to_flow_grpos_beta():
+    samples, ref_means, new_means, stds = _gaussian_paths(b=2, k=5, h=10, a=7, seed=3)
+    cfg = FAGRPOConfig(kl_beta=1.0)
+    zeros = torch.zeros(2, 5, dtype=torch.float64)
+    out = fa_grpo_loss(zeros, zeros, torch.zeros(2), torch.ones(2), torch.ones(5), cfg, new_means, ref_means, stds)
+    exact = torch.distributions.kl_divergence(torch.distributions.Normal(new_means, stds.view(1, -1, 1, 1)),
+                                              torch.distributions.Normal(ref_means, stds.view(1, -1, 1, 1)))
+    assert out.kl == pytest.approx(exact.sum(dim=(1, 2, 3)).mean().item(), rel=1e-9)
+    # Flow-GRPO: per step ((m - m_ref)^2).mean(elements) / (2 std_dev_t^2) with std_dev_t = s_k / sqrt(|dt|),
+    # averaged over steps and chunks (uniform grid: |dt| = 1 / K)
+    dt = 1 / 5
+    std_dev_t = stds / math.sqrt(dt)
+    flow_grpo_kl = (((new_means - ref_means) ** 2).mean(dim=(2, 3)) / (2 * std_dev_t ** 2)).mean()
+    assert out.kl * kl_beta_from_flow_grpo(1.0, 70, 5) == pytest.approx(flow_grpo_kl.item(), rel=1e-9)
+
+
+def test_the_step_level_is_flow_grpos_per_timestep_update_on_fixed_tensors():
+    """flow_grpo: per timestep j, log_prob = the step's Gaussian log-density averaged over elements, ratio =
+    exp(log_prob - old), policy_loss = mean(max(-A r, -A clip(r))), gradients accumulated over the timesteps
+    (so averaged over them)."""
+    samples, old_means, new_means, stds = _gaussian_paths(b=4, k=3, h=2, a=2, seed=4)
+    new_means = new_means.clone().requires_grad_(True)
+    adv = torch.tensor([1.0, -0.5, 0.25, -1.0], dtype=torch.float64)
+    clip_range = 1e-2
+    reference = 0.0
+    for j in range(3):
+        log_prob = torch.distributions.Normal(new_means[:, j], stds[j]).log_prob(samples[:, j]).mean(dim=(1, 2))
+        old = torch.distributions.Normal(old_means[:, j], stds[j]).log_prob(samples[:, j]).mean(dim=(1, 2))
+        ratio = torch.exp(log_prob - old)
+        reference = reference + torch.mean(torch.maximum(-adv * ratio, -adv * ratio.clamp(1 - clip_range,
+                                                                                            1 + clip_range))) / 3
+    expected_grad, = torch.autograd.grad(reference, new_means)
+    cfg = FAGRPOConfig(ratio_level="step", clip_eps_low=clip_range, clip_eps_high=clip_range,
+                       flowscale=FlowScaleConfig(enabled=False))
+    out = fa_grpo_loss(_log_probs(samples, new_means, stds), _log_probs(samples, old_means, stds), adv,
+                       torch.ones(4), torch.ones(3, dtype=torch.float64), cfg, new_means, step_stds=stds)
+    assert out.loss.item() == pytest.approx(reference.item(), rel=1e-9)
+    grad, = torch.autograd.grad(out.loss, new_means)
+    torch.testing.assert_close(grad, expected_grad)
+
+
+def test_target_kl_reads_the_policy_kl_not_the_flowscale_weighted_pseudo_kl():
+    """With FlowScale weights that all but switch the last step off, a rollout policy that differed from the
+    current one only in that step has a near-zero weighted pseudo-KL but a large true KL: target_kl must stop
+    the update before its first step."""
+    torch.manual_seed(0)
+    policy = ToyFlowPolicy(hidden=16)
+    contexts = torch.rand(32, 2)
+    sample = policy.predict_action_chunk(contexts, mode="sde", num_steps=4)
+    old_means = sample.means.clone()
+    old_means[:, -1] += 0.5 * sample.stds[-1]        # per element KL 0.125 at the last step, 0.5 per chunk
+    old_log_probs = _log_probs(sample.latents[:, 1:], old_means, sample.stds)
+    variances = torch.tensor([1.0, 1.0, 1.0, 1e-12])
+    cfg = FAGRPOConfig(group_size=2, flowscale=FlowScaleConfig(alpha=0.0, power=1.0, w_min=1e-9))
+    assert flowscale_weights(variances, cfg.flowscale)[-1] < 1e-6
+
+    def update(means):
+        batch = RolloutBatch(contexts, sample.latents, old_log_probs, torch.randn(32), torch.ones(32), means)
+        return policy_update(policy, torch.optim.SGD(policy.parameters(), lr=0.0), batch, cfg, variances, 0.7,
+                             target_kl=0.01)
+
+    without_means = update(None)      # only the pseudo-KL to go by: it sees nothing
+    assert without_means["stopped_early"] == 0 and without_means["approx_kl_old"] < 1e-6
+    with_means = update(old_means)
+    assert with_means["stopped_early"] == 1 and with_means["minibatches"] == 0
+
+
+def test_rollout_means_are_the_means_sde_log_probs_recomputes():
+    """policy_kl compares the stored rollout means with the recomputed ones: on-policy they agree exactly."""
+    torch.manual_seed(0)
+    policy = ToyFlowPolicy(hidden=8)
+    contexts = torch.rand(6, 2)
+    sample = policy.predict_action_chunk(contexts, mode="sde", num_steps=5)
+    log_probs, means, stds = policy.sde_log_probs(contexts, sample.latents)
+    torch.testing.assert_close(means, sample.means)
+    torch.testing.assert_close(log_probs, sample.log_probs)
+    assert path_kl(means, sample.means, stds).abs().max() < 1e-9

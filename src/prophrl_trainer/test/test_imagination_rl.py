@@ -37,7 +37,9 @@ def test_rl_config_round_trips_through_json_and_maps_variants(tmp_path):
     assert loaded == config
     algorithm = loaded.algorithm
     assert algorithm.group_size == 4 and algorithm.ratio_level == "step" and not algorithm.flowscale.enabled
-    assert RLConfig().algorithm.ratio_level == "action" and RLConfig().algorithm.flowscale.enabled
+    assert RLConfig().algorithm.ratio_level == "chunk" and RLConfig().algorithm.flowscale.enabled
+    assert RLConfig(variant="fa_grpo_element").algorithm.ratio_level == "element"
+    assert RLConfig(variant="fa_grpo_chunk_mean").algorithm.ratio_level == "chunk_mean"
     partial = RLConfig.from_dict({"fa_grpo": {"clip_eps_high": 0.3}, "flowscale": {"alpha": 0.5}})
     assert partial.algorithm.clip_eps_high == 0.3 and partial.algorithm.flowscale.alpha == 0.5
 
