@@ -62,8 +62,8 @@ def prophet(prophet_dir):
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     """Two short scripted lift episodes at 64 px, through bags2dataset (with the sim's camera calibration)."""
-    from prophrl_policy.collect import CollectSettings, collect_direct
-    from prophrl_worldmodel.dataset import bags2dataset
+    from prophrl_trainer.collect import CollectSettings, collect_direct
+    from prophrl_data.conversion import bags2dataset
 
     root = tmp_path_factory.mktemp("imagination_dataset")
     collect_direct(CollectSettings(episodes=2, max_steps=8, image_size=64), root / "bags", show_progress=False)

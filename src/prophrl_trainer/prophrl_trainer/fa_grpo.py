@@ -3,7 +3,7 @@
 Notation (PAPER.md): a group of G rollouts from one initial observation gets rewards R_i and
 advantages A_i = (R_i - mean_G) / (std_G + eps), broadcast to every action chunk of rollout i
 (chunks after early termination are masked out). Each chunk was produced by K stochastic denoising
-steps with Gaussian log-probabilities log pi^(k) (prophrl_policy.flow_matching, summed over the
+steps with Gaussian log-probabilities log pi^(k) (prophrl_nn.flow_matching, summed over the
 chunk's action elements). FA-GRPO forms the PPO ratio at the ACTION level:
 
     l     = sum_k sg(w_k) * log pi^(k)            (w_k = 1 without FlowScale)

@@ -51,12 +51,12 @@ from prophrl_common.config_io import ConfigError, dataclass_from_mapping, requir
 from prophrl_common.weights import NonFiniteError, require_finite
 from prophrl_common.outputs import OutputKind, check_run_dir
 from prophrl_common.tables import print_table
-from prophrl_policy import flow_matching as fm
+from prophrl_nn import flow_matching as fm
 from prophrl_policy.modeling_vla import Observation, VLAPolicy
 from prophrl_trainer import checkpointing as ckpt
 from prophrl_trainer.fa_grpo import (FAGRPOConfig, FlowScaleConfig, RolloutBatch, flowscale_weights,
                                      group_advantages, policy_update)
-from prophrl_worldmodel.dataset import SHARD_FORMAT, read_dataset_index
+from prophrl_data.shards import SHARD_FORMAT, read_dataset_index
 from prophrl_worldmodel.imagination import ImaginationStart
 
 VARIANTS = {"fa_grpo": "action", "flow_grpo": "step"}

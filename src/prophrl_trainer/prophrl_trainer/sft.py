@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from prophrl_common.config_io import ConfigError, require_finite_numbers
 from prophrl_common.outputs import OutputKind, check_output_dir, check_writable_dir
 from prophrl_common.weights import require_finite_loss
-from prophrl_worldmodel.dataset import episodes_with_known_outcome, read_dataset_index
+from prophrl_data.shards import episodes_with_known_outcome, read_dataset_index
 from prophrl_policy.configuration_vla import VLAConfig
 from prophrl_policy.embodiment import Embodiment
 from prophrl_policy.modeling_vla import Observation, VLAPolicy

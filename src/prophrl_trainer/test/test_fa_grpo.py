@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from prophrl_policy import flow_matching as fm
+from prophrl_nn import flow_matching as fm
 from prophrl_trainer.fa_grpo import (FAGRPOConfig, FlowScaleConfig, RolloutBatch, fa_grpo_loss, flowscale_weights,
                                      group_advantages, policy_update)
 from prophrl_trainer.toy import ContextualBandit, ToyFlowPolicy

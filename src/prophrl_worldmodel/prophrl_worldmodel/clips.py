@@ -42,10 +42,10 @@ import numpy as np
 import torch
 
 from prophrl_common.config_io import ConfigError
-from prophrl_worldmodel.action_frames import (ActionFrameStyle, CameraCalibration, EndEffectorPose,
-                                              integrate_actions, render_action_frames)
+from prophrl_common.geometry import CameraCalibration, EndEffectorPose
+from prophrl_worldmodel.action_frames import ActionFrameStyle, integrate_actions, render_action_frames
 from prophrl_worldmodel.configuration_prophet import ARM_ACTION_DIM, ProphetConfig
-from prophrl_worldmodel.dataset import episode_calibration, read_dataset_index
+from prophrl_data.shards import episode_calibration, read_dataset_index
 
 SUPPORTED_ACTION_SPACE = "ee_delta_7d"
 GRIPPER = 6  # index of the gripper command in an ee_delta_7d action

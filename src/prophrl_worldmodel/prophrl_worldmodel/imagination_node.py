@@ -104,7 +104,8 @@ from prophrl_common.node_runtime import run_node
 from prophrl_common.robots import load_robot_config
 from prophrl_msgs.action import AdaptWorldModel, Imagine
 from prophrl_msgs.msg import ActionChunk, EpisodeEvent
-from prophrl_worldmodel.action_frames import ARM_ACTION_DIM, EndEffectorPose, integrate_actions
+from prophrl_common.geometry import EndEffectorPose
+from prophrl_worldmodel.action_frames import ARM_ACTION_DIM, integrate_actions
 from prophrl_worldmodel.imagination import ImaginationStart, ImaginedRollouts
 from prophrl_worldmodel.modeling_prophet import Prophet
 
@@ -148,7 +149,7 @@ class DatasetStart:
 def load_dataset_start(dataset_dir: str | Path, episode: int) -> DatasetStart:
     """Frame 0, ee_pose 0 and the instruction (and camera calibration, when recorded) of one episode of a
     bags2dataset directory; the gripper starts open (0: no command before the first frame)."""
-    from prophrl_worldmodel.dataset import episode_calibration
+    from prophrl_data.shards import episode_calibration
 
     root = Path(dataset_dir)
     index_path = root / "index.json"

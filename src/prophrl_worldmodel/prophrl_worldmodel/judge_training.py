@@ -6,7 +6,7 @@ simulator; we also label Prophet-imagined clips by the sim's ground truth, for d
 A *clip* is an episode's frames from its first frame up to some last frame: the judge scores a whole
 rollout from its start. Labels must be honest about the state the clip ends in, and bags2dataset
 shards do not store the step at which success happened, so labels rely on how sim episodes end
-(``prophrl_policy.sim_rollout.run_episode``): a successful episode stops ``steps_after_success``
+(``prophrl_trainer.sim_rollout.run_episode``): a successful episode stops ``steps_after_success``
 (default 5) control steps after the success step, and a failed one runs to ``max_steps``. With L
 frames (one per control step) the first frame that shows the success state of a successful episode
 is L - steps_after_success. Hence, per episode:
@@ -52,7 +52,7 @@ from prophrl_common.config_io import ConfigError, require_finite_numbers
 from prophrl_common.outputs import OutputKind, check_output_dir
 from prophrl_common.weights import require_finite_loss
 from prophrl_worldmodel.configuration_judge import JudgeConfig
-from prophrl_worldmodel.dataset import episodes_with_known_outcome, read_dataset_index
+from prophrl_data.shards import episodes_with_known_outcome, read_dataset_index
 from prophrl_worldmodel.modeling_judge import RewardJudge, frames_at, uniform_indices
 
 ARM_ACTION_DIM = 7
