@@ -176,7 +176,7 @@ def test_dataset_start_reads_frame_pose_instruction_and_calibration(dataset, tmp
     assert load_dataset_start(copy, 0).start.calibration is None
     with pytest.raises(ConfigError, match=r"start_episode 2 is out of range: .* has 2 episode\(s\), 0..1"):
         load_dataset_start(dataset, 2)
-    with pytest.raises(ConfigError, match="not a bags2dataset directory"):
+    with pytest.raises(ConfigError, match=r"start_dataset .*missing: not a bags2dataset output"):
         load_dataset_start(tmp_path / "missing", 0)
 
 

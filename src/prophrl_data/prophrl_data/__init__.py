@@ -1,4 +1,5 @@
-"""ROS-free data layer: rosbag2 bags, bag -> episode alignment, training shards and their reader, LeRobot v3 export/import."""
+"""ROS-free data layer: rosbag2 bags, bag -> episode alignment, training shards and their reader, LeRobot v3
+export and import."""
 
 from prophrl_common.threads import configure_threads
 

@@ -21,10 +21,7 @@ one clock even when the sources stamp headers with different clocks:
   or with a camera pose in another frame than the robot's base frame has ``camera: null``.
 
 Frames before the first chunk, joint state and pose have no action or state and are dropped
-(counted as ``skipped_frames``). Every chunk of the whole dataset must share action_space,
-horizon and action_dim, and every frame one image size; anything else is a :class:`BagError`
-naming the bag.
-
+(counted as ``skipped_frames``). A bag that cannot be aligned is a :class:`BagError` naming it.
 """
 
 from __future__ import annotations

@@ -7,7 +7,6 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-
 from prophrl_common.cli_errors import run_reporting_errors
 from prophrl_common.robots import load_robot_config
 from prophrl_data.alignment import DatasetTopics

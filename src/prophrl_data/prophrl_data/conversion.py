@@ -20,7 +20,6 @@ import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
-
 from prophrl_common.atomic_io import atomic_directory
 from prophrl_common.config_io import ConfigError
 from prophrl_common.outputs import check_output_dir

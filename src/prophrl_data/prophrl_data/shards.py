@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -30,12 +31,11 @@ from prophrl_data.alignment import DatasetTopics, EpisodeSamples
 
 
 SHARD_FORMAT = "prophrl-samples-v1"
-
-
 EE_POSE_NAMES = ("ee_x", "ee_y", "ee_z", "ee_qx", "ee_qy", "ee_qz", "ee_qw")
-
-
 EE_DELTA_NAMES = ("dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper")
+# The arrays of every shard (write_shard), one row per sample.
+SHARD_ARRAYS = ("frames", "frame_times_ns", "joint_positions", "ee_pose", "state", "action_chunks", "chunk_steps",
+                "actions")
 
 
 # What bags2dataset writes into its output directory.
@@ -137,3 +137,106 @@ def episode_calibration(entry: dict) -> CameraCalibration | None:
                           "{'k': 9 floats, 'width': int, 'height': int, 'world_to_camera': 16 floats}") from None
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardEpisode:
+    """One episode of a dataset: its index.json entry and the shard arrays that were read (see SHARD_ARRAYS)."""
+
+    position: int                   # in the index's episode list
+    entry: dict                     # the index.json entry: shard, episode_id, instruction, task, success, camera, ...
+    shard: Path
+    arrays: dict[str, np.ndarray]
+
+    def __len__(self) -> int:
+        return len(next(iter(self.arrays.values()))) if self.arrays else int(self.entry.get("num_samples", 0))
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.arrays[name]
+
+    @property
+    def frames(self) -> np.ndarray:
+        """(N, H, W, 3) uint8 RGB."""
+        return self.arrays["frames"]
+
+    @property
+    def ee_pose(self) -> np.ndarray:
+        """(N, 7) xyz + quaternion xyzw in the robot base frame."""
+        return self.arrays["ee_pose"]
+
+    @property
+    def actions(self) -> np.ndarray:
+        """(N, action_dim): the step of the chunk in force that is due at each frame."""
+        return self.arrays["actions"]
+
+    @property
+    def instruction(self) -> str:
+        return str(self.entry.get("instruction", ""))
+
+    @property
+    def task(self) -> str:
+        return str(self.entry.get("task", ""))
+
+    @property
+    def success(self) -> bool | None:
+        """True / False, or None when the outcome is unknown (see alignment.episode_success)."""
+        return self.entry.get("success")
+
+    @property
+    def calibration(self) -> CameraCalibration | None:
+        return episode_calibration(self.entry)
+
+
+class EpisodeDataset:
+    """The one reader of a training-shard dataset (what bags2dataset and lerobot2dataset write).
+
+    Opening checks the index (read_dataset_index: readable, this shard format, and the action space when
+    given); each episode's shard is read when asked for, only the arrays asked for. A shard that cannot be
+    read (missing, damaged, lacking an array) is a ConfigError naming it.
+    """
+
+    def __init__(self, root: str | Path, action_space: str | None = None, needed_by: str = ""):
+        self.root = Path(root)
+        self.index = read_dataset_index(self.root, action_space, needed_by)
+
+    @property
+    def entries(self) -> list[dict]:
+        episodes = self.index.get("episodes", [])
+        return episodes if isinstance(episodes, list) else []
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    @property
+    def robot(self) -> str:
+        return str(self.index.get("robot", ""))
+
+    @property
+    def action_space(self) -> str:
+        return str(self.index.get("action_space", ""))
+
+    @property
+    def control_period_s(self) -> float:
+        return float(self.index.get("control_period_s") or 0.0)
+
+    def episode(self, position: int, arrays: Sequence[str] = SHARD_ARRAYS) -> ShardEpisode:
+        """Episode `position` of the index with the shard arrays named in `arrays`."""
+        entry = self.entries[position]
+        shard = self.root / str(entry.get("shard", ""))
+        try:
+            with np.load(shard, allow_pickle=False) as data:
+                read = {name: data[name] for name in arrays}
+        except (OSError, KeyError, ValueError) as exc:
+            raise ConfigError(f"{shard}: cannot read {' / '.join(arrays)}: {exc}") from None
+        return ShardEpisode(position, entry, shard, read)
+
+    def episodes(self, arrays: Sequence[str] = SHARD_ARRAYS, *, known_outcome_for: str | None = None,
+                 only_successful: bool = False) -> Iterator[ShardEpisode]:
+        """The episodes in index order, each shard read when its episode comes. With `known_outcome_for` (who
+        trains on outcomes, e.g. "SFT") only those whose success is known, with one warning naming the others
+        (episodes_with_known_outcome); with `only_successful` only the successful ones (no other shard is read)."""
+        selected = episodes_with_known_outcome(self.index, self.root, known_outcome_for) \
+            if known_outcome_for is not None else list(enumerate(self.entries))
+        for position, entry in selected:
+            if not only_successful or entry.get("success"):
+                yield self.episode(position, arrays)
