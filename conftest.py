@@ -29,10 +29,10 @@ class TrainedLiftPolicy:
 def sft_lift_policy(tmp_path_factory) -> TrainedLiftPolicy:
     """A tiny policy SFT-trained on 4 scripted Panda lift demos (about 45 s on one core), shared by the tests
     that need a policy which really acts: SFT vs untrained success, policy node closing the loop in sim."""
-    from prophrl_policy.collect import CollectSettings, collect_direct
+    from prophrl_trainer.collect import CollectSettings, collect_direct
     from prophrl_policy.configuration_vla import get_vla_config
     from prophrl_trainer.sft import SFTConfig, load_demonstrations, train_sft
-    from prophrl_worldmodel.dataset import bags2dataset
+    from prophrl_data.conversion import bags2dataset
 
     root = tmp_path_factory.mktemp("sft_lift_policy")
     episodes, image_size = 4, 64

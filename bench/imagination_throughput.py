@@ -21,7 +21,7 @@ import time
 import numpy as np
 import torch
 
-from prophrl_worldmodel.action_frames import CameraCalibration
+from prophrl_common.geometry import CameraCalibration
 from prophrl_worldmodel.configuration_prophet import get_prophet_config
 from prophrl_worldmodel.imagination import ImaginationStart, ImaginedRollouts
 from prophrl_worldmodel.modeling_prophet import Prophet

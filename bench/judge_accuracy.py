@@ -26,9 +26,9 @@ from pathlib import Path
 
 import torch
 
-from prophrl_policy.collect import CollectSettings, collect_direct
+from prophrl_trainer.collect import CollectSettings, collect_direct
 from prophrl_worldmodel.configuration_judge import get_judge_config
-from prophrl_worldmodel.dataset import bags2dataset
+from prophrl_data.conversion import bags2dataset
 from prophrl_worldmodel.judge_cli import format_table
 from prophrl_worldmodel.judge_training import (ClipSettings, JudgeTrainConfig, clips_from_episodes,
                                                evaluate_judge, imagined_clips, load_episodes, train_judge)

@@ -1,6 +1,6 @@
 """Recorder throughput: N 128x128 rgb8 images + N ActionChunks into a rosbag2 MCAP bag.
 
-1. writer: the recorder's writer-thread path alone (prophrl_common.bags.BagWriter, CDR from rclpy's
+1. writer: the recorder's writer-thread path alone (prophrl_data.bags.BagWriter, CDR from rclpy's
    serialize_message), open -> N images + N chunks -> close (summary, footer, metadata.yaml, fsync):
    wall time, and the CPU time per message (process time, less sensitive to a busy machine), for the
    first bag of the process and the best of --writer-repeats (warm: allocations and code paths reused);
@@ -36,7 +36,7 @@ from rclpy.serialization import serialize_message
 from sensor_msgs.msg import Image
 from std_msgs.msg import String
 
-from prophrl_common.bags import BagError, BagWriter, cdr_header_stamp_ns, open_bag
+from prophrl_data.bags import BagError, BagWriter, cdr_header_stamp_ns, open_bag
 from prophrl_common.chunks import array_to_chunk
 from prophrl_common.images import numpy_to_image
 from prophrl_common.startup import startup_timeout_s
@@ -109,7 +109,7 @@ def bench_node(images, chunks, workdir: Path) -> NodeResult:
     episode_pub = node.create_publisher(EpisodeEvent, "/prophrl/episode", reliable)
     closed = []
     node.create_subscription(String, "/recorder_node/last_bag", lambda msg: closed.append(msg.data), latched)
-    argv = python_module_argv("prophrl_policy.recorder_node", "-p", f"output_dir:={bag_dir}",
+    argv = python_module_argv("prophrl_robot.recorder_node", "-p", f"output_dir:={bag_dir}",
                               "-p", f"topics:=['{IMAGE_TOPIC}', '{CHUNK_TOPIC}']")
     try:
         with node_process(argv) as recorder:

@@ -16,11 +16,11 @@ import json
 import time
 from pathlib import Path
 
-from prophrl_policy.collect import CollectSettings, collect_direct
+from prophrl_trainer.collect import CollectSettings, collect_direct
 from prophrl_policy.configuration_vla import get_vla_config
 from prophrl_trainer.evaluation import EvalSettings, evaluate_policy, mean_std
 from prophrl_trainer.sft import SFTConfig, load_demonstrations, train_sft
-from prophrl_worldmodel.dataset import bags2dataset
+from prophrl_data.conversion import bags2dataset
 
 
 def main() -> None:

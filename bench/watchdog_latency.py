@@ -51,7 +51,7 @@ def main() -> None:
 
     node.create_timer(0.01, publish_pose)
     latencies = []
-    with node_process(python_module_argv("prophrl_policy.executor_node", "-p", "robot:=panda_sim")) as proc:
+    with node_process(python_module_argv("prophrl_robot.executor_node", "-p", "robot:=panda_sim")) as proc:
         if not spin_until(node, lambda: chunk_pub.get_subscription_count() > 0, startup_timeout_s(), executor):
             raise SystemExit(proc.output())
         spin_until(node, lambda: False, 1.0, executor)

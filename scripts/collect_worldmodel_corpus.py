@@ -2,7 +2,7 @@
 """Regenerate the Prophet pretraining corpus in the physics sim, and a held-out combination for adaptation.
 
 Every (robot, task, camera view) combination gets `--episodes` scripted-expert episodes
-(prophrl_policy.collect.collect_direct, one rosbag2 bag each, /camera/pose + /camera/camera_info
+(prophrl_trainer.collect.collect_direct, one rosbag2 bag each, /camera/pose + /camera/camera_info
 recorded so bags2dataset stores the calibration for action frames); a `--noisy-fraction` of them
 run the expert with action noise and deliberate grasp mistakes (recoveries) for diversity, and
 every episode's camera is jittered by up to `--camera-jitter-m`. Each combination is converted with
@@ -64,8 +64,8 @@ def collect_combination(robot: str, task: str, view: str, episodes: int, first_s
                         dataset_dir: Path, *, image_size: int, max_steps: int, noisy_fraction: float,
                         noise_std: float, noisy_skill: float, camera_jitter_m: float, overwrite: bool) -> dict:
     """Collect `episodes` episodes of one combination and convert them; returns a summary row."""
-    from prophrl_policy.collect import CollectSettings, collect_direct
-    from prophrl_worldmodel.dataset import bags2dataset
+    from prophrl_trainer.collect import CollectSettings, collect_direct
+    from prophrl_data.conversion import bags2dataset
 
     name = combination_name(robot, task, view)
     row = {"combination": name, "robot": robot, "task": task, "view": view, "dataset": str(dataset_dir)}
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--camera-jitter-m", type=float, default=0.02, help="per-episode camera position jitter")
     parser.add_argument("--overwrite", action="store_true", help="recollect combinations whose dataset exists")
     args = parser.parse_args(argv)
-    from prophrl_common.bags import BagError
+    from prophrl_data.bags import BagError
     from prophrl_common.config_io import ConfigError
 
     begin = time.perf_counter()

@@ -72,7 +72,7 @@ if ! stamp_ok msgs "$msgs_hash" || ! "$VPY" -c 'import prophrl_msgs.msg' 2>/dev/
 fi
 
 # 4. Our Python packages, editable (ament_python packages that are also pip-installable).
-pkgs=(src/prophrl_common src/prophrl_sim src/prophrl_policy src/prophrl_worldmodel src/prophrl_trainer src/prophrl)
+pkgs=(src/prophrl_common src/prophrl_data src/prophrl_nn src/prophrl_sim src/prophrl_robot src/prophrl_policy src/prophrl_worldmodel src/prophrl_trainer src/prophrl)
 pkg_hash=$(for p in "${pkgs[@]}"; do cat "$p/setup.py" "$p/package.xml"; done | sha256sum | cut -d' ' -f1)
 if ! stamp_ok pkgs "$pkg_hash"; then
   log "installing ProphRL packages (editable)"

@@ -38,7 +38,8 @@ def test_colcon_builds_all_packages_and_installs_launch_and_config(tmp_path):
         assert (share / config_file.relative_to(ROOT)).is_file()
     # ament_python executables land in lib/<package>/ where `ros2 run` / launch_ros look for them
     assert (install / "prophrl" / "lib" / "prophrl" / "prophrl").is_file()
-    assert (install / "prophrl_policy" / "lib" / "prophrl_policy" / "executor_node").is_file()
+    assert (install / "prophrl_robot" / "lib" / "prophrl_robot" / "executor_node").is_file()
+    assert (install / "prophrl_policy" / "lib" / "prophrl_policy" / "policy_node").is_file()
     generated = list((install / "prophrl_msgs").rglob("prophrl_msgs/msg/_action_chunk.py"))
     assert generated, "prophrl_msgs Python bindings were not generated"
     # `. install/setup.bash` sources each package's local_setup.bash

@@ -8,13 +8,14 @@ import sys
 import numpy as np
 import pytest
 
-from prophrl_common.bags import open_bag
+from prophrl_data.bags import open_bag
 from prophrl_common.robots import load_robot_config
 from prophrl_common.testing import decode_bag_with_third_party_readers
-from prophrl_policy.collect import CollectSettings, collect_direct
-from prophrl_policy.episode_bags import EpisodeBagRecorder
-from prophrl_policy.sim_rollout import ExpertController, run_episode
-from prophrl_worldmodel.dataset import bags2dataset, load_episode
+from prophrl_trainer.collect import CollectSettings, collect_direct
+from prophrl_data.episode_bags import EpisodeBagRecorder
+from prophrl_trainer.sim_rollout import ExpertController, run_episode
+from prophrl_data.alignment import load_episode
+from prophrl_data.conversion import bags2dataset
 
 EPISODES = 10
 

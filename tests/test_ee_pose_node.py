@@ -69,7 +69,7 @@ def test_forward_kinematics_from_franka_joint_states(ros):
         joint_pub.publish(msg)
 
     timer = ros.create_timer(0.05, publish)
-    with node_process(python_module_argv("prophrl_policy.ee_pose_node", "-p", "robot:=franka_fr3")) as proc:
+    with node_process(python_module_argv("prophrl_robot.ee_pose_node", "-p", "robot:=franka_fr3")) as proc:
         assert spin_until(ros, lambda: len(poses) >= 5 and diag.get("published"), 30), proc.output()
     ros.destroy_timer(timer)
     expected = KinematicChain.for_robot(robot).forward(q)
@@ -102,7 +102,7 @@ def test_driver_pose_from_ur_tcp_pose_broadcaster(ros, tmp_path):
             pose_pub.publish(msg)
 
     timer = ros.create_timer(0.05, publish)
-    with node_process(python_module_argv("prophrl_policy.ee_pose_node", "-p", f"robot:={robot_file}")) as proc:
+    with node_process(python_module_argv("prophrl_robot.ee_pose_node", "-p", f"robot:={robot_file}")) as proc:
         assert spin_until(ros, lambda: len(poses) >= 3 and int(diag.get("rejected_poses", 0)) >= 3, 30), proc.output()
         log = proc.output()
     ros.destroy_timer(timer)
@@ -115,7 +115,7 @@ def test_driver_pose_from_ur_tcp_pose_broadcaster(ros, tmp_path):
 
 
 def test_a_simulated_robot_is_one_clear_error():
-    proc = subprocess.run([sys.executable, "-m", "prophrl_policy.ee_pose_node", "--ros-args", "-p",
+    proc = subprocess.run([sys.executable, "-m", "prophrl_robot.ee_pose_node", "--ros-args", "-p",
                            "robot:=panda_sim"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert "takes its end-effector pose from the simulator" in proc.stderr

@@ -190,7 +190,7 @@ class Child:
         self.name = name
         self.log = tempfile.NamedTemporaryFile(prefix=f"{name}_", suffix=".log", delete=False)
         env = dict(os.environ, **_ISOLATION, PYTHONUNBUFFERED="1")
-        cmd = [sys.executable, "-m", "prophrl_policy.executor_node", "--ros-args",
+        cmd = [sys.executable, "-m", "prophrl_robot.executor_node", "--ros-args",
                "--params-file", str(PARAMS), "-p", f"robot:={ROBOT}", "-p", "diagnostics_period_s:=0.1",
                "-r", f"__node:={name}", *extra]
         self.proc = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT)
@@ -429,7 +429,7 @@ def test_joint_position_chunk_becomes_rate_limited_trajectory(rig, executor):
 
 def test_unknown_robot_exits_nonzero_with_clear_error():
     env = dict(os.environ, **_ISOLATION)
-    proc = subprocess.run([sys.executable, "-m", "prophrl_policy.executor_node", "--ros-args", "-p",
+    proc = subprocess.run([sys.executable, "-m", "prophrl_robot.executor_node", "--ros-args", "-p",
                            "robot:=no_such_robot"], env=env, capture_output=True, text=True, timeout=20)
     assert proc.returncode != 0
     assert "unknown robot 'no_such_robot'" in proc.stderr + proc.stdout
@@ -442,7 +442,7 @@ def test_lifecycle_transitions_in_process(rig):
     from rclpy.parameter import Parameter
     from std_msgs.msg import Bool
 
-    from prophrl_policy.executor_node import ExecutorNode
+    from prophrl_robot.executor_node import ExecutorNode
 
     node = ExecutorNode(f"exec_lifecycle_{os.getpid()}", context=rig.context,
                         parameter_overrides=[Parameter("autostart", value=False),

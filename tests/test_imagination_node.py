@@ -62,8 +62,8 @@ def prophet(prophet_dir):
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     """Two short scripted lift episodes at 64 px, through bags2dataset (with the sim's camera calibration)."""
-    from prophrl_policy.collect import CollectSettings, collect_direct
-    from prophrl_worldmodel.dataset import bags2dataset
+    from prophrl_trainer.collect import CollectSettings, collect_direct
+    from prophrl_data.conversion import bags2dataset
 
     root = tmp_path_factory.mktemp("imagination_dataset")
     collect_direct(CollectSettings(episodes=2, max_steps=8, image_size=64), root / "bags", show_progress=False)
@@ -176,7 +176,7 @@ def test_dataset_start_reads_frame_pose_instruction_and_calibration(dataset, tmp
     assert load_dataset_start(copy, 0).start.calibration is None
     with pytest.raises(ConfigError, match=r"start_episode 2 is out of range: .* has 2 episode\(s\), 0..1"):
         load_dataset_start(dataset, 2)
-    with pytest.raises(ConfigError, match="not a bags2dataset directory"):
+    with pytest.raises(ConfigError, match=r"start_dataset .*missing: not a bags2dataset output"):
         load_dataset_start(tmp_path / "missing", 0)
 
 

@@ -1,4 +1,4 @@
-"""recorder_node in its own process over DDS: episodes in, rosbag2 bags out (read back with prophrl_common.bags)."""
+"""recorder_node in its own process over DDS: episodes in, rosbag2 bags out (read back with prophrl_data.bags)."""
 
 import os
 import signal
@@ -15,7 +15,7 @@ from rclpy.serialization import deserialize_message
 from sensor_msgs.msg import CameraInfo, Image, JointState
 from std_msgs.msg import String
 
-from prophrl_common.bags import BagError, open_bag
+from prophrl_data.bags import BagError, open_bag
 from prophrl_common.chunks import array_to_chunk, chunk_to_array
 from prophrl_common.images import image_to_numpy, numpy_to_image
 from prophrl_common.testing import decode_bag_with_third_party_readers, node_process, python_module_argv, spin_until
@@ -88,7 +88,7 @@ def recorded_counts(bag_path) -> dict[str, int]:
 
 
 def recorder_argv(bag_dir):
-    return python_module_argv("prophrl_policy.recorder_node", "-p", f"output_dir:={bag_dir}",
+    return python_module_argv("prophrl_robot.recorder_node", "-p", f"output_dir:={bag_dir}",
                               "-p", "flush_period_s:=0.1")
 
 

@@ -12,7 +12,7 @@ from rclpy.qos import DurabilityPolicy, QoSProfile
 from std_msgs.msg import String
 
 from prophrl_common.chunks import chunk_to_array
-from prophrl_common.bags import BagError, open_bag
+from prophrl_data.bags import BagError, open_bag
 from prophrl_common.robots import load_robot_config
 from prophrl_common.testing import NodeProcess, decode_bag_with_third_party_readers, python_module_argv, spin_until
 from prophrl_msgs.msg import ActionChunk, EpisodeEvent
@@ -35,10 +35,10 @@ def test_keyboard_teleop_publishes_steps_and_episode_events(tmp_path):
     node.create_subscription(EpisodeEvent, "/prophrl/episode", events.append, 10)
     node.create_subscription(String, "/recorder_node/last_bag", lambda msg: bags.append(msg.data),
                              QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL))
-    recorder = NodeProcess(python_module_argv("prophrl_policy.recorder_node", "-p", f"output_dir:={tmp_path}",
+    recorder = NodeProcess(python_module_argv("prophrl_robot.recorder_node", "-p", f"output_dir:={tmp_path}",
                                                "-p", "flush_period_s:=0.1"))
     teleop = subprocess.Popen(
-        [sys.executable, "-m", "prophrl_policy.teleop_node", "--ros-args", "-p", "robot:=ur5e_sim",
+        [sys.executable, "-m", "prophrl_robot.teleop_node", "--ros-args", "-p", "robot:=ur5e_sim",
          "-p", "instruction:=push the block", "-p", "translation_step_m:=0.02"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:

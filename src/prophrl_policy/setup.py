@@ -14,16 +14,11 @@ setup(
     zip_safe=True,
     maintainer="ProphRL",
     maintainer_email="dev@prophrl.org",
-    description="VLA policy with a flow-matching action head, policy node, action-chunk executor with safety filter, teleop, recorder.",
+    description="VLA policy (vision + language + flow-matching action head) and its policy node.",
     license="Apache-2.0",
     entry_points={
         "console_scripts": [
-            "executor_node = prophrl_policy.executor_node:main",
-            "recorder_node = prophrl_policy.recorder_node:main",
             "policy_node = prophrl_policy.policy_node:main",
-            "teleop_node = prophrl_policy.teleop_node:main",
-            "collector_node = prophrl_policy.collector_node:main",
-            "ee_pose_node = prophrl_policy.ee_pose_node:main",
         ],
     },
 )

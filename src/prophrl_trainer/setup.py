@@ -14,7 +14,7 @@ setup(
     zip_safe=True,
     maintainer="ProphRL",
     maintainer_email="dev@prophrl.org",
-    description="FA-GRPO + FlowScale RL for flow-matching VLA policies, SFT, trainer node, evaluation.",
+    description="FA-GRPO + FlowScale RL for flow-matching VLA policies, SFT, trainer node, in-process sim collection and rollouts, evaluation.",
     license="Apache-2.0",
     entry_points={
         "console_scripts": [

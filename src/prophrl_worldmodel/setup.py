@@ -14,7 +14,7 @@ setup(
     zip_safe=True,
     maintainer="ProphRL",
     maintainer_email="dev@prophrl.org",
-    description="Prophet action-conditioned video world model, rosbag2 datasets, adaptation, reward judge, imagination server.",
+    description="Prophet action-conditioned video world model, adaptation, reward judge, imagination server.",
     license="Apache-2.0",
     entry_points={
         "console_scripts": [

@@ -57,7 +57,7 @@ def _cmd_policy_sft(args: argparse.Namespace) -> int:
 
 
 def _cmd_collect(args: argparse.Namespace) -> int:
-    from prophrl_policy.collect import CollectSettings, collect_direct
+    from prophrl_trainer.collect import CollectSettings, collect_direct
 
     if args.teleop != "scripted" or not args.direct:
         from prophrl.collect_ros import collect_over_ros
@@ -99,9 +99,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 # Verbs whose options belong to another module's own argparse parser: verb -> ("module:main", help).
 PASSTHROUGH_VERBS = {
-    "bags2dataset": ("prophrl_worldmodel.dataset:main_bags2dataset",
+    "bags2dataset": ("prophrl_data.cli:main_bags2dataset",
                      "rosbag2 episodes -> training shards (and a LeRobot v3 export)"),
-    "lerobot2dataset": ("prophrl_worldmodel.lerobot_import:main",
+    "lerobot2dataset": ("prophrl_data.cli:main_lerobot2dataset",
                         "a LeRobot v3 dataset -> training shards (what bags2dataset writes)"),
     "worldmodel": ("prophrl_worldmodel.cli:main", "Prophet world model: pretrain | adapt | eval"),
     "judge": ("prophrl_worldmodel.judge_cli:main", "reward judge: train | eval"),

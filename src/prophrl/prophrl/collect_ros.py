@@ -71,7 +71,7 @@ def collect_over_ros(args: argparse.Namespace) -> list[dict]:
             raise CollectError(f"node {name} exited with code {code} while starting ({where})")
         if args.teleop != "scripted":
             # The operator's device runs in this terminal (keyboard needs its stdin).
-            teleop = subprocess.Popen([sys.executable, "-m", "prophrl_policy.teleop_node", "--ros-args",
+            teleop = subprocess.Popen([sys.executable, "-m", "prophrl_robot.teleop_node", "--ros-args",
                                        "-p", f"device:={args.teleop}", "-p", f"robot:={args.robot}",
                                        "-p", "use_sim_time:=true"])  # the teleop profile's sim time
         client = ActionClient(node, CollectEpisode, "/collector/collect_episode")

@@ -76,7 +76,7 @@ def _verb(code: int) -> None:
 def finished_bags(directory: Path) -> list[Path]:
     """The bags under `directory` whose episode was recorded to its outcome (an interrupted run leaves one
     that was not: truncated, or closed by a recorder shutting down)."""
-    from prophrl_common.bags import BagError, is_bag, open_bag
+    from prophrl_data.bags import BagError, is_bag, open_bag
 
     if not directory.is_dir():
         return []
@@ -96,7 +96,7 @@ def finished_bags(directory: Path) -> list[Path]:
 def set_aside_interrupted_bags(directory: Path, aside: Path) -> None:
     """Move the bags of interrupted episodes out of `directory` (into `aside`, kept) so a resumed collection
     and its dataset hold finished episodes only."""
-    from prophrl_common.bags import is_bag
+    from prophrl_data.bags import is_bag
 
     if not directory.is_dir():
         return
@@ -111,7 +111,7 @@ def set_aside_interrupted_bags(directory: Path, aside: Path) -> None:
 def run_demo(args: argparse.Namespace) -> int:
     from prophrl_policy.configuration_vla import get_vla_config
     from prophrl_trainer.sft import SFTConfig, load_demonstrations, train_sft
-    from prophrl_worldmodel.dataset import bags2dataset
+    from prophrl_data.conversion import bags2dataset
 
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -141,7 +141,7 @@ def run_demo(args: argparse.Namespace) -> int:
     play_bags = out / "play_bags"
 
     def collect_play():
-        from prophrl_policy.collect import CollectSettings, collect_direct
+        from prophrl_trainer.collect import CollectSettings, collect_direct
 
         # Seeds after the demonstrations' and far below the held-out evaluation seeds.
         collect_direct(CollectSettings(robot=args.robot, task=args.task, episodes=args.play_episodes,

@@ -9,7 +9,7 @@ A profile:
       checkpoint: {default: checkpoints/sft, description: ..., must_exist: true}   # a path that must exist
     nodes:
       - name: executor              # ROS node name
-        package: prophrl_policy     # ament package == Python distribution
+        package: prophrl_robot      # ament package == Python distribution
         executable: executor_node   # console script of that package
         params_file: nodes/executor_node.yaml   # relative to config/ (optional)
         parameters: {robot: "${robot}"}         # override the params file (optional)

@@ -16,7 +16,7 @@ EXIT_INTERRUPTED = 130
 
 
 def user_error_types() -> tuple[type[BaseException], ...]:
-    from prophrl_common.bags import BagError
+    from prophrl_common.bag_error import BagError
     from prophrl_common.config_io import ConfigError
 
     return ConfigError, BagError, OSError, FloatingPointError

@@ -1,4 +1,4 @@
-"""VLA policy with a flow-matching action head, policy node, action-chunk executor with safety filter, teleop, recorder."""
+"""VLA policy (vision + language + flow-matching action head) and its policy node."""
 
 from prophrl_common.threads import configure_threads
 

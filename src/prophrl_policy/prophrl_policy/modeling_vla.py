@@ -19,11 +19,11 @@ from torch import nn
 from prophrl_common.atomic_io import atomic_directory
 from prophrl_common.weights import save_finite_safetensors
 from prophrl_common.config_io import ConfigError
-from prophrl_policy import flow_matching as fm
+from prophrl_nn import flow_matching as fm
+from prophrl_nn.text_encoder import HashedBagOfWords
 from prophrl_policy.configuration_vla import VLAConfig
 from prophrl_policy.embodiment import EMBODIMENT_NAME, Embodiment
-from prophrl_policy.encoders import (FrozenSentenceEncoder, HashedBagOfWords, HFVisionTokens, MobileNetTokens,
-                                     SmallCNN)
+from prophrl_policy.encoders import FrozenSentenceEncoder, HFVisionTokens, MobileNetTokens, SmallCNN
 from prophrl_policy.transforms import NormStats
 
 WEIGHTS_NAME = "model.safetensors"

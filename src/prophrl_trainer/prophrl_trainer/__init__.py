@@ -1,4 +1,4 @@
-"""FA-GRPO + FlowScale RL for flow-matching VLA policies, SFT, trainer node, evaluation."""
+"""FA-GRPO + FlowScale RL for flow-matching VLA policies, SFT, trainer node, in-process sim collection and rollouts, evaluation."""
 
 from prophrl_common.threads import configure_threads
 

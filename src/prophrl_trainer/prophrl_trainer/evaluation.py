@@ -7,7 +7,7 @@ import statistics
 from pathlib import Path
 
 from prophrl_policy.modeling_vla import VLAPolicy
-from prophrl_policy.sim_rollout import PolicyController, run_episode
+from prophrl_trainer.sim_rollout import PolicyController, run_episode
 
 # Seeds at or above this are never used for demonstrations: evaluation states are held out.
 HELD_OUT_SEED_BASE = 100_000

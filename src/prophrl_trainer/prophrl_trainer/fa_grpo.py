@@ -3,7 +3,7 @@
 Notation (PAPER.md): a group of G rollouts from one initial observation gets rewards R_i and
 advantages A_i = (R_i - mean_G) / (std_G + eps), broadcast to every action chunk of rollout i
 (chunks after early termination are masked out). Each chunk was produced by K stochastic denoising
-steps x_k -> x_{k+1} ~ N(m_k, s_k^2 I) (prophrl_policy.flow_matching; s_k = std_k sqrt(|dt_k|) does not
+steps x_k -> x_{k+1} ~ N(m_k, s_k^2 I) (prophrl_nn.flow_matching; s_k = std_k sqrt(|dt_k|) does not
 depend on the weights), over N valid action elements per step (horizon x the robot's action dims).
 FlowScale weights w_k (w_k = 1 without FlowScale) enter every log-ratio as sum_k sg(w_k) (...).
 

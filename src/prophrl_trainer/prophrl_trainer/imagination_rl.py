@@ -51,12 +51,12 @@ from prophrl_common.config_io import ConfigError, dataclass_from_mapping, requir
 from prophrl_common.weights import NonFiniteError, require_finite
 from prophrl_common.outputs import OutputKind, check_run_dir
 from prophrl_common.tables import print_table
-from prophrl_policy import flow_matching as fm
+from prophrl_nn import flow_matching as fm
 from prophrl_policy.modeling_vla import Observation, VLAPolicy
 from prophrl_trainer import checkpointing as ckpt
 from prophrl_trainer.fa_grpo import (FAGRPOConfig, FlowScaleConfig, RolloutBatch, flowscale_weights,
                                      group_advantages, policy_update)
-from prophrl_worldmodel.dataset import SHARD_FORMAT, read_dataset_index
+from prophrl_data.shards import SHARD_FORMAT, EpisodeDataset
 from prophrl_worldmodel.imagination import ImaginationStart
 
 VARIANTS = {  # RLConfig.variant -> the loss's ratio level (prophrl_trainer.fa_grpo)
@@ -264,19 +264,15 @@ class InitialStateSampler:
 
 
 def _load_starts(dataset_dir: Path, context_frames: int) -> list[ImaginationStart]:
-    index = read_dataset_index(dataset_dir, "ee_delta_7d", needed_by="RL")
     starts = []
-    for episode in index.get("episodes", []):
-        try:
-            with np.load(dataset_dir / episode["shard"], allow_pickle=False) as shard:
-                frames, ee_pose, actions = shard["frames"], shard["ee_pose"], shard["actions"]
-        except (OSError, KeyError, ValueError) as exc:
-            raise ConfigError(f"{dataset_dir}: cannot read episode shard {episode.get('shard')!r}: {exc}") from exc
+    dataset = EpisodeDataset(dataset_dir, "ee_delta_7d", needed_by="RL")
+    for episode in dataset.episodes(("frames", "ee_pose", "actions")):
+        frames, ee_pose, actions = episode.frames, episode.ee_pose, episode.actions
         if len(frames) < context_frames:
             continue
         start = context_frames - 1
         gripper = float(actions[start - 1, 6]) if start > 0 else 0.0
-        starts.append(ImaginationStart(frames[:context_frames], str(episode.get("instruction", "")),
+        starts.append(ImaginationStart(frames[:context_frames], episode.instruction,
                                        ee_pose[start].astype(np.float64), gripper))
     if not starts:
         raise ConfigError(f"{dataset_dir}: no episode with at least {context_frames} frames")

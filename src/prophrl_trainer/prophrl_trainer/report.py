@@ -198,7 +198,7 @@ def real_vs_imagined_video(policy_dir: Path, world_model_dir: Path, robot: str, 
     import cv2
 
     from prophrl_policy.modeling_vla import VLAPolicy
-    from prophrl_policy.sim_rollout import PolicyController, run_episode
+    from prophrl_trainer.sim_rollout import PolicyController, run_episode
     from prophrl_sim.arm_sim import ArmSim
     from prophrl_worldmodel.imagination import ImaginationStart, ImaginedRollouts
     from prophrl_worldmodel.modeling_prophet import Prophet

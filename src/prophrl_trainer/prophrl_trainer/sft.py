@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from prophrl_common.config_io import ConfigError, require_finite_numbers
 from prophrl_common.outputs import OutputKind, check_output_dir, check_writable_dir
 from prophrl_common.weights import require_finite_loss
-from prophrl_worldmodel.dataset import episodes_with_known_outcome, read_dataset_index
+from prophrl_data.shards import EpisodeDataset
 from prophrl_policy.configuration_vla import VLAConfig
 from prophrl_policy.embodiment import Embodiment
 from prophrl_policy.modeling_vla import Observation, VLAPolicy
@@ -96,23 +96,21 @@ def target_chunks(actions: np.ndarray, horizon: int) -> np.ndarray:
 
 def load_demonstrations(dataset_dir: str | Path, horizon: int, only_successful: bool = True) -> DemoData:
     dataset_dir = Path(dataset_dir)
-    index = read_dataset_index(dataset_dir, "ee_delta_7d", needed_by="SFT")
+    dataset = EpisodeDataset(dataset_dir, "ee_delta_7d", needed_by="SFT")
     frames, states, chunks, instructions, episode_index = [], [], [], [], []
-    for i, episode in episodes_with_known_outcome(index, dataset_dir, "SFT"):
-        if only_successful and not episode["success"]:
-            continue
-        with np.load(dataset_dir / episode["shard"], allow_pickle=False) as shard:
-            actions = shard["actions"]
-            frames.append(shard["frames"])
-            states.append(policy_states(shard["ee_pose"], actions))
-            chunks.append(target_chunks(actions, horizon))
-        instructions += [episode["instruction"]] * len(actions)
-        episode_index.append(np.full(len(actions), i))
+    for episode in dataset.episodes(("frames", "ee_pose", "actions"), known_outcome_for="SFT",
+                                    only_successful=only_successful):
+        actions = episode.actions
+        frames.append(episode.frames)
+        states.append(policy_states(episode.ee_pose, actions))
+        chunks.append(target_chunks(actions, horizon))
+        instructions += [episode.entry["instruction"]] * len(actions)
+        episode_index.append(np.full(len(actions), episode.position))
     if not frames:
         raise ConfigError(f"{dataset_dir}: no {'successful ' if only_successful else ''}episodes to learn from")
     return DemoData(np.concatenate(frames), np.concatenate(states), np.concatenate(chunks), instructions,
-                    np.concatenate(episode_index), robot=str(index.get("robot", "")),
-                    control_period_s=float(index.get("control_period_s") or 0.0), sources=(dataset_dir,))
+                    np.concatenate(episode_index), robot=dataset.robot, control_period_s=dataset.control_period_s,
+                    sources=(dataset_dir,))
 
 
 class _DemoDataset(Dataset):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from prophrl_policy import flow_matching as fm
+from prophrl_nn import flow_matching as fm
 from prophrl_policy.modeling_vla import ChunkSample, sinusoidal_embedding
 
 

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from prophrl_policy import flow_matching as fm
+from prophrl_nn import flow_matching as fm
 from prophrl_trainer.fa_grpo import (FAGRPOConfig, FlowScaleConfig, RolloutBatch, element_log_ratios, fa_grpo_loss,
                                      flowscale_weights, group_advantages, kl_beta_from_flow_grpo, path_kl,
                                      policy_update)

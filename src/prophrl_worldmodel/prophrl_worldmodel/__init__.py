@@ -1,4 +1,4 @@
-"""Prophet action-conditioned video world model, rosbag2 datasets, adaptation, reward judge, imagination server."""
+"""Prophet action-conditioned video world model, adaptation, reward judge, imagination server."""
 
 from prophrl_common.threads import configure_threads
 

@@ -42,10 +42,10 @@ import numpy as np
 import torch
 
 from prophrl_common.config_io import ConfigError
-from prophrl_worldmodel.action_frames import (ActionFrameStyle, CameraCalibration, EndEffectorPose,
-                                              integrate_actions, render_action_frames)
+from prophrl_common.geometry import CameraCalibration, EndEffectorPose
+from prophrl_worldmodel.action_frames import ActionFrameStyle, integrate_actions, render_action_frames
 from prophrl_worldmodel.configuration_prophet import ARM_ACTION_DIM, ProphetConfig
-from prophrl_worldmodel.dataset import episode_calibration, read_dataset_index
+from prophrl_data.shards import EpisodeDataset, ShardEpisode
 
 SUPPORTED_ACTION_SPACE = "ee_delta_7d"
 GRIPPER = 6  # index of the gripper command in an ee_delta_7d action
@@ -76,17 +76,18 @@ class Episode:
         return f"{self.dataset.name}/{self.episode_id}"
 
 
-def _read_index(dataset_dir: Path) -> dict:
+def _open_dataset(dataset_dir: Path) -> EpisodeDataset:
     if not dataset_dir.is_dir():
         raise ConfigError(f"{dataset_dir}: dataset directory not found")
     index_path = dataset_dir / "index.json"
-    index = read_dataset_index(dataset_dir)
+    dataset = EpisodeDataset(dataset_dir)
+    index = dataset.index
     if index.get("action_space") != SUPPORTED_ACTION_SPACE or index.get("action_dim") != ARM_ACTION_DIM:
         raise ConfigError(f"{index_path}: Prophet clips need {SUPPORTED_ACTION_SPACE} actions (7 per step); the "
                           f"dataset has {index.get('action_space')!r} with action_dim {index.get('action_dim')}")
     if not isinstance(index.get("episodes"), list) or not index["episodes"]:
         raise ConfigError(f"{index_path}: no episodes")
-    return index
+    return dataset
 
 
 def _resize(frames: np.ndarray, size: int) -> np.ndarray:
@@ -95,13 +96,9 @@ def _resize(frames: np.ndarray, size: int) -> np.ndarray:
     return np.stack([cv2.resize(frame, (size, size), interpolation=cv2.INTER_AREA) for frame in frames])
 
 
-def _load_shard(dataset_dir: Path, entry: dict, image_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    shard = dataset_dir / str(entry.get("shard", ""))
-    try:
-        with np.load(shard, allow_pickle=False) as data:
-            frames, ee_pose, actions = data["frames"], data["ee_pose"], data["actions"]
-    except (OSError, KeyError, ValueError) as exc:
-        raise ConfigError(f"{shard}: cannot read frames / ee_pose / actions: {exc}") from None
+def _checked_arrays(episode: ShardEpisode, image_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The episode's frames (resized to image_size), ee poses and actions, checked for shape and finiteness."""
+    shard, frames, ee_pose, actions = episode.shard, episode.frames, episode.ee_pose, episode.actions
     n = len(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ConfigError(f"{shard}: frames must be (N, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
@@ -128,22 +125,23 @@ def load_episodes(dataset_dirs: str | Path | Iterable[str | Path], image_size: i
         raise ConfigError("no dataset directories given")
     if image_size <= 0:
         raise ConfigError(f"image_size must be positive, got {image_size}")
-    indexes = [(d, _read_index(d)) for d in dataset_dirs]  # every directory checked before loading any shard
+    datasets = [(d, _open_dataset(d)) for d in dataset_dirs]  # every directory checked before loading any shard
     episodes = []
-    total = sum(len(index["episodes"]) for _, index in indexes)
+    total = sum(len(dataset) for _, dataset in datasets)
     with tqdm(total=total, desc="load episodes", unit="episode", disable=not show_progress) as bar:
-        for dataset_dir, index in indexes:
-            period = float(index.get("control_period_s") or 0.0)
-            for i, entry in enumerate(index["episodes"]):
+        for dataset_dir, dataset in datasets:
+            period = dataset.control_period_s
+            for i, entry in enumerate(dataset.entries):
                 bar.update()
                 if only_successful and not entry.get("success", False):
                     continue
-                frames, ee_pose, actions = _load_shard(dataset_dir, entry, image_size)
-                calibration = episode_calibration(entry)
+                recorded = dataset.episode(i, ("frames", "ee_pose", "actions"))
+                frames, ee_pose, actions = _checked_arrays(recorded, image_size)
+                calibration = recorded.calibration
                 if calibration is not None:
                     calibration = calibration.resized(image_size, image_size)
                 episodes.append(Episode(dataset_dir, i, str(entry.get("episode_id") or f"episode_{i:06d}"),
-                                        str(index.get("robot", "")), str(entry.get("task", "")),
+                                        dataset.robot, str(entry.get("task", "")),
                                         str(entry.get("instruction", "")), bool(entry.get("success", False)),
                                         frames, ee_pose, actions, calibration, period))
     if not episodes:

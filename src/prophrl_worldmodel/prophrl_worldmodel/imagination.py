@@ -22,8 +22,8 @@ import torch
 from scipy.spatial.transform import Rotation
 
 from prophrl_common.config_io import ConfigError
-from prophrl_worldmodel.action_frames import (ARM_ACTION_DIM, CameraCalibration, EndEffectorPose,
-                                              render_action_frames)
+from prophrl_common.geometry import CameraCalibration, EndEffectorPose
+from prophrl_worldmodel.action_frames import ARM_ACTION_DIM, render_action_frames
 from prophrl_worldmodel.modeling_prophet import Prophet
 
 

@@ -72,7 +72,6 @@ import array
 import collections
 import dataclasses
 import datetime
-import json
 import math
 import sys
 import threading
@@ -104,7 +103,8 @@ from prophrl_common.node_runtime import run_node
 from prophrl_common.robots import load_robot_config
 from prophrl_msgs.action import AdaptWorldModel, Imagine
 from prophrl_msgs.msg import ActionChunk, EpisodeEvent
-from prophrl_worldmodel.action_frames import ARM_ACTION_DIM, EndEffectorPose, integrate_actions
+from prophrl_common.geometry import EndEffectorPose
+from prophrl_worldmodel.action_frames import ARM_ACTION_DIM, integrate_actions
 from prophrl_worldmodel.imagination import ImaginationStart, ImaginedRollouts
 from prophrl_worldmodel.modeling_prophet import Prophet
 
@@ -148,17 +148,15 @@ class DatasetStart:
 def load_dataset_start(dataset_dir: str | Path, episode: int) -> DatasetStart:
     """Frame 0, ee_pose 0 and the instruction (and camera calibration, when recorded) of one episode of a
     bags2dataset directory; the gripper starts open (0: no command before the first frame)."""
-    from prophrl_worldmodel.dataset import episode_calibration
+    from prophrl_data.shards import EpisodeDataset
 
     root = Path(dataset_dir)
-    index_path = root / "index.json"
     try:
-        index = json.loads(index_path.read_text())
-        episodes = index["episodes"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(f"start_dataset {root}: not a bags2dataset directory (cannot read index.json "
-                          f"episodes: {type(exc).__name__}: {exc})") from None
-    if not isinstance(episodes, list) or not episodes:
+        dataset = EpisodeDataset(root)
+    except ConfigError as exc:
+        raise ConfigError(f"start_dataset {exc}") from None
+    episodes = dataset.entries
+    if not episodes:
         raise ConfigError(f"start_dataset {root}: index.json lists no episodes")
     if isinstance(episode, bool) or not isinstance(episode, int) or not 0 <= episode < len(episodes):
         raise ConfigError(f"start_episode {episode!r} is out of range: {root} has {len(episodes)} episode(s), "
@@ -166,14 +164,16 @@ def load_dataset_start(dataset_dir: str | Path, episode: int) -> DatasetStart:
     entry = episodes[episode]
     where = f"{root} episode {episode}"
     try:
-        with np.load(root / entry["shard"], allow_pickle=False) as shard:
-            frame, ee_pose = shard["frames"][0], shard["ee_pose"][0]
-    except (OSError, ValueError, KeyError, IndexError, TypeError) as exc:
+        recorded = dataset.episode(episode, ("frames", "ee_pose"))
+        frame, ee_pose = recorded.frames[0], recorded.ee_pose[0]
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    except IndexError as exc:
         raise ConfigError(f"{where}: cannot read frame 0 / ee_pose 0 of its shard: {type(exc).__name__}: {exc}") \
             from None
     if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[-1] != 3:
         raise ConfigError(f"{where}: frames must be (N, H, W, 3) uint8, got {frame.shape} {frame.dtype}")
-    calibration = episode_calibration(entry)
+    calibration = recorded.calibration
     try:
         start = ImaginationStart(frame[None], str(entry.get("instruction", "")), ee_pose, 0.0, calibration)
     except ConfigError as exc:

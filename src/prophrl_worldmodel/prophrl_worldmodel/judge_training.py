@@ -6,7 +6,7 @@ simulator; we also label Prophet-imagined clips by the sim's ground truth, for d
 A *clip* is an episode's frames from its first frame up to some last frame: the judge scores a whole
 rollout from its start. Labels must be honest about the state the clip ends in, and bags2dataset
 shards do not store the step at which success happened, so labels rely on how sim episodes end
-(``prophrl_policy.sim_rollout.run_episode``): a successful episode stops ``steps_after_success``
+(``prophrl_trainer.sim_rollout.run_episode``): a successful episode stops ``steps_after_success``
 (default 5) control steps after the success step, and a failed one runs to ``max_steps``. With L
 frames (one per control step) the first frame that shows the success state of a successful episode
 is L - steps_after_success. Hence, per episode:
@@ -52,7 +52,7 @@ from prophrl_common.config_io import ConfigError, require_finite_numbers
 from prophrl_common.outputs import OutputKind, check_output_dir
 from prophrl_common.weights import require_finite_loss
 from prophrl_worldmodel.configuration_judge import JudgeConfig
-from prophrl_worldmodel.dataset import episodes_with_known_outcome, read_dataset_index
+from prophrl_data.shards import EpisodeDataset
 from prophrl_worldmodel.modeling_judge import RewardJudge, frames_at, uniform_indices
 
 ARM_ACTION_DIM = 7
@@ -133,22 +133,18 @@ class ClipSet:
 
 def load_episodes(dataset_dirs: str | Path | Sequence[str | Path]) -> list[Episode]:
     """Every episode of known outcome of one or more bags2dataset outputs (frames + executed actions + ground
-    truth); those of unknown outcome are left out with a warning (see dataset.episodes_with_known_outcome)."""
+    truth); those of unknown outcome are left out with a warning (see
+    prophrl_data.shards.episodes_with_known_outcome)."""
     if isinstance(dataset_dirs, (str, Path)):
         dataset_dirs = [dataset_dirs]
     episodes = []
     for directory in map(Path, dataset_dirs):
-        index = read_dataset_index(directory)
-        for i, meta in episodes_with_known_outcome(index, directory, "judge training"):
-            try:
-                with np.load(directory / meta["shard"], allow_pickle=False) as shard:
-                    frames, actions = shard["frames"], shard["actions"]
-            except (OSError, KeyError, ValueError) as exc:
-                raise ConfigError(f"{directory}: episode {i}: cannot read its shard: {exc}") from exc
+        for episode in EpisodeDataset(directory).episodes(("frames", "actions"), known_outcome_for="judge training"):
+            frames, actions, meta = episode.frames, episode.actions, episode.entry
             if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or len(frames) != len(actions):
-                raise ConfigError(f"{directory / meta['shard']}: expected (L, H, W, 3) uint8 frames and one action "
+                raise ConfigError(f"{episode.shard}: expected (L, H, W, 3) uint8 frames and one action "
                                   f"per frame, got {frames.shape} {frames.dtype} and {actions.shape}")
-            episodes.append(Episode(f"{directory.name}/{meta.get('episode_id', i)}", meta["instruction"],
+            episodes.append(Episode(f"{directory.name}/{meta.get('episode_id', episode.position)}", meta["instruction"],
                                     meta.get("task", ""), bool(meta["success"]), frames,
                                     np.asarray(actions, np.float32)))
     if not episodes:

@@ -34,7 +34,7 @@ from torch import nn
 from prophrl_common.atomic_io import atomic_directory, write_text_atomic
 from prophrl_common.weights import save_finite_safetensors
 from prophrl_common.config_io import ConfigError
-from prophrl_policy.encoders import HashedBagOfWords
+from prophrl_nn.text_encoder import HashedBagOfWords
 from prophrl_worldmodel.configuration_judge import JudgeConfig, get_judge_config
 
 CONFIG_NAME = "config.json"

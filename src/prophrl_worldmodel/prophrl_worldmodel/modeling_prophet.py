@@ -46,7 +46,7 @@ from torch import nn
 from prophrl_common.atomic_io import atomic_directory
 from prophrl_common.weights import save_finite_safetensors
 from prophrl_common.config_io import ConfigError
-from prophrl_worldmodel import schedulers
+from prophrl_nn import schedulers
 from prophrl_worldmodel.configuration_prophet import ARM_ACTION_DIM, ProphetConfig
 
 CONFIG_NAME = "prophet_config.json"

@@ -321,7 +321,7 @@ def adapt(checkpoint: str | Path, dataset_dirs: str | Path | Iterable[str | Path
 
 
 def _bag_robot(bag: Path) -> str:
-    from prophrl_common.bags import open_bag
+    from prophrl_data.bags import open_bag
 
     robot = open_bag(bag).custom_data.get("robot", "")
     if not robot:
@@ -335,8 +335,8 @@ def adapt_from_bags(checkpoint: str | Path, bag_paths: Sequence[str | Path], ste
                     **adapt_kwargs) -> AdaptResult:
     """bags2dataset on rosbag2 episodes (one dataset per robot; the robot comes from each bag's metadata
     unless given), then :func:`adapt`. The datasets go to dataset_dir (kept) or a temporary directory."""
-    from prophrl_common.bags import discover_bags
-    from prophrl_worldmodel.dataset import bags2dataset
+    from prophrl_data.bags import discover_bags
+    from prophrl_data.conversion import bags2dataset
 
     check_output_dir(out_dir, PROPHET_OUTPUT, overwrite=adapt_kwargs.get("overwrite", False),
                      inputs=[checkpoint, *bag_paths])

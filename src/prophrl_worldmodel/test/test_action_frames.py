@@ -3,9 +3,8 @@ import math
 import numpy as np
 import pytest
 
-from prophrl_common.config_io import ConfigError
-from prophrl_worldmodel.action_frames import (ActionFrameStyle, CameraCalibration, EndEffectorPose, integrate_actions,
-                                              render_action_frame, render_action_frames)
+from prophrl_common.geometry import CameraCalibration, EndEffectorPose
+from prophrl_worldmodel.action_frames import (ActionFrameStyle, integrate_actions, render_action_frame, render_action_frames)
 
 K = (100.0, 0.0, 31.5, 0.0, 120.0, 23.5, 0.0, 0.0, 1.0)
 DISK_ONLY = ActionFrameStyle(axis_length_m=0.0)
@@ -97,26 +96,6 @@ def test_two_end_effectors_are_both_drawn():
     assert tuple(image[23, 31 + 15]) == DISK_ONLY.closed_color
 
 
-def test_resized_calibration_projects_to_the_resized_image():
-    camera = _camera()
-    small = camera.resized(32, 24)
-    point = [(0.1, 0.05, 1.0)]
-    (u, v), = camera.project(point)[0]
-    (us, vs), = small.project(point)[0]
-    assert us == pytest.approx((u + 0.5) / 2 - 0.5) and vs == pytest.approx((v + 0.5) / 2 - 0.5)
-
-
-@pytest.mark.parametrize("k, pose", [
-    ((100.0, 0, 31.5, 0, 120.0, 23.5, 0, 0), np.eye(4)),               # 8 values
-    ((0.0, 0, 31.5, 0, 120.0, 23.5, 0, 0, 1), np.eye(4)),              # fx = 0
-    (K, np.diag([2.0, 1.0, 1.0, 1.0])),                                # not a rotation
-    (K, np.eye(3)),                                                     # not 4x4
-])
-def test_invalid_calibration_is_a_config_error(k, pose):
-    with pytest.raises(ConfigError):
-        CameraCalibration.from_camera_info(k, pose, 64, 48)
-
-
 def test_actions_integrate_into_per_frame_poses():
     start = EndEffectorPose.from_quaternion((0.0, 0.0, 1.0), (0, 0, 0, 1), gripper=0.0)
     actions = np.zeros((4, 7))
@@ -134,9 +113,3 @@ def test_actions_integrate_into_per_frame_poses():
     assert images.shape == (2, 48, 64, 3) and images.dtype == np.uint8
     with pytest.raises(ValueError):
         integrate_actions([start], actions, actions_per_frame=3)
-
-
-def test_quaternion_matches_the_rotation_it_encodes():
-    half = math.sqrt(0.5)
-    pose = EndEffectorPose.from_quaternion((0, 0, 0), (0, 0, half, half), 0.0)  # +90 deg about z
-    np.testing.assert_allclose(pose.rotation_matrix, [[0, -1, 0], [1, 0, 0], [0, 0, 1]], atol=1e-12)

@@ -6,13 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from prophrl_common.bags import BagWriter, open_bag
+from prophrl_data.bags import BagWriter, open_bag
 from prophrl_common.config_io import ConfigError
-from prophrl_worldmodel.action_frames import CameraCalibration, EndEffectorPose, integrate_actions
+from prophrl_common.geometry import CameraCalibration, EndEffectorPose
+from prophrl_worldmodel.action_frames import integrate_actions
 from prophrl_worldmodel.clips import (ClipSampler, action_chunk, load_episodes, replay_chunks, replay_episode,
                                       split_episodes)
 from prophrl_worldmodel.configuration_prophet import get_prophet_config
-from prophrl_worldmodel.dataset import bags2dataset, episode_calibration
+from prophrl_data.conversion import bags2dataset
+from prophrl_data.shards import episode_calibration
 
 SIZE = 32
 CONFIG = get_prophet_config("tiny", image_size=SIZE)          # F=4, apf=5, horizon 20, history 8
@@ -50,7 +52,7 @@ def write_dataset(root, lengths, cameras=None, action_space="ee_delta_7d", size=
 @pytest.fixture(scope="module")
 def collected(tmp_path_factory):
     """One scripted Panda lift episode (frontview, 64 px) recorded by the episode bag writer, and the sim's camera."""
-    from prophrl_policy.collect import CollectSettings, collect_direct
+    from prophrl_trainer.collect import CollectSettings, collect_direct
     from prophrl_sim.arm_sim import ArmSim
 
     root = tmp_path_factory.mktemp("collected")

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from prophrl_common.config_io import ConfigError
-from prophrl_worldmodel.action_frames import CameraCalibration
+from prophrl_common.geometry import CameraCalibration
 from prophrl_worldmodel.configuration_prophet import get_prophet_config
 from prophrl_worldmodel.imagination import ImaginationStart, ImaginedRollouts
 from prophrl_worldmodel.modeling_prophet import Prophet

@@ -28,8 +28,8 @@ MAX_STEPS = 90
 def lift_dataset(tmp_path_factory):
     """15 scripted Panda lift episodes at 64 px, expert skill 1 / 0.5 / 0 (mistakes and retries, some
     run out of steps), as one bags2dataset directory (~40 s)."""
-    from prophrl_policy.collect import CollectSettings, collect_direct
-    from prophrl_worldmodel.dataset import bags2dataset
+    from prophrl_trainer.collect import CollectSettings, collect_direct
+    from prophrl_data.conversion import bags2dataset
 
     root = tmp_path_factory.mktemp("judge_lift")
     for i, skill in enumerate(SKILLS):
@@ -72,7 +72,7 @@ def _small_judge(seed=0, **overrides):
 def test_clip_labels_match_the_sims_ground_truth():
     """The labelling rule (success frame = L - steps_after_success) checked against the sim's own success
     flag, frame by frame, on a successful and a failed episode."""
-    from prophrl_policy.sim_rollout import ExpertController, run_episode
+    from prophrl_trainer.sim_rollout import ExpertController, run_episode
     from prophrl_sim.arm_sim import ArmSim
 
     sim = ArmSim("panda_sim", "lift", image_width=32, image_height=32)

@@ -7,7 +7,7 @@ import torch
 from diffusers import AutoencoderKL, AutoencoderKLWan, WanTransformer3DModel
 
 from prophrl_common.config_io import ConfigError
-from prophrl_worldmodel import schedulers
+from prophrl_nn import schedulers
 from prophrl_worldmodel.configuration_prophet import ProphetConfig, get_prophet_config
 from prophrl_worldmodel.modeling_prophet import ADAPTER_NAME, CONFIG_NAME, WEIGHTS_NAME, Prophet, ProphetBatch
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from prophrl_worldmodel.action_frames import ActionFrameStyle, CameraCalibration, EndEffectorPose, render_action_frame
+from prophrl_common.geometry import CameraCalibration, EndEffectorPose
+from prophrl_worldmodel.action_frames import ActionFrameStyle, render_action_frame
 from prophrl_worldmodel.cli import main
 from prophrl_worldmodel.clips import load_episodes, replay_episode, split_episodes
 from prophrl_worldmodel.configuration_prophet import get_prophet_config
@@ -172,7 +173,7 @@ def test_cli_eval_writes_summary_for_baseline_and_checkpoints(worlds, tmp_path, 
 
 
 def test_adapt_from_bags_reads_the_robot_from_the_bags(worlds, tmp_path):
-    from prophrl_policy.collect import CollectSettings, collect_direct
+    from prophrl_trainer.collect import CollectSettings, collect_direct
 
     _, _, _, checkpoint = worlds
     collect_direct(CollectSettings(robot="ur5e_sim", task="lift", episodes=2, max_steps=45, camera="frontview",

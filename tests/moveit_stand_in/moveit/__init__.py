@@ -1,5 +1,5 @@
 """A stand-in for moveit_py (MoveIt's Python bindings), which cannot be installed here: only the part of its
-documented API that prophrl_policy.ik_backends.MoveItIkBackend calls, answered with the robot config's own
+documented API that prophrl_robot.ik_backends.MoveItIkBackend calls, answered with the robot config's own
 kinematics. The robot config is named by the PROPHRL_MOVEIT_STAND_IN_ROBOT environment variable.
 
 moveit_py's API (moveit2/moveit_py, src/moveit/moveit_core/robot_state/robot_state.cpp and

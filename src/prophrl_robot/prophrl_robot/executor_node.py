@@ -1,0 +1,603 @@
+"""Action-chunk executor: ActionChunk -> safety filter -> the robot's standard command interface.
+
+A thin rclpy adapter around :mod:`prophrl_robot.safety` (all limit logic lives there).
+
+Run: ``ros2 run prophrl_robot executor_node --ros-args -p robot:=panda_sim`` (or the console
+script ``executor_node``, or ``python -m prophrl_robot.executor_node``); params file:
+``config/nodes/executor_node.yaml``.
+
+It is a lifecycle node (Nav2 style). With ``autostart`` (default true) it configures and
+activates itself, so it works without a lifecycle manager; if that fails (e.g. an unknown
+``robot``) it logs one clear error and the process exits with status 2.
+
+Interfaces (defaults):
+
+* subscribes ``/prophrl/action_chunk`` (prophrl_msgs/ActionChunk, reliable): a valid chunk
+  replaces the one being executed (receding horizon), one step per ``max(chunk.control_period_s,
+  robot.control_period_s)``; a malformed one is rejected with one warning and counted (``rejected_chunks``).
+  With ``align_chunks_to_stamp`` (default true) a chunk starts at the row due now: row i is due i steps
+  after its header stamp, the time of the observation it was planned from (prophrl_common.chunks), so the
+  planner's and the transport's latency do not replay rows the arm has already moved past; a chunk whose
+  rows are all past is dropped (``stale_chunks``) and the running one goes on. An unset stamp (0) or one
+  ahead of this node's clock starts at row 0. Turn it off where the stamps are not on this node's clock
+  (another machine's unsynchronised clock, or a simulator's time without ``use_sim_time``).
+* subscribes the robot's ``ee_pose_topic`` (geometry_msgs/PoseStamped: the simulator's, or
+  ee_pose_node's on a real arm) and ``/joint_states`` (sensor_msgs/JointState, mapped by name, extra
+  joints ignored) as the current state.
+* subscribes ``/prophrl/estop`` (std_msgs/Bool; TRANSIENT_LOCAL and VOLATILE subscriptions so both
+  latched and plain publishers reach it): True latches the e-stop (immediate hold, chunks dropped);
+  only the ``~/reset_estop`` service (std_srvs/Trigger) releases it.
+* publishes, by the robot's ``command_interface``:
+  ``twist``: geometry_msgs/TwistStamped on ``twist_topic`` (velocity = filtered delta / step
+  duration, frame ``base_frame``) and std_msgs/Float64 on ``gripper_topic`` (0 open .. 1 closed);
+  ``joint_trajectory``: trajectory_msgs/JointTrajectory on ``joint_trajectory_topic`` (one point,
+  ``time_from_start`` = step duration). ``joint_position`` chunks are sent as JointTrajectory on
+  every robot; ``ee_delta`` chunks on a joint_trajectory robot go through IK
+  (:mod:`prophrl_robot.ik_backends`: moveit_py with ``moveit_planning_group`` where it is installed,
+  else the robot config's ``kinematics``), and are rejected when the robot has neither.
+* watchdog: once the chunk is exhausted and no new chunk came within the robot's
+  ``watchdog_timeout_s`` of the last executed step, one hold (zero twist / JointTrajectory at the
+  measured joint positions) per stop.
+* timing (step pacing, watchdog, state freshness) is on the steady clock, or on sim time (/clock) when
+  the node runs with ``use_sim_time``.
+* ``/diagnostics`` (diagnostic_msgs/DiagnosticArray) every ``diagnostics_period_s``: status
+  ``"<node name>: safety"`` with every counter, and the same counters as JSON (std_msgs/String)
+  on ``~/safety_counters``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from typing import Any
+
+import numpy as np
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from geometry_msgs.msg import PoseStamped, TwistStamped
+from prophrl_msgs.msg import ActionChunk
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.duration import Duration
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
+                       qos_profile_sensor_data)
+from rclpy.time import Time
+from sensor_msgs.msg import JointState
+from std_msgs.msg import Bool, Float64, String
+from std_srvs.srv import Trigger
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+from prophrl_common.chunks import InvalidChunkError, chunk_period_ns, chunk_to_array, rows_due
+from prophrl_common.config_io import ConfigError
+from prophrl_common.joint_states import JointPositions
+from prophrl_common.node_clock import node_seconds
+from prophrl_common.node_runtime import run_node
+from prophrl_common.robots import RobotConfig, load_robot_config
+from prophrl_robot.ik_backends import KinematicsIkBackend, MoveItIkBackend, select_ik_backend
+from prophrl_robot.safety import SafetyFilter, Watchdog
+
+EE_SPACES = ("ee_delta_7d", "ee_delta_14d")
+NODE_COUNTERS = (
+    "received_chunks",       # every ActionChunk that arrived
+    "accepted_chunks",       # valid chunks that started executing
+    "rejected_chunks",       # malformed / incompatible chunks (one warning each)
+    "estop_dropped_chunks",  # chunks dropped while the e-stop was engaged
+    "inactive_dropped_chunks",  # chunks that arrived while the node was not active
+    "preempted_chunks",      # chunks replaced by a newer one before their last step
+    "stale_chunks",          # chunks dropped because every row was already due when they arrived
+    "completed_chunks",      # chunks executed to their last step
+    "executed_steps",        # steps taken (commands and per-step holds)
+    "hold_commands",         # hold commands published (per-step, watchdog, e-stop, deactivate)
+    "watchdog_holds",        # holds commanded by the watchdog
+    "estop_engagements",     # times the e-stop latched
+    "estop_resets",          # times ~/reset_estop released it
+    "callback_errors",       # unexpected exceptions caught by the spin loop (each followed by a hold)
+)
+
+
+# ------------------------------------------------------------------------------ the node
+class ExecutorNode(LifecycleNode):
+    """Executes ActionChunks on one robot through :class:`SafetyFilter`."""
+
+    def __init__(self, node_name: str = "executor_node", **kwargs: Any):
+        super().__init__(node_name, **kwargs)
+        dyn = ParameterDescriptor(dynamic_typing=True)
+        self.declare_parameter("robot", "panda_sim",
+                               ParameterDescriptor(description="robot name in config/robots or a YAML path"))
+        self.declare_parameter("action_chunk_topic", "/prophrl/action_chunk")
+        self.declare_parameter("joint_states_topic", "/joint_states")
+        self.declare_parameter("estop_topic", "/prophrl/estop")
+        self.declare_parameter("diagnostics_period_s", 1.0, dyn)
+        self.declare_parameter("state_timeout_s", 0.5, ParameterDescriptor(
+            dynamic_typing=True,
+            description="hold when the current ee pose / joint state is older than this (0: no check)"))
+        self.declare_parameter("autostart", True)
+        self.declare_parameter("moveit_planning_group", "", ParameterDescriptor(
+            description="MoveIt planning group for ee_delta chunks on joint_trajectory robots (needs moveit_py; "
+                        "empty: IK from the robot config's kinematics)"))
+        self.declare_parameter("ik_timeout_s", 0.02, dyn)
+        self.declare_parameter("align_chunks_to_stamp", True, ParameterDescriptor(
+            description="start a chunk at the row due now (row i is due i steps after its header stamp)"))
+        self._entities: list[Any] = []
+        self._active = False
+        self.robot: RobotConfig | None = None
+        self.filter: SafetyFilter | None = None
+        self.watchdog: Watchdog | None = None
+        self._ik: MoveItIkBackend | KinematicsIkBackend | None = None
+        self._counters = {k: 0 for k in NODE_COUNTERS}
+        self._reset_runtime_state()
+
+    @property
+    def autostart(self) -> bool:
+        return bool(self.get_parameter("autostart").value)
+
+    def _reset_runtime_state(self) -> None:
+        self._chunk: np.ndarray | None = None
+        self._chunk_space = ""
+        self._chunk_dt = 0.0
+        self._chunk_index = 0
+        self._chunk_version = 0
+        self._next_due = 0.0
+        self._last_step_time: float | None = None
+        self._last_mode: str | None = None  # "twist" | "joint"
+        self._last_joint_cmd: np.ndarray | None = None
+        self._ee_pos: np.ndarray | None = None
+        self._ee_time: float | None = None
+        self._joints: np.ndarray | None = None
+        self._joint_time: float | None = None
+        self._state = "idle"
+
+    # ---------------------------------------------------------------- parameters
+    def _number(self, name: str, minimum: float, allow_zero: bool = False) -> float:
+        value = self.get_parameter(name).value
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"parameter {name} must be a number, got {value!r}")
+        value = float(value)
+        ok = math.isfinite(value) and (value >= minimum if allow_zero else value > minimum)
+        if not ok:
+            raise ConfigError(f"parameter {name} must be {'>=' if allow_zero else '>'} {minimum}, got {value}")
+        return value
+
+    def _read_parameters(self) -> None:
+        robot = self.get_parameter("robot").value
+        if not isinstance(robot, str) or not robot:
+            raise ConfigError(f"parameter robot must be a non-empty string, got {robot!r}")
+        self.robot = load_robot_config(robot)  # ConfigError names the available robots
+        for name in ("action_chunk_topic", "joint_states_topic", "estop_topic", "moveit_planning_group"):
+            value = self.get_parameter(name).value
+            if not isinstance(value, str) or (not value and name != "moveit_planning_group"):
+                raise ConfigError(f"parameter {name} must be a non-empty string, got {value!r}")
+        self.diagnostics_period_s = self._number("diagnostics_period_s", 0.0)
+        self.state_timeout_s = self._number("state_timeout_s", 0.0, allow_zero=True)
+        self.ik_timeout_s = self._number("ik_timeout_s", 0.0)
+        align = self.get_parameter("align_chunks_to_stamp").value
+        if not isinstance(align, bool):
+            raise ConfigError(f"parameter align_chunks_to_stamp must be true or false, got {align!r}")
+        self.align_chunks_to_stamp = align
+
+    # ---------------------------------------------------------------- lifecycle
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            self._read_parameters()
+        except ConfigError as exc:
+            self.get_logger().error(f"cannot configure: {exc}")
+            return TransitionCallbackReturn.FAILURE
+        robot = self.robot
+        was_estopped = self.filter is not None and self.filter.estopped
+        self.filter = SafetyFilter(robot)
+        if was_estopped:  # a cleanup/configure cycle never releases the e-stop; only ~/reset_estop does
+            self.filter.engage_estop()
+        self.watchdog = Watchdog(robot.watchdog_timeout_s)
+        self._joint_merge = JointPositions(robot.joint_names)
+        self._reset_runtime_state()
+        try:
+            self._create_entities()
+        except Exception as exc:  # e.g. an invalid topic name
+            self.get_logger().error(f"cannot configure: {exc}")
+            self._destroy_entities()
+            return TransitionCallbackReturn.FAILURE
+        self._ik = None
+        if robot.command_interface == "joint_trajectory":
+            self._ik, why = select_ik_backend(robot, self.get_parameter("moveit_planning_group").value,
+                                              self.ik_timeout_s, f"{self.get_name()}_moveit_py")
+            (self.get_logger().info if self._ik is not None else self.get_logger().warning)(why)
+        self.get_logger().info(
+            f"configured for robot {robot.name} ({robot.command_interface}); chunks on "
+            f"{self.get_parameter('action_chunk_topic').value}, e-stop on {self.get_parameter('estop_topic').value}")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._active = True
+        self._state = "estop" if self.filter.estopped else "idle"
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._drop_chunk()
+        if self._state == "executing":
+            self._publish_hold("deactivate")
+        self._active = False
+        self._state = "inactive"
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._destroy_entities()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        if self._active and self._state == "executing":
+            self._publish_hold("shutdown")
+        self._active = False
+        self._destroy_entities()
+        return TransitionCallbackReturn.SUCCESS
+
+    def _create_entities(self) -> None:
+        robot = self.robot
+        p = self.get_parameter
+        reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        self._twist_pub = self.create_publisher(TwistStamped, robot.twist_topic, reliable)
+        self._gripper_pub = self.create_publisher(Float64, robot.gripper_topic, reliable)
+        self._traj_pub = self.create_publisher(JointTrajectory, robot.joint_trajectory_topic, reliable)
+        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", reliable)
+        self._counters_pub = self.create_publisher(String, "~/safety_counters", reliable)
+        chunk_qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
+        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL, history=HistoryPolicy.KEEP_LAST)
+        volatile = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        self._entities = [
+            self._twist_pub, self._gripper_pub, self._traj_pub, self._diag_pub, self._counters_pub,
+            self.create_subscription(ActionChunk, p("action_chunk_topic").value, self._on_chunk, chunk_qos),
+            self.create_subscription(PoseStamped, robot.ee_pose_topic, self._on_ee_pose, qos_profile_sensor_data),
+            self.create_subscription(JointState, p("joint_states_topic").value, self._on_joint_state,
+                                     qos_profile_sensor_data),
+            # Latched publishers (the e-stop contract) and plain ones (`ros2 topic pub`) both match one of these.
+            self.create_subscription(Bool, p("estop_topic").value, self._on_estop, latched),
+            self.create_subscription(Bool, p("estop_topic").value, self._on_estop, volatile),
+            self.create_service(Trigger, "~/reset_estop", self._on_reset_estop),
+        ]
+        self._step_period = robot.control_period_s
+        self._watchdog_period = min(max(robot.watchdog_timeout_s / 10.0, 0.005), robot.control_period_s)
+        self._entities += [
+            self.create_timer(self._step_period, self._on_step_timer),
+            self.create_timer(self._watchdog_period, self._on_watchdog_timer),
+            self.create_timer(self.diagnostics_period_s, self._publish_diagnostics),
+        ]
+
+    def _destroy_entities(self) -> None:
+        for entity in self._entities:
+            kind = type(entity).__name__
+            destroy = {"Publisher": self.destroy_publisher, "Subscription": self.destroy_subscription,
+                       "Service": self.destroy_service, "Timer": self.destroy_timer}.get(kind)
+            if destroy is not None:
+                destroy(entity)
+        self._entities = []
+
+    # ---------------------------------------------------------------- state inputs
+    def _on_ee_pose(self, msg: PoseStamped) -> None:
+        p = msg.pose.position
+        self._ee_pos = np.array([p.x, p.y, p.z], dtype=np.float64)
+        self._ee_time = node_seconds(self)
+
+    def _on_joint_state(self, msg: JointState) -> None:
+        if self._joint_merge.update(msg.name, msg.position):  # extra joints (gripper fingers, ...) are ignored
+            self._joints = self._joint_merge.values
+            self._joint_time = node_seconds(self)
+
+    def _fresh(self, value: np.ndarray | None, stamp: float | None, now: float) -> np.ndarray | None:
+        if value is None or stamp is None:
+            return None
+        if self.state_timeout_s > 0 and now - stamp > self.state_timeout_s:
+            return None
+        return value
+
+    # ---------------------------------------------------------------- chunks
+    def _reject(self, msg: ActionChunk, reason: str) -> None:
+        self._counters["rejected_chunks"] += 1
+        self.get_logger().warning(
+            f"rejected ActionChunk (action_space={msg.action_space!r}, policy_version={msg.policy_version}): {reason}")
+
+    def _on_chunk(self, msg: ActionChunk) -> None:
+        self._counters["received_chunks"] += 1
+        if self.filter is None or not self._active:
+            self._counters["inactive_dropped_chunks"] += 1
+            return
+        if self.filter.estopped:
+            self._counters["estop_dropped_chunks"] += 1
+            self.get_logger().warning("e-stop engaged: dropping ActionChunk (call ~/reset_estop to release)",
+                                      throttle_duration_sec=2.0)
+            return
+        try:
+            actions = chunk_to_array(msg).astype(np.float64)
+        except InvalidChunkError as exc:
+            self._reject(msg, str(exc))
+            return
+        space = msg.action_space
+        robot = self.robot
+        if space == "ee_delta_14d":
+            if np.any(actions[:, 7:] != 0.0):
+                self._reject(msg, f"ee_delta_14d moves a second end effector; robot {robot.name} has one arm")
+                return
+            actions, space = actions[:, :7], "ee_delta_7d"
+        if space == "ee_delta_7d" and robot.command_interface == "joint_trajectory" and self._ik is None:
+            self._reject(msg, f"robot {robot.name} uses command_interface joint_trajectory, and ee_delta chunks "
+                              "need IK: its config has no kinematics and moveit_py is not configured "
+                              "(moveit_planning_group); send joint_position chunks to this robot")
+            return
+        if space == "joint_position" and actions.shape[1] != robot.num_joints:
+            self._reject(msg, f"joint_position chunk has action_dim {actions.shape[1]} but robot {robot.name} "
+                              f"has {robot.num_joints} joints {list(robot.joint_names)}")
+            return
+        step_s = self.filter.effective_dt(msg.control_period_s)
+        first_row = self._first_row_due(msg, step_s)
+        if first_row >= len(actions):
+            self._counters["stale_chunks"] += 1
+            self.get_logger().warning(
+                f"dropped an ActionChunk whose {len(actions)} rows were all due by now (stamped "
+                f"{(self.get_clock().now() - Time.from_msg(msg.header.stamp)).nanoseconds * 1e-9:.3f} s ago); "
+                "if its stamp is on another clock, set align_chunks_to_stamp false", throttle_duration_sec=2.0)
+            return
+        if self._chunk is not None and self._chunk_index < len(self._chunk):
+            self._counters["preempted_chunks"] += 1
+        self._counters["accepted_chunks"] += 1
+        self._chunk, self._chunk_space, self._chunk_index = actions, space, first_row
+        self._chunk_dt = step_s
+        self._chunk_version = int(msg.policy_version)
+        self._state = "executing"
+        now = node_seconds(self)
+        # Low latency when idle; never faster than one step per step duration.
+        if self._last_step_time is None or now - self._last_step_time >= self._chunk_dt:
+            self._execute_step(now)
+
+    def _first_row_due(self, msg: ActionChunk, step_s: float) -> int:
+        """The row of `msg` due now on this node's clock (0 without alignment, an unset stamp or one ahead)."""
+        stamp_ns = Time.from_msg(msg.header.stamp).nanoseconds
+        if not self.align_chunks_to_stamp or stamp_ns == 0:
+            return 0
+        age_ns = self.get_clock().now().nanoseconds - stamp_ns
+        if age_ns <= 0:
+            return 0
+        return int(rows_due(age_ns, chunk_period_ns(step_s, self.robot.control_period_s))[0])
+
+    def _drop_chunk(self) -> None:
+        self._chunk = None
+        self._chunk_index = 0
+
+    def _on_step_timer(self) -> None:
+        if not self._active or self._chunk is None or self._chunk_index >= len(self._chunk):
+            return
+        now = node_seconds(self)
+        if now >= self._next_due:
+            self._execute_step(now)
+
+    def _execute_step(self, now: float) -> None:
+        row = self._chunk[self._chunk_index]
+        self._chunk_index += 1
+        dt = self._chunk_dt
+        # Due one step later; half a timer period early is fine (the timer ticks at the control period).
+        self._next_due = now + dt - 0.5 * min(self._step_period, dt)
+        self._last_step_time = now
+        self._counters["executed_steps"] += 1
+        if self._chunk_space == "joint_position":
+            self._step_joint(row, dt, now)
+        elif self.robot.command_interface == "twist":
+            self._step_ee_twist(row, dt, now)
+        else:
+            self._step_ee_ik(row, dt, now)
+        self.watchdog.step_executed(now)
+        if self._chunk_index >= len(self._chunk):
+            self._counters["completed_chunks"] += 1
+
+    def _log_hold(self, reasons: tuple[str, ...]) -> None:
+        self.get_logger().warning(f"safety hold: {', '.join(reasons)}", throttle_duration_sec=1.0)
+
+    def _step_ee_twist(self, row: np.ndarray, dt: float, now: float) -> None:
+        result = self.filter.filter_ee_delta(row, self._fresh(self._ee_pos, self._ee_time, now))
+        self._last_mode = "twist"
+        if result.hold:
+            self._log_hold(result.reasons)
+            self._publish_zero_twist()
+            self._state = "holding"
+            return
+        linear, angular = self.filter.twist_from_delta(result.command, dt)
+        self._publish_twist(linear, angular)
+        self._gripper_pub.publish(Float64(data=float(result.command[6])))
+        self._state = "executing"
+
+    def _step_ee_ik(self, row: np.ndarray, dt: float, now: float) -> None:
+        joints = self._fresh(self._joints, self._joint_time, now)
+        ee = self._fresh(self._ee_pos, self._ee_time, now)
+        if ee is None and joints is not None and np.all(np.isfinite(joints)):
+            try:
+                ee = self._ik.ee_position(joints)
+            except Exception as exc:  # noqa: BLE001 (never crash on a solver error)
+                self.get_logger().warning(f"{self._ik.name} forward kinematics failed: {exc}",
+                                          throttle_duration_sec=1.0)
+        result = self.filter.filter_ee_delta(row, ee)
+        target = None
+        if not result.hold and joints is not None and np.all(np.isfinite(joints)):
+            try:
+                target = self._ik.solve(joints, result.command)
+            except Exception as exc:  # noqa: BLE001
+                self.get_logger().warning(f"{self._ik.name} IK failed: {exc}", throttle_duration_sec=1.0)
+            if target is None:
+                self.get_logger().warning("no IK solution for the filtered ee step: holding", throttle_duration_sec=1.0)
+        if target is None:
+            self._log_hold(result.reasons or ("no_ik",))
+            self._publish_joint_hold()
+            self._last_joint_cmd = None
+            self._state = "holding"
+            return
+        self._step_joint(target, dt, now)
+        self._gripper_pub.publish(Float64(data=float(result.command[6])))
+
+    def _step_joint(self, row: np.ndarray, dt: float, now: float) -> None:
+        current = self._fresh(self._joints, self._joint_time, now)
+        reference = None
+        if (self._last_mode == "joint" and self._last_joint_cmd is not None and current is not None
+                and np.all(np.isfinite(current))):
+            # Stream from the last command while the arm tracks it (bounded tracking error),
+            # else restart from the measured position.
+            if np.all(np.abs(self._last_joint_cmd - current) <= 2.0 * self.filter.joint_step_limits(dt)):
+                reference = self._last_joint_cmd
+        result = self.filter.filter_joint_position(row, current, dt, reference=reference)
+        self._last_mode = "joint"
+        if result.hold:
+            self._log_hold(result.reasons)
+            self._publish_joint_hold()
+            self._last_joint_cmd = None
+            self._state = "holding"
+            return
+        self._publish_trajectory(result.command, dt)
+        self._last_joint_cmd = result.command
+        self._state = "executing"
+
+    # ---------------------------------------------------------------- outputs
+    def _publish_twist(self, linear: np.ndarray, angular: np.ndarray) -> None:
+        msg = TwistStamped()
+        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.header.frame_id = self.robot.base_frame
+        msg.twist.linear.x, msg.twist.linear.y, msg.twist.linear.z = (float(v) for v in linear)
+        msg.twist.angular.x, msg.twist.angular.y, msg.twist.angular.z = (float(v) for v in angular)
+        self._twist_pub.publish(msg)
+
+    def _publish_zero_twist(self) -> None:
+        self._counters["hold_commands"] += 1
+        self._publish_twist(np.zeros(3), np.zeros(3))
+
+    def _publish_trajectory(self, positions: np.ndarray, duration_s: float) -> None:
+        msg = JointTrajectory()  # header.stamp zero: start now (JointTrajectoryController semantics)
+        msg.joint_names = list(self.robot.joint_names)
+        point = JointTrajectoryPoint()
+        point.positions = [float(v) for v in positions]
+        point.time_from_start = Duration(seconds=duration_s).to_msg()
+        msg.points = [point]
+        self._traj_pub.publish(msg)
+
+    def _publish_joint_hold(self) -> None:
+        joints = self._joints
+        self._counters["hold_commands"] += 1
+        if joints is None or not np.all(np.isfinite(joints)):
+            # JointTrajectoryController rejects empty trajectories, so there is nothing valid to send.
+            self.get_logger().error("hold requested but the joint positions are unknown: no JointTrajectory sent",
+                                    throttle_duration_sec=1.0)
+            return
+        self._publish_trajectory(joints, self.robot.control_period_s)
+
+    def _publish_hold(self, why: str) -> None:
+        """One hold in every interface this robot was (or may be) commanded through."""
+        if self.robot is None or not self._entities:
+            return
+        if self.robot.command_interface == "twist":
+            self._publish_zero_twist()
+        if self.robot.command_interface == "joint_trajectory" or self._last_mode == "joint":
+            self._publish_joint_hold()
+        self._last_joint_cmd = None
+        self.get_logger().info(f"hold ({why})")
+
+    # ---------------------------------------------------------------- watchdog / e-stop
+    def _on_watchdog_timer(self) -> None:
+        if not self._active or self.filter.estopped:
+            return
+        if self._chunk is not None and self._chunk_index < len(self._chunk):
+            return
+        if self.watchdog.hold_due(node_seconds(self)):
+            self._drop_chunk()
+            self._counters["watchdog_holds"] += 1
+            self._publish_hold("watchdog: chunk exhausted and no new chunk")
+            self._state = "holding"
+
+    def _on_estop(self, msg: Bool) -> None:
+        if self.filter is None:
+            return
+        if not msg.data:
+            if self.filter.estopped:
+                self.get_logger().warning(
+                    "e-stop False received: the e-stop stays engaged until ~/reset_estop is called",
+                    throttle_duration_sec=2.0)
+            return
+        if self.filter.estopped:
+            return
+        self.filter.engage_estop()
+        self._counters["estop_engagements"] += 1
+        self._drop_chunk()
+        self._publish_hold("e-stop")
+        self._state = "estop"
+        self.get_logger().error("E-STOP engaged: holding; chunks are dropped until ~/reset_estop")
+
+    def _on_reset_estop(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        if self.filter is None:
+            response.success, response.message = False, "node is not configured"
+            return response
+        if not self.filter.estopped:
+            response.success, response.message = True, "e-stop was not engaged"
+            return response
+        self.filter.reset()
+        self.watchdog.reset()
+        self._counters["estop_resets"] += 1
+        self._last_step_time = None
+        self._state = "idle" if self._active else "inactive"
+        self.get_logger().warning("e-stop released by ~/reset_estop")
+        response.success, response.message = True, "e-stop released"
+        return response
+
+    def on_callback_error(self, trace: str) -> None:
+        """An unexpected exception escaped a callback: drop the chunk, hold, count, log."""
+        self._counters["callback_errors"] += 1
+        self.get_logger().error(f"unexpected error in a callback (chunk dropped, holding):\n{trace}")
+        try:
+            self._drop_chunk()
+            self._publish_hold("internal error")
+            self._state = "holding"
+        except Exception as exc:  # noqa: BLE001
+            self.get_logger().error(f"could not publish the hold: {exc}")
+
+    # ---------------------------------------------------------------- diagnostics
+    def counters(self) -> dict[str, int]:
+        """Every counter: the safety filter's (steps, holds, one per reason) and the node's."""
+        out = dict(self.filter.counters) if self.filter is not None else {}
+        out.update(self._counters)
+        return out
+
+    def _publish_diagnostics(self) -> None:
+        counters = self.counters()
+        status = DiagnosticStatus()
+        status.name = f"{self.get_name()}: safety"
+        status.hardware_id = self.robot.name
+        estopped = self.filter.estopped
+        if estopped:
+            status.level, status.message = DiagnosticStatus.ERROR, "e-stop engaged"
+        elif self._state == "holding":
+            status.level, status.message = DiagnosticStatus.WARN, "holding"
+        else:
+            status.level, status.message = DiagnosticStatus.OK, self._state
+        now = node_seconds(self)
+
+        def age(stamp: float | None) -> str:
+            return "never" if stamp is None else f"{now - stamp:.3f}"
+
+        extra = {"state": self._state, "estop": str(estopped).lower(), "robot": self.robot.name,
+                 "command_interface": self.robot.command_interface, "policy_version": str(self._chunk_version),
+                 "ee_pose_age_s": age(self._ee_time), "joint_state_age_s": age(self._joint_time)}
+        status.values = [KeyValue(key=k, value=str(v)) for k, v in counters.items()] + \
+            [KeyValue(key=k, value=v) for k, v in extra.items()]
+        msg = DiagnosticArray()
+        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.status = [status]
+        self._diag_pub.publish(msg)
+        self._counters_pub.publish(String(data=json.dumps({**counters, **extra}, sort_keys=True)))
+
+
+def _last_hold(node: ExecutorNode) -> None:
+    """On the way out (Ctrl-C, SIGTERM) an executing arm gets a last hold."""
+    if node._active and node._state == "executing":
+        node._publish_hold("shutdown")
+
+
+def main(args: list[str] | None = None) -> int:
+    """Run the executor; returns 0 on a clean stop, 2 when it cannot start (bad parameters).
+    A bug in a callback stops the arm and is reported; the node keeps serving the e-stop."""
+    return run_node(ExecutorNode, args, spin_timeout_s=0.05, before_destroy=_last_hold,
+                    on_callback_error=ExecutorNode.on_callback_error)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""Closed-loop episodes in the physics sim without a ROS graph: fast and deterministic.
+
+The same chain as the live stack, in one process: a controller (scripted expert or policy) emits
+ee_delta_7d chunks, every step passes the executor's SafetyFilter, the arm moves one control
+period, and the camera renders at the control rate. Used for bulk demonstration collection
+(written to the same rosbag2 layout as the recorder node), policy evaluation on seeded held-out
+initial states, and ground truth for world-model data.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Protocol
+
+import numpy as np
+
+from prophrl_data.episode_steps import EpisodeOutcome, StepRecord
+from prophrl_robot.safety import SafetyFilter
+
+
+class Controller(Protocol):
+    def reset(self, seed: int) -> None: ...
+
+    def chunk(self, image: np.ndarray, instruction: str, observation, gripper_command: float) -> np.ndarray:
+        """(horizon, 7) ee_delta_7d actions for the current observation."""
+
+
+class ExpertController:
+    def __init__(self, task: str, control_period_s: float, *, horizon: int = 10, noise_std: float = 0.0,
+                 skill: float = 1.0):
+        from prophrl_sim.expert import ScriptedExpert
+
+        self.expert = ScriptedExpert(task, control_period_s, horizon=horizon, noise_std=noise_std, skill=skill)
+
+    def reset(self, seed: int) -> None:
+        self.expert.reset(seed)
+
+    def chunk(self, image, instruction, observation, gripper_command):
+        return self.expert.plan(observation.ee_pose, observation.object_poses, observation.time_s)
+
+
+class PolicyController:
+    """A VLAPolicy acting on the rendered frame, instruction, ee pose and gripper command in force."""
+
+    def __init__(self, policy, mode: str = "ode", noise_level: float = 0.7, seed: int = 0):
+        import torch
+
+        self.policy, self.mode, self.noise_level = policy.eval(), mode, noise_level
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def reset(self, seed: int) -> None:
+        self.generator.manual_seed(seed)
+
+    def chunk(self, image, instruction, observation, gripper_command):
+        import torch
+
+        from prophrl_policy.modeling_vla import Observation
+        from prophrl_policy.transforms import policy_state
+
+        pose = observation.ee_pose
+        state = policy_state(np.concatenate([pose.position, pose.quaternion]), gripper_command)
+        obs = Observation(torch.from_numpy(image).permute(2, 0, 1)[None].float().div(255), [instruction],
+                          torch.from_numpy(state)[None])
+        with torch.inference_mode():
+            sample = self.policy.predict_action_chunk(obs, mode=self.mode, noise_level=self.noise_level,
+                                                      generator=self.generator)
+        return sample.actions[0].numpy()
+
+
+def run_episode(sim, controller: Controller, seed: int, *, max_steps: int = 200, replan_steps: int = 2,
+                steps_after_success: int = 5, on_step: Callable[[StepRecord], None] | None = None) -> EpisodeOutcome:
+    """Reset the sim to `seed` and run the controller until success (+ a few steps) or max_steps."""
+    safety = SafetyFilter(sim.robot)
+    observation = sim.reset(seed)
+    controller.reset(seed)
+    chunk, chunk_step = None, 0
+    gripper = 0.0
+    success_step = None
+    holds = 0
+    for step in range(max_steps):
+        image = sim.render()
+        new_chunk = None
+        if chunk is None or chunk_step >= min(replan_steps, len(chunk)):
+            chunk = np.asarray(controller.chunk(image, sim.instruction, observation, gripper), np.float32)
+            chunk_step = 0
+            new_chunk = chunk
+        commanded = chunk[chunk_step]
+        result = safety.filter_ee_delta(commanded, observation.ee_pose.position)
+        chunk_step += 1
+        if result.hold:
+            holds += 1
+            applied = np.array([0, 0, 0, 0, 0, 0, gripper], np.float32)
+        else:
+            applied = np.asarray(result.command, np.float32)
+            gripper = float(applied[6])
+        if on_step is not None:
+            on_step(StepRecord(sim.time_s, image, observation, new_chunk, applied, commanded))
+        sim.step_ee_delta(applied[:3], applied[3:6], float(applied[6]))
+        observation = sim.observe()
+        if observation.success and success_step is None:
+            success_step = step
+        if success_step is not None and step - success_step >= steps_after_success:
+            break
+    return EpisodeOutcome(seed, success_step is not None, step + 1, success_step, sim.instruction, holds)
