@@ -76,6 +76,13 @@ pkgs=(src/prophrl_common src/prophrl_data src/prophrl_nn src/prophrl_sim src/pro
 pkg_hash=$(for p in "${pkgs[@]}"; do cat "$p/setup.py" "$p/package.xml"; done | sha256sum | cut -d' ' -f1)
 if ! stamp_ok pkgs "$pkg_hash"; then
   log "installing ProphRL packages (editable)"
+  # Uninstall the previous install first: a console script that moved between packages would otherwise be
+  # installed by its new package and then deleted when pip uninstalls its old one.
+  installed=$("$VPY" -m pip list --disable-pip-version-check --format=freeze 2>/dev/null \
+              | sed -n 's/^\(prophrl[a-z_-]*\)==.*/\1/p' | grep -v '^prophrl[-_]msgs$' || true)
+  if [ -n "$installed" ]; then
+    pip_quiet uninstall --quiet --yes --disable-pip-version-check $installed
+  fi
   args=()
   for p in "${pkgs[@]}"; do args+=(-e "$p"); done
   pip_quiet install --quiet --disable-pip-version-check --no-deps --no-build-isolation --use-pep517 "${args[@]}"
