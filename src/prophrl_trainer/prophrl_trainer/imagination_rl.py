@@ -83,8 +83,9 @@ class RLConfig:
     ppo_epochs: 2 passes over the rollout batch; minibatch_size: 64 chunks (0: the whole batch).
     target_kl: 0 (off); > 0: an update stops (before its step) at the first minibatch whose approx KL to the rollout
         policy exceeds 1.5 * target_kl (0: never). The action-level ratio of a 10-step, 10 x 7 action chunk
-        is very sensitive to the weights: on the demo's tiny policy one AdamW step at lr 5e-5 gave an approx
-        KL of 3.3 (clip fraction 0.8), at 1e-5 0.02-0.16 (bench probe, session 4).
+        is very sensitive to the weights: on the demo's tiny policy one AdamW step at lr 5e-5 gives an approx
+        KL of 3.3 (clip fraction 0.8), at 1e-5 0.02-0.16 (the first update of `prophrl train --updates 1` on
+        `prophrl demo`'s outputs, learning_rate set with --config).
     updates: 100 (the paper reports ~100 RL updates); `prophrl train --updates` overrides it.
     checkpoint_every: 10 updates (and always after the last); keep_checkpoints: the newest 3.
     eval_every: 10 updates (0: never): deterministic (ODE) rollouts from `eval_states` fixed initial
