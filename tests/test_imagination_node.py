@@ -462,8 +462,8 @@ def _recorded_live_loop(chunks_dx, missed_first=0, pose_offset=0.0, final_error=
 
 
 def test_closed_loop_check_starts_at_the_first_pose_seen_and_still_catches_a_wrong_pose(ros):
-    """Regression (CI, session 3): DDS matched the executed-chunk topic after the node had executed its first
-    chunks, and the check, anchored at the episode's start, failed a correct loop."""
+    """DDS can match the executed-chunk topic after the node has executed its first chunks: the check starts at
+    the first pose it sees (anchored at the episode's start, it would fail a correct loop)."""
     node = Node("closed_loop_check")
     try:
         start = np.array([0.4, 0.0, 0.2])

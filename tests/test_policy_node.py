@@ -13,7 +13,7 @@ from rclpy.qos import DurabilityPolicy, QoSProfile
 from sensor_msgs.msg import Image
 from std_msgs.msg import String
 
-from prophrl_common.chunks import chunk_to_array
+from prophrl_common.chunks import POLICY_STATE_NAMES, chunk_to_array
 from prophrl_common.images import numpy_to_image
 from prophrl_common.testing import node_process, python_module_argv, spin_until
 from prophrl_msgs.msg import ActionChunk
@@ -21,7 +21,6 @@ from prophrl_msgs.srv import LoadPolicy
 from prophrl_policy.configuration_vla import get_vla_config
 from prophrl_policy.embodiment import Embodiment
 from prophrl_policy.modeling_vla import VLAPolicy
-from prophrl_policy.transforms import POLICY_STATE_NAMES
 
 
 def _checkpoint(path, seed, embodiment=None):

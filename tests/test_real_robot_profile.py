@@ -28,7 +28,7 @@ from trajectory_msgs.msg import JointTrajectory
 
 from prophrl.profiles import load_profile
 from prophrl.up import node_command
-from prophrl_common.chunks import chunk_to_array
+from prophrl_common.chunks import POLICY_STATE_NAMES, chunk_to_array
 from prophrl_common.images import numpy_to_image
 from prophrl_common.kinematics import KinematicChain
 from prophrl_common.paths import config_dir
@@ -38,7 +38,7 @@ from prophrl_msgs.msg import ActionChunk
 from prophrl_policy.configuration_vla import get_vla_config
 from prophrl_policy.embodiment import Embodiment
 from prophrl_policy.modeling_vla import VLAPolicy
-from prophrl_policy.transforms import POLICY_STATE_NAMES, NormStats
+from prophrl_policy.transforms import NormStats
 
 MOVEIT_STAND_IN = Path(__file__).resolve().parent / "moveit_stand_in"
 STEP_M = 0.004  # the tiny policy's end-effector step along +x, per control period

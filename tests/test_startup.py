@@ -17,7 +17,7 @@ from prophrl_common.config_io import ConfigError
 from prophrl_common.startup import STARTUP_TIMEOUT_ENV, startup_timeout_s
 from prophrl_common.testing import spin_until
 
-SLOW_SIM_S = 20.0    # a cold first start that outlasted the collector's former fixed 10 s waits
+SLOW_SIM_S = 20.0    # a cold first start longer than a fixed 10 s wait
 
 
 def test_startup_timeout_comes_from_the_environment(monkeypatch):

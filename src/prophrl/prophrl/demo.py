@@ -34,11 +34,13 @@ PLAY_MAX_STEPS = 120
 PLAY_NOISE_STD = 0.01
 PLAY_SKILL = 0.4
 # The RL recipe of the demo and of bench/true_success.py and bench/reward_signal.py. No early termination:
-# the judge's threshold is set for high recall, and on the tiny Prophet's clips it fired after 2-3 of the
-# 6 chunks in almost every rollout (judged success 0.94 vs. a true 5 %), cutting rollouts before a lift could
-# happen; the full clip is scored instead. lr 1e-5 (5e-5 gave an approx KL of 3.3 on the first update) and
+# the judge's threshold is set for high recall, and on the tiny Prophet's clips it fires after 2-3 of the
+# 6 chunks in almost every rollout (judged success 0.94 vs. a true 5 %), cutting rollouts before a lift can
+# happen; the full clip is scored instead. lr 1e-5 (5e-5 gives an approx KL of 3.3 on the first update) and
 # common world-model noise within a group (otherwise most of the within-group reward variance is world-model
-# noise): with both, 40 updates took true success from 13.3 % to 21.1 +- 3.5 % (session 4, 60 states, 3 seeds).
+# noise): with both, 40 updates take true success from 13.3 % to 21.1 +- 3.5 % over 60 held-out states and 3 RL
+# seeds (`python bench/true_success.py --demo outputs/demo --out outputs/true_success --variants
+# FA-GRPO+FlowScale --seeds 0 1 2 --updates 40 --episodes 60`).
 DEMO_RL_CONFIG = {"group_size": 8, "states_per_update": 2, "chunks_per_rollout": 6, "checkpoint_every": 5,
                   "eval_every": 0, "learning_rate": 1e-5, "minibatch_size": 32, "early_termination": False,
                   "shared_world_model_noise": True}

@@ -1,4 +1,9 @@
-"""prophrl_msgs/ActionChunk <-> numpy, with the validation every consumer needs, and the timing of a chunk's rows.
+"""The rules of an action chunk: its action spaces and layouts, prophrl_msgs/ActionChunk <-> numpy with the
+validation every consumer needs, and the timing of a chunk's rows.
+
+The action spaces (ACTION_SPACES, EE_ACTION_SPACES), the layout of one end effector's step (ARM_ACTION_*),
+the end-effector pose (EE_POSE_NAMES) and the policy's proprio state (POLICY_STATE_*) are defined here and
+nowhere else.
 
 Row i of a chunk is due i control periods after the chunk's header stamp (the time of the observation it
 was planned from): the executor starts a chunk at the row due when it arrives, and a recording labels
@@ -12,12 +17,28 @@ from fractions import Fraction
 
 import numpy as np
 
-# Action spaces and their per-step dimension (0 = any, e.g. one value per joint).
+# One end effector's step in an ee_delta action: dpos (3, metres) and drot (3, a rotation vector in radians),
+# both about the robot base axes, then the gripper (1, an absolute command: 0 open .. 1 closed). The names
+# are the datasets' action feature names (droll dpitch dyaw: the rotation vector's x y z components).
+ARM_ACTION_NAMES = ("dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper")
+ARM_ACTION_DIM = len(ARM_ACTION_NAMES)
+ARM_GRIPPER = ARM_ACTION_NAMES.index("gripper")
+
+# The action spaces an ActionChunk may carry, and their per-step dimension (0: any, checked elsewhere).
 ACTION_SPACES = {
-    "ee_delta_7d": 7,    # dx dy dz droll dpitch dyaw gripper (gripper: 0 open .. 1 closed)
-    "ee_delta_14d": 14,  # two end effectors; single-arm data zero-pads the second
-    "joint_position": 0,
+    "ee_delta_7d": ARM_ACTION_DIM,       # one end effector
+    "ee_delta_14d": 2 * ARM_ACTION_DIM,  # two end effectors, one after the other; single-arm data zero-pads the second
+    "joint_position": 0,                 # absolute joint targets, one per joint in the robot config's order
 }
+# The spaces made of end-effector steps (ARM_ACTION_DIM each); the world model imagines only these.
+EE_ACTION_SPACES = ("ee_delta_7d", "ee_delta_14d")
+
+# An end-effector pose in the robot base frame: position xyz (metres), orientation quaternion xyzw.
+EE_POSE_NAMES = ("ee_x", "ee_y", "ee_z", "ee_qx", "ee_qy", "ee_qz", "ee_qw")
+# The policy's proprio state: the ee pose and the gripper command in force (0 open .. 1 closed).
+# Checkpoints record it as Embodiment.state_names.
+POLICY_STATE_NAMES = (*EE_POSE_NAMES, "gripper_command")
+POLICY_STATE_DIM = len(POLICY_STATE_NAMES)
 
 
 class InvalidChunkError(ValueError):

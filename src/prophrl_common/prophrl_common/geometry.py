@@ -15,11 +15,8 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from prophrl_common.chunks import ACTION_SPACES
+from prophrl_common.chunks import ARM_ACTION_DIM
 from prophrl_common.config_io import ConfigError
-
-EE_DELTA_DIM = ACTION_SPACES["ee_delta_7d"]
-
 
 @dataclasses.dataclass(frozen=True)
 class CameraCalibration:
@@ -98,7 +95,7 @@ class EndEffectorPose:
 
     def apply_action(self, action) -> "EndEffectorPose":
         """One ee_delta_7d step: [dpos (3), drot rotation vector (3), gripper command]."""
-        action = np.asarray(action, np.float64).reshape(EE_DELTA_DIM)
+        action = np.asarray(action, np.float64).reshape(ARM_ACTION_DIM)
         delta_rotation, _ = cv2.Rodrigues(action[3:6].reshape(3, 1))
         return EndEffectorPose.from_matrix(np.asarray(self.position) + action[:3],
                                            delta_rotation @ self.rotation_matrix, action[6])

@@ -36,12 +36,13 @@ from pathlib import Path
 import numpy as np
 
 from prophrl_common.atomic_io import atomic_directory
+from prophrl_common.chunks import ARM_ACTION_NAMES, EE_POSE_NAMES
 from prophrl_common.config_io import ConfigError
 from prophrl_common.outputs import check_output_dir
 from prophrl_common.robots import RobotConfig, load_robot_config
 from prophrl_data import lerobot_v3 as fmt
 from prophrl_data.alignment import EpisodeSamples
-from prophrl_data.shards import (DATASET_OUTPUT, EE_DELTA_NAMES, EE_POSE_NAMES, DatasetSummary, episode_calibration,
+from prophrl_data.shards import (DATASET_OUTPUT, DatasetSummary, episode_calibration,
                                  write_index, write_shard)
 
 TIMESTAMP_TOLERANCE_S = 1e-4   # LeRobot's default tolerance between a frame's timestamp and the video's
@@ -186,13 +187,13 @@ def _column_lookup(dataset: LeRobotDataset) -> dict[str, tuple[str, int]]:
 
 
 def _action_space(names: list[str], robot: RobotConfig) -> str:
-    if names == list(EE_DELTA_NAMES):
+    if names == list(ARM_ACTION_NAMES):
         return "ee_delta_7d"
-    if names == [f"ee{arm}_{name}" for arm in (0, 1) for name in EE_DELTA_NAMES]:
+    if names == [f"ee{arm}_{name}" for arm in (0, 1) for name in ARM_ACTION_NAMES]:
         return "ee_delta_14d"
     if names == list(robot.joint_names):
         return "joint_position"
-    raise ConfigError(f"action names {names} are none of the known action spaces: ee_delta_7d {list(EE_DELTA_NAMES)}, "
+    raise ConfigError(f"action names {names} are none of the known action spaces: ee_delta_7d {list(ARM_ACTION_NAMES)}, "
                       f"ee_delta_14d (ee0_dx ... ee1_gripper) or joint_position {list(robot.joint_names)}")
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from prophrl_common.chunks import ARM_ACTION_NAMES, EE_POSE_NAMES
 from prophrl_common.config_io import ConfigError
 from prophrl_common.geometry import CameraCalibration
 from prophrl_common.outputs import OutputKind
@@ -31,8 +32,6 @@ from prophrl_data.alignment import DatasetTopics, EpisodeSamples
 
 
 SHARD_FORMAT = "prophrl-samples-v1"
-EE_POSE_NAMES = ("ee_x", "ee_y", "ee_z", "ee_qx", "ee_qy", "ee_qz", "ee_qw")
-EE_DELTA_NAMES = ("dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper")
 # The arrays of every shard (write_shard), one row per sample.
 SHARD_ARRAYS = ("frames", "frame_times_ns", "joint_positions", "ee_pose", "state", "action_chunks", "chunk_steps",
                 "actions")
@@ -52,9 +51,9 @@ class DatasetSummary:
 
 def action_names(action_space: str, action_dim: int, robot: RobotConfig) -> list[str]:
     if action_space == "ee_delta_7d":
-        return list(EE_DELTA_NAMES)
+        return list(ARM_ACTION_NAMES)
     if action_space == "ee_delta_14d":
-        return [f"ee{arm}_{name}" for arm in (0, 1) for name in EE_DELTA_NAMES]
+        return [f"ee{arm}_{name}" for arm in (0, 1) for name in ARM_ACTION_NAMES]
     if action_space == "joint_position" and action_dim == robot.num_joints:
         return list(robot.joint_names)
     return [f"action_{i}" for i in range(action_dim)]

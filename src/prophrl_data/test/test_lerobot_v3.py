@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from prophrl_common.chunks import ARM_ACTION_NAMES, EE_POSE_NAMES
 from prophrl_common.config_io import ConfigError
 from prophrl_common.robots import load_robot_config
 from prophrl_trainer.collect import CollectSettings, collect_direct
@@ -26,7 +27,6 @@ from prophrl_data.cli import main_bags2dataset, main_lerobot2dataset
 from prophrl_data.conversion import bags2dataset
 from prophrl_data.lerobot_import import lerobot2dataset
 from prophrl_data.lerobot_v3 import QUANTILE_KEYS, tasks_table
-from prophrl_data.shards import EE_DELTA_NAMES, EE_POSE_NAMES
 
 STATS = ("min", "max", "mean", "std", "count", *QUANTILE_KEYS)
 # lerobot 0.6.1 get_video_info(video_path, RGBEncoderConfig()): the stream's keys, has_audio, the encoder's
@@ -145,7 +145,7 @@ def write_lerobot_shaped(root, episodes, fps=10, height=24, width=32):
     features = {
         "observation.state": {"dtype": "float32", "shape": [len(joints)], "names": motors},
         "observation.ee_pose": {"dtype": "float32", "shape": [7], "names": list(EE_POSE_NAMES)},
-        "action": {"dtype": "float32", "shape": [7], "names": list(EE_DELTA_NAMES)},
+        "action": {"dtype": "float32", "shape": [7], "names": list(ARM_ACTION_NAMES)},
         **{f"observation.images.{cam}": {"dtype": "video", "shape": [height, width, 3],
                                          "names": ["height", "width", "channels"], "info": None}
            for cam in ("front", "wrist")},

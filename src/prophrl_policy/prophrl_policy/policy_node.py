@@ -33,7 +33,7 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from sensor_msgs.msg import Image
 from std_msgs.msg import Float64, String
 
-from prophrl_common.chunks import array_to_chunk
+from prophrl_common.chunks import ACTION_SPACES, POLICY_STATE_NAMES, array_to_chunk
 from prophrl_common.config_io import ConfigError
 from prophrl_common.node_clock import node_seconds
 from prophrl_common.node_runtime import run_node
@@ -43,7 +43,7 @@ from prophrl_msgs.msg import ActionChunk
 from prophrl_msgs.srv import LoadPolicy
 from prophrl_policy.embodiment import check_embodiment
 from prophrl_policy.modeling_vla import Observation, VLAPolicy
-from prophrl_policy.transforms import POLICY_STATE_NAMES, policy_state
+from prophrl_policy.transforms import policy_state
 
 ACTION_SPACE = "ee_delta_7d"
 
@@ -203,8 +203,9 @@ class PolicyNode(LifecycleNode):
     def _load(self, path: str) -> VLAPolicy:
         """The checkpoint at `path`, if it fits this node (ConfigError naming what does not)."""
         policy = VLAPolicy.from_pretrained(path, map_location=str(self.device)).to(self.device).eval()
-        if policy.config.robot_action_dim != 7:
-            raise ConfigError(f"{path}: policy emits {policy.config.robot_action_dim}-D actions, ee_delta_7d needs 7")
+        if policy.config.robot_action_dim != ACTION_SPACES[ACTION_SPACE]:
+            raise ConfigError(f"{path}: policy emits {policy.config.robot_action_dim}-D actions, {ACTION_SPACE} "
+                              f"needs {ACTION_SPACES[ACTION_SPACE]}")
         if policy.config.state_dim != len(POLICY_STATE_NAMES):
             raise ConfigError(f"{path}: policy takes a {policy.config.state_dim}-D state, this node provides "
                               f"{len(POLICY_STATE_NAMES)} ({', '.join(POLICY_STATE_NAMES)})")

@@ -77,12 +77,8 @@ class NormStats:
         return stats
 
 
-# The proprio state layout policy_state builds (recorded in checkpoints as Embodiment.state_names).
-POLICY_STATE_NAMES = ("ee_x", "ee_y", "ee_z", "ee_qx", "ee_qy", "ee_qz", "ee_qw", "gripper_command")
-
-
 def policy_state(ee_pose: np.ndarray, gripper_command: float) -> np.ndarray:
-    """The proprio vector the policy sees: ee position (3), orientation quaternion xyzw (4), and the
-    gripper command in force (0 open .. 1 closed: what the executor last sent on the gripper topic;
+    """The proprio vector the policy sees (prophrl_common.chunks.POLICY_STATE_NAMES): ee position (3),
+    orientation quaternion xyzw (4), and the gripper command in force (0 open .. 1 closed: what the executor last sent on the gripper topic;
     offline, the previous step's gripper action)."""
     return np.concatenate([ee_pose, [gripper_command]]).astype(np.float32)

@@ -5,11 +5,11 @@ import json
 import pytest
 import torch
 
+from prophrl_common.chunks import POLICY_STATE_NAMES
 from prophrl_common.config_io import ConfigError
 from prophrl_policy.configuration_vla import get_vla_config
 from prophrl_policy.embodiment import EMBODIMENT_NAME, Embodiment, check_embodiment
 from prophrl_policy.modeling_vla import VLAPolicy
-from prophrl_policy.transforms import POLICY_STATE_NAMES
 
 FR3 = Embodiment("franka_fr3", "ee_delta_7d", POLICY_STATE_NAMES, 0.05)
 

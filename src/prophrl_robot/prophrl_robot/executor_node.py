@@ -67,7 +67,7 @@ from std_msgs.msg import Bool, Float64, String
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
-from prophrl_common.chunks import InvalidChunkError, chunk_period_ns, chunk_to_array, rows_due
+from prophrl_common.chunks import ARM_ACTION_DIM, InvalidChunkError, chunk_period_ns, chunk_to_array, rows_due
 from prophrl_common.config_io import ConfigError
 from prophrl_common.joint_states import JointPositions
 from prophrl_common.node_clock import node_seconds
@@ -76,7 +76,6 @@ from prophrl_common.robots import RobotConfig, load_robot_config
 from prophrl_robot.ik_backends import KinematicsIkBackend, MoveItIkBackend, select_ik_backend
 from prophrl_robot.safety import SafetyFilter, Watchdog
 
-EE_SPACES = ("ee_delta_7d", "ee_delta_14d")
 NODE_COUNTERS = (
     "received_chunks",       # every ActionChunk that arrived
     "accepted_chunks",       # valid chunks that started executing
@@ -313,10 +312,10 @@ class ExecutorNode(LifecycleNode):
         space = msg.action_space
         robot = self.robot
         if space == "ee_delta_14d":
-            if np.any(actions[:, 7:] != 0.0):
+            if np.any(actions[:, ARM_ACTION_DIM:] != 0.0):
                 self._reject(msg, f"ee_delta_14d moves a second end effector; robot {robot.name} has one arm")
                 return
-            actions, space = actions[:, :7], "ee_delta_7d"
+            actions, space = actions[:, :ARM_ACTION_DIM], "ee_delta_7d"
         if space == "ee_delta_7d" and robot.command_interface == "joint_trajectory" and self._ik is None:
             self._reject(msg, f"robot {robot.name} uses command_interface joint_trajectory, and ee_delta chunks "
                               "need IK: its config has no kinematics and moveit_py is not configured "

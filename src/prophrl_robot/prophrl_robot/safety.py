@@ -5,8 +5,8 @@ fuzzed in ``test/test_safety.py``: whatever the input (NaN, inf, 1e308, -0.0, wr
 huge jumps, a non-finite current state), a step is either a *hold* or a finite command inside
 every limit of the robot config:
 
-* end-effector deltas (``ee_delta_7d``: dx dy dz droll dpitch dyaw gripper):
-  ``|d_xyz| <= max_ee_translation_per_step_m``, ``|d_rpy| <= max_ee_rotation_per_step_rad``,
+* end-effector deltas (``ee_delta_7d``: dpos, drot as a rotation vector, gripper; prophrl_common.chunks):
+  ``|d_xyz| <= max_ee_translation_per_step_m``, ``|drot| <= max_ee_rotation_per_step_rad``,
   ``0 <= gripper <= 1``, and on every axis the target ``current + d`` stays inside the
   workspace box (or, when ``current`` is already outside on that axis, moves toward the box
   and never past it);
@@ -30,6 +30,8 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from prophrl_common.chunks import ARM_ACTION_DIM
+
 # Every reason a step can be modified or held; each has a counter.
 REASONS = (
     "nonfinite",            # NaN/inf in the action -> hold
@@ -37,15 +39,13 @@ REASONS = (
     "no_state",             # current state unknown, non-finite or of the wrong size -> hold
     "estop",                # e-stop engaged -> hold
     "clamped_translation",  # |d_xyz| clamped
-    "clamped_rotation",     # |d_rpy| clamped
+    "clamped_rotation",     # |drot| (the rotation angle) clamped
     "clamped_gripper",      # gripper clamped into [0, 1]
     "workspace",            # translation clamped to keep the target in the workspace box
     "joint_limit",          # joint target clamped into [lower, upper]
     "joint_rate",           # joint step clamped to the per-step rate limit
     "state_out_of_limits",  # reference joint position too far outside the limits -> hold
 )
-
-EE_DIM = 7
 
 
 @dataclasses.dataclass(frozen=True)
@@ -227,12 +227,12 @@ class SafetyFilter:
     def filter_ee_delta(self, action: Any, current_position: Any) -> SafetyResult:
         """Filter one ``ee_delta_7d`` step given the current end-effector position (x, y, z).
 
-        Returns a 7-vector (dx dy dz droll dpitch dyaw gripper) or a hold.
+        Returns a step of the same layout (dpos, drot, gripper) or a hold.
         """
         if self._estop:
             return self._hold("estop")
         a = _as_vector(action)
-        if a is None or a.shape != (EE_DIM,):
+        if a is None or a.shape != (ARM_ACTION_DIM,):
             return self._hold("wrong_dim")
         if not np.all(np.isfinite(a)):
             return self._hold("nonfinite")

@@ -47,6 +47,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from prophrl_common.chunks import ACTION_SPACES, ARM_ACTION_DIM, POLICY_STATE_DIM
 from prophrl_common.config_io import ConfigError, dataclass_from_mapping, require_finite_numbers
 from prophrl_common.weights import NonFiniteError, require_finite
 from prophrl_common.outputs import OutputKind, check_run_dir
@@ -62,8 +63,6 @@ from prophrl_worldmodel.imagination import ImaginationStart
 VARIANTS = {  # RLConfig.variant -> the loss's ratio level (prophrl_trainer.fa_grpo)
     "fa_grpo": "chunk", "fa_grpo_chunk_mean": "chunk_mean", "fa_grpo_element": "element", "flow_grpo": "step"}
 REWARD_MODES = ("probability", "binary")
-STATE_DIM = 8            # policy proprio: ee pose (7: xyz + quaternion xyzw) + gripper command
-ROBOT_ACTION_DIM = 7     # ee_delta_7d
 _LOSS_KEYS = ("clip_eps_low", "clip_eps_high", "kl_beta", "advantage_eps")
 
 
@@ -84,8 +83,9 @@ class RLConfig:
     ppo_epochs: 2 passes over the rollout batch; minibatch_size: 64 chunks (0: the whole batch).
     target_kl: 0 (off); > 0: an update stops (before its step) at the first minibatch whose approx KL to the rollout
         policy exceeds 1.5 * target_kl (0: never). The action-level ratio of a 10-step, 10 x 7 action chunk
-        is very sensitive to the weights: on the demo's tiny policy one AdamW step at lr 5e-5 gave an approx
-        KL of 3.3 (clip fraction 0.8), at 1e-5 0.02-0.16 (bench probe, session 4).
+        is very sensitive to the weights: on the demo's tiny policy one AdamW step at lr 5e-5 gives an approx
+        KL of 3.3 (clip fraction 0.8), at 1e-5 0.02-0.16 (the first update of `prophrl train --updates 1` on
+        `prophrl demo`'s outputs, learning_rate set with --config).
     updates: 100 (the paper reports ~100 RL updates); `prophrl train --updates` overrides it.
     checkpoint_every: 10 updates (and always after the last); keep_checkpoints: the newest 3.
     eval_every: 10 updates (0: never): deterministic (ODE) rollouts from `eval_states` fixed initial
@@ -586,8 +586,9 @@ class Trainer:
             raise ConfigError(f"the policy's chunk horizon is {pc.horizon} but the world model executes "
                               f"{backend.action_horizon} actions per clip (frames_per_clip * actions_per_frame): "
                               "RL needs them equal (SFT the policy with --horizon to match)")
-        if pc.robot_action_dim != ROBOT_ACTION_DIM or pc.state_dim != STATE_DIM:
-            raise ConfigError("RL in imagination needs an ee_delta_7d policy (robot_action_dim 7, state_dim 8)")
+        if pc.robot_action_dim != ACTION_SPACES["ee_delta_7d"] or pc.state_dim != POLICY_STATE_DIM:
+            raise ConfigError(f"RL in imagination needs an ee_delta_7d policy (robot_action_dim "
+                              f"{ACTION_SPACES['ee_delta_7d']}, state_dim {POLICY_STATE_DIM})")
         if config.algorithm.kl_beta > 0 and ref_policy is None:
             raise ConfigError("kl_beta > 0 needs the SFT policy as reference (ref_policy)")
         if config.shared_world_model_noise and not getattr(backend, "supports_shared_noise", False):
@@ -903,7 +904,7 @@ def write_smoke_dataset(root: Path, episodes: int = 3, size: int = 40, steps: in
         ee_pose = np.tile(np.array([0.4, 0.0, 0.3, 1.0, 0.0, 0.0, 0.0], np.float32), (steps, 1))
         ee_pose[:, 1] = 0.05 * i
         ee_pose[:, 0] += 0.01 * np.arange(steps)
-        actions = np.zeros((steps, 7), np.float32)
+        actions = np.zeros((steps, ARM_ACTION_DIM), np.float32)
         actions[:, 6] = np.arange(steps) % 2          # gripper commands 0, 1, 0, ...
         shard = f"shards/episode_{i:06d}.npz"
         np.savez(root / shard, frames=rng.integers(0, 255, (steps, size, size, 3), dtype=np.uint8),
@@ -933,7 +934,7 @@ def make_smoke_setup(root: str | Path, *, image_size: int = 32, frames_per_clip:
                             num_heads=max(1, policy_hidden // 16), image_size=image_size,
                             horizon=prophet.config.action_horizon, num_inference_steps=denoising_steps)
     # SFT-like normalisation: centimetre-scale position deltas per step
-    stats = NormStats((0.4, 0.0, 0.3, 1.0, 0.0, 0.0, 0.0, 0.5), (0.1,) * 8, (0.0,) * 7,
+    stats = NormStats((0.4, 0.0, 0.3, 1.0, 0.0, 0.0, 0.0, 0.5), (0.1,) * POLICY_STATE_DIM, (0.0,) * ARM_ACTION_DIM,
                       (0.01, 0.01, 0.01, 0.05, 0.05, 0.05, 0.5))
     VLAPolicy(config, stats).save_pretrained(root / "policy")
     write_smoke_dataset(root / "data", size=image_size + 8, seed=seed)

@@ -27,14 +27,12 @@ import numpy as np
 from rclpy.action import ActionClient
 from rclpy.callback_groups import ReentrantCallbackGroup
 
-from prophrl_common.chunks import array_to_chunk
+from prophrl_common.chunks import POLICY_STATE_DIM, array_to_chunk
 from prophrl_common.images import numpy_to_image, to_rgb8
 from prophrl_msgs.action import Imagine
 from prophrl_msgs.srv import ScoreRollout
 from prophrl_trainer.imagination_rl import RolloutGroup, start_frames, start_state
 from prophrl_worldmodel.imagination import ImaginationStart
-
-STATE_DIM = 8
 
 
 class RemoteError(RuntimeError):
@@ -191,16 +189,16 @@ class ImagineClientBackend:
         results = self._run_goals(requests)
         for group, result in zip(groups, results):
             g = group.num_rollouts
-            if result.num_rollouts != g or result.chunks_per_rollout != 1 or result.state_dim != STATE_DIM:
+            if result.num_rollouts != g or result.chunks_per_rollout != 1 or result.state_dim != POLICY_STATE_DIM:
                 raise RemoteError(f"Imagine result layout {result.num_rollouts} rollouts x {result.chunks_per_rollout} "
-                                  f"chunks, state_dim {result.state_dim}; expected {g} x 1, {STATE_DIM}")
+                                  f"chunks, state_dim {result.state_dim}; expected {g} x 1, {POLICY_STATE_DIM}")
             frames_per_chunk = int(result.frames_per_chunk)
             if len(result.frames) != g * frames_per_chunk or frames_per_chunk < 1:
                 raise RemoteError(f"Imagine result has {len(result.frames)} frames for {g} rollouts x "
                                   f"{frames_per_chunk} frames")
             frames = np.stack([to_rgb8(image) for image in result.frames])
             clip = frames.reshape(g, frames_per_chunk, *frames.shape[1:])
-            states = np.asarray(result.states, np.float32).reshape(g, STATE_DIM)
+            states = np.asarray(result.states, np.float32).reshape(g, POLICY_STATE_DIM)
             group.handle.opened = True
             group.record(clip, states)
 

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from prophrl_common.chunks import ACTION_SPACES, POLICY_STATE_DIM, POLICY_STATE_NAMES
 from prophrl_common.config_io import ConfigError, require_finite_numbers
 from prophrl_common.outputs import OutputKind, check_output_dir, check_writable_dir
 from prophrl_common.weights import require_finite_loss
@@ -26,7 +27,7 @@ from prophrl_data.shards import EpisodeDataset
 from prophrl_policy.configuration_vla import VLAConfig
 from prophrl_policy.embodiment import Embodiment
 from prophrl_policy.modeling_vla import Observation, VLAPolicy
-from prophrl_policy.transforms import POLICY_STATE_NAMES, NormStats
+from prophrl_policy.transforms import NormStats
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,8 +160,9 @@ def train_sft(data: DemoData, policy_config: VLAConfig, cfg: SFTConfig, out_dir:
     check_output_dir(out_dir, SFT_OUTPUT, overwrite=overwrite, inputs=data.sources)
     if log_dir is not None:
         check_writable_dir(log_dir, inputs=data.sources, option="--log-dir")
-    if policy_config.robot_action_dim != 7 or policy_config.state_dim != 8:
-        raise ConfigError("SFT on ee_delta_7d demonstrations needs robot_action_dim 7 and state_dim 8")
+    if policy_config.robot_action_dim != ACTION_SPACES["ee_delta_7d"] or policy_config.state_dim != POLICY_STATE_DIM:
+        raise ConfigError(f"SFT on ee_delta_7d demonstrations needs robot_action_dim {ACTION_SPACES['ee_delta_7d']} "
+                          f"and state_dim {POLICY_STATE_DIM}")
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
     stats = NormStats.from_data(data.states, data.chunks)

@@ -67,7 +67,7 @@ def test_optimizer_state_round_trips_exactly_without_pickle(tmp_path):
 
 def test_rl_checkpoints_keep_the_policy_embodiment_and_refuse_another(tmp_path):
     from prophrl_policy.embodiment import Embodiment
-    from prophrl_policy.transforms import POLICY_STATE_NAMES
+    from prophrl_common.chunks import POLICY_STATE_NAMES
 
     policy = _policy()
     policy.embodiment = Embodiment("ur5e", "ee_delta_7d", POLICY_STATE_NAMES, 0.05)

@@ -4,11 +4,11 @@ import shutil
 import numpy as np
 import pytest
 
+from prophrl_common.chunks import POLICY_STATE_NAMES
 from prophrl_common.config_io import ConfigError
 from prophrl_trainer.collect import CollectSettings, collect_direct
 from prophrl_policy.configuration_vla import get_vla_config
 from prophrl_policy.modeling_vla import VLAPolicy
-from prophrl_policy.transforms import POLICY_STATE_NAMES
 from prophrl_trainer.sft import SFTConfig, load_demonstrations, policy_states, target_chunks, train_sft
 from prophrl_data.conversion import bags2dataset
 

@@ -20,8 +20,8 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
+from prophrl_common.chunks import ARM_ACTION_DIM
 from prophrl_common.geometry import CameraCalibration, EndEffectorPose
-from prophrl_worldmodel.configuration_prophet import ARM_ACTION_DIM
 
 DRAW_SHIFT = 4                 # cv2 fixed-point bits: sub-pixel accurate centres and radii
 DRAW_SCALE = 1 << DRAW_SHIFT

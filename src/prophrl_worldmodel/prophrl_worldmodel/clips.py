@@ -41,14 +41,14 @@ import cv2
 import numpy as np
 import torch
 
+from prophrl_common.chunks import ARM_ACTION_DIM, ARM_GRIPPER
 from prophrl_common.config_io import ConfigError
 from prophrl_common.geometry import CameraCalibration, EndEffectorPose
 from prophrl_worldmodel.action_frames import ActionFrameStyle, integrate_actions, render_action_frames
-from prophrl_worldmodel.configuration_prophet import ARM_ACTION_DIM, ProphetConfig
+from prophrl_worldmodel.configuration_prophet import ProphetConfig
 from prophrl_data.shards import EpisodeDataset, ShardEpisode
 
 SUPPORTED_ACTION_SPACE = "ee_delta_7d"
-GRIPPER = 6  # index of the gripper command in an ee_delta_7d action
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -83,7 +83,7 @@ def _open_dataset(dataset_dir: Path) -> EpisodeDataset:
     dataset = EpisodeDataset(dataset_dir)
     index = dataset.index
     if index.get("action_space") != SUPPORTED_ACTION_SPACE or index.get("action_dim") != ARM_ACTION_DIM:
-        raise ConfigError(f"{index_path}: Prophet clips need {SUPPORTED_ACTION_SPACE} actions (7 per step); the "
+        raise ConfigError(f"{index_path}: Prophet clips need {SUPPORTED_ACTION_SPACE} actions ({ARM_ACTION_DIM} per step); the "
                           f"dataset has {index.get('action_space')!r} with action_dim {index.get('action_dim')}")
     if not isinstance(index.get("episodes"), list) or not index["episodes"]:
         raise ConfigError(f"{index_path}: no episodes")
@@ -178,14 +178,14 @@ def action_chunk(actions: np.ndarray, start: int, horizon: int) -> np.ndarray:
     if not 0 <= start < len(actions):
         raise ValueError(f"start {start} is outside the episode's {len(actions)} steps")
     chunk = np.zeros((horizon, ARM_ACTION_DIM), np.float32)
-    chunk[:, GRIPPER] = actions[-1, GRIPPER]
+    chunk[:, ARM_GRIPPER] = actions[-1, ARM_GRIPPER]
     real = actions[start:start + horizon]
     chunk[:len(real)] = real
     return chunk
 
 
 def _start_pose(episode: Episode, step: int) -> EndEffectorPose:
-    gripper = float(episode.actions[step - 1, GRIPPER]) if step > 0 else 0.0  # the command in force
+    gripper = float(episode.actions[step - 1, ARM_GRIPPER]) if step > 0 else 0.0  # the command in force
     pose = episode.ee_pose[step]
     return EndEffectorPose.from_quaternion(pose[:3], pose[3:], gripper)
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from prophrl_common.chunks import ARM_ACTION_DIM
 from prophrl_common.config_io import (ConfigError, dataclass_from_json_file, dataclass_to_json,
                                       require_finite_numbers)
 
-ARM_ACTION_DIM = 7   # [dpos (3), drot (3, rotation vector about the base axes), gripper (0 open .. 1 closed)]
 MAX_ARMS = 2
 # full: every weight trains. lora: LoRA adapters in the transformer are the only trainable weights
 # (adapting a trained Prophet). lora+conditioning: LoRA plus Prophet's own conditioning layers, which
@@ -87,7 +87,7 @@ class ProphetConfig:
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{source}: {key} must be positive")
         if self.action_dim % ARM_ACTION_DIM:
-            raise ConfigError(f"{source}: action_dim must be a multiple of {ARM_ACTION_DIM} (7 per end effector)")
+            raise ConfigError(f"{source}: action_dim must be a multiple of {ARM_ACTION_DIM} (one step per end effector)")
         if self.timestep_shift <= 0:
             raise ConfigError(f"{source}: timestep_shift must be positive")
         if self.vae_kl_weight < 0:

@@ -21,9 +21,10 @@ import numpy as np
 import torch
 from scipy.spatial.transform import Rotation
 
+from prophrl_common.chunks import ARM_ACTION_DIM
 from prophrl_common.config_io import ConfigError
 from prophrl_common.geometry import CameraCalibration, EndEffectorPose
-from prophrl_worldmodel.action_frames import ARM_ACTION_DIM, render_action_frames
+from prophrl_worldmodel.action_frames import render_action_frames
 from prophrl_worldmodel.modeling_prophet import Prophet
 
 

@@ -96,7 +96,8 @@ from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Float64, String
 from std_srvs.srv import Trigger
 
-from prophrl_common.chunks import InvalidChunkError, array_to_chunk, chunk_to_array
+from prophrl_common.chunks import (ARM_ACTION_DIM, ARM_GRIPPER, EE_ACTION_SPACES, POLICY_STATE_DIM, InvalidChunkError,
+                                   array_to_chunk, chunk_to_array)
 from prophrl_common.config_io import ConfigError
 from prophrl_common.images import ImageConversionError, numpy_to_image, to_rgb8
 from prophrl_common.node_runtime import run_node
@@ -104,15 +105,13 @@ from prophrl_common.robots import load_robot_config
 from prophrl_msgs.action import AdaptWorldModel, Imagine
 from prophrl_msgs.msg import ActionChunk, EpisodeEvent
 from prophrl_common.geometry import EndEffectorPose
-from prophrl_worldmodel.action_frames import ARM_ACTION_DIM, integrate_actions
+from prophrl_worldmodel.action_frames import integrate_actions
 from prophrl_worldmodel.imagination import ImaginationStart, ImaginedRollouts
 from prophrl_worldmodel.modeling_prophet import Prophet
 
 IMAGE_QOS = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE)
 STATE_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
-EE_ACTION_SPACES = {"ee_delta_7d": ARM_ACTION_DIM, "ee_delta_14d": 2 * ARM_ACTION_DIM}
-STATE_DIM = 8            # x y z qx qy qz qw gripper
 ADAPT_MODES = ("lora", "full")
 COUNTERS = ("imagine_goals", "imagine_failed", "imagine_canceled", "imagined_frames", "sessions_opened",
             "sessions_closed", "live_episodes", "live_chunks_executed", "live_frames_published",
@@ -129,7 +128,7 @@ def fit_chunk(actions: np.ndarray, horizon: int) -> np.ndarray:
     if actions.shape[0] >= horizon:
         return actions[:horizon].copy()
     pad = np.zeros((horizon - actions.shape[0], actions.shape[1]), np.float32)
-    grippers = np.arange(ARM_ACTION_DIM - 1, actions.shape[1], ARM_ACTION_DIM)
+    grippers = np.arange(ARM_GRIPPER, actions.shape[1], ARM_ACTION_DIM)
     pad[:, grippers] = actions[-1, grippers]
     return np.concatenate([actions, pad])
 
@@ -631,7 +630,7 @@ class ImaginationNode(LifecycleNode):
         rollouts.num_steps = num_steps if goal.num_steps or opened else rollouts.num_steps
         config = self.model.config
         frames = np.empty((g, per_rollout, config.frames_per_clip, config.image_size, config.image_size, 3), np.uint8)
-        states = np.zeros((g, per_rollout, STATE_DIM), np.float32)
+        states = np.zeros((g, per_rollout, POLICY_STATE_DIM), np.float32)
         keep = bool(session_id)
         try:
             for c in range(per_rollout):
@@ -667,7 +666,7 @@ class ImaginationNode(LifecycleNode):
         result.num_rollouts, result.chunks_per_rollout = g, per_rollout
         result.frames_per_chunk = config.frames_per_clip
         has_state = rollouts.ee_poses is not None
-        result.state_dim = STATE_DIM if has_state else 0
+        result.state_dim = POLICY_STATE_DIM if has_state else 0
         result.states = array.array("f", states.reshape(-1).tobytes()) if has_state else []
         what = f"session {session_id!r}" + (" opened" if opened else f", {rollouts.chunks_done} chunks so far") \
             if session_id else "one-shot"

@@ -48,14 +48,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from prophrl_common.chunks import ARM_ACTION_DIM
 from prophrl_common.config_io import ConfigError, require_finite_numbers
 from prophrl_common.outputs import OutputKind, check_output_dir
 from prophrl_common.weights import require_finite_loss
 from prophrl_worldmodel.configuration_judge import JudgeConfig
 from prophrl_data.shards import EpisodeDataset
 from prophrl_worldmodel.modeling_judge import RewardJudge, frames_at, uniform_indices
-
-ARM_ACTION_DIM = 7
 
 
 # ----------------------------------------------------------------------------- data

@@ -44,10 +44,11 @@ from safetensors.torch import load_file
 from torch import nn
 
 from prophrl_common.atomic_io import atomic_directory
+from prophrl_common.chunks import ARM_ACTION_DIM
 from prophrl_common.weights import save_finite_safetensors
 from prophrl_common.config_io import ConfigError
 from prophrl_nn import schedulers
-from prophrl_worldmodel.configuration_prophet import ARM_ACTION_DIM, ProphetConfig
+from prophrl_worldmodel.configuration_prophet import ProphetConfig
 
 CONFIG_NAME = "prophet_config.json"
 WEIGHTS_NAME = "model.safetensors"
