@@ -1,8 +1,15 @@
 """Every test session runs its nodes on a private ROS domain, loopback only, with the project's
 threading setup (prophrl_common.threads: OpenMP workers sleep instead of spinning, set before torch
-is imported here or in a child process)."""
+is imported here or in a child process), and with SIGINT handled as in a terminal: a session started in
+the background of a non-interactive shell inherits SIGINT ignored, and so would every process the tests
+Ctrl-C, which then could not be interrupted."""
 
-from prophrl_common.threads import configure_threads
+import signal
+
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+from prophrl_common.threads import configure_threads  # noqa: E402
 
 configure_threads()
 
