@@ -44,3 +44,32 @@ def save_finite_safetensors(tensors: Mapping, path: str | Path, metadata: dict[s
 
     require_finite(tensors, what)
     save_file(dict(tensors), str(path), metadata=metadata)
+
+
+def load_safetensors(path: str | Path, device: str = "cpu") -> dict:
+    """safetensors.torch.load_file; a corrupt file is a ConfigError naming it. A Ctrl-C during the load is
+    held until the load is over and then raised as KeyboardInterrupt: raised inside the torch/safetensors
+    C code it surfaces as an unrelated error ("could not determine the shape ..."), which would read as a
+    corrupt checkpoint."""
+    import signal
+    import threading
+
+    from safetensors.torch import load_file
+
+    from prophrl_common.config_io import ConfigError
+
+    interrupted = []
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True)) if in_main else None
+    try:
+        state = load_file(str(path), device=str(device))
+    except Exception as exc:  # safetensors raises its own error types for corrupt files
+        if not interrupted:
+            raise ConfigError(f"{path}: cannot read weights: {exc}") from exc
+        state = None
+    finally:
+        if in_main:
+            signal.signal(signal.SIGINT, previous)
+    if interrupted:
+        raise KeyboardInterrupt
+    return state

@@ -13,11 +13,10 @@ import math
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
 from prophrl_common.atomic_io import atomic_directory
-from prophrl_common.weights import save_finite_safetensors
+from prophrl_common.weights import load_safetensors, save_finite_safetensors
 from prophrl_common.config_io import ConfigError
 from prophrl_nn import flow_matching as fm
 from prophrl_nn.text_encoder import HashedBagOfWords
@@ -260,10 +259,7 @@ class VLAPolicy(nn.Module):
         embodiment = (Embodiment.from_json_file(directory / EMBODIMENT_NAME)
                       if (directory / EMBODIMENT_NAME).is_file() else None)  # None: saved before it was recorded
         policy = cls(config, stats, load_pretrained=False, embodiment=embodiment)
-        try:
-            state = load_file(str(directory / WEIGHTS_NAME), device=map_location)
-        except Exception as exc:  # safetensors raises its own error types for corrupt files
-            raise ConfigError(f"{directory / WEIGHTS_NAME}: cannot read weights: {exc}") from exc
+        state = load_safetensors(directory / WEIGHTS_NAME, map_location)
         try:
             missing, unexpected = policy.load_state_dict(state, strict=False)
         except RuntimeError as exc:  # shape mismatches

@@ -28,11 +28,10 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 from torch import nn
 
 from prophrl_common.atomic_io import atomic_directory, write_text_atomic
-from prophrl_common.weights import save_finite_safetensors
+from prophrl_common.weights import load_safetensors, save_finite_safetensors
 from prophrl_common.config_io import ConfigError
 from prophrl_nn.text_encoder import HashedBagOfWords
 from prophrl_worldmodel.configuration_judge import JudgeConfig, get_judge_config
@@ -212,10 +211,7 @@ class RewardJudge(nn.Module):
                 raise ConfigError(f"{directory}: not a reward-judge checkpoint (missing {name})")
         config = JudgeConfig.from_json_file(directory / CONFIG_NAME)
         model = cls(config)
-        try:
-            state = load_file(str(directory / WEIGHTS_NAME), device=str(map_location))
-        except Exception as exc:  # safetensors raises its own error types for corrupt files
-            raise ConfigError(f"{directory / WEIGHTS_NAME}: cannot read weights: {exc}") from exc
+        state = load_safetensors(directory / WEIGHTS_NAME, str(map_location))
         for name, tensor in state.items():
             if tensor.is_floating_point() and not torch.isfinite(tensor).all():
                 raise ConfigError(f"{directory / WEIGHTS_NAME}: tensor {name} contains NaN/inf")

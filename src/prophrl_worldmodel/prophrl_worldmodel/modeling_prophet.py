@@ -40,12 +40,11 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, AutoencoderKLWan, WanTransformer3DModel
 from diffusers.utils.torch_utils import randn_tensor
-from safetensors.torch import load_file
 from torch import nn
 
 from prophrl_common.atomic_io import atomic_directory
 from prophrl_common.chunks import ARM_ACTION_DIM
-from prophrl_common.weights import save_finite_safetensors
+from prophrl_common.weights import load_safetensors, save_finite_safetensors
 from prophrl_common.config_io import ConfigError
 from prophrl_nn import schedulers
 from prophrl_worldmodel.configuration_prophet import ProphetConfig
@@ -551,10 +550,7 @@ class Prophet(nn.Module):
         weights = directory / (ADAPTER_NAME if model.saves_adapter_only else WEIGHTS_NAME)
         if not weights.is_file():
             raise ConfigError(f"{directory}: not a Prophet checkpoint (missing {weights.name})")
-        try:
-            state = load_file(str(weights), device=str(map_location))
-        except Exception as exc:  # safetensors raises its own error types for corrupt files
-            raise ConfigError(f"{weights}: cannot read weights: {exc}") from exc
+        state = load_safetensors(weights, str(map_location))
         for name, tensor in state.items():
             if tensor.is_floating_point() and not torch.isfinite(tensor).all():
                 raise ConfigError(f"{weights}: tensor {name} contains NaN/inf")
