@@ -91,7 +91,7 @@ class Scenario:
 
     def step_chunks(self):
         seen = self.seen
-        self.wait(lambda: len(seen.executed) >= 4, 90, "4 executed chunks")
+        self.wait(lambda: len(seen.checkable_executed()) >= 4, 90, "4 executed chunks after the first pose seen")
         return {"executed": len(seen.executed), "instructions": list(seen.instructions),
                 "image_formats": sorted({(m.width, m.height, m.encoding) for m in seen.images})}
 
@@ -116,7 +116,7 @@ class Scenario:
         assert seen.events[-1].instruction == self.starts[0].start.instruction, seen.events[-1].instruction
         restarted = _stamp_ns(seen.events[-1].header.stamp)
         executed_before = len(seen.executed)
-        self.wait(lambda: len(seen.executed) >= executed_before + 3, 60, "3 more executed chunks after the reset")
+        self.wait(lambda: len(seen.checkable_executed(restarted)) >= 3, 60, "3 executed chunks after the reset")
         self.closed_loop(after_ns=restarted)
         return {"success": response.success, "last_two_events": last_two,
                 "instruction": seen.events[-1].instruction, "executed_before": executed_before,

@@ -389,6 +389,16 @@ class LiveObserver:
         node.create_subscription(EpisodeEvent, "/prophrl/episode", self.events.append, 10)
         node.create_subscription(String, "/prophrl/instruction", lambda m: self.instructions.append(m.data), LATCHED)
 
+    def checkable_executed(self, after_ns=0):
+        """The executed chunks check_closed_loop checks: stamped at or after `after_ns` and after the first pose this
+        observer saw. DDS matches each topic on its own, so the node may have executed chunks before the pose
+        subscription was matched; a wait for the loop to run counts these."""
+        stamps = [_stamp_ns(p.header.stamp) for p in self.poses if _stamp_ns(p.header.stamp) >= after_ns]
+        if not stamps:
+            return []
+        first_pose_ns = min(stamps)
+        return [c for c in self.executed if _stamp_ns(c.header.stamp) >= max(after_ns, first_pose_ns)]
+
     def check_closed_loop(self, node, start_position, horizon, actions_per_frame, after_ns=0):
         """The policy acts on imagined frames; the node executes its chunks and moves the ee pose by their sum.
 
@@ -403,11 +413,11 @@ class LiveObserver:
         poses = sorted((p for p in self.poses if _stamp_ns(p.header.stamp) >= after_ns),
                        key=lambda p: _stamp_ns(p.header.stamp))
         assert poses, "no ee pose seen"
-        # The pose check starts at the first pose this observer saw: DDS matches each topic on its own, so the
-        # node may have executed chunks before the executed-chunk subscription (or the pose one) was matched.
+        # The pose check starts at the first pose this observer saw (see checkable_executed).
         first_pose_ns = _stamp_ns(poses[0].header.stamp)
-        executed = [c for c in self.executed if _stamp_ns(c.header.stamp) >= max(after_ns, first_pose_ns)]
-        assert len(executed) >= 3
+        executed = self.checkable_executed(after_ns)
+        assert len(executed) >= 3, \
+            f"{len(executed)} executed chunks after the first pose seen ({len(self.executed)} in all)"
         matched, steps = 0, []
         for chunk in executed:
             actions = chunk_to_array(chunk)

@@ -3,12 +3,16 @@
 The mistakes are the project's error types for bad input (ConfigError: configs, checkpoints, datasets,
 output directories; BagError: bags), OSError on the paths a user gives (missing, unreadable, under a
 file, a full disk) and a training run that diverged (FloatingPointError, e.g. NonFiniteError). A
-Ctrl-C is one line and exit status 130. Anything else is a bug and keeps its traceback.
+Ctrl-C is one line and exit status 130, whatever error it surfaced as: a KeyboardInterrupt raised inside
+C code is often turned into another exception (an extension module's import fails with "initialization
+failed", torch reports a shape error). Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 from collections.abc import Callable
 
 EXIT_USAGE = 2
@@ -28,15 +32,52 @@ def one_line(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
+class SigintCounter:
+    """A SIGINT handler that counts the signals and then does what the handler it replaced does."""
+
+    def __init__(self, previous: Callable):
+        self.previous, self.count = previous, 0
+
+    def __call__(self, signum, frame):
+        self.count += 1
+        self.previous(signum, frame)
+
+
+def _install_sigint_counter() -> tuple[SigintCounter | None, bool]:
+    """The SIGINT counter in place (installed now when a Python handler is there and none counts yet) and
+    whether this call installed it. None where Python cannot see a SIGINT (not the main thread, SIGINT
+    ignored or left to the OS)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None, False
+    current = signal.getsignal(signal.SIGINT)
+    if isinstance(current, SigintCounter):
+        return current, False
+    if not callable(current):
+        return None, False
+    counter = SigintCounter(current)
+    signal.signal(signal.SIGINT, counter)
+    return counter, True
+
+
 def run_reporting_errors(prog: str, command: Callable[[], int],
                          also: tuple[type[BaseException], ...] = ()) -> int:
     """command()'s exit status, or 2 after printing `prog: error: <one line>` for a user error (or one of
-    the verb's own error types `also`)."""
+    the verb's own error types `also`), or 130 after `prog: interrupted` when a Ctrl-C ended it."""
+    counter, installed = _install_sigint_counter()
+    before = counter.count if counter is not None else 0
     try:
         return command()
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (*user_error_types(), *also) as exc:
-        print(f"{prog}: error: {one_line(exc)}", file=sys.stderr)
-        return EXIT_USAGE
+    except Exception as exc:
+        if counter is not None and counter.count > before:
+            print(f"{prog}: interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        if isinstance(exc, (*user_error_types(), *also)):
+            print(f"{prog}: error: {one_line(exc)}", file=sys.stderr)
+            return EXIT_USAGE
+        raise
+    finally:
+        if installed and signal.getsignal(signal.SIGINT) is counter:
+            signal.signal(signal.SIGINT, counter.previous)
