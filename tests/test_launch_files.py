@@ -10,7 +10,7 @@ import time
 import pytest
 
 from prophrl.launch_profile import FRAMEWORK_CONFIGURATIONS, profile_for_launch, required_exit_reason
-from prophrl.profiles import available_profiles, load_profile, profile_arguments, required_node_exit
+from prophrl.profiles import NodeSpec, available_profiles, load_profile, profile_arguments, required_node_exit
 from prophrl_common.config_io import ConfigError
 
 
@@ -62,12 +62,27 @@ def test_profiles_without_input_paths_launch_anywhere(tmp_path, monkeypatch):
             profile_for_launch(name, _configurations(name))
 
 
+def _node(name, ends_profile=False):
+    return NodeSpec(name, "prophrl_sim", "sim_node", None, {}, (), True, ends_profile)
+
+
 def test_a_required_node_exit_fails_the_launch_unless_it_is_shutting_down():
-    assert required_exit_reason("sim", 0, shutting_down=False) == required_node_exit("sim", 0)[1] == \
+    sim = _node("sim")
+    assert required_exit_reason(sim, 0, shutting_down=False) == required_node_exit(sim, 0)[1] == \
         "required node sim exited with code 0; stopping the profile"
-    assert required_exit_reason("sim", -11, shutting_down=False).startswith("required node sim exited with code -11")
-    assert required_exit_reason("sim", -2, shutting_down=True) is None   # Ctrl-C: the launch exits 0
-    assert required_node_exit("sim", 0)[0] == 1 and required_node_exit("sim", 3)[0] == 3
+    assert required_exit_reason(sim, -11, shutting_down=False).startswith("required node sim exited with code -11")
+    assert required_exit_reason(sim, -2, shutting_down=True) is None   # Ctrl-C: the launch exits 0
+    assert required_node_exit(sim, 0)[0] == 1 and required_node_exit(sim, 3)[0] == 3
+
+
+def test_the_node_that_ends_the_profile_ends_it_with_0_when_it_finished_and_fails_it_otherwise():
+    trainer = _node("trainer_node", ends_profile=True)
+    assert required_node_exit(trainer, 0) == (0, "trainer_node finished; stopping the profile")
+    assert required_exit_reason(trainer, 0, shutting_down=False) is None
+    assert required_node_exit(trainer, 1)[0] == 1
+    assert required_exit_reason(trainer, 1, shutting_down=False) == \
+        "required node trainer_node exited with code 1; stopping the profile"
+    assert [n.name for n in load_profile("train").nodes if n.ends_profile] == ["trainer_node"]
 
 
 def test_up_refuses_missing_inputs_in_one_line_without_starting_nodes(tmp_path):

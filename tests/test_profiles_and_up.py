@@ -78,6 +78,8 @@ def _write(tmp_path, text, name="p.yaml"):
     ("nodes:\n  - {name: a, package: p, executable: e, params_file: nodes/none.yaml}\n", "does not exist"),
     ("nodes:\n  - {name: a, package: p, executable: e, parameters: {x: '${nope}'}}\n", "not a declared argument"),
     ("nodes: [\n", "not valid YAML"),
+    ("nodes:\n  - {name: a, package: p, executable: e, required: false, ends_profile: true}\n", "is required"),
+    ("nodes:\n  - {name: a, package: p, executable: e, ends_profile: 'yes'}\n", "must be true or false"),
 ])
 def test_bad_profiles_fail_with_one_clear_error(tmp_path, text, message):
     with pytest.raises(ConfigError, match=message):
@@ -153,6 +155,22 @@ def test_up_exits_nonzero_when_a_required_node_dies(tmp_path):
         up.kill()
     assert up.returncode == 3, out
     assert "required node relay_b exited with code 3" in out
+
+
+def test_up_exits_0_when_the_node_that_ends_the_profile_finishes(tmp_path):
+    """Regression: `prophrl up train` exited 1 when its training run finished."""
+    profile = RELAY_PROFILE.replace('parameters: {exit_after_s: "${exit_after}"}',
+                                    'ends_profile: true, parameters: {exit_after_s: "${exit_after}", exit_code: "${code}"}')
+    profile = profile.replace('exit_after: {default: "0.0"}', 'exit_after: {default: "0.0"}\n  code: {default: "0"}')
+    path = _write(tmp_path, profile)
+    for code, status, line in ((0, 0, "relay_b finished; stopping the profile"),
+                               (3, 3, "required node relay_b exited with code 3")):
+        up = _start_up(path, "exit_after:=1.0", f"code:={code}")
+        try:
+            out, _ = up.communicate(timeout=60)
+        finally:
+            up.kill()
+        assert up.returncode == status and line in out, out
 
 
 def test_children_die_with_a_killed_supervisor(tmp_path, graph_node):

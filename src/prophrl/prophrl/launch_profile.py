@@ -7,7 +7,8 @@ shutting down stops the others and makes `ros2 launch` exit non-zero. Both are e
 inside launch's event loop, which logs "Caught exception in launch ...: <reason>", shuts everything
 down and returns 1 (launch.LaunchService.run). Ctrl-C reaches the nodes and launch together, and on
 a busy machine a node can be gone before launch has handled the signal: whether a required node's
-exit fails the launch is decided EXIT_GRACE_S later. `launch` / `launch_ros` are imported only when
+exit fails the launch is decided EXIT_GRACE_S later. The node that ends the profile (`ends_profile`, a
+training run) shuts the launch down with exit 0 when it finished. `launch` / `launch_ros` are imported only when
 a launch description is built.
 """
 
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 from typing import Mapping
 
-from prophrl.profiles import Profile, check_paths, load_profile, profile_arguments, required_node_exit
+from prophrl.profiles import NodeSpec, Profile, check_paths, load_profile, profile_arguments, required_node_exit
 
 # Launch configurations that launch and launch_ros read themselves (ros2 launch --launch-prefix, the
 # sigterm/sigkill timeouts of every process, PushRosNamespace / SetParameter / SetRemap; AnonName keeps
@@ -39,23 +40,28 @@ def profile_for_launch(profile_name: str, configurations: Mapping[str, object]) 
     return profile
 
 
-def required_exit_reason(name: str, returncode: int, shutting_down: bool) -> str | None:
-    """Why the launch must fail when required node `name` exits with `returncode`; None while the launch
-    is shutting down anyway (Ctrl-C, another node's failure)."""
+def required_exit_reason(spec: NodeSpec, returncode: int, shutting_down: bool) -> str | None:
+    """Why the launch must fail when required node `spec` exits with `returncode`; None while the launch
+    is shutting down anyway (Ctrl-C, another node's failure) and when the node that ends the profile
+    finished."""
     if shutting_down:
         return None
-    return required_node_exit(name, returncode)[1]
+    status, message = required_node_exit(spec, returncode)
+    return message if status else None
 
 
 def generate_profile_launch_description(profile_name: str):
     from launch import LaunchDescription
-    from launch.actions import DeclareLaunchArgument, OpaqueFunction, TimerAction
+    from launch.actions import DeclareLaunchArgument, OpaqueFunction, Shutdown, TimerAction
     from launch_ros.actions import Node
 
-    def on_required_exit(name: str):
+    def on_required_exit(spec: NodeSpec):
         def handler(event, _context):
+            if spec.ends_profile and event.returncode == 0:
+                return Shutdown(reason=required_node_exit(spec, 0)[1])
+
             def fail_unless_shutting_down(context):
-                reason = required_exit_reason(name, event.returncode, context.is_shutdown)
+                reason = required_exit_reason(spec, event.returncode, context.is_shutdown)
                 if reason is not None:
                     raise RequiredNodeExited(reason)
             return TimerAction(period=EXIT_GRACE_S, actions=[OpaqueFunction(function=fail_unless_shutting_down)])
@@ -69,7 +75,7 @@ def generate_profile_launch_description(profile_name: str):
             actions.append(Node(
                 package=spec.package, executable=spec.executable, name=spec.name, output="screen",
                 parameters=parameters, remappings=list(spec.remappings),
-                on_exit=on_required_exit(spec.name) if spec.required else None,
+                on_exit=on_required_exit(spec) if spec.required else None,
             ))
         return actions
 

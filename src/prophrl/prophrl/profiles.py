@@ -15,6 +15,7 @@ A profile:
         parameters: {robot: "${robot}"}         # override the params file (optional)
         remappings: {/from: /to}                # (optional)
         required: true              # when it dies, the whole profile stops (default true)
+        ends_profile: false         # the profile's job (a training run): its exit 0 ends the profile with 0
 `${arg}` is replaced by the argument's value in parameter strings, remappings and params_file.
 Unknown arguments are refused. Before a profile runs, check_paths() refuses `must_exist` arguments
 whose path does not exist (relative to the current directory, where the nodes run).
@@ -34,7 +35,8 @@ from prophrl_common.paths import config_dir
 
 _SUBST = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _ARGUMENT_KEYS = {"default", "description", "must_exist"}
-_NODE_KEYS = {"name", "package", "executable", "params_file", "parameters", "remappings", "required"}
+_NODE_KEYS = {"name", "package", "executable", "params_file", "parameters", "remappings", "required",
+              "ends_profile"}
 _ROS_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 
 
@@ -55,6 +57,7 @@ class NodeSpec:
     parameters: Mapping[str, Any]
     remappings: tuple[tuple[str, str], ...]
     required: bool = True
+    ends_profile: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,10 +179,13 @@ def load_profile(name_or_path: str | Path, overrides: Mapping[str, str] | None =
         if not isinstance(remappings, dict):
             raise ConfigError(f"{where}: 'remappings' must be a mapping of from -> to")
         required = raw.get("required", True)
-        if not isinstance(required, bool):
-            raise ConfigError(f"{where}: 'required' must be true or false")
+        ends_profile = raw.get("ends_profile", False)
+        if not isinstance(required, bool) or not isinstance(ends_profile, bool):
+            raise ConfigError(f"{where}: 'required' and 'ends_profile' must be true or false")
+        if ends_profile and not required:
+            raise ConfigError(f"{where}: a node with 'ends_profile: true' is required (its exit stops the profile)")
         nodes.append(NodeSpec(name, raw["package"], raw["executable"], params_file, parameters,
-                              tuple((str(k), str(v)) for k, v in remappings.items()), required))
+                              tuple((str(k), str(v)) for k, v in remappings.items()), required, ends_profile))
     return Profile(path.stem, str(data.get("description", "")), path, arguments, tuple(nodes), values)
 
 
@@ -197,11 +203,14 @@ def check_paths(profile: Profile) -> None:
         raise ConfigError(f"profile '{profile.name}': " + "; ".join(missing))
 
 
-def required_node_exit(name: str, returncode: int) -> tuple[int, str]:
-    """A required node exited while the profile ran: the profile's exit status (the node's code, 1 for
-    a node that exited with 0) and the line that says so. `prophrl up` and the launch files share it."""
+def required_node_exit(spec: NodeSpec, returncode: int) -> tuple[int, str]:
+    """A required node exited while the profile ran: the profile's exit status and the line that says so.
+    The status is 0 when the node that ends the profile finished (exit 0), else the node's code (1 for
+    another node that exited with 0). `prophrl up` and the launch files share it."""
+    if spec.ends_profile and returncode == 0:
+        return 0, f"{spec.name} finished; stopping the profile"
     return (returncode if returncode else 1,
-            f"required node {name} exited with code {returncode}; stopping the profile")
+            f"required node {spec.name} exited with code {returncode}; stopping the profile")
 
 
 def parse_overrides(items: list[str]) -> dict[str, str]:

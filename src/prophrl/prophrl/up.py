@@ -153,7 +153,7 @@ class Supervisor:
                     continue
                 reported.add(child.proc.pid)
                 if child.spec.required:
-                    status, message = required_node_exit(child.spec.name, code)
+                    status, message = required_node_exit(child.spec, code)
                     self._say(message)
                     self.request_stop(f"{child.spec.name} exited")
                 else:

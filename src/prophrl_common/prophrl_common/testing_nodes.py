@@ -3,7 +3,7 @@
 - relays ActionChunk /prophrl/test/chunk_in -> /prophrl/test/chunk_out and Image /prophrl/test/image_in
   -> /prophrl/test/image_out unchanged (round-trip latency = the transport floor);
 - serves LoadPolicy on ~/load_policy: succeeds for an existing file, fails with the reason otherwise;
-- with parameter exit_after_s > 0, exits with code 3 after that long (to test supervisors);
+- with parameter exit_after_s > 0, exits after that long with code `exit_code` (default 3; to test supervisors);
 - serves the Imagine action on ~/imagine: returns each rollout's last context frame once per chunk, shifted
   by the chunk's first action, with feedback after every chunk.
 """
@@ -36,15 +36,16 @@ class InterfaceTestNode(Node):
         self.create_subscription(Image, "/prophrl/test/image_in", self._image_out.publish, qos)
         self.create_service(LoadPolicy, "~/load_policy", self._load_policy)
         self._imagine = ActionServer(self, Imagine, "~/imagine", self._run_imagine)
-        self.exit_code = 0
+        self.exit_code, self.exiting = 0, False
         exit_after_s = self.declare_parameter("exit_after_s", 0.0).value
+        self._code_at_exit = self.declare_parameter("exit_code", 3).value
         if exit_after_s > 0:
             self._exit_timer = self.create_timer(exit_after_s, self._exit)
 
     def _exit(self):
-        self.get_logger().error("exit_after_s elapsed: exiting with code 3")
+        self.get_logger().error(f"exit_after_s elapsed: exiting with code {self._code_at_exit}")
         self._exit_timer.cancel()
-        self.exit_code = 3
+        self.exit_code, self.exiting = self._code_at_exit, True
 
     def _load_policy(self, request, response):
         if os.path.isfile(request.checkpoint_path):
@@ -84,7 +85,7 @@ class InterfaceTestNode(Node):
 
 def main(argv=None) -> int:
     return run_node(InterfaceTestNode, argv, executor=lambda _node: MultiThreadedExecutor(num_threads=2),
-                    keep_running=lambda node: not node.exit_code, exit_code=lambda node: node.exit_code)
+                    keep_running=lambda node: not node.exiting, exit_code=lambda node: node.exit_code)
 
 
 if __name__ == "__main__":
