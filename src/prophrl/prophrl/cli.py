@@ -35,6 +35,14 @@ def _cmd_profiles(_args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_params(args: argparse.Namespace) -> int:
+    from prophrl.node_parameters_index import NODE_PARAMETERS, describe_parameters
+
+    for executable in [args.node] if args.node else sorted(NODE_PARAMETERS):
+        print(describe_parameters(executable))
+    return 0
+
+
 def _cmd_policy_sft(args: argparse.Namespace) -> int:
     import dataclasses
 
@@ -122,6 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     profiles = verbs.add_parser("profiles", help="list launch profiles, their nodes and arguments")
     profiles.set_defaults(func=_cmd_profiles)
+
+    params = verbs.add_parser("params", help="every node's parameters: type, default, rule, description")
+    params.add_argument("node", nargs="?", help="a node's console script, e.g. executor_node (default: all)")
+    params.set_defaults(func=_cmd_params)
 
     for verb, (_target, help_text) in PASSTHROUGH_VERBS.items():
         passthrough = verbs.add_parser(verb, add_help=False, help=f"{help_text}; --help for options")

@@ -40,6 +40,7 @@ age seen, the ticks where a joint velocity or position limit cut the commanded m
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -55,6 +56,7 @@ from std_msgs.msg import Float64, String
 from trajectory_msgs.msg import JointTrajectory
 
 from prophrl_common.kinematics import KinematicChain, matrix_to_pose
+from prophrl_common.node_parameters import declare_parameters, parameter, read_parameters
 from prophrl_common.node_runtime import run_node
 from prophrl_common.robots import RobotConfig, load_robot_config
 
@@ -109,13 +111,22 @@ def check_joint_trajectory(msg: JointTrajectory, robot: RobotConfig, now_s: floa
     return None
 
 
+@dataclasses.dataclass(frozen=True)
+class DriverDoubleParameters:
+    robot: str = parameter("ur5e", "the real robot config whose driver this node plays", required=True)
+    rate_hz: float = parameter(50.0, "joint state rate", minimum=0.0, exclusive_minimum=True)
+    twist_timeout_s: float = parameter(0.1, "a twist is followed until a newer one or this much time",
+                                       minimum=0.0, exclusive_minimum=True)
+    status_period_s: float = parameter(0.2, "period of the status line", minimum=0.0, exclusive_minimum=True)
+
+
 class DriverDouble(Node):
     def __init__(self, node_name: str = "driver_double", **kwargs):
         super().__init__(node_name, **kwargs)
-        self.robot = load_robot_config(self.declare_parameter("robot", "ur5e").value)
-        self.rate_hz = float(self.declare_parameter("rate_hz", 50.0).value)
-        self.twist_timeout_s = float(self.declare_parameter("twist_timeout_s", 0.1).value)
-        status_period = float(self.declare_parameter("status_period_s", 0.2).value)
+        declare_parameters(self, DriverDoubleParameters)
+        params = read_parameters(self, DriverDoubleParameters)
+        self.robot = load_robot_config(params.robot)
+        self.rate_hz, self.twist_timeout_s, status_period = params.rate_hz, params.twist_timeout_s, params.status_period_s
         self.chain = KinematicChain.for_robot(self.robot)
         robot = self.robot
         order, self.extra_joints = DRIVER_SHAPES.get(robot.name, ("config", ()))

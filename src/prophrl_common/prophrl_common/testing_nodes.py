@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import time
@@ -20,10 +21,17 @@ from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 
+from prophrl_common.node_parameters import declare_parameters, parameter, read_parameters
 from prophrl_common.node_runtime import run_node
 from prophrl_msgs.action import Imagine
 from prophrl_msgs.msg import ActionChunk
 from prophrl_msgs.srv import LoadPolicy
+
+
+@dataclasses.dataclass(frozen=True)
+class InterfaceTestNodeParameters:
+    exit_after_s: float = parameter(0.0, "exit after this long (0: never)", minimum=0.0)
+    exit_code: int = parameter(3, "the exit code then", minimum=0, maximum=255)
 
 
 class InterfaceTestNode(Node):
@@ -37,10 +45,11 @@ class InterfaceTestNode(Node):
         self.create_service(LoadPolicy, "~/load_policy", self._load_policy)
         self._imagine = ActionServer(self, Imagine, "~/imagine", self._run_imagine)
         self.exit_code, self.exiting = 0, False
-        exit_after_s = self.declare_parameter("exit_after_s", 0.0).value
-        self._code_at_exit = self.declare_parameter("exit_code", 3).value
-        if exit_after_s > 0:
-            self._exit_timer = self.create_timer(exit_after_s, self._exit)
+        declare_parameters(self, InterfaceTestNodeParameters)
+        params = read_parameters(self, InterfaceTestNodeParameters)
+        self._code_at_exit = params.exit_code
+        if params.exit_after_s > 0:
+            self._exit_timer = self.create_timer(params.exit_after_s, self._exit)
 
     def _exit(self):
         self.get_logger().error(f"exit_after_s elapsed: exiting with code {self._code_at_exit}")

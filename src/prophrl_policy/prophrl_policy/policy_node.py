@@ -18,6 +18,7 @@ late or repeated push never replaces newer weights.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import threading
 import time
@@ -36,6 +37,7 @@ from std_msgs.msg import Float64, String
 from prophrl_common.chunks import ACTION_SPACES, POLICY_STATE_NAMES, array_to_chunk
 from prophrl_common.config_io import ConfigError
 from prophrl_common.node_clock import node_seconds
+from prophrl_common.node_parameters import declare_parameters, parameter, read_parameters
 from prophrl_common.node_runtime import run_node
 from prophrl_common.images import ImageConversionError, to_rgb8
 from prophrl_common.robots import load_robot_config
@@ -51,17 +53,36 @@ SENSOR_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT, hist
 LATCHED = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 
+@dataclasses.dataclass(frozen=True)
+class PolicyNodeParameters:
+    checkpoint_path: str = parameter("", "a checkpoint directory from `prophrl policy sft`", required=True)
+    robot: str = parameter("panda_sim", "robot config (config/robots name or YAML path): ee pose and gripper topics")
+    autostart: bool = parameter(True, "configure and activate at start-up")
+    image_topic: str = parameter("/camera/image_raw", "camera frames the policy acts on")
+    instruction_topic: str = parameter("/prophrl/instruction", "task instruction (latched)")
+    instruction: str = parameter("", "the instruction used until one arrives on instruction_topic")
+    action_chunk_topic: str = parameter("/prophrl/action_chunk", "where the chunks are published")
+    replan_period_s: float = parameter(0.1, "a new chunk every replan_period_s (receding horizon); "
+                                            "0: on every camera frame", minimum=0.0)
+    mode: str = parameter("ode", "ode: deterministic deployment; sde: Flow-GRPO's stochastic sampler",
+                          choices=("ode", "sde"))
+    num_steps: int = parameter(0, "denoising steps per chunk (0: the checkpoint's num_inference_steps)", minimum=0)
+    noise_level: float = parameter(0.7, "sde mode: the sampler's noise level", minimum=0.0)
+    seed: int = parameter(0, "seed of the sampler's noise")
+    device: str = parameter("cpu", "torch device")
+    torch_threads: int = parameter(1, "intra-op CPU threads for inference (more helps only large models on idle "
+                                      "cores)", minimum=1)
+    max_state_age_s: float = parameter(1.0, "do not act on an end-effector pose older than this",
+                                       minimum=0.0, exclusive_minimum=True)
+    latency_log_period_s: float = parameter(10.0, "period of the inference latency log line",
+                                            minimum=0.0, exclusive_minimum=True)
+
+
 class PolicyNode(LifecycleNode):
     def __init__(self, node_name: str = "policy_node"):
         super().__init__(node_name)
-        for name, default in (("checkpoint_path", ""), ("robot", "panda_sim"), ("autostart", True),
-                              ("image_topic", "/camera/image_raw"),
-                              ("instruction_topic", "/prophrl/instruction"), ("instruction", ""),
-                              ("action_chunk_topic", "/prophrl/action_chunk"), ("replan_period_s", 0.4),
-                              ("mode", "ode"), ("num_steps", 0), ("noise_level", 0.7), ("seed", 0),
-                              ("device", "cpu"), ("torch_threads", 1), ("max_state_age_s", 1.0),
-                              ("latency_log_period_s", 10.0)):
-            self.declare_parameter(name, default)
+        declare_parameters(self, PolicyNodeParameters)
+        self.params = PolicyNodeParameters()
         self.policy: VLAPolicy | None = None
         self.policy_version = 0
         self._policy_lock = threading.Lock()
@@ -78,51 +99,43 @@ class PolicyNode(LifecycleNode):
     def autostart(self) -> bool:
         return bool(self.get_parameter("autostart").value)
 
-    def p(self, name: str):
-        return self.get_parameter(name).value
-
     # ---------------------------------------------------------------- lifecycle
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
-            if self.p("mode") not in ("ode", "sde"):
-                raise ConfigError(f"parameter mode must be ode or sde, got {self.p('mode')!r}")
-            if not self.p("replan_period_s") >= 0:
-                raise ConfigError("parameter replan_period_s must be >= 0 (0: run on every camera frame)")
-            if not self.p("checkpoint_path"):
-                raise ConfigError("parameter checkpoint_path is required (a directory from `prophrl policy sft`)")
-            self.robot = load_robot_config(self.p("robot"))
-            self.device = torch.device(self.p("device"))
+            self.params = read_parameters(self, PolicyNodeParameters)
+            self.robot = load_robot_config(self.params.robot)
+            self.device = torch.device(self.params.device)
             # One intra-op thread: a small policy gains little from more, and spinning OpenMP
             # workers would starve the camera/executor processes sharing this CPU.
-            torch.set_num_threads(max(1, int(self.p("torch_threads"))))
-            self.policy = self._load(self.p("checkpoint_path"))
+            torch.set_num_threads(self.params.torch_threads)
+            self.policy = self._load(self.params.checkpoint_path)
         except (ConfigError, RuntimeError) as exc:
             self.get_logger().error(f"configure failed: {exc}")
             return TransitionCallbackReturn.FAILURE
-        self.generator = torch.Generator(device=self.device).manual_seed(int(self.p("seed")))
-        self.instruction = self.p("instruction")
-        self.chunk_pub = self.create_publisher(ActionChunk, self.p("action_chunk_topic"), 10)
+        self.generator = torch.Generator(device=self.device).manual_seed(self.params.seed)
+        self.instruction = self.params.instruction
+        self.chunk_pub = self.create_publisher(ActionChunk, self.params.action_chunk_topic, 10)
         sensors = MutuallyExclusiveCallbackGroup()
         self._entities = [
             self.chunk_pub,
-            self.create_subscription(Image, self.p("image_topic"), self._on_image, SENSOR_QOS, callback_group=sensors),
+            self.create_subscription(Image, self.params.image_topic, self._on_image, SENSOR_QOS, callback_group=sensors),
             self.create_subscription(PoseStamped, self.robot.ee_pose_topic, self._on_ee_pose, 10,
                                      callback_group=sensors),
             self.create_subscription(Float64, self.robot.gripper_topic, self._on_gripper, 10,
                                      callback_group=sensors),
-            self.create_subscription(String, self.p("instruction_topic"), self._on_instruction, LATCHED,
+            self.create_subscription(String, self.params.instruction_topic, self._on_instruction, LATCHED,
                                      callback_group=sensors),
             self.create_service(LoadPolicy, "~/load_policy", self._on_load_policy,
                                 callback_group=MutuallyExclusiveCallbackGroup()),
         ]
         self.get_logger().info(f"configured: robot {self.robot.name}, policy {self.policy.config.name} "
-                               f"from {self.p('checkpoint_path')}")
+                               f"from {self.params.checkpoint_path}")
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._timers = [self.create_timer(self.p("latency_log_period_s"), self._log_latency)]
-        if self.p("replan_period_s") > 0:
-            self._timers.append(self.create_timer(self.p("replan_period_s"), self._on_timer,
+        self._timers = [self.create_timer(self.params.latency_log_period_s, self._log_latency)]
+        if self.params.replan_period_s > 0:
+            self._timers.append(self.create_timer(self.params.replan_period_s, self._on_timer,
                                                   callback_group=MutuallyExclusiveCallbackGroup()))
         self.active = True
         return super().on_activate(state)
@@ -143,7 +156,7 @@ class PolicyNode(LifecycleNode):
     # ---------------------------------------------------------------- inputs
     def _on_image(self, msg: Image) -> None:
         self._image = msg
-        if self.active and self.p("replan_period_s") == 0:
+        if self.active and self.params.replan_period_s == 0:
             self._on_timer()
 
     def _on_ee_pose(self, msg: PoseStamped) -> None:
@@ -169,7 +182,7 @@ class PolicyNode(LifecycleNode):
         image = self._image
         if image is None or self._ee_pose is None:
             return
-        if node_seconds(self) - self._ee_stamp > self.p("max_state_age_s"):
+        if node_seconds(self) - self._ee_stamp > self.params.max_state_age_s:
             self.get_logger().warning("end-effector pose is stale: not publishing", throttle_duration_sec=5.0)
             return
         try:
@@ -181,8 +194,8 @@ class PolicyNode(LifecycleNode):
             policy, version = self.policy, self.policy_version
         start = time.perf_counter()
         with torch.inference_mode():
-            sample = policy.predict_action_chunk(obs, mode=self.p("mode"), num_steps=self.p("num_steps") or None,
-                                                 noise_level=self.p("noise_level"), generator=self.generator)
+            sample = policy.predict_action_chunk(obs, mode=self.params.mode, num_steps=self.params.num_steps or None,
+                                                 noise_level=self.params.noise_level, generator=self.generator)
         self.latencies_ms.append((time.perf_counter() - start) * 1e3)
         actions = sample.actions[0].cpu().numpy()
         if not np.isfinite(actions).all():

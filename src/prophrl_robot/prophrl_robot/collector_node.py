@@ -10,13 +10,13 @@ ready (prophrl_common.startup), and waits for their answers, as long as the star
 (PROPHRL_STARTUP_TIMEOUT_S): a cold sim is still building its scene long after its services are
 visible.
 
-Parameters: sim_node (node name of the sim, e.g. /sim; empty on a real robot), recorder_last_bag_topic,
-robot, task, bag_timeout_s. With use_sim_time, max_duration_s is sim time (/clock): a sim slowed down
+Parameters: CollectorNodeParameters. With use_sim_time, max_duration_s is sim time (/clock): a sim slowed down
 by a loaded machine gets the same number of steps.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import threading
 import time
@@ -33,6 +33,7 @@ from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
 from prophrl_common.node_clock import node_seconds, uses_sim_time
+from prophrl_common.node_parameters import declare_parameters, parameter, read_parameters
 from prophrl_common.node_runtime import run_node
 from prophrl_common.startup import ReadyWatcher, startup_timeout_s
 from prophrl_msgs.action import CollectEpisode
@@ -41,14 +42,27 @@ from prophrl_msgs.msg import ActionChunk, EpisodeEvent
 LATCHED = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 
+@dataclasses.dataclass(frozen=True)
+class CollectorNodeParameters:
+    sim_node: str = parameter("/sim", "node name of the simulated arm (its seed parameter and ~/reset start "
+                                      "episodes); empty on a real robot, where the collector publishes START itself")
+    recorder_last_bag_topic: str = parameter("/recorder/last_bag", "where the recorder announces every closed bag",
+                                             required=True)
+    robot: str = parameter("panda_sim", "robot name written into the episode events")
+    task: str = parameter("", "task name written into the episode events")
+    bag_timeout_s: float = parameter(60.0, "how long to wait for the recorder's bag after the episode ended (it "
+                                           "writes the last messages first; seconds on a busy machine)",
+                                     minimum=0.0, exclusive_minimum=True)
+
+
 class CollectorNode(Node):
     def __init__(self):
         super().__init__("collector")
-        self.sim_node = self.declare_parameter("sim_node", "/sim").value.rstrip("/")
-        self.robot = self.declare_parameter("robot", "panda_sim").value
-        self.task = self.declare_parameter("task", "").value
-        self.bag_timeout_s = self.declare_parameter("bag_timeout_s", 60.0).value
-        last_bag_topic = self.declare_parameter("recorder_last_bag_topic", "/recorder/last_bag").value
+        declare_parameters(self, CollectorNodeParameters)
+        params = read_parameters(self, CollectorNodeParameters)
+        self.sim_node = params.sim_node.rstrip("/")
+        self.robot, self.task, self.bag_timeout_s = params.robot, params.task, params.bag_timeout_s
+        last_bag_topic = params.recorder_last_bag_topic
         self.recorder_name = last_bag_topic.strip("/").split("/")[0]
         self._recording_ready = False
         self.stopping = threading.Event()

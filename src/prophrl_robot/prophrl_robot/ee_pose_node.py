@@ -23,6 +23,7 @@ Run: ``ros2 run prophrl_robot ee_pose_node --ros-args -p robot:=ur5e``
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -32,6 +33,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import JointState
 
 from prophrl_common.ee_pose import EePoseTracker
+from prophrl_common.node_parameters import declare_parameters, parameter, read_parameters
 from prophrl_common.node_runtime import run_node
 from prophrl_common.robots import load_robot_config
 
@@ -39,13 +41,25 @@ POSE_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 COUNTERS = ("published", "incomplete_joint_states", "rejected_poses")
 
 
+@dataclasses.dataclass(frozen=True)
+class EePoseNodeParameters:
+    robot: str = parameter("franka_fr3", "robot name in config/robots or a YAML path; its ee_pose_source says where "
+                                         "the pose comes from: forward_kinematics (joint_states_topic + the "
+                                         "config's kinematics) or driver_pose (the config's driver_pose_topic)",
+                           required=True)
+    joint_states_topic: str = parameter("/joint_states", "the driver's joint states (forward_kinematics)",
+                                        required=True)
+    diagnostics_period_s: float = parameter(1.0, "period of the /diagnostics status", minimum=0.0,
+                                            exclusive_minimum=True)
+
+
 class EePoseNode(Node):
     def __init__(self, node_name: str = "ee_pose_node", **kwargs):
         super().__init__(node_name, **kwargs)
-        robot_name = self.declare_parameter("robot", "franka_fr3").value
-        joint_states_topic = self.declare_parameter("joint_states_topic", "/joint_states").value
-        period = self.declare_parameter("diagnostics_period_s", 1.0).value
-        self.robot = load_robot_config(robot_name)
+        declare_parameters(self, EePoseNodeParameters)
+        params = read_parameters(self, EePoseNodeParameters)
+        joint_states_topic, period = params.joint_states_topic, params.diagnostics_period_s
+        self.robot = load_robot_config(params.robot)
         self.tracker = EePoseTracker(self.robot)
         self.counters = {k: 0 for k in COUNTERS}
         self._pub = self.create_publisher(PoseStamped, self.robot.ee_pose_topic, POSE_QOS)
@@ -57,7 +71,7 @@ class EePoseNode(Node):
             self.create_subscription(PoseStamped, self.robot.driver_pose_topic, self._on_driver_pose,
                                      qos_profile_sensor_data)
             source = f"the driver's pose on {self.robot.driver_pose_topic}"
-        self.create_timer(float(period), self._publish_diagnostics)
+        self.create_timer(period, self._publish_diagnostics)
         self.get_logger().info(f"robot {self.robot.name}: {self.robot.ee_frame} in {self.robot.base_frame} "
                                f"on {self.robot.ee_pose_topic}, by {source}")
 

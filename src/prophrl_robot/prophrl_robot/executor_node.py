@@ -47,8 +47,8 @@ Interfaces (defaults):
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import math
 import sys
 from typing import Any
 
@@ -56,7 +56,6 @@ import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseStamped, TwistStamped
 from prophrl_msgs.msg import ActionChunk
-from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.duration import Duration
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
@@ -71,6 +70,7 @@ from prophrl_common.chunks import ARM_ACTION_DIM, InvalidChunkError, chunk_perio
 from prophrl_common.config_io import ConfigError
 from prophrl_common.joint_states import JointPositions
 from prophrl_common.node_clock import node_seconds
+from prophrl_common.node_parameters import declare_parameters, parameter, read_parameters
 from prophrl_common.node_runtime import run_node
 from prophrl_common.robots import RobotConfig, load_robot_config
 from prophrl_robot.ik_backends import KinematicsIkBackend, MoveItIkBackend, select_ik_backend
@@ -94,29 +94,35 @@ NODE_COUNTERS = (
 )
 
 
+@dataclasses.dataclass(frozen=True)
+class ExecutorNodeParameters:
+    robot: str = parameter("panda_sim", "robot name in config/robots or a YAML path: joints, limits, workspace, "
+                                        "command interface, topics, control period, watchdog timeout", required=True)
+    action_chunk_topic: str = parameter("/prophrl/action_chunk", "the chunks to execute", required=True)
+    joint_states_topic: str = parameter("/joint_states", "the arm's joint states", required=True)
+    estop_topic: str = parameter("/prophrl/estop", "std_msgs/Bool; true latches the e-stop (released only by "
+                                                   "the ~/reset_estop service)", required=True)
+    diagnostics_period_s: float = parameter(1.0, "period of the /diagnostics status", minimum=0.0,
+                                            exclusive_minimum=True)
+    state_timeout_s: float = parameter(0.5, "hold when the ee pose / joint state is older than this (0: no check)",
+                                       minimum=0.0)
+    autostart: bool = parameter(True, "configure and activate at start-up (no lifecycle manager needed)")
+    moveit_planning_group: str = parameter("", "MoveIt planning group for ee_delta chunks on joint_trajectory "
+                                               "robots (needs moveit_py; empty: IK from the robot config's kinematics)")
+    ik_timeout_s: float = parameter(0.02, "time limit of one MoveIt IK request", minimum=0.0, exclusive_minimum=True)
+    align_chunks_to_stamp: bool = parameter(True, "start a chunk at the row due now (row i is due i steps after "
+                                                  "its header stamp); false where chunk stamps are not on this "
+                                                  "node's clock")
+
+
 # ------------------------------------------------------------------------------ the node
 class ExecutorNode(LifecycleNode):
     """Executes ActionChunks on one robot through :class:`SafetyFilter`."""
 
     def __init__(self, node_name: str = "executor_node", **kwargs: Any):
         super().__init__(node_name, **kwargs)
-        dyn = ParameterDescriptor(dynamic_typing=True)
-        self.declare_parameter("robot", "panda_sim",
-                               ParameterDescriptor(description="robot name in config/robots or a YAML path"))
-        self.declare_parameter("action_chunk_topic", "/prophrl/action_chunk")
-        self.declare_parameter("joint_states_topic", "/joint_states")
-        self.declare_parameter("estop_topic", "/prophrl/estop")
-        self.declare_parameter("diagnostics_period_s", 1.0, dyn)
-        self.declare_parameter("state_timeout_s", 0.5, ParameterDescriptor(
-            dynamic_typing=True,
-            description="hold when the current ee pose / joint state is older than this (0: no check)"))
-        self.declare_parameter("autostart", True)
-        self.declare_parameter("moveit_planning_group", "", ParameterDescriptor(
-            description="MoveIt planning group for ee_delta chunks on joint_trajectory robots (needs moveit_py; "
-                        "empty: IK from the robot config's kinematics)"))
-        self.declare_parameter("ik_timeout_s", 0.02, dyn)
-        self.declare_parameter("align_chunks_to_stamp", True, ParameterDescriptor(
-            description="start a chunk at the row due now (row i is due i steps after its header stamp)"))
+        declare_parameters(self, ExecutorNodeParameters)
+        self.params = ExecutorNodeParameters()
         self._entities: list[Any] = []
         self._active = False
         self.robot: RobotConfig | None = None
@@ -147,32 +153,9 @@ class ExecutorNode(LifecycleNode):
         self._state = "idle"
 
     # ---------------------------------------------------------------- parameters
-    def _number(self, name: str, minimum: float, allow_zero: bool = False) -> float:
-        value = self.get_parameter(name).value
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"parameter {name} must be a number, got {value!r}")
-        value = float(value)
-        ok = math.isfinite(value) and (value >= minimum if allow_zero else value > minimum)
-        if not ok:
-            raise ConfigError(f"parameter {name} must be {'>=' if allow_zero else '>'} {minimum}, got {value}")
-        return value
-
     def _read_parameters(self) -> None:
-        robot = self.get_parameter("robot").value
-        if not isinstance(robot, str) or not robot:
-            raise ConfigError(f"parameter robot must be a non-empty string, got {robot!r}")
-        self.robot = load_robot_config(robot)  # ConfigError names the available robots
-        for name in ("action_chunk_topic", "joint_states_topic", "estop_topic", "moveit_planning_group"):
-            value = self.get_parameter(name).value
-            if not isinstance(value, str) or (not value and name != "moveit_planning_group"):
-                raise ConfigError(f"parameter {name} must be a non-empty string, got {value!r}")
-        self.diagnostics_period_s = self._number("diagnostics_period_s", 0.0)
-        self.state_timeout_s = self._number("state_timeout_s", 0.0, allow_zero=True)
-        self.ik_timeout_s = self._number("ik_timeout_s", 0.0)
-        align = self.get_parameter("align_chunks_to_stamp").value
-        if not isinstance(align, bool):
-            raise ConfigError(f"parameter align_chunks_to_stamp must be true or false, got {align!r}")
-        self.align_chunks_to_stamp = align
+        self.params = read_parameters(self, ExecutorNodeParameters)
+        self.robot = load_robot_config(self.params.robot)  # ConfigError names the available robots
 
     # ---------------------------------------------------------------- lifecycle
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -197,12 +180,12 @@ class ExecutorNode(LifecycleNode):
             return TransitionCallbackReturn.FAILURE
         self._ik = None
         if robot.command_interface == "joint_trajectory":
-            self._ik, why = select_ik_backend(robot, self.get_parameter("moveit_planning_group").value,
-                                              self.ik_timeout_s, f"{self.get_name()}_moveit_py")
+            self._ik, why = select_ik_backend(robot, self.params.moveit_planning_group,
+                                              self.params.ik_timeout_s, f"{self.get_name()}_moveit_py")
             (self.get_logger().info if self._ik is not None else self.get_logger().warning)(why)
         self.get_logger().info(
             f"configured for robot {robot.name} ({robot.command_interface}); chunks on "
-            f"{self.get_parameter('action_chunk_topic').value}, e-stop on {self.get_parameter('estop_topic').value}")
+            f"{self.params.action_chunk_topic}, e-stop on {self.params.estop_topic}")
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -231,7 +214,7 @@ class ExecutorNode(LifecycleNode):
 
     def _create_entities(self) -> None:
         robot = self.robot
-        p = self.get_parameter
+        p = self.params
         reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
         self._twist_pub = self.create_publisher(TwistStamped, robot.twist_topic, reliable)
         self._gripper_pub = self.create_publisher(Float64, robot.gripper_topic, reliable)
@@ -244,13 +227,13 @@ class ExecutorNode(LifecycleNode):
         volatile = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
         self._entities = [
             self._twist_pub, self._gripper_pub, self._traj_pub, self._diag_pub, self._counters_pub,
-            self.create_subscription(ActionChunk, p("action_chunk_topic").value, self._on_chunk, chunk_qos),
+            self.create_subscription(ActionChunk, p.action_chunk_topic, self._on_chunk, chunk_qos),
             self.create_subscription(PoseStamped, robot.ee_pose_topic, self._on_ee_pose, qos_profile_sensor_data),
-            self.create_subscription(JointState, p("joint_states_topic").value, self._on_joint_state,
+            self.create_subscription(JointState, p.joint_states_topic, self._on_joint_state,
                                      qos_profile_sensor_data),
             # Latched publishers (the e-stop contract) and plain ones (`ros2 topic pub`) both match one of these.
-            self.create_subscription(Bool, p("estop_topic").value, self._on_estop, latched),
-            self.create_subscription(Bool, p("estop_topic").value, self._on_estop, volatile),
+            self.create_subscription(Bool, p.estop_topic, self._on_estop, latched),
+            self.create_subscription(Bool, p.estop_topic, self._on_estop, volatile),
             self.create_service(Trigger, "~/reset_estop", self._on_reset_estop),
         ]
         self._step_period = robot.control_period_s
@@ -258,7 +241,7 @@ class ExecutorNode(LifecycleNode):
         self._entities += [
             self.create_timer(self._step_period, self._on_step_timer),
             self.create_timer(self._watchdog_period, self._on_watchdog_timer),
-            self.create_timer(self.diagnostics_period_s, self._publish_diagnostics),
+            self.create_timer(self.params.diagnostics_period_s, self._publish_diagnostics),
         ]
 
     def _destroy_entities(self) -> None:
@@ -284,7 +267,7 @@ class ExecutorNode(LifecycleNode):
     def _fresh(self, value: np.ndarray | None, stamp: float | None, now: float) -> np.ndarray | None:
         if value is None or stamp is None:
             return None
-        if self.state_timeout_s > 0 and now - stamp > self.state_timeout_s:
+        if self.params.state_timeout_s > 0 and now - stamp > self.params.state_timeout_s:
             return None
         return value
 
@@ -349,7 +332,7 @@ class ExecutorNode(LifecycleNode):
     def _first_row_due(self, msg: ActionChunk, step_s: float) -> int:
         """The row of `msg` due now on this node's clock (0 without alignment, an unset stamp or one ahead)."""
         stamp_ns = Time.from_msg(msg.header.stamp).nanoseconds
-        if not self.align_chunks_to_stamp or stamp_ns == 0:
+        if not self.params.align_chunks_to_stamp or stamp_ns == 0:
             return 0
         age_ns = self.get_clock().now().nanoseconds - stamp_ns
         if age_ns <= 0:

@@ -54,6 +54,7 @@ from rclpy.serialization import serialize_message
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
+from prophrl_common.node_parameters import declare_parameters, parameter, read_parameters
 from prophrl_common.node_runtime import run_node
 from prophrl_data.bags import (
     DEFAULT_CHUNK_SIZE_BYTES,
@@ -67,7 +68,7 @@ from prophrl_data.bags import (
 )
 from prophrl_msgs.msg import EpisodeEvent
 
-DEFAULT_TOPICS = [
+DEFAULT_TOPICS = (
     "/camera/image_raw:sensor_msgs/msg/Image",
     "/camera/camera_info:sensor_msgs/msg/CameraInfo",
     "/camera/pose:geometry_msgs/msg/PoseStamped",
@@ -76,7 +77,7 @@ DEFAULT_TOPICS = [
     "/prophrl/action_chunk:prophrl_msgs/msg/ActionChunk",
     "/prophrl/instruction:std_msgs/msg/String",
     "/prophrl/episode:prophrl_msgs/msg/EpisodeEvent",
-]
+)
 END_EVENTS = {EpisodeEvent.SUCCESS: "SUCCESS", EpisodeEvent.FAILURE: "FAILURE", EpisodeEvent.STOP: "STOP"}
 EPISODE_MSGTYPE = "prophrl_msgs/msg/EpisodeEvent"
 INSTRUCTION_MSGTYPE = "std_msgs/msg/String"
@@ -242,20 +243,43 @@ class BagWriterThread:
         self._on_closed(bag.path, bag.message_count, bag.custom_data)
 
 
+@dataclasses.dataclass(frozen=True)
+class RecorderNodeParameters:
+    output_dir: str = parameter("data/bags", "one bag directory per episode: <output_dir>/<episode_id>/ (relative "
+                                             "to the working directory)", required=True)
+    topics: tuple[str, ...] = parameter(DEFAULT_TOPICS, '"name" (type taken from the graph) or '
+                                        '"name:package/msg/Type"; a topic is subscribed once it has a publisher, '
+                                        "with the publishers' QoS (as `ros2 bag record` does)")
+    episode_topic: str = parameter("/prophrl/episode", "EpisodeEvent START opens a bag; SUCCESS / FAILURE / STOP "
+                                                       "close it (also ~/start, ~/stop)", required=True)
+    instruction_topic: str = parameter("/prophrl/instruction", "the latest instruction goes into the bag metadata "
+                                                               "when the START event has none", required=True)
+    robot: str = parameter("", "bag metadata when the START event leaves it empty")
+    task: str = parameter("", "bag metadata when the START event leaves it empty")
+    queue_size: int = parameter(2000, "messages waiting for the writer thread before new ones are dropped (and "
+                                      "counted)", minimum=1)
+    flush_period_s: float = parameter(DEFAULT_FLUSH_PERIOD_S, "data reaches the file at least this often: a killed "
+                                                              "recorder loses at most about this much",
+                                      minimum=0.0, exclusive_minimum=True)
+    chunk_size_kib: int = parameter(DEFAULT_CHUNK_SIZE_BYTES // 1024, "MCAP chunk size", minimum=1)
+    subscription_depth: int = parameter(1000, "DDS reader history per topic (KEEP_LAST): a burst longer than this "
+                                              "is overwritten before the callbacks see it and is NOT counted as "
+                                              "dropped", minimum=1)
+    discovery_period_s: float = parameter(0.2, "how often the graph is searched for publishers of the topics",
+                                          minimum=0.0, exclusive_minimum=True)
+
+
 class RecorderNode(Node):
     def __init__(self, **kwargs):
         super().__init__("recorder_node", **kwargs)
-        self.output_dir = Path(self.declare_parameter("output_dir", "data/bags").value)
-        topic_specs = list(self.declare_parameter("topics", DEFAULT_TOPICS).value)
-        episode_topic = self.declare_parameter("episode_topic", "/prophrl/episode").value
-        instruction_topic = self.declare_parameter("instruction_topic", "/prophrl/instruction").value
-        self.robot = self.declare_parameter("robot", "").value
-        self.task = self.declare_parameter("task", "").value
-        max_queued = self.declare_parameter("queue_size", 2000).value
-        flush_period_s = self.declare_parameter("flush_period_s", DEFAULT_FLUSH_PERIOD_S).value
-        chunk_size_kib = self.declare_parameter("chunk_size_kib", DEFAULT_CHUNK_SIZE_BYTES // 1024).value
-        self.subscription_depth = self.declare_parameter("subscription_depth", 1000).value
-        discovery_period_s = self.declare_parameter("discovery_period_s", 0.2).value
+        declare_parameters(self, RecorderNodeParameters)
+        params = read_parameters(self, RecorderNodeParameters)
+        self.output_dir = Path(params.output_dir)
+        topic_specs = list(params.topics)
+        episode_topic, instruction_topic = params.episode_topic, params.instruction_topic
+        self.robot, self.task = params.robot, params.task
+        max_queued, flush_period_s, chunk_size_kib = params.queue_size, params.flush_period_s, params.chunk_size_kib
+        self.subscription_depth, discovery_period_s = params.subscription_depth, params.discovery_period_s
 
         self.topics: dict[str, RecordedTopic] = {}
         for spec in topic_specs:

@@ -1,12 +1,12 @@
 """Teleop node: keyboard (terminal) or SpaceMouse -> one-step ee_delta_7d ActionChunks + episode events.
 
-Parameters: device (keyboard | spacemouse), robot, instruction, action_chunk_topic, episode_topic,
-reset_service (std_srvs/Trigger called on "start episode", e.g. /sim/reset; empty on a real robot,
-where this node publishes the START event itself), translation_step_m, rotation_step_rad.
+Parameters: TeleopNodeParameters. With an empty reset_service (a real robot) this node publishes the START
+event itself.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import select
 import sys
@@ -22,7 +22,7 @@ from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
 from prophrl_common.chunks import array_to_chunk
-from prophrl_common.config_io import ConfigError
+from prophrl_common.node_parameters import declare_parameters, parameter, read_parameters
 from prophrl_common.node_runtime import run_node
 from prophrl_common.robots import load_robot_config
 from prophrl_msgs.msg import ActionChunk, EpisodeEvent
@@ -32,20 +32,30 @@ from prophrl_robot.teleop import (KEYBOARD_HELP, EpisodeCommand, KeyboardTeleop,
 LATCHED = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 
+@dataclasses.dataclass(frozen=True)
+class TeleopNodeParameters:
+    device: str = parameter("keyboard", "the operator's input device", choices=("keyboard", "spacemouse"))
+    robot: str = parameter("panda_sim", "robot config (config/robots name or YAML path): its control period",
+                           required=True)
+    instruction: str = parameter("", "instruction of the episodes (until one arrives on /prophrl/instruction)")
+    action_chunk_topic: str = parameter("/prophrl/action_chunk", "where the one-step chunks go", required=True)
+    episode_topic: str = parameter("/prophrl/episode", "where START / SUCCESS / FAILURE events go", required=True)
+    reset_service: str = parameter("", "std_srvs/Trigger called at each new episode (e.g. /sim/reset); empty: none")
+    translation_step_m: float = parameter(0.01, "translation per control step at full input", minimum=0.0,
+                                          exclusive_minimum=True)
+    rotation_step_rad: float = parameter(0.05, "rotation per control step at full input", minimum=0.0,
+                                         exclusive_minimum=True)
+
+
 class TeleopNode(Node):
     def __init__(self):
         super().__init__("teleop")
-        self.device = self.declare_parameter("device", "keyboard").value
-        robot_name = self.declare_parameter("robot", "panda_sim").value
-        self.instruction = self.declare_parameter("instruction", "").value
-        chunk_topic = self.declare_parameter("action_chunk_topic", "/prophrl/action_chunk").value
-        episode_topic = self.declare_parameter("episode_topic", "/prophrl/episode").value
-        reset_service = self.declare_parameter("reset_service", "").value
-        scales = TeleopScales(self.declare_parameter("translation_step_m", 0.01).value,
-                              self.declare_parameter("rotation_step_rad", 0.05).value)
-        if self.device not in ("keyboard", "spacemouse"):
-            raise ConfigError(f"parameter device must be keyboard or spacemouse, got {self.device!r}")
-        self.robot = load_robot_config(robot_name)
+        declare_parameters(self, TeleopNodeParameters)
+        params = read_parameters(self, TeleopNodeParameters)
+        self.device, self.instruction = params.device, params.instruction
+        chunk_topic, episode_topic, reset_service = params.action_chunk_topic, params.episode_topic, params.reset_service
+        scales = TeleopScales(params.translation_step_m, params.rotation_step_rad)
+        self.robot = load_robot_config(params.robot)
 
         self.chunk_pub = self.create_publisher(ActionChunk, chunk_topic, 10)
         self.episode_pub = self.create_publisher(EpisodeEvent, episode_topic, 10)

@@ -24,6 +24,7 @@ falls behind real time on a busy machine stamps its own, slower time), and each 
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 import numpy as np
@@ -34,13 +35,14 @@ from std_msgs.msg import Float64, String
 
 from prophrl_common.chunks import array_to_chunk
 from prophrl_common.node_clock import node_seconds
+from prophrl_common.node_parameters import declare_parameters, parameter, read_parameters
 from prophrl_common.node_runtime import run_node
 from prophrl_common.robots import load_robot_config
 from prophrl_msgs.msg import ActionChunk, EpisodeEvent
 from prophrl_sim.arm_sim import Pose
 from prophrl_sim.expert import ScriptedExpert
 from prophrl_sim import OBJECT_POSES_TOPIC
-from prophrl_sim.tasks import get_task
+from prophrl_sim.tasks import TASKS, get_task
 
 OUTPUTS = ("action_chunk", "twist")
 RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
@@ -52,19 +54,35 @@ def _pose(msg) -> Pose:
     return Pose(np.array([p.x, p.y, p.z]), np.array([q.x, q.y, q.z, q.w]))
 
 
+@dataclasses.dataclass(frozen=True)
+class ScriptedExpertNodeParameters:
+    robot: str = parameter("panda_sim", "robot name in config/robots: control period, ee pose / twist / gripper "
+                                        "topics", required=True)
+    task: str = parameter("lift", "the sim's task", choices=tuple(TASKS))
+    output: str = parameter("action_chunk", "action_chunk: ActionChunks for the executor; twist: the arm's twist "
+                                            "and gripper topics directly (no executor)", choices=OUTPUTS)
+    horizon: int = parameter(10, "chunk length in control steps (action_chunk output)", minimum=1)
+    rate_hz: float = parameter(10.0, "how often a chunk is planned (action_chunk output)", minimum=0.0,
+                               exclusive_minimum=True)
+    noise_std: float = parameter(0.0, "imperfect demonstrations: Gaussian noise (m, rad per step) on every delta",
+                                 minimum=0.0)
+    skill: float = parameter(1.0, "the chance that a grasp attempt contains no deliberate mistake", minimum=0.0,
+                             maximum=1.0)
+    seed: int = parameter(0, "seed of noise and mistakes; episode n uses seed + n")
+    stale_after_s: float = parameter(0.5, "no output while the sim's poses are older than this", minimum=0.0,
+                                     exclusive_minimum=True)
+
+
 class ScriptedExpertNode(Node):
     def __init__(self):
         super().__init__("scripted_expert")
-        p = self.declare_parameter
-        self.robot = load_robot_config(p("robot", "panda_sim").value)
-        self.task = get_task(p("task", "lift").value)
-        self.output = p("output", "action_chunk").value
-        if self.output not in OUTPUTS:
-            raise ValueError(f"parameter output must be one of {OUTPUTS}, got {self.output!r}")
-        self.seed = p("seed", 0).value
-        self.stale_after_s = p("stale_after_s", 0.5).value
-        self.expert = ScriptedExpert(self.task.name, self.robot.control_period_s, horizon=p("horizon", 10).value,
-                                     noise_std=p("noise_std", 0.0).value, skill=p("skill", 1.0).value, seed=self.seed)
+        declare_parameters(self, ScriptedExpertNodeParameters)
+        self.params = params = read_parameters(self, ScriptedExpertNodeParameters)
+        self.robot = load_robot_config(params.robot)
+        self.task = get_task(params.task)
+        self.output, self.seed, self.stale_after_s = params.output, params.seed, params.stale_after_s
+        self.expert = ScriptedExpert(self.task.name, self.robot.control_period_s, horizon=params.horizon,
+                                     noise_std=params.noise_std, skill=params.skill, seed=self.seed)
         self._episodes = 0
         self._instruction = ""
         self._ee_pose: Pose | None = None
@@ -80,7 +98,7 @@ class ScriptedExpertNode(Node):
         self.create_subscription(EpisodeEvent, "/prophrl/episode", self._on_episode, RELIABLE)
         if self.output == "action_chunk":
             self._chunk_pub = self.create_publisher(ActionChunk, "/prophrl/action_chunk", RELIABLE)
-            self.create_timer(1.0 / p("rate_hz", 10.0).value, self._publish_chunk)
+            self.create_timer(1.0 / params.rate_hz, self._publish_chunk)
         else:
             self._twist_pub = self.create_publisher(TwistStamped, self.robot.twist_topic, RELIABLE)
             self._gripper_pub = self.create_publisher(Float64, self.robot.gripper_topic, RELIABLE)

@@ -54,8 +54,8 @@ stamps rather than its own clock.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
-import math
 import os
 import sys
 import time
@@ -64,7 +64,6 @@ import numpy as np
 from builtin_interfaces.msg import Time
 from geometry_msgs.msg import Pose as PoseMsg
 from geometry_msgs.msg import PoseArray, PoseStamped, TwistStamped
-from rcl_interfaces.msg import ParameterDescriptor
 from rclpy._rclpy_pybind11 import RCLError
 from rclpy.clock import Clock as SteadyClock
 from rclpy.clock import ClockType
@@ -78,11 +77,13 @@ from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
 from prophrl_common.images import numpy_to_image
+from prophrl_common.node_parameters import declare_parameters, parameter, read_parameters
 from prophrl_common.node_runtime import run_node
 from prophrl_common.robots import load_robot_config
 from prophrl_msgs.msg import EpisodeEvent
 from prophrl_sim import OBJECT_POSES_TOPIC
 from prophrl_sim.arm_sim import ArmSim, Pose
+from prophrl_sim.tasks import TASKS
 
 CAMERA_FRAME = "camera_optical_frame"
 IMAGE_QOS = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE)
@@ -141,39 +142,57 @@ class JointTrajectoryFollower:
         return np.array([np.interp(t, self._times, self._waypoints[:, j]) for j in range(self._waypoints.shape[1])])
 
 
+@dataclasses.dataclass(frozen=True)
+class SimNodeParameters:
+    robot: str = parameter("panda_sim", "robot name in config/robots (a sim robot: panda_sim | ur5e_sim) or a path "
+                                        "to a robot YAML", required=True)
+    task: str = parameter("lift", "the task", choices=tuple(TASKS))
+    seed: int = parameter(0, "episode seed: object placement, colours, camera jitter; setting it at run time starts "
+                             "a new episode (~/reset starts one with seed + 1)")
+    camera: str = parameter("", "agentview | frontview | sideview | birdview; empty: the task's default view")
+    image_width: int = parameter(128, "camera image width", minimum=8)
+    image_height: int = parameter(128, "camera image height", minimum=8)
+    camera_rate_hz: float = parameter(20.0, "camera frames per second", minimum=0.0, exclusive_minimum=True)
+    antialias: bool = parameter(False, "4x multisample anti-aliasing: smoother edges, about twice the render time "
+                                       "on a CPU")
+    camera_position_jitter_m: float = parameter(0.0, "per-seed random offset of the camera position (0: none)",
+                                                minimum=0.0)
+    camera_rotation_jitter_rad: float = parameter(0.0, "per-seed random rotation of the camera (0: none)",
+                                                  minimum=0.0)
+    twist_timeout_s: float = parameter(0.2, "a twist is applied until a newer one arrives or this much time passes "
+                                            "(as MoveIt Servo)", minimum=0.0, exclusive_minimum=True)
+    realtime: bool = parameter(True, "one control period of sim per control period of wall time (or as fast as the "
+                                     "machine allows, when slower); false: as fast as possible, on sim time "
+                                     "published on /clock")
+    real_time_factor: float = parameter(1.0, "with realtime: sim seconds per wall second, at most (below 1: a "
+                                             "slower sim)", minimum=0.0, exclusive_minimum=True)
+    publish_clock: bool = parameter(False, "stamp with sim time and publish it on /clock (always so when realtime "
+                                           "is false); run the other nodes with use_sim_time")
+    announce_first_episode: bool = parameter(True, "publish START for the episode the node starts with (false when "
+                                                   "a collector starts the recorded episodes itself)")
+
+
 class SimNode(Node):
     def __init__(self):
         super().__init__("sim")
-        p = self.declare_parameter
-        robot = load_robot_config(p("robot", "panda_sim").value)
+        declare_parameters(self, SimNodeParameters)
+        params = read_parameters(self, SimNodeParameters)
+        robot = load_robot_config(params.robot)
         self.robot = robot
-        self.task_name = p("task", "lift").value
-        seed = p("seed", 0, ParameterDescriptor(description="episode seed; setting it starts a new episode")).value
-        camera = p("camera", "", ParameterDescriptor(
-            description="agentview | frontview | sideview | birdview; empty: the task's default")).value
-        width = p("image_width", 128).value
-        height = p("image_height", 128).value
-        self.camera_period_s = 1.0 / p("camera_rate_hz", 20.0).value
-        self.twist_timeout_s = p("twist_timeout_s", 0.2).value
-        self.realtime = p("realtime", True).value
-        real_time_factor = p("real_time_factor", 1.0, ParameterDescriptor(
-            dynamic_typing=True,
-            description="with realtime: sim seconds per wall second, at most (below 1: a slower sim)")).value
-        if not (isinstance(real_time_factor, (int, float)) and not isinstance(real_time_factor, bool)
-                and math.isfinite(real_time_factor) and real_time_factor > 0):
-            raise ValueError(f"parameter real_time_factor must be a positive number, got {real_time_factor!r}")
-        self.sim_clock = p("publish_clock", False, ParameterDescriptor(
-            description="stamp with sim time and publish it on /clock (always so when realtime is false)"
-        )).value or not self.realtime
+        self.task_name = params.task
+        seed, camera, width, height = params.seed, params.camera, params.image_width, params.image_height
+        self.camera_period_s = 1.0 / params.camera_rate_hz
+        self.twist_timeout_s = params.twist_timeout_s
+        self.realtime = params.realtime
+        real_time_factor = params.real_time_factor
+        self.sim_clock = params.publish_clock or not self.realtime
         self._period_ns = round(robot.control_period_s * 1e9)
         self._clock_ns = time.time_ns()  # sim time: advances one control period per step
-        announce_first = p("announce_first_episode", True, ParameterDescriptor(
-            description="publish START for the episode the node starts with (false when a collector starts episodes)"
-        )).value
+        announce_first = params.announce_first_episode
         self.sim = ArmSim(robot, self.task_name, camera=camera, image_width=width, image_height=height,
-                          camera_position_jitter_m=p("camera_position_jitter_m", 0.0).value,
-                          camera_rotation_jitter_rad=p("camera_rotation_jitter_rad", 0.0).value,
-                          antialias=p("antialias", False).value)
+                          camera_position_jitter_m=params.camera_position_jitter_m,
+                          camera_rotation_jitter_rad=params.camera_rotation_jitter_rad,
+                          antialias=params.antialias)
         self.arm_joint_names = tuple(robot.joint_names)
 
         self._image_pub = self.create_publisher(Image, "/camera/image_raw", IMAGE_QOS)
@@ -278,9 +297,9 @@ class SimNode(Node):
         return response
 
     def _on_parameters_set(self, parameters: list[Parameter]) -> None:
-        for parameter in parameters:
-            if parameter.name == "seed":  # the same seed again restarts that episode
-                self._reset_episode(int(parameter.value))
+        for changed in parameters:
+            if changed.name == "seed":  # the same seed again restarts that episode
+                self._reset_episode(int(changed.value))
 
     # ------------------------------------------------------------------ stepping
     def tick(self) -> None:

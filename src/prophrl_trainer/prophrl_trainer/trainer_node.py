@@ -16,6 +16,7 @@ Run: ros2 run prophrl_trainer trainer_node --ros-args --params-file config/nodes
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import threading
@@ -30,6 +31,7 @@ from rclpy.qos import DurabilityPolicy, QoSProfile
 from std_msgs.msg import String
 
 from prophrl_common.config_io import ConfigError
+from prophrl_common.node_parameters import declare_parameters, parameter, read_parameters
 from prophrl_common.node_runtime import run_node
 from prophrl_common.startup import startup_timeout_s
 from prophrl_msgs.srv import LoadPolicy
@@ -40,19 +42,49 @@ from prophrl_trainer.ros_backends import ImagineClientBackend, RemoteError, Scor
 LATCHED = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainerNodeParameters:
+    policy_checkpoint: str = parameter("", "SFT policy checkpoint to start from (`prophrl policy sft`); its horizon "
+                                           "must equal the world model's action_horizon", required=True)
+    dataset_dirs: tuple[str, ...] = parameter((), "bags2dataset directories: each episode's first frame, "
+                                                  "instruction and ee pose is an initial state", required=True)
+    out_dir: str = parameter("", "run directory: checkpoints/, tensorboard/, progress.jsonl", required=True)
+    updates: int = parameter(0, "total updates (0: the RL config's `updates`)", minimum=0)
+    rl_config: str = parameter("", "RL config JSON (RLConfig fields); empty or builtin: the built-in defaults")
+    resume: bool = parameter(False, "continue the newest checkpoint in out_dir (otherwise a run directory with "
+                                    "checkpoints is refused)")
+    device: str = parameter("cpu", "torch device of the policy update")
+    torch_threads: int = parameter(1, "intra-op CPU threads", minimum=1)
+    imagination_actions: tuple[str, ...] = parameter(("/prophrl/imagination/imagine",),
+                                                     "Imagine action servers (imagination_node); groups are spread "
+                                                     "round-robin", required=True)
+    max_goals_in_flight: int = parameter(2, "goals in flight per server; keep it <= the server's max_queued_goals "
+                                            "+ 1 (it answers busy beyond)", minimum=1)
+    goal_timeout_s: float = parameter(600.0, "time limit of one Imagine goal / ScoreRollout call", minimum=0.0,
+                                      exclusive_minimum=True)
+    server_wait_s: float = parameter(0.0, "how long to wait at start-up for the servers and the judge; 0: the "
+                                          "start-up timeout every client waits (PROPHRL_STARTUP_TIMEOUT_S)",
+                                     minimum=0.0)
+    control_period_s: float = parameter(0.05, "control_period_s written into the ActionChunks sent (the world "
+                                              "model ignores timing)", minimum=0.0, exclusive_minimum=True)
+    score_service: str = parameter("/prophrl/judge/score_rollout", "the judge's ScoreRollout service; empty: an "
+                                                                   "in-process judge from judge_checkpoint")
+    judge_checkpoint: str = parameter("", "in-process judge (`prophrl judge train` directory) when score_service is "
+                                          "empty")
+    test_reward: str = parameter("", "the programmatic end-effector test reward (tests only)")
+    load_policy_service: str = parameter("/policy_node/load_policy", "every checkpoint's policy is pushed here "
+                                                                     "(LoadPolicy); empty: no push")
+    load_policy_timeout_s: float = parameter(30.0, "time limit of one LoadPolicy call", minimum=0.0,
+                                             exclusive_minimum=True)
+    progress_topic: str = parameter("/prophrl/training/progress", "one JSON line of metrics per update "
+                                                                  "(std_msgs/String, latched)", required=True)
+    exit_when_done: bool = parameter(True, "exit when training ends (0: every update done, 1: an error)")
+
+
 class TrainerNode(Node):
     def __init__(self, node_name: str = "trainer_node", **node_kwargs):
         super().__init__(node_name, **node_kwargs)
-        for name, default in (
-                ("policy_checkpoint", ""), ("dataset_dirs", [""]), ("out_dir", ""), ("updates", 0),
-                ("rl_config", ""), ("resume", False), ("device", "cpu"), ("torch_threads", 1),
-                ("imagination_actions", ["/prophrl/imagination/imagine"]),
-                ("max_goals_in_flight", 2), ("goal_timeout_s", 600.0), ("server_wait_s", startup_timeout_s()),
-                ("control_period_s", 0.05),
-                ("score_service", "/prophrl/judge/score_rollout"), ("judge_checkpoint", ""), ("test_reward", ""),
-                ("load_policy_service", "/policy_node/load_policy"), ("load_policy_timeout_s", 30.0),
-                ("progress_topic", "/prophrl/training/progress"), ("exit_when_done", True)):
-            self.declare_parameter(name, default)
+        declare_parameters(self, TrainerNodeParameters)
         self.done = threading.Event()
         self.stopping = threading.Event()
         self.exit_code = 0
@@ -71,6 +103,7 @@ class TrainerNode(Node):
         self._worker = threading.Thread(target=self._train, name="trainer", daemon=True)
 
     def p(self, name: str):
+        """The parameter's current value (the worker thread reads them all, validated, when it starts)."""
         return self.get_parameter(name).value
 
     def start(self) -> None:
@@ -83,35 +116,32 @@ class TrainerNode(Node):
         self.stopping.set()
 
     # ----- the worker thread ---------------------------------------------------------------------
-    def _args(self) -> argparse.Namespace:
-        for name in ("policy_checkpoint", "out_dir"):
-            if not self.p(name):
-                raise ConfigError(f"parameter {name} is required")
-        data = [d for d in self.p("dataset_dirs") if d]
-        if not data:
-            raise ConfigError("parameter dataset_dirs needs at least one bags2dataset directory")
-        return argparse.Namespace(policy=self.p("policy_checkpoint"), world_model="(imagination servers)",
-                                  judge=self.p("judge_checkpoint") or None, test_reward=self.p("test_reward") or None,
-                                  test_reward_scale=0.02, data=data, out=self.p("out_dir"), updates=self.p("updates"),
-                                  config="" if self.p("rl_config") in ("", "builtin") else self.p("rl_config"),
-                                  resume=bool(self.p("resume")), device=self.p("device"))
+    def _args(self, params: TrainerNodeParameters) -> argparse.Namespace:
+        data = [d for d in params.dataset_dirs if d]
+        return argparse.Namespace(policy=params.policy_checkpoint, world_model="(imagination servers)",
+                                  judge=params.judge_checkpoint or None, test_reward=params.test_reward or None,
+                                  test_reward_scale=0.02, data=data, out=params.out_dir, updates=params.updates,
+                                  config="" if params.rl_config in ("", "builtin") else params.rl_config,
+                                  resume=params.resume, device=params.device)
 
     def _train(self) -> None:
         try:
-            torch.set_num_threads(max(1, int(self.p("torch_threads"))))
-            args = self._args()
+            params = read_parameters(self, TrainerNodeParameters)
+            torch.set_num_threads(params.torch_threads)
+            args = self._args(params)
+            server_wait_s = params.server_wait_s or startup_timeout_s()
             policy_config = VLAConfig.from_json_file(f"{args.policy}/config.json")
             backend = ImagineClientBackend(
-                self, list(self.p("imagination_actions")), policy_config.horizon,
-                control_period_s=self.p("control_period_s"),
-                goal_timeout_s=self.p("goal_timeout_s"), max_in_flight=self.p("max_goals_in_flight"))
+                self, list(params.imagination_actions), policy_config.horizon,
+                control_period_s=params.control_period_s,
+                goal_timeout_s=params.goal_timeout_s, max_in_flight=params.max_goals_in_flight)
             self.status = "waiting for the imagination server(s)"
-            backend.wait_for_servers(self.p("server_wait_s"))
+            backend.wait_for_servers(server_wait_s)
             scorer = None
-            if self.p("score_service") and not (args.judge or args.test_reward):
-                scorer = ScoreRolloutClient(self, self.p("score_service"), timeout_s=self.p("goal_timeout_s"))
+            if params.score_service and not (args.judge or args.test_reward):
+                scorer = ScoreRolloutClient(self, params.score_service, timeout_s=params.goal_timeout_s)
                 self.status = "waiting for the judge"
-                scorer.wait_for_service(self.p("server_wait_s"))
+                scorer.wait_for_service(server_wait_s)
             elif not (args.judge or args.test_reward):
                 raise ConfigError("set score_service (the judge node), judge_checkpoint or test_reward")
             trainer, updates = build_trainer(args, show_progress=False, on_checkpoint=self._push_policy,
@@ -120,7 +150,7 @@ class TrainerNode(Node):
             self.trainer = trainer
             self.status = "training"
             self.get_logger().info(f"training {args.policy} for {updates} updates (from update {trainer.update}) "
-                                   f"over {self.p('imagination_actions')}; run directory {args.out}")
+                                   f"over {list(params.imagination_actions)}; run directory {args.out}")
             trainer.run(updates)
             self.status = f"done: {trainer.update} updates"
             self.get_logger().info(f"training finished: {trainer.update} updates, last checkpoint "

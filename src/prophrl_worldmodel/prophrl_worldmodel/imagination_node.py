@@ -72,7 +72,6 @@ import array
 import collections
 import dataclasses
 import datetime
-import math
 import sys
 import threading
 import time
@@ -83,7 +82,7 @@ import numpy as np
 import torch
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseStamped
-from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+from rcl_interfaces.msg import SetParametersResult
 from rclpy._rclpy_pybind11 import RCLError
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
@@ -100,6 +99,7 @@ from prophrl_common.chunks import (ARM_ACTION_DIM, ARM_GRIPPER, EE_ACTION_SPACES
                                    array_to_chunk, chunk_to_array)
 from prophrl_common.config_io import ConfigError
 from prophrl_common.images import ImageConversionError, numpy_to_image, to_rgb8
+from prophrl_common.node_parameters import declare_parameters, parameter, read_parameters
 from prophrl_common.node_runtime import run_node
 from prophrl_common.robots import load_robot_config
 from prophrl_msgs.action import AdaptWorldModel, Imagine
@@ -210,39 +210,56 @@ class _Canceled(Exception):
     pass
 
 
+@dataclasses.dataclass(frozen=True)
+class ImaginationNodeParameters:
+    checkpoint_path: str = parameter("", "Prophet checkpoint directory (prophet_config.json + model.safetensors or "
+                                         "adapter.safetensors) from `prophrl worldmodel pretrain` / `adapt`",
+                                     required=True)
+    device: str = parameter("cpu", "torch device of the world model (cpu, cuda, cuda:1)", required=True)
+    torch_threads: int = parameter(1, "intra-op CPU threads (more help only a large model on idle cores)", minimum=1)
+    num_steps: int = parameter(0, "Euler steps per clip (0: the checkpoint's num_inference_steps); a goal's "
+                                  "num_steps wins", minimum=0)
+    seed: int = parameter(0, "live mode: live episode n (counting restarts) samples with seed + n", minimum=0)
+    robot: str = parameter("panda_sim", "robot config (config/robots or a YAML path): ee pose / gripper topics, base "
+                                        "frame, control period", required=True)
+    autostart: bool = parameter(True, "configure and activate at start-up (no lifecycle manager needed)")
+    max_rollouts: int = parameter(64, "largest num_rollouts of one Imagine goal (a group is generated as one batch)",
+                                  minimum=1)
+    max_sessions: int = parameter(16, "most open Imagine sessions; a goal that would open one more fails",
+                                  minimum=1)
+    session_ttl_s: float = parameter(600.0, "a session not used for this long is closed", minimum=0.0,
+                                     exclusive_minimum=True)
+    max_queued_goals: int = parameter(2, "goals that may wait behind the running one (beyond: busy)", minimum=0)
+    live: bool = parameter(False, "stand in for robot + camera for the policy node")
+    start_dataset: str = parameter("", "live: bags2dataset directory to start from (frame 0, ee pose 0, "
+                                       "instruction and camera calibration of episode start_episode)")
+    start_episode: int = parameter(0, "live: episode index; setting it at run time restarts from that episode",
+                                   minimum=0)
+    image_topic: str = parameter("/camera/image_raw", "live: the imagined camera frames", required=True)
+    camera_info_topic: str = parameter("/camera/camera_info", "live: the camera calibration", required=True)
+    camera_frame: str = parameter("camera_optical_frame", "live: frame_id of the frames", required=True)
+    instruction_topic: str = parameter("/prophrl/instruction", "live: the episode's instruction (latched)",
+                                       required=True)
+    episode_topic: str = parameter("/prophrl/episode", "live: START / STOP events", required=True)
+    action_chunk_topic: str = parameter("/prophrl/action_chunk", "live: the chunks to execute (ee_delta_7d / "
+                                                                 "ee_delta_14d)", required=True)
+    max_chunk_wait_s: float = parameter(0.5, "live: after a frame, wait up to this long for a chunk answering it; "
+                                             "then take the newest chunk received", minimum=0.0)
+    adapt_output_dir: str = parameter("checkpoints/prophet_adapted", "every AdaptWorldModel goal writes a new "
+                                                                     "subdirectory adapt-<timestamp> here",
+                                      required=True)
+    adapt_mode: str = parameter("lora", "AdaptWorldModel mode when a goal leaves it empty", choices=ADAPT_MODES)
+    adapt_batch_size: int = parameter(8, "AdaptWorldModel: training clips per step", minimum=1)
+    diagnostics_period_s: float = parameter(1.0, "period of the /diagnostics status with counters", minimum=0.0,
+                                            exclusive_minimum=True)
+
+
 # ------------------------------------------------------------------------------ the node
 class ImaginationNode(LifecycleNode):
     def __init__(self, node_name: str = "imagination", **kwargs):
         super().__init__(node_name, **kwargs)
-        for name, default, description in (
-                ("checkpoint_path", "", "Prophet checkpoint directory (prophet_config.json + weights)"),
-                ("device", "cpu", "torch device of the world model"),
-                ("torch_threads", 1, "intra-op CPU threads"),
-                ("num_steps", 0, "Euler steps per clip (0: the model's default); a goal's num_steps wins"),
-                ("seed", 0, "live mode: episode n samples with seed + n"),
-                ("robot", "panda_sim", "robot config: topics, base frame, control period"),
-                ("autostart", True, "configure + activate at startup"),
-                ("max_rollouts", 64, "largest num_rollouts of one goal"),
-                ("max_sessions", 16, "most open Imagine sessions"),
-                ("session_ttl_s", 600.0, "an idle session is closed after this long"),
-                ("max_queued_goals", 2, "Imagine goals that may wait behind the running one"),
-                ("live", False, "stand in for robot + camera for the policy node"),
-                ("start_dataset", "", "live: bags2dataset directory to start from"),
-                ("start_episode", 0, "live: episode index; setting it restarts from that episode"),
-                ("image_topic", "/camera/image_raw", ""),
-                ("camera_info_topic", "/camera/camera_info", ""),
-                ("camera_frame", "camera_optical_frame", ""),
-                ("instruction_topic", "/prophrl/instruction", ""),
-                ("episode_topic", "/prophrl/episode", ""),
-                ("action_chunk_topic", "/prophrl/action_chunk", ""),
-                ("max_chunk_wait_s", 0.5, "live: take the newest chunk this long after a frame at the latest"),
-                ("adapt_output_dir", "checkpoints/prophet_adapted", "adapted checkpoints go to new subdirectories"),
-                ("adapt_mode", "lora", "AdaptWorldModel mode when a goal leaves it empty: lora | full"),
-                ("adapt_batch_size", 8, "AdaptWorldModel: clips per training step"),
-                ("diagnostics_period_s", 1.0, "")):
-            # Numbers may be given as ints or floats (`session_ttl_s:=600`); they are validated at configure.
-            self.declare_parameter(name, default, ParameterDescriptor(
-                description=description, dynamic_typing=isinstance(default, float)))
+        declare_parameters(self, ImaginationNodeParameters)
+        self.params = ImaginationNodeParameters()
         self.model: Prophet | None = None
         self.checkpoint_path = ""
         self.active = False
@@ -282,77 +299,40 @@ class ImaginationNode(LifecycleNode):
         return self.get_parameter(name).value
 
     # ---------------------------------------------------------------- parameters
-    def _int(self, name: str, minimum: int) -> int:
-        value = self.p(name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ConfigError(f"parameter {name} must be an integer >= {minimum}, got {value!r}")
-        return value
-
-    def _float(self, name: str, minimum: float, allow_equal: bool = False) -> float:
-        value = self.p(name)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-                or not (value >= minimum if allow_equal else value > minimum):
-            raise ConfigError(f"parameter {name} must be a number {'>=' if allow_equal else '>'} {minimum}, "
-                              f"got {value!r}")
-        return float(value)
-
-    def _text(self, name: str, allow_empty: bool = False) -> str:
-        value = self.p(name)
-        if not isinstance(value, str) or (not value and not allow_empty):
-            raise ConfigError(f"parameter {name} must be a non-empty string, got {value!r}")
-        return value
-
     def _read_parameters(self) -> None:
-        self.checkpoint_param = self._text("checkpoint_path", allow_empty=True)
-        if not self.checkpoint_param:
-            raise ConfigError("parameter checkpoint_path is required (a Prophet checkpoint directory from "
-                              "`prophrl worldmodel pretrain` or `adapt`)")
+        self.params = params = read_parameters(self, ImaginationNodeParameters)
+        self.checkpoint_param = params.checkpoint_path
         try:
-            self.device = torch.device(self._text("device"))
+            self.device = torch.device(params.device)
         except RuntimeError as exc:
             raise ConfigError(f"parameter device: {exc}") from None
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ConfigError(f"parameter device is {self.device} but CUDA is not available here")
-        self.torch_threads = self._int("torch_threads", 1)
-        self.num_steps = self._int("num_steps", 0)
-        self.seed = self._int("seed", 0)
-        self.robot = load_robot_config(self._text("robot"))
-        self.max_rollouts = self._int("max_rollouts", 1)
-        self.max_sessions = self._int("max_sessions", 1)
-        self.session_ttl_s = self._float("session_ttl_s", 0.0)
-        self.max_queued_goals = self._int("max_queued_goals", 0)
-        live = self.p("live")
-        if not isinstance(live, bool):
-            raise ConfigError(f"parameter live must be true or false, got {live!r}")
-        self.live = live
-        for name in ("image_topic", "camera_info_topic", "camera_frame", "instruction_topic", "episode_topic",
-                     "action_chunk_topic", "adapt_output_dir"):
-            self._text(name)
-        self.max_chunk_wait_s = self._float("max_chunk_wait_s", 0.0, allow_equal=True)
-        self.adapt_mode = self._text("adapt_mode")
-        if self.adapt_mode not in ADAPT_MODES:
-            raise ConfigError(f"parameter adapt_mode must be one of {ADAPT_MODES}, got {self.adapt_mode!r}")
-        self.adapt_batch_size = self._int("adapt_batch_size", 1)
-        self.diagnostics_period_s = self._float("diagnostics_period_s", 0.0)
-        self._int("start_episode", 0)
+        self.torch_threads, self.num_steps, self.seed = params.torch_threads, params.num_steps, params.seed
+        self.robot = load_robot_config(params.robot)
+        self.max_rollouts, self.max_sessions = params.max_rollouts, params.max_sessions
+        self.session_ttl_s, self.max_queued_goals = params.session_ttl_s, params.max_queued_goals
+        self.live, self.max_chunk_wait_s = params.live, params.max_chunk_wait_s
+        self.adapt_mode, self.adapt_batch_size = params.adapt_mode, params.adapt_batch_size
+        self.diagnostics_period_s = params.diagnostics_period_s
         if self.live:
-            if not self._text("start_dataset", allow_empty=True):
+            if not params.start_dataset:
                 raise ConfigError("live mode needs parameter start_dataset (a directory from `prophrl bags2dataset`)")
-            self._dataset_start = load_dataset_start(self.p("start_dataset"), self.p("start_episode"))
+            self._dataset_start = load_dataset_start(params.start_dataset, params.start_episode)
 
     def _validate_parameter_update(self, parameters: list[Parameter]) -> SetParametersResult:
-        for parameter in parameters:
-            if parameter.name == "start_episode" and self._dataset_start is not None:
+        for changed in parameters:
+            if changed.name == "start_episode" and self._dataset_start is not None:
                 try:
-                    load_dataset_start(self.p("start_dataset"), parameter.value)
+                    load_dataset_start(self.params.start_dataset, changed.value)
                 except ConfigError as exc:
                     return SetParametersResult(successful=False, reason=str(exc))
         return SetParametersResult(successful=True)
 
     def _on_parameters_set(self, parameters: list[Parameter]) -> None:
-        for parameter in parameters:
-            if parameter.name == "start_episode" and self._dataset_start is not None:
-                self._dataset_start = load_dataset_start(self.p("start_dataset"), parameter.value)
+        for changed in parameters:
+            if changed.name == "start_episode" and self._dataset_start is not None:
+                self._dataset_start = load_dataset_start(self.params.start_dataset, changed.value)
                 self._request_restart()
 
     # ---------------------------------------------------------------- lifecycle

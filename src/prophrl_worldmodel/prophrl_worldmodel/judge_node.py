@@ -8,14 +8,12 @@ probability and its decision (probability >= threshold). Bad requests (no frames
 sizes, an unsupported encoding or inconsistent image data, too many frames) get success=false,
 success_probability=NaN and a message saying what was wrong; the node keeps serving.
 
-Parameters: ``judge_path`` (a `prophrl judge train` directory, a saved VLM judge config, or with
-``backend: vlm`` a transformers model directory), ``backend`` (classifier | vlm | auto),
-``threshold`` (>= 0 overrides the judge's own), ``device``, ``torch_threads`` (1: do not starve the
-other processes on this CPU), ``max_frames``.
+Parameters: JudgeNodeParameters.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 
@@ -23,8 +21,8 @@ import numpy as np
 import torch
 from rclpy.node import Node
 
-from prophrl_common.config_io import ConfigError
 from prophrl_common.images import ImageConversionError, to_rgb8
+from prophrl_common.node_parameters import declare_parameters, parameter, read_parameters
 from prophrl_common.node_runtime import run_node
 from prophrl_msgs.srv import ScoreRollout
 from prophrl_worldmodel.modeling_judge import load_judge
@@ -56,25 +54,32 @@ def request_clip(frames, max_frames: int) -> np.ndarray:
     return np.stack(arrays)
 
 
+@dataclasses.dataclass(frozen=True)
+class JudgeNodeParameters:
+    judge_path: str = parameter("", "a `prophrl judge train` output directory, a directory holding a saved VLM "
+                                    "judge config.json, or (backend vlm) a local transformers VLM directory",
+                                required=True)
+    backend: str = parameter("classifier", "classifier: the trained video success classifier; vlm: a local "
+                                           "image-text-to-text model asked a per-task yes/no prompt; auto: whatever "
+                                           "judge_path holds", choices=BACKENDS)
+    threshold: float = parameter(-1.0, "success = probability >= threshold; negative: the judge's own (picked on "
+                                       "validation data by `prophrl judge train`; 0.5 for a VLM)", maximum=1.0)
+    device: str = parameter("cpu", "torch device (cpu, cuda, cuda:1)")
+    torch_threads: int = parameter(1, "intra-op CPU threads (1: do not starve the other processes on this CPU)",
+                                   minimum=1)
+    max_frames: int = parameter(2000, "requests with more frames than this are rejected", minimum=1)
+
+
 class JudgeNode(Node):
     def __init__(self, node_name: str = "judge", namespace: str = "/prophrl"):
         super().__init__(node_name, namespace=namespace)
-        for name, default in (("judge_path", ""), ("backend", "classifier"), ("threshold", -1.0), ("device", "cpu"),
-                              ("torch_threads", 1), ("max_frames", 2000)):
-            self.declare_parameter(name, default)
-        backend = self.get_parameter("backend").value
-        if backend not in BACKENDS:
-            raise ConfigError(f"parameter backend must be one of {BACKENDS}, got {backend!r}")
-        path = self.get_parameter("judge_path").value
-        if not path:
-            raise ConfigError("parameter judge_path is required (a `prophrl judge train` output directory)")
-        torch.set_num_threads(max(1, int(self.get_parameter("torch_threads").value)))
-        self.judge = load_judge(path, backend, self.get_parameter("device").value)
-        override = float(self.get_parameter("threshold").value)
-        if override > 1.0:
-            raise ConfigError(f"parameter threshold must be in [0, 1] (or negative: the judge's own), got {override}")
-        self.threshold = override if override >= 0 else float(self.judge.threshold)
-        self.max_frames = int(self.get_parameter("max_frames").value)
+        declare_parameters(self, JudgeNodeParameters)
+        params = read_parameters(self, JudgeNodeParameters)
+        path = params.judge_path
+        torch.set_num_threads(params.torch_threads)
+        self.judge = load_judge(path, params.backend, params.device)
+        self.threshold = params.threshold if params.threshold >= 0 else float(self.judge.threshold)
+        self.max_frames = params.max_frames
         self.requests = 0
         self.service = self.create_service(ScoreRollout, "~/score_rollout", self._on_score)
         name = self.resolve_service_name("~/score_rollout")
