@@ -114,8 +114,8 @@ def main() -> None:
     advantages = group_advantages(torch.from_numpy(imagined.rewards).double()).flatten()
     batch = trainer.rollout_batch(imagined, advantages, drop_masked=True)
     def update():
-        return policy_update(trainer.policy, trainer.optimizer, batch, cfg.algorithm, trainer.step_variances,
-                             cfg.noise_level, epochs=cfg.ppo_epochs, minibatch_size=cfg.minibatch_size,
+        return policy_update(trainer.policy, trainer.optimizer, batch, cfg.algorithm, cfg.chunk_sampler,
+                             epochs=cfg.ppo_epochs, minibatch_size=cfg.minibatch_size,
                              generator=trainer.order_generator)
 
     with FlopCounterMode(display=False) as counter:

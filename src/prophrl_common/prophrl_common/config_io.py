@@ -59,11 +59,14 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     return value
 
 
-def dataclass_from_mapping(cls: type[T], data: dict[str, Any], source: str, complete: bool = False) -> T:
+def dataclass_from_mapping(cls: type[T], data: dict[str, Any], source: str, complete: bool = False,
+                           added_later: tuple[str, ...] = ()) -> T:
     """Build a (frozen) dataclass from a mapping; unknown, missing or mistyped keys are errors.
 
     A key is missing when the field has no default, or, with ``complete``, whenever it is absent: a
-    saved config (a checkpoint's) must state every field, never fall back to today's defaults.
+    saved config (a checkpoint's) must state every field, never fall back to today's defaults. The fields
+    ``added_later`` are the exception: configs saved before they existed lack them and get the default
+    (the behaviour those configs were saved with).
     """
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
@@ -74,7 +77,8 @@ def dataclass_from_mapping(cls: type[T], data: dict[str, Any], source: str, comp
     for name, field in fields.items():
         if name in data:
             kwargs[name] = _coerce(data[name], hints[name], f"{source}: {name}")
-        elif complete or (field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING):
+        elif (complete and name not in added_later) or (field.default is dataclasses.MISSING
+                                                         and field.default_factory is dataclasses.MISSING):
             raise ConfigError(f"{source}: missing required key '{name}'"
                               + (" (a saved config must be complete)" if complete else ""))
     return cls(**kwargs)
@@ -94,9 +98,9 @@ def dataclass_to_json(obj) -> str:
     return json.dumps(dataclasses.asdict(obj), indent=2, sort_keys=True)
 
 
-def dataclass_from_json_file(cls: type[T], path: str | Path, what: str) -> T:
-    """Read a config saved with dataclass_to_json: every field must be there (no silent defaults); the
-    class's validate(source) runs on it."""
+def dataclass_from_json_file(cls: type[T], path: str | Path, what: str, added_later: tuple[str, ...] = ()) -> T:
+    """Read a config saved with dataclass_to_json: every field must be there (no silent defaults) but those
+    `added_later`; the class's validate(source) runs on it."""
     path = Path(path)
     try:
         data = json.loads(path.read_text())
@@ -104,4 +108,4 @@ def dataclass_from_json_file(cls: type[T], path: str | Path, what: str) -> T:
         raise ConfigError(f"{path}: cannot read {what}: {exc}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: {what} must be a JSON object")
-    return dataclass_from_mapping(cls, data, str(path), complete=True).validate(str(path))
+    return dataclass_from_mapping(cls, data, str(path), complete=True, added_later=added_later).validate(str(path))

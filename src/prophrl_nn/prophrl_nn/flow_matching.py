@@ -36,6 +36,26 @@ class SDEStep:
     log_prob: torch.Tensor  # (B,), summed over the chunk's elements
 
 
+@dataclasses.dataclass(frozen=True)
+class SamplerConfig:
+    """How an action chunk is sampled: K = num_steps Euler steps from noise to actions; noise_level is the
+    SDE's `a` (mode sde: Flow-GRPO's exploration, its log-probs and FlowScale's weights). One object goes to
+    sampling, to re-scoring a stored path and to the policy update; a policy checkpoint records it."""
+
+    num_steps: int = 10
+    noise_level: float = 0.7
+
+    def __post_init__(self):
+        if isinstance(self.num_steps, bool) or not isinstance(self.num_steps, int) or self.num_steps < 1:
+            raise ValueError(f"sampler num_steps must be an integer >= 1, got {self.num_steps!r}")
+        if not (isinstance(self.noise_level, (int, float)) and math.isfinite(self.noise_level)
+                and self.noise_level > 0):
+            raise ValueError(f"sampler noise_level must be a number > 0, got {self.noise_level!r}")
+
+    def step_noise_variance(self) -> torch.Tensor:
+        return step_noise_variance(self.num_steps, self.noise_level)
+
+
 def sigmas(num_steps: int, device=None, dtype=torch.float32) -> torch.Tensor:
     """sigma_0 = 1 > sigma_1 > ... > sigma_K = 0 (K + 1 values)."""
     if num_steps < 1:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from prophrl_common.config_io import (ConfigError, dataclass_from_json_file, dataclass_to_json,
                                       require_finite_numbers)
+from prophrl_nn.flow_matching import SamplerConfig
 
 VISION_BACKBONES = ("small_cnn", "mobilenet_v2", "hf_vision")
 TEXT_ENCODERS = ("minilm", "hashed_bow", "hf_text")
@@ -31,7 +32,9 @@ class VLAConfig:
     num_layers: int = 3
     num_heads: int = 4
     dropout: float = 0.0
-    num_inference_steps: int = 10
+    # Sampling (SamplerConfig): Euler steps per chunk, and the SDE noise level of mode sde (RL exploration)
+    num_inference_steps: int = SamplerConfig.num_steps
+    noise_level: float = SamplerConfig.noise_level
     time_beta_alpha: float = 1.5              # t ~ Beta(1.5, 1) scaled into (0.001, 1]
     time_beta_beta: float = 1.0
 
@@ -56,14 +59,22 @@ class VLAConfig:
             raise ConfigError(f"{source}: need 0 < robot_action_dim <= action_dim")
         if self.hidden_dim % self.num_heads:
             raise ConfigError(f"{source}: hidden_dim must be divisible by num_heads")
+        try:
+            self.sampler
+        except ValueError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
         return self
+
+    @property
+    def sampler(self) -> SamplerConfig:
+        return SamplerConfig(self.num_inference_steps, self.noise_level)
 
     def to_json(self) -> str:
         return dataclass_to_json(self)
 
     @classmethod
     def from_json_file(cls, path: str | Path) -> "VLAConfig":
-        return dataclass_from_json_file(cls, path, "policy config")
+        return dataclass_from_json_file(cls, path, "policy config", added_later=("noise_level",))
 
 
 VLA_CONFIGS: dict[str, VLAConfig] = {

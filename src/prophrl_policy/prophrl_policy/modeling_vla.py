@@ -19,6 +19,7 @@ from prophrl_common.atomic_io import atomic_directory
 from prophrl_common.weights import load_safetensors, save_finite_safetensors
 from prophrl_common.config_io import ConfigError
 from prophrl_nn import flow_matching as fm
+from prophrl_nn.flow_matching import SamplerConfig
 from prophrl_nn.text_encoder import HashedBagOfWords
 from prophrl_policy.configuration_vla import VLAConfig
 from prophrl_policy.embodiment import EMBODIMENT_NAME, Embodiment
@@ -172,12 +173,14 @@ class VLAPolicy(nn.Module):
 
     # ----- sampling ----------------------------------------------------------------------------
     @torch.no_grad()
-    def predict_action_chunk(self, obs: Observation, mode: str = "ode", num_steps: int | None = None,
-                             noise_level: float = 0.7, generator: torch.Generator | None = None) -> ChunkSample:
-        """Sample a chunk. mode="sde" also returns per-step log-probs/means (Flow-GRPO's SDE)."""
+    def predict_action_chunk(self, obs: Observation, mode: str = "ode", sampler: SamplerConfig | None = None,
+                             generator: torch.Generator | None = None) -> ChunkSample:
+        """Sample a chunk with `sampler` (default: the one this policy was trained / saved with). mode="sde" also
+        returns per-step log-probs/means (Flow-GRPO's SDE)."""
         if mode not in ("ode", "sde"):
             raise ValueError(f"mode must be 'ode' or 'sde', got {mode!r}")
-        k_steps = num_steps or self.config.num_inference_steps
+        sampler = sampler or self.config.sampler
+        k_steps, noise_level = sampler.num_steps, sampler.noise_level
         obs_tokens = self.encode_observation(obs)
         b = obs_tokens.shape[0]
         shape = (b, self.config.horizon, self.config.action_dim)
@@ -204,14 +207,17 @@ class VLAPolicy(nn.Module):
             stds=torch.stack(stds) if stds else None,
         )
 
-    def sde_log_probs(self, obs: Observation, latents: torch.Tensor, noise_level: float = 0.7,
+    def sde_log_probs(self, obs: Observation, latents: torch.Tensor, sampler: SamplerConfig | None = None,
                       obs_tokens: torch.Tensor | None = None):
         """Per-step log p(x_{k+1} | x_k) of a stored denoising path under the CURRENT weights.
 
-        latents: (B, K+1, H, A) from predict_action_chunk(mode="sde"). Returns (log_probs (B,K),
+        latents: (B, K+1, H, A) from predict_action_chunk(mode="sde", sampler=sampler). Returns (log_probs (B,K),
         means (B,K,H,A), stds (K,)), differentiable w.r.t. the policy parameters.
         """
-        k_steps = latents.shape[1] - 1
+        sampler = sampler or self.config.sampler
+        k_steps, noise_level = latents.shape[1] - 1, sampler.noise_level
+        if k_steps != sampler.num_steps:
+            raise ValueError(f"the path has {k_steps} denoising steps, the sampler {sampler.num_steps}")
         if obs_tokens is None:
             obs_tokens = self.encode_observation(obs)
         b = latents.shape[0]

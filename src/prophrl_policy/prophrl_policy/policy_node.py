@@ -42,6 +42,7 @@ from prophrl_common.node_runtime import run_node
 from prophrl_common.images import ImageConversionError, to_rgb8
 from prophrl_common.robots import load_robot_config
 from prophrl_msgs.msg import ActionChunk
+from prophrl_nn.flow_matching import SamplerConfig
 from prophrl_msgs.srv import LoadPolicy
 from prophrl_policy.embodiment import check_embodiment
 from prophrl_policy.modeling_vla import Observation, VLAPolicy
@@ -66,8 +67,8 @@ class PolicyNodeParameters:
                                             "0: on every camera frame", minimum=0.0)
     mode: str = parameter("ode", "ode: deterministic deployment; sde: Flow-GRPO's stochastic sampler",
                           choices=("ode", "sde"))
-    num_steps: int = parameter(0, "denoising steps per chunk (0: the checkpoint's num_inference_steps)", minimum=0)
-    noise_level: float = parameter(0.7, "sde mode: the sampler's noise level", minimum=0.0)
+    num_steps: int = parameter(0, "denoising steps per chunk (0: the checkpoint's sampler)", minimum=0)
+    noise_level: float = parameter(0.0, "sde mode: the SDE noise level (0: the checkpoint's sampler)", minimum=0.0)
     seed: int = parameter(0, "seed of the sampler's noise")
     device: str = parameter("cpu", "torch device")
     torch_threads: int = parameter(1, "intra-op CPU threads for inference (more helps only large models on idle "
@@ -192,10 +193,12 @@ class PolicyNode(LifecycleNode):
             return
         with self._policy_lock:
             policy, version = self.policy, self.policy_version
+        saved = policy.config.sampler
+        sampler = SamplerConfig(self.params.num_steps or saved.num_steps,
+                                self.params.noise_level or saved.noise_level)
         start = time.perf_counter()
         with torch.inference_mode():
-            sample = policy.predict_action_chunk(obs, mode=self.params.mode, num_steps=self.params.num_steps or None,
-                                                 noise_level=self.params.noise_level, generator=self.generator)
+            sample = policy.predict_action_chunk(obs, mode=self.params.mode, sampler=sampler, generator=self.generator)
         self.latencies_ms.append((time.perf_counter() - start) * 1e3)
         actions = sample.actions[0].cpu().numpy()
         if not np.isfinite(actions).all():

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from prophrl_common.config_io import ConfigError
+from prophrl_nn.flow_matching import SamplerConfig
 from prophrl_policy.configuration_vla import get_vla_config
 from prophrl_policy.modeling_vla import Observation, VLAPolicy
 from prophrl_policy.transforms import NormStats
@@ -36,10 +37,10 @@ def test_ode_sampling_is_deterministic_given_a_seed(policy):
 
 def test_sde_sample_exposes_per_step_log_probs_that_recompute_exactly(policy):
     obs = _obs()
-    sample = policy.predict_action_chunk(obs, mode="sde", num_steps=5, noise_level=0.7,
-                                         generator=torch.Generator().manual_seed(4))
+    sampler = SamplerConfig(num_steps=5, noise_level=0.7)
+    sample = policy.predict_action_chunk(obs, mode="sde", sampler=sampler, generator=torch.Generator().manual_seed(4))
     assert sample.log_probs.shape == (3, 5) and sample.latents.shape == (3, 6, 6, 14)
-    log_probs, means, stds = policy.sde_log_probs(obs, sample.latents, noise_level=0.7)
+    log_probs, means, stds = policy.sde_log_probs(obs, sample.latents, sampler)
     torch.testing.assert_close(log_probs, sample.log_probs, rtol=1e-4, atol=1e-3)
     torch.testing.assert_close(means, sample.means, rtol=1e-4, atol=1e-5)
     # closed form, robot dims only (padding carries no reward signal)
@@ -50,9 +51,10 @@ def test_sde_sample_exposes_per_step_log_probs_that_recompute_exactly(policy):
 
 def test_log_prob_gradients_reach_the_action_head(policy):
     obs = _obs()
-    sample = policy.predict_action_chunk(obs, mode="sde", num_steps=4, generator=torch.Generator().manual_seed(5))
+    sampler = SamplerConfig(num_steps=4)
+    sample = policy.predict_action_chunk(obs, mode="sde", sampler=sampler, generator=torch.Generator().manual_seed(5))
     policy.zero_grad()
-    log_probs, _, _ = policy.sde_log_probs(obs, sample.latents)
+    log_probs, _, _ = policy.sde_log_probs(obs, sample.latents, sampler)
     log_probs.sum().backward()
     for module in (policy.action_out, policy.denoiser, policy.vision, policy.state_proj):
         grads = [p.grad for p in module.parameters() if p.requires_grad]
@@ -107,6 +109,28 @@ def test_save_and_load_round_trip_and_corrupt_checkpoints(policy, tmp_path):
     (path / "config.json").write_text(json.dumps(config))
     with pytest.raises(ConfigError, match="do not match"):
         VLAPolicy.from_pretrained(path)
+
+
+def test_the_sampler_is_saved_with_the_policy_and_a_checkpoint_saved_before_noise_level_loads(tmp_path):
+    config = get_vla_config("tiny", hidden_dim=32, num_layers=1, image_size=32, horizon=4, num_inference_steps=4,
+                            noise_level=0.5)
+    path = VLAPolicy(config).save_pretrained(tmp_path / "ckpt")
+    loaded = VLAPolicy.from_pretrained(path)
+    assert loaded.config.sampler == SamplerConfig(num_steps=4, noise_level=0.5)
+    sample = loaded.predict_action_chunk(_obs(size=32), mode="sde", generator=torch.Generator().manual_seed(0))
+    assert sample.latents.shape[1] == 5, "sampled with the saved number of steps"
+    with pytest.raises(ValueError, match="the path has 4 denoising steps, the sampler 3"):
+        loaded.sde_log_probs(_obs(size=32), sample.latents, SamplerConfig(num_steps=3))
+    saved = json.loads((path / "config.json").read_text())
+    del saved["noise_level"]
+    (path / "config.json").write_text(json.dumps(saved))
+    assert VLAPolicy.from_pretrained(path).config.sampler == SamplerConfig(num_steps=4)
+    del saved["num_inference_steps"]
+    (path / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(ConfigError, match="missing required key 'num_inference_steps'"):
+        VLAPolicy.from_pretrained(path)
+    with pytest.raises(ConfigError, match="noise_level must be a number > 0"):
+        get_vla_config("tiny", noise_level=0.0).validate()
 
 
 def test_bad_inputs_fail_clearly(policy):

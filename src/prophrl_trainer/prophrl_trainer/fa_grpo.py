@@ -48,6 +48,7 @@ import math
 import torch
 
 from prophrl_common.config_io import require_finite_numbers
+from prophrl_nn.flow_matching import SamplerConfig
 
 RATIO_LEVELS = ("chunk", "chunk_mean", "element", "step")
 
@@ -302,14 +303,15 @@ class RolloutBatch:
 
 
 def policy_update(policy, optimizer: torch.optim.Optimizer, batch: RolloutBatch, cfg: FAGRPOConfig,
-                  step_variances: torch.Tensor, noise_level: float, epochs: int = 1,
+                  sampler: SamplerConfig, epochs: int = 1,
                   minibatch_size: int | None = None, max_grad_norm: float = 1.0, ref_policy=None,
                   generator: torch.Generator | None = None, skip_empty: bool = True,
-                  target_kl: float = 0.0) -> dict[str, float]:
-    """PPO-style epochs of FA-GRPO over a rollout batch. The policy provides
-    `sde_log_probs(obs, latents, noise_level) -> (log_probs (B,K), means, stds (K,))` and optionally
+                  target_kl: float = 0.0, step_variances: torch.Tensor | None = None) -> dict[str, float]:
+    """PPO-style epochs of FA-GRPO over a rollout batch sampled with `sampler`. The policy provides
+    `sde_log_probs(obs, latents, sampler) -> (log_probs (B,K), means, stds (K,))` and optionally
     `action_mask` (the action dimensions that count; padding is left out of the KL).
 
+    step_variances: the per-step variances FlowScale weights by (default: the sampler's).
     skip_empty: skip minibatches whose chunks are all masked. Data-parallel training must pass False:
     every rank has to run the same number of backward passes (a masked minibatch gives zero gradient).
     target_kl: > 0 ends the update (no step on that minibatch, no further epochs) once a minibatch's KL to the
@@ -320,7 +322,8 @@ def policy_update(policy, optimizer: torch.optim.Optimizer, batch: RolloutBatch,
     """
     if cfg.kl_beta > 0 and ref_policy is None:
         raise ValueError("kl_beta > 0 needs a reference policy")
-    weights = flowscale_weights(step_variances, cfg.flowscale)
+    weights = flowscale_weights(sampler.step_noise_variance() if step_variances is None else step_variances,
+                                cfg.flowscale)
     element_mask = getattr(policy, "action_mask", None)
     size = batch.size
     minibatch_size = minibatch_size or size
@@ -337,11 +340,11 @@ def policy_update(policy, optimizer: torch.optim.Optimizer, batch: RolloutBatch,
                 continue
             obs = batch.obs[idx]
             latents = batch.latents[idx]
-            new_log_probs, new_means, stds = policy.sde_log_probs(obs, latents, noise_level)
+            new_log_probs, new_means, stds = policy.sde_log_probs(obs, latents, sampler)
             ref_means = None
             if cfg.kl_beta > 0:
                 with torch.no_grad():
-                    _, ref_means, _ = ref_policy.sde_log_probs(obs, latents, noise_level)
+                    _, ref_means, _ = ref_policy.sde_log_probs(obs, latents, sampler)
             old_means = batch.old_means[idx] if batch.old_means is not None else None
             out = fa_grpo_loss(new_log_probs, batch.old_log_probs[idx], batch.advantages[idx], batch.mask[idx],
                                weights, cfg, new_means, ref_means, stds, element_mask,

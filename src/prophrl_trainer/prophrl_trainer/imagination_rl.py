@@ -52,7 +52,7 @@ from prophrl_common.config_io import ConfigError, dataclass_from_mapping, requir
 from prophrl_common.weights import NonFiniteError, require_finite
 from prophrl_common.outputs import OutputKind, check_run_dir
 from prophrl_common.tables import print_table
-from prophrl_nn import flow_matching as fm
+from prophrl_nn.flow_matching import SamplerConfig
 from prophrl_policy.modeling_vla import Observation, VLAPolicy
 from prophrl_trainer import checkpointing as ckpt
 from prophrl_trainer.fa_grpo import (FAGRPOConfig, FlowScaleConfig, RolloutBatch, flowscale_weights,
@@ -75,8 +75,8 @@ class RLConfig:
     group_size: 8 rollouts per initial state (G; Flow-GRPO and the paper's GRPO use 8-16).
     states_per_update: 4 initial states per update, so 32 rollouts per update (per rank).
     chunks_per_rollout: 4 policy chunks per rollout (each chunk = one Prophet clip).
-    denoising_steps: 10 SDE steps per chunk (K; pi0's default number of Euler steps).
-    noise_level: 0.7, Flow-GRPO's SDE noise level a.
+    denoising_steps, noise_level: the chunk sampler (SamplerConfig: K = 10 SDE steps per chunk, pi0's default
+        number of Euler steps; Flow-GRPO's SDE noise level a = 0.7). The trained policy's checkpoints record it.
     learning_rate: 1e-5 (AdamW): keeps the per-update approx KL of the demo's tiny policy around 0.02-0.15
         (5e-5 left the trust region on the first step, see target_kl).
     weight_decay: 0. max_grad_norm: 1.0 (global gradient-norm clip).
@@ -111,8 +111,8 @@ class RLConfig:
     group_size: int = 8
     states_per_update: int = 4
     chunks_per_rollout: int = 4
-    denoising_steps: int = 10
-    noise_level: float = 0.7
+    denoising_steps: int = SamplerConfig.num_steps
+    noise_level: float = SamplerConfig.noise_level
     learning_rate: float = 1e-5
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
@@ -156,6 +156,10 @@ class RLConfig:
             raise ConfigError(f"RL config: reward must be one of {REWARD_MODES}, got {self.reward!r}")
         if self.variant not in VARIANTS:
             raise ConfigError(f"RL config: variant must be one of {sorted(VARIANTS)}, got {self.variant!r}")
+
+    @property
+    def chunk_sampler(self) -> SamplerConfig:
+        return SamplerConfig(self.denoising_steps, self.noise_level)
 
     @property
     def algorithm(self) -> FAGRPOConfig:
@@ -500,8 +504,8 @@ class _LogProbs(nn.Module):
         super().__init__()
         self.policy = policy
 
-    def forward(self, obs, latents, noise_level):
-        return self.policy.sde_log_probs(obs, latents, noise_level)
+    def forward(self, obs, latents, sampler):
+        return self.policy.sde_log_probs(obs, latents, sampler)
 
 
 class _DataParallelPolicy:
@@ -513,8 +517,8 @@ class _DataParallelPolicy:
         self.policy = policy
         self.ddp = DistributedDataParallel(_LogProbs(policy), device_ids=[device] if device.type == "cuda" else None)
 
-    def sde_log_probs(self, obs, latents, noise_level):
-        return self.ddp(obs, latents, noise_level)
+    def sde_log_probs(self, obs, latents, sampler):
+        return self.ddp(obs, latents, sampler)
 
     def parameters(self):
         return self.policy.parameters()
@@ -608,7 +612,10 @@ class Trainer:
         # policy sampling noise (on the policy's device) and minibatch order (CPU), per rank
         self.generator = torch.Generator(device=self.device).manual_seed(_seed(config.seed, rank, 1))
         self.order_generator = torch.Generator().manual_seed(_seed(config.seed, rank, 2))
-        self.step_variances = fm.step_noise_variance(config.denoising_steps, config.noise_level)
+        # the policy samples (and its checkpoints record) the RL chunk sampler
+        policy.config = dataclasses.replace(policy.config, num_inference_steps=config.chunk_sampler.num_steps,
+                                            noise_level=config.chunk_sampler.noise_level)
+        self.step_variances = config.chunk_sampler.step_noise_variance()
         self.flowscale = flowscale_weights(self.step_variances, config.algorithm.flowscale)
         self.train_policy = _DataParallelPolicy(policy, self.device) if self.dist.enabled else policy
         self.update = 0
@@ -640,8 +647,8 @@ class Trainer:
                 state = torch.from_numpy(np.concatenate([group.state for group in groups]).astype(np.float32))
                 obs = Observation(policy_images(frames, size), instructions, state)
                 self.policy.eval()
-                sample = self.policy.predict_action_chunk(obs, mode=mode, num_steps=cfg.denoising_steps,
-                                                          noise_level=cfg.noise_level, generator=generator)
+                sample = self.policy.predict_action_chunk(obs, mode=mode, sampler=cfg.chunk_sampler,
+                                                          generator=generator)
                 images.append(obs.images)
                 states.append(state)
                 if mode == "sde":
@@ -709,8 +716,8 @@ class Trainer:
         rewards = torch.from_numpy(imagined.rewards).double()
         advantages = group_advantages(rewards, cfg.algorithm.advantage_eps).flatten()
         batch = self.rollout_batch(imagined, advantages, drop_masked=not self.dist.enabled)
-        stats = policy_update(self.train_policy, self.optimizer, batch, cfg.algorithm, self.step_variances,
-                              cfg.noise_level, epochs=cfg.ppo_epochs, minibatch_size=cfg.minibatch_size or None,
+        stats = policy_update(self.train_policy, self.optimizer, batch, cfg.algorithm, cfg.chunk_sampler,
+                              epochs=cfg.ppo_epochs, minibatch_size=cfg.minibatch_size or None,
                               max_grad_norm=cfg.max_grad_norm, ref_policy=self.ref_policy,
                               generator=self.order_generator, skip_empty=not self.dist.enabled,
                               target_kl=cfg.target_kl)

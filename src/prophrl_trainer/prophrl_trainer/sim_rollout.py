@@ -41,10 +41,10 @@ class ExpertController:
 class PolicyController:
     """A VLAPolicy acting on the rendered frame, instruction, ee pose and gripper command in force."""
 
-    def __init__(self, policy, mode: str = "ode", noise_level: float = 0.7, seed: int = 0):
+    def __init__(self, policy, mode: str = "ode", seed: int = 0):
         import torch
 
-        self.policy, self.mode, self.noise_level = policy.eval(), mode, noise_level
+        self.policy, self.mode = policy.eval(), mode
         self.generator = torch.Generator().manual_seed(seed)
 
     def reset(self, seed: int) -> None:
@@ -61,8 +61,7 @@ class PolicyController:
         obs = Observation(torch.from_numpy(image).permute(2, 0, 1)[None].float().div(255), [instruction],
                           torch.from_numpy(state)[None])
         with torch.inference_mode():
-            sample = self.policy.predict_action_chunk(obs, mode=self.mode, noise_level=self.noise_level,
-                                                      generator=self.generator)
+            sample = self.policy.predict_action_chunk(obs, mode=self.mode, generator=self.generator)
         return sample.actions[0].numpy()
 
 

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from prophrl_nn import flow_matching as fm
+from prophrl_nn.flow_matching import SamplerConfig
 from prophrl_policy.modeling_vla import ChunkSample, sinusoidal_embedding
 
 
@@ -33,7 +34,9 @@ class ToyFlowPolicy(nn.Module):
         return ((self.velocity(x_t, t, context) - (noise - actions)) ** 2).mean()
 
     @torch.no_grad()
-    def predict_action_chunk(self, context, mode="ode", num_steps=10, noise_level=0.7, generator=None) -> ChunkSample:
+    def predict_action_chunk(self, context, mode="ode", sampler: SamplerConfig = SamplerConfig(),
+                             generator=None) -> ChunkSample:
+        num_steps, noise_level = sampler.num_steps, sampler.noise_level
         b = context.shape[0]
         x = torch.randn(b, self.horizon, self.action_dim, generator=generator)
         grid = fm.sigmas(num_steps).tolist()
@@ -52,8 +55,8 @@ class ToyFlowPolicy(nn.Module):
         stack = (lambda xs, d=1: torch.stack(xs, d) if xs else None)
         return ChunkSample(x, torch.stack(latents, 1), stack(log_probs), stack(means), stack(stds, 0))
 
-    def sde_log_probs(self, context, latents, noise_level=0.7):
-        k_steps = latents.shape[1] - 1
+    def sde_log_probs(self, context, latents, sampler: SamplerConfig = SamplerConfig()):
+        k_steps, noise_level = latents.shape[1] - 1, sampler.noise_level
         grid = fm.sigmas(k_steps).tolist()
         b = latents.shape[0]
         log_probs, means, stds = [], [], []

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from prophrl_nn import flow_matching as fm
+from prophrl_nn.flow_matching import SamplerConfig
 from prophrl_trainer.fa_grpo import (FAGRPOConfig, FlowScaleConfig, RolloutBatch, element_log_ratios, fa_grpo_loss,
                                      flowscale_weights, group_advantages, kl_beta_from_flow_grpo, path_kl,
                                      policy_update)
@@ -93,7 +94,7 @@ class _SummedLogLikelihood(torch.nn.Module):
         self.policy = policy
 
     def forward(self, context, latents):
-        return self.policy.sde_log_probs(context, latents, 0.7)[0].sum()
+        return self.policy.sde_log_probs(context, latents, SamplerConfig(3, 0.7))[0].sum()
 
 
 def test_summed_log_likelihood_gradient_matches_finite_differences():
@@ -113,20 +114,19 @@ def _train_bandit(flowscale: bool, updates: int = 30, seed: int = 0):
     policy = ToyFlowPolicy()
     opt = torch.optim.Adam(policy.parameters(), lr=1e-2)
     cfg = FAGRPOConfig(group_size=8, flowscale=FlowScaleConfig(enabled=flowscale))
-    steps, noise = 6, 0.7
-    variances = fm.step_noise_variance(steps, noise)
+    sampler = SamplerConfig(num_steps=6, noise_level=0.7)
     curve = []
     for _ in range(updates):
         contexts = env.sample_contexts(16, g).repeat_interleave(cfg.group_size, 0)
-        sample = policy.predict_action_chunk(contexts, mode="sde", num_steps=steps, noise_level=noise, generator=g)
+        sample = policy.predict_action_chunk(contexts, mode="sde", sampler=sampler, generator=g)
         rewards = env.reward(contexts, sample.actions)
         curve.append(rewards.mean().item())
         adv = group_advantages(rewards.view(-1, cfg.group_size)).flatten()
         batch = RolloutBatch(contexts, sample.latents, sample.log_probs, adv, torch.ones_like(adv))
-        policy_update(policy, opt, batch, cfg, variances, noise, epochs=2, minibatch_size=64, generator=g)
+        policy_update(policy, opt, batch, cfg, sampler, epochs=2, minibatch_size=64, generator=g)
     with torch.no_grad():
         contexts = env.sample_contexts(512, g)
-        final = env.reward(contexts, policy.predict_action_chunk(contexts, mode="ode", num_steps=steps,
+        final = env.reward(contexts, policy.predict_action_chunk(contexts, mode="ode", sampler=sampler,
                                                                   generator=g).actions).mean().item()
     return curve, final
 
@@ -191,8 +191,9 @@ def _tiny_vla(seed=0):
 
 def test_vla_action_log_likelihood_is_the_gaussian_density_of_the_denoising_path():
     policy, obs, g = _tiny_vla()
-    sample = policy.predict_action_chunk(obs, mode="sde", num_steps=5, noise_level=0.7, generator=g)
-    log_probs, means, stds = policy.sde_log_probs(obs, sample.latents, 0.7)
+    sampler = SamplerConfig(num_steps=5, noise_level=0.7)
+    sample = policy.predict_action_chunk(obs, mode="sde", sampler=sampler, generator=g)
+    log_probs, means, stds = policy.sde_log_probs(obs, sample.latents, sampler)
     # recomputed under the same weights = what the sampler recorded (ratio 1 before any update)
     torch.testing.assert_close(log_probs, sample.log_probs, rtol=1e-5, atol=1e-3)
     # by hand with torch.distributions over the robot's 7 dimensions only (the padding carries nothing)
@@ -209,9 +210,10 @@ def test_vla_summed_log_likelihood_gradient_matches_central_differences():
     """Directional derivative of sum_k log pi^(k) w.r.t. the velocity head and a denoiser layer, in float32
     (the policy runs in float32 only), against central differences."""
     policy, obs, g = _tiny_vla(1)
-    sample = policy.predict_action_chunk(obs, mode="sde", num_steps=3, noise_level=0.7, generator=g)
+    sampler = SamplerConfig(num_steps=3, noise_level=0.7)
+    sample = policy.predict_action_chunk(obs, mode="sde", sampler=sampler, generator=g)
     params = [policy.action_out[1].weight, policy.denoiser.layers[0].linear1.weight]
-    f = lambda: policy.sde_log_probs(obs, sample.latents, 0.7)[0].sum()  # noqa: E731
+    f = lambda: policy.sde_log_probs(obs, sample.latents, sampler)[0].sum()  # noqa: E731
     policy.zero_grad()
     f().backward()
     directions = [torch.randn(p.shape, generator=g) for p in params]
@@ -238,13 +240,13 @@ def test_masked_minibatches_still_step_when_not_skipped():
     policy = ToyFlowPolicy(hidden=8)
     opt = torch.optim.Adam(policy.parameters(), lr=1e-2)
     contexts = torch.rand(4, 2)
-    sample = policy.predict_action_chunk(contexts, mode="sde", num_steps=3)
+    sampler = SamplerConfig(num_steps=3)
+    sample = policy.predict_action_chunk(contexts, mode="sde", sampler=sampler)
     batch = RolloutBatch(contexts, sample.latents, sample.log_probs, torch.randn(4), torch.zeros(4))
     before = [p.detach().clone() for p in policy.parameters()]
     cfg = FAGRPOConfig(group_size=2)
-    variances = fm.step_noise_variance(3, 0.7)
-    assert policy_update(policy, opt, batch, cfg, variances, 0.7, minibatch_size=2)["minibatches"] == 0
-    stats = policy_update(policy, opt, batch, cfg, variances, 0.7, minibatch_size=2, skip_empty=False)
+    assert policy_update(policy, opt, batch, cfg, sampler, minibatch_size=2)["minibatches"] == 0
+    stats = policy_update(policy, opt, batch, cfg, sampler, minibatch_size=2, skip_empty=False)
     assert stats["minibatches"] == 2
     for p, b in zip(policy.parameters(), before):
         torch.testing.assert_close(p, b)
@@ -253,17 +255,17 @@ def test_masked_minibatches_still_step_when_not_skipped():
 def test_target_kl_ends_the_update_once_the_policy_leaves_the_trust_region():
     torch.manual_seed(0)
     env, cfg = ContextualBandit(), FAGRPOConfig(group_size=8)
-    variances = fm.step_noise_variance(4, 0.7)
+    sampler = SamplerConfig(num_steps=4)
 
     def update(target_kl):
         torch.manual_seed(0)
         policy = ToyFlowPolicy()
         contexts = env.sample_contexts(64)
-        sample = policy.predict_action_chunk(contexts, mode="sde", num_steps=4)
+        sample = policy.predict_action_chunk(contexts, mode="sde", sampler=sampler)
         adv = group_advantages(env.reward(contexts, sample.actions).view(-1, 8)).flatten()
         batch = RolloutBatch(contexts, sample.latents, sample.log_probs, adv, torch.ones(64))
         opt = torch.optim.AdamW(policy.parameters(), lr=0.05)   # far too large: the first step leaves the region
-        return policy_update(policy, opt, batch, cfg, variances, 0.7, epochs=4, minibatch_size=16,
+        return policy_update(policy, opt, batch, cfg, sampler, epochs=4, minibatch_size=16,
                              generator=torch.Generator().manual_seed(0), target_kl=target_kl)
 
     free = update(0.0)
@@ -398,7 +400,8 @@ def test_target_kl_reads_the_policy_kl_not_the_flowscale_weighted_pseudo_kl():
     torch.manual_seed(0)
     policy = ToyFlowPolicy(hidden=16)
     contexts = torch.rand(32, 2)
-    sample = policy.predict_action_chunk(contexts, mode="sde", num_steps=4)
+    sampler = SamplerConfig(num_steps=4)
+    sample = policy.predict_action_chunk(contexts, mode="sde", sampler=sampler)
     old_means = sample.means.clone()
     old_means[:, -1] += 0.5 * sample.stds[-1]        # per element KL 0.125 at the last step, 0.5 per chunk
     old_log_probs = _log_probs(sample.latents[:, 1:], old_means, sample.stds)
@@ -408,8 +411,8 @@ def test_target_kl_reads_the_policy_kl_not_the_flowscale_weighted_pseudo_kl():
 
     def update(means):
         batch = RolloutBatch(contexts, sample.latents, old_log_probs, torch.randn(32), torch.ones(32), means)
-        return policy_update(policy, torch.optim.SGD(policy.parameters(), lr=0.0), batch, cfg, variances, 0.7,
-                             target_kl=0.01)
+        return policy_update(policy, torch.optim.SGD(policy.parameters(), lr=0.0), batch, cfg, sampler,
+                             target_kl=0.01, step_variances=variances)
 
     without_means = update(None)      # only the pseudo-KL to go by: it sees nothing
     assert without_means["stopped_early"] == 0 and without_means["approx_kl_old"] < 1e-6
@@ -422,8 +425,9 @@ def test_rollout_means_are_the_means_sde_log_probs_recomputes():
     torch.manual_seed(0)
     policy = ToyFlowPolicy(hidden=8)
     contexts = torch.rand(6, 2)
-    sample = policy.predict_action_chunk(contexts, mode="sde", num_steps=5)
-    log_probs, means, stds = policy.sde_log_probs(contexts, sample.latents)
+    sampler = SamplerConfig(num_steps=5)
+    sample = policy.predict_action_chunk(contexts, mode="sde", sampler=sampler)
+    log_probs, means, stds = policy.sde_log_probs(contexts, sample.latents, sampler)
     torch.testing.assert_close(means, sample.means)
     torch.testing.assert_close(log_probs, sample.log_probs)
     assert path_kl(means, sample.means, stds).abs().max() < 1e-9

@@ -10,6 +10,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from prophrl_common.config_io import ConfigError
+from prophrl_nn.flow_matching import SamplerConfig
 from prophrl_policy.modeling_vla import Observation, VLAPolicy
 from prophrl_trainer import checkpointing as ckpt
 from prophrl_trainer.imagination_rl import (EndEffectorDisplacementReward, InitialStateSampler, RLConfig,
@@ -165,7 +166,7 @@ def test_horizon_mismatch_is_one_clear_error(setup, tmp_path):
 def test_a_short_run_checkpoints_logs_and_pushes(setup, tmp_path, capsys):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    config = setup.rl_config("short.json", checkpoint_every=2, keep_checkpoints=2, eval_every=2)
+    config = setup.rl_config("short.json", checkpoint_every=2, keep_checkpoints=2, eval_every=2, noise_level=0.5)
     out = tmp_path / "run"
     pushed = []
     trainer = _trainer(setup, out, config, on_checkpoint=lambda path, update: pushed.append((path, update)))
@@ -176,6 +177,8 @@ def test_a_short_run_checkpoints_logs_and_pushes(setup, tmp_path, capsys):
     trained = VLAPolicy.from_pretrained(pushed[-1][0])
     sft = VLAPolicy.from_pretrained(setup.policy)
     assert any(not torch.equal(a, b) for a, b in zip(trained.state_dict().values(), sft.state_dict().values()))
+    assert sft.config.sampler == SamplerConfig(3, 0.7)
+    assert trained.config.sampler == SamplerConfig(3, 0.5), "a checkpoint records the sampler RL trained with"
     lines = [json.loads(x) for x in (out / "progress.jsonl").read_text().splitlines()]
     assert [x["update"] for x in lines] == [1, 2, 3, 4, 5]
     assert "eval/success_rate" in lines[1] and "eval/success_rate" not in lines[0]
@@ -208,9 +211,10 @@ def test_the_reward_signal_reaches_the_gradient(setup, tmp_path):
     sft = VLAPolicy.from_pretrained(setup.policy)
     obs = Observation(torch.rand(4, 3, 32, 32), ["lift the red cube"] * 4, torch.zeros(4, 8))
     g = torch.Generator().manual_seed(0)
-    before = sft.predict_action_chunk(obs, num_steps=3, generator=g).actions[..., 1].mean().item()
+    sampler = SamplerConfig(num_steps=3)
+    before = sft.predict_action_chunk(obs, sampler=sampler, generator=g).actions[..., 1].mean().item()
     g = torch.Generator().manual_seed(0)
-    after = trainer.policy.predict_action_chunk(obs, num_steps=3, generator=g).actions[..., 1].mean().item()
+    after = trainer.policy.predict_action_chunk(obs, sampler=sampler, generator=g).actions[..., 1].mean().item()
     assert after < before - 0.005, (before, after)  # metres per step: moved right by > 5 mm per step
 
 
