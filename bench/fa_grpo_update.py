@@ -47,7 +47,7 @@ def build_setup(root: Path, image_size: int, judge: bool):
     from prophrl_policy.configuration_vla import get_vla_config
     from prophrl_policy.modeling_vla import VLAPolicy
     from prophrl_policy.transforms import NormStats
-    from prophrl_trainer.imagination_rl import write_smoke_dataset
+    from prophrl_trainer.rl_smoke import write_smoke_dataset
     from prophrl_worldmodel.configuration_judge import get_judge_config
     from prophrl_worldmodel.configuration_prophet import get_prophet_config
     from prophrl_worldmodel.modeling_judge import RewardJudge
@@ -83,7 +83,7 @@ def main() -> None:
 
     from prophrl_trainer.fa_grpo import group_advantages, policy_update
     from prophrl_common.tables import print_table
-    from prophrl_trainer.imagination_rl import build_parser, build_trainer
+    from prophrl_trainer.train_cli import TrainSettings, build_parser, build_trainer
 
     all_threads = os.cpu_count() or 1
     peak_1 = matmul_peak(1, args.matmul_n)
@@ -99,10 +99,10 @@ def main() -> None:
         '"ppo_epochs": 2, "minibatch_size": 32, "eval_every": 0, "checkpoint_every": 1000, "keep_checkpoints": 1}'
         % (args.group_size, args.states, args.chunks, args.denoising_steps))
     total = args.updates + 1
-    trainer, _ = build_trainer(build_parser().parse_args([
+    trainer, _ = build_trainer(TrainSettings.from_args(build_parser().parse_args([
         "--policy", str(root / "policy"), "--world-model", str(root / "prophet"), "--judge", str(root / "judge"),
         "--data", str(root / "data"), "--out", str(root / "run"), "--updates", str(total), "--config", str(config),
-        "--no-progress"]), show_progress=False)
+        "--no-progress"])), show_progress=False)
     history = trainer.run(total)[1:]          # the first update warms up allocators and caches
     per_update = [m["time/update_total_s"] for m in history]
     mean = lambda key: statistics.fmean(m[key] for m in history)  # noqa: E731

@@ -50,7 +50,8 @@ def main() -> int:
     torch.set_num_threads(args.threads)
 
     from prophrl_common.tables import print_table
-    from prophrl_trainer.imagination_rl import _seed, build_parser, build_trainer
+    from prophrl_trainer.rl_trainer import derived_seed
+    from prophrl_trainer.train_cli import TrainSettings, build_parser, build_trainer
 
     with tempfile.TemporaryDirectory() as tmp:
         config_path = Path(tmp) / "rl.json"
@@ -60,17 +61,17 @@ def main() -> int:
             ["--policy", str(args.policy), "--world-model", str(args.world_model), "--judge", str(args.judge),
              "--data", *map(str, args.data), "--out", str(Path(tmp) / "run"), "--config", str(config_path),
              "--no-progress"])
-        trainer, _ = build_trainer(train_args, show_progress=False)
+        trainer, _ = build_trainer(TrainSettings.from_args(train_args), show_progress=False)
         cfg = trainer.config
         starts = trainer.sampler.fixed(args.states)
         rewards = {"independent": [], "shared": []}
         start_time = time.perf_counter()
         for first in range(0, len(starts), args.batch_states):
             batch = starts[first:first + args.batch_states]
-            seeds = [_seed(args.seed, 4242, first + i) for i in range(len(batch))]
+            seeds = [derived_seed(args.seed, 4242, first + i) for i in range(len(batch))]
             for noise in rewards:
                 trainer.backend.shared_noise = noise == "shared"
-                generator = torch.Generator().manual_seed(_seed(args.seed, 99, first))
+                generator = torch.Generator().manual_seed(derived_seed(args.seed, 99, first))
                 imagined = trainer.imagine(batch, seeds, cfg.group_size, "sde", generator, stop_when_done=False)
                 rewards[noise].append(imagined.rewards)
             print(f"[{time.perf_counter() - start_time:5.0f} s] {first + len(batch)}/{len(starts)} states",

@@ -85,7 +85,7 @@ def main() -> int:
             config = {**base, **VARIANTS[label], "seed": seed, "updates": args.updates}
             config_path = args.out / f"{run.name}.rl_config.json"
             config_path.write_text(json.dumps(config, indent=1))
-            commands.append((run, [sys.executable, "-m", "prophrl_trainer.imagination_rl", "--policy", str(args.policy),
+            commands.append((run, [sys.executable, "-m", "prophrl_trainer.train_cli", "--policy", str(args.policy),
                                    "--world-model", str(args.world_model), "--judge", str(args.judge), "--data",
                                    *map(str, args.data), "--out", str(run), "--updates", str(args.updates),
                                    "--config", str(config_path), "--threads", "1", "--resume", "--no-progress"]))

@@ -23,7 +23,8 @@ from std_msgs.msg import String
 
 from prophrl_common.testing import node_process, python_module_argv, spin_until
 from prophrl_trainer import checkpointing as ckpt
-from prophrl_trainer.imagination_rl import build_parser, build_trainer, make_smoke_setup
+from prophrl_trainer.rl_smoke import make_smoke_setup
+from prophrl_trainer.train_cli import TrainSettings, build_parser, build_trainer
 from prophrl_trainer.trainer_node import TrainerNode
 
 SERVERS = ("/prophrl/imagination/imagine", "/prophrl/imagination_b/imagine")
@@ -154,7 +155,7 @@ def test_trainer_node_trains_through_imagination_servers_and_pushes_policies(set
 
     # the same training in process: the same Prophet with the same seeds imagines the same rollouts
     args = build_parser().parse_args(setup.argv(tmp_path / "in_process", UPDATES, config, judge=judge_dir))
-    local, _ = build_trainer(args, show_progress=False)
+    local, _ = build_trainer(TrainSettings.from_args(args), show_progress=False)
     local.run(UPDATES)
     np.testing.assert_allclose([m["rollout/reward_mean"] for m in local.history],
                                [m["rollout/reward_mean"] for m in trainer.history], rtol=1e-5, atol=1e-6)

@@ -113,7 +113,7 @@ PASSTHROUGH_VERBS = {
                         "a LeRobot v3 dataset -> training shards (what bags2dataset writes)"),
     "worldmodel": ("prophrl_worldmodel.cli:main", "Prophet world model: pretrain | adapt | eval"),
     "judge": ("prophrl_worldmodel.judge_cli:main", "reward judge: train | eval"),
-    "train": ("prophrl_trainer.imagination_rl:main", "FA-GRPO + FlowScale policy training inside the world model"),
+    "train": ("prophrl_trainer.train_cli:main", "FA-GRPO + FlowScale policy training inside the world model"),
     "eval": ("prophrl_trainer.report:main", "true success of policies in the physics sim -> report directory"),
 }
 

@@ -191,7 +191,7 @@ def run_demo(args: argparse.Namespace) -> int:
     rl_run = out / "rl_fa_grpo_flowscale"
 
     def reinforce():
-        from prophrl_trainer.imagination_rl import main as train_main
+        from prophrl_trainer.train_cli import main as train_main
 
         rl_config = out / "rl_config.json"
         rl_config.write_text(json.dumps({**DEMO_RL_CONFIG, "updates": args.rl_updates}, indent=1))

@@ -31,7 +31,7 @@ from prophrl_common.chunks import POLICY_STATE_DIM, array_to_chunk
 from prophrl_common.images import numpy_to_image, to_rgb8
 from prophrl_msgs.action import Imagine
 from prophrl_msgs.srv import ScoreRollout
-from prophrl_trainer.imagination_rl import RolloutGroup, start_frames, start_state
+from prophrl_trainer.rollouts import RolloutGroup, start_frames, start_state
 from prophrl_worldmodel.imagination import ImaginationStart
 
 

@@ -1,4 +1,4 @@
-"""Trainer node: FA-GRPO + FlowScale in imagination, over ROS (a thin adapter around imagination_rl.Trainer).
+"""Trainer node: FA-GRPO + FlowScale in imagination, over ROS (a thin adapter around rl_trainer.Trainer).
 
 The Trainer runs in a worker thread with ros_backends' clients: rollouts through the Imagine action
 server(s) in `imagination_actions` (groups spread round-robin over them), rewards from the ScoreRollout
@@ -15,7 +15,6 @@ Run: ros2 run prophrl_trainer trainer_node --ros-args --params-file config/nodes
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import sys
@@ -36,7 +35,7 @@ from prophrl_common.node_runtime import run_node
 from prophrl_common.startup import startup_timeout_s
 from prophrl_msgs.srv import LoadPolicy
 from prophrl_policy.configuration_vla import VLAConfig
-from prophrl_trainer.imagination_rl import build_trainer
+from prophrl_trainer.train_cli import TrainSettings, build_trainer
 from prophrl_trainer.ros_backends import ImagineClientBackend, RemoteError, ScoreRolloutClient
 
 LATCHED = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
@@ -116,21 +115,20 @@ class TrainerNode(Node):
         self.stopping.set()
 
     # ----- the worker thread ---------------------------------------------------------------------
-    def _args(self, params: TrainerNodeParameters) -> argparse.Namespace:
-        data = [d for d in params.dataset_dirs if d]
-        return argparse.Namespace(policy=params.policy_checkpoint, world_model="(imagination servers)",
-                                  judge=params.judge_checkpoint or None, test_reward=params.test_reward or None,
-                                  test_reward_scale=0.02, data=data, out=params.out_dir, updates=params.updates,
-                                  config="" if params.rl_config in ("", "builtin") else params.rl_config,
-                                  resume=params.resume, device=params.device)
+    @staticmethod
+    def _settings(params: TrainerNodeParameters) -> TrainSettings:
+        return TrainSettings(policy=params.policy_checkpoint, data=tuple(d for d in params.dataset_dirs if d),
+                             out=params.out_dir, judge=params.judge_checkpoint, test_reward=params.test_reward,
+                             updates=params.updates, config="" if params.rl_config == "builtin" else params.rl_config,
+                             resume=params.resume, device=params.device)
 
     def _train(self) -> None:
         try:
             params = read_parameters(self, TrainerNodeParameters)
             torch.set_num_threads(params.torch_threads)
-            args = self._args(params)
+            settings = self._settings(params)
             server_wait_s = params.server_wait_s or startup_timeout_s()
-            policy_config = VLAConfig.from_json_file(f"{args.policy}/config.json")
+            policy_config = VLAConfig.from_json_file(f"{settings.policy}/config.json")
             backend = ImagineClientBackend(
                 self, list(params.imagination_actions), policy_config.horizon,
                 control_period_s=params.control_period_s,
@@ -138,19 +136,19 @@ class TrainerNode(Node):
             self.status = "waiting for the imagination server(s)"
             backend.wait_for_servers(server_wait_s)
             scorer = None
-            if params.score_service and not (args.judge or args.test_reward):
+            if params.score_service and not (settings.judge or settings.test_reward):
                 scorer = ScoreRolloutClient(self, params.score_service, timeout_s=params.goal_timeout_s)
                 self.status = "waiting for the judge"
                 scorer.wait_for_service(server_wait_s)
-            elif not (args.judge or args.test_reward):
+            elif not (settings.judge or settings.test_reward):
                 raise ConfigError("set score_service (the judge node), judge_checkpoint or test_reward")
-            trainer, updates = build_trainer(args, show_progress=False, on_checkpoint=self._push_policy,
+            trainer, updates = build_trainer(settings, show_progress=False, on_checkpoint=self._push_policy,
                                              on_update=self._on_update, backend=backend, scorer=scorer)
             backend.num_steps = trainer.config.imagination_steps   # Euler steps per clip, as in process
             self.trainer = trainer
             self.status = "training"
-            self.get_logger().info(f"training {args.policy} for {updates} updates (from update {trainer.update}) "
-                                   f"over {list(params.imagination_actions)}; run directory {args.out}")
+            self.get_logger().info(f"training {settings.policy} for {updates} updates (from update {trainer.update}) "
+                                   f"over {list(params.imagination_actions)}; run directory {settings.out}")
             trainer.run(updates)
             self.status = f"done: {trainer.update} updates"
             self.get_logger().info(f"training finished: {trainer.update} updates, last checkpoint "

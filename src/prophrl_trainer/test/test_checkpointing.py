@@ -16,7 +16,8 @@ from prophrl_common.config_io import ConfigError
 from prophrl_policy.configuration_vla import get_vla_config
 from prophrl_policy.modeling_vla import VLAPolicy
 from prophrl_trainer import checkpointing as ckpt
-from prophrl_trainer.imagination_rl import main, make_smoke_setup
+from prophrl_trainer.rl_smoke import make_smoke_setup
+from prophrl_trainer.train_cli import main
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +122,7 @@ def _weights(run):
 
 @pytest.mark.slow
 def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(setup, tmp_path):
-    """Run `python -m prophrl_trainer.imagination_rl` in a real subprocess, SIGKILL it mid-run, resume. No update
+    """Run `python -m prophrl_trainer.train_cli` in a real subprocess, SIGKILL it mid-run, resume. No update
     whose checkpoint was committed is lost, the step count is the same, and the parameters equal (bit for bit)
     those of an uninterrupted run: every random stream (policy noise, minibatch order, initial-state draws,
     world-model seeds) is restored or derived from the update count, and CPU math on one thread is
@@ -129,7 +130,7 @@ def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(setup, tmp_pat
     total = 12
     config = setup.rl_config("resume.json", checkpoint_every=1, keep_checkpoints=2, eval_every=0)
     run = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "prophrl_trainer.imagination_rl", *setup.argv(run, total, config)],
+    proc = subprocess.Popen([sys.executable, "-m", "prophrl_trainer.train_cli", *setup.argv(run, total, config)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:

@@ -13,7 +13,9 @@ from prophrl_common.weights import NonFiniteError
 from prophrl_policy.configuration_vla import VLAConfig, get_vla_config
 from prophrl_policy.modeling_vla import VLAPolicy
 from prophrl_trainer import checkpointing as ckpt
-from prophrl_trainer.imagination_rl import RLConfig, build_parser, build_trainer, make_smoke_setup, write_smoke_dataset
+from prophrl_trainer.rl_config import RLConfig
+from prophrl_trainer.rl_smoke import make_smoke_setup, write_smoke_dataset
+from prophrl_trainer.train_cli import TrainSettings, build_parser, build_trainer
 from prophrl_trainer.sft import SFTConfig
 
 
@@ -103,7 +105,7 @@ def test_a_diverging_rl_run_stops_with_its_last_good_checkpoint(tmp_path):
     setup = make_smoke_setup(tmp_path / "setup")
     config = setup.rl_config(checkpoint_every=1, keep_checkpoints=1, states_per_update=1, group_size=2)
     args = build_parser().parse_args(setup.argv(tmp_path / "run", 3, config))
-    trainer, _ = build_trainer(args, show_progress=False)
+    trainer, _ = build_trainer(TrainSettings.from_args(args), show_progress=False)
     trainer.run(1)
     checkpoint = ckpt.latest_checkpoint(tmp_path / "run" / "checkpoints")
     good = _tree(checkpoint)

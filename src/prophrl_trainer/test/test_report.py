@@ -5,8 +5,8 @@ import pytest
 
 from prophrl_common.config_io import ConfigError
 from prophrl_trainer import report
-from prophrl_trainer.imagination_rl import main as train_main
-from prophrl_trainer.imagination_rl import make_smoke_setup
+from prophrl_trainer.rl_smoke import make_smoke_setup
+from prophrl_trainer.train_cli import main as train_main
 
 
 @pytest.fixture(scope="module")

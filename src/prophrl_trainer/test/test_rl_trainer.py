@@ -13,8 +13,11 @@ from prophrl_common.config_io import ConfigError
 from prophrl_nn.flow_matching import SamplerConfig
 from prophrl_policy.modeling_vla import Observation, VLAPolicy
 from prophrl_trainer import checkpointing as ckpt
-from prophrl_trainer.imagination_rl import (EndEffectorDisplacementReward, InitialStateSampler, RLConfig,
-                                            build_parser, build_trainer, main, make_smoke_setup, run_local_ranks)
+from prophrl_trainer.initial_states import InitialStateSampler
+from prophrl_trainer.rl_config import RLConfig
+from prophrl_trainer.rl_smoke import make_smoke_setup
+from prophrl_trainer.rollouts import EndEffectorDisplacementReward
+from prophrl_trainer.train_cli import TrainSettings, build_parser, build_trainer, main, run_local_ranks
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +27,7 @@ def setup(tmp_path_factory):
 
 def _trainer(setup, out, config_path, **kwargs):
     args = build_parser().parse_args(setup.argv(out, 1, config_path))
-    trainer, _ = build_trainer(args, show_progress=False, **kwargs)
+    trainer, _ = build_trainer(TrainSettings.from_args(args), show_progress=False, **kwargs)
     return trainer
 
 
@@ -158,7 +161,7 @@ def test_horizon_mismatch_is_one_clear_error(setup, tmp_path):
     policy.save_pretrained(tmp_path / "wrong")
     args = build_parser().parse_args(dataclasses.replace(setup, policy=tmp_path / "wrong").argv(tmp_path / "o", 1))
     with pytest.raises(ConfigError, match="horizon is 7 but the world model executes 4"):
-        build_trainer(args, show_progress=False)
+        build_trainer(TrainSettings.from_args(args), show_progress=False)
 
 
 # ----- whole runs --------------------------------------------------------------------------------------

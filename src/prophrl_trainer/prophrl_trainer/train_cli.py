@@ -1,0 +1,233 @@
+"""`prophrl train`: FA-GRPO + FlowScale RL of an SFT policy inside Prophet (also one rank under torchrun:
+`torchrun --nproc_per_node N -m prophrl_trainer.train_cli ...`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import random
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from prophrl_common.config_io import ConfigError
+from prophrl_common.outputs import check_run_dir
+from prophrl_common.tables import print_table
+from prophrl_policy.modeling_vla import VLAPolicy
+from prophrl_trainer import checkpointing as ckpt
+from prophrl_trainer.distributed import DistContext
+from prophrl_trainer.initial_states import InitialStateSampler
+from prophrl_trainer.rl_config import RL_RUN_OUTPUT, RLConfig
+from prophrl_trainer.rl_trainer import Trainer
+from prophrl_trainer.rollouts import (EndEffectorDisplacementReward, InProcessImagination, JudgeScorer,
+                                      RolloutBackend, RolloutScorer)
+
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="prophrl train",
+        description="FA-GRPO + FlowScale RL of an SFT policy inside a Prophet world model, rewarded by a judge.")
+    parser.add_argument("--policy", required=True, help="SFT policy checkpoint directory (prophrl policy sft)")
+    parser.add_argument("--world-model", required=True, help="Prophet checkpoint directory")
+    reward = parser.add_mutually_exclusive_group(required=True)
+    reward.add_argument("--judge", help="reward judge checkpoint directory")
+    reward.add_argument("--test-reward", choices=sorted(EndEffectorDisplacementReward.DIRECTIONS),
+                        help="FOR TESTS ONLY: a programmatic reward on the integrated end-effector motion")
+    parser.add_argument("--test-reward-scale", type=float, default=0.02, help="metres (with --test-reward)")
+    parser.add_argument("--data", nargs="+", required=True, help="bags2dataset output(s): the initial states")
+    parser.add_argument("--out", required=True, help="run directory (checkpoints, tensorboard, progress.jsonl)")
+    parser.add_argument("--updates", type=int, default=0, help="total number of updates (default: the config's)")
+    parser.add_argument("--config", default="", help="RL config JSON (RLConfig fields; default: built-in)")
+    parser.add_argument("--resume", action="store_true", help="continue the newest checkpoint in --out")
+    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (torchrun: each rank its LOCAL_RANK)")
+    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    parser.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+    return parser
+
+
+def _device(name: str) -> torch.device:
+    if name.startswith("cuda") and ":" not in name and "LOCAL_RANK" in os.environ:
+        name = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("--device cuda, but CUDA is not available")
+        torch.cuda.set_device(device)
+    return device
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSettings:
+    """What a run of RL in imagination is set up from (`prophrl train`'s arguments, the trainer node's
+    parameters)."""
+
+    policy: str                        # SFT policy checkpoint directory
+    data: tuple[str, ...]              # bags2dataset outputs: the initial states
+    out: str                           # run directory
+    world_model: str = ""              # Prophet checkpoint (in-process imagination)
+    judge: str = ""                    # judge checkpoint (in-process scoring)
+    test_reward: str = ""              # FOR TESTS ONLY: EndEffectorDisplacementReward direction
+    test_reward_scale: float = 0.02    # metres (with test_reward)
+    updates: int = 0                   # total updates (0: the RL config's)
+    config: str = ""                   # RL config JSON ("": the built-in RLConfig)
+    resume: bool = False               # continue the newest checkpoint in out
+    device: str = "cpu"
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "TrainSettings":
+        return cls(policy=args.policy, data=tuple(args.data), out=args.out, world_model=args.world_model,
+                   judge=args.judge or "", test_reward=args.test_reward or "",
+                   test_reward_scale=args.test_reward_scale, updates=args.updates, config=args.config,
+                   resume=args.resume, device=args.device)
+
+
+def build_trainer(settings: TrainSettings, dist: DistContext | None = None, show_progress: bool = True,
+                  on_checkpoint=None, on_update=None, backend: RolloutBackend | None = None,
+                  scorer: RolloutScorer | None = None) -> tuple[Trainer, int]:
+    """Everything a run of `prophrl train` sets up; returns (trainer, total updates). backend / scorer replace
+    the in-process world model / judge (the ROS node passes its clients)."""
+    dist = dist or DistContext()
+    device = _device(settings.device)
+    inputs = [p for p in (settings.policy, settings.world_model, settings.judge, *settings.data) if p]
+    out = check_run_dir(settings.out, RL_RUN_OUTPUT, inputs=inputs)
+    latest = ckpt.latest_checkpoint(out / "checkpoints")
+    if latest is not None and not settings.resume:
+        raise ConfigError(f"{out} already holds checkpoints (newest {latest.name}): pass --resume to continue "
+                          "that run, or choose another --out")
+    if settings.resume and latest is not None:
+        config = RLConfig.from_json_file(latest / ckpt.CONFIG_JSON, complete=True)
+        given = RLConfig.from_json_file(settings.config) if settings.config else None
+        if given is not None and dataclasses.replace(given, updates=config.updates) != config:
+            raise ConfigError(f"--config {settings.config} differs from the config of the run in {out}")
+    else:
+        config = RLConfig.from_json_file(settings.config) if settings.config else RLConfig()
+    if settings.updates:
+        if settings.updates < 1:
+            raise ConfigError("--updates must be >= 1")
+        config = dataclasses.replace(config, updates=settings.updates)
+    torch.manual_seed(config.seed)
+    random.seed(config.seed)
+    policy = VLAPolicy.from_pretrained(settings.policy).to(device)
+    ref_policy = VLAPolicy.from_pretrained(settings.policy).to(device) if config.fa_grpo.kl_beta > 0 else None
+    if backend is None:
+        from prophrl_worldmodel.modeling_prophet import Prophet
+
+        prophet = Prophet.from_pretrained(settings.world_model, map_location=device).eval().requires_grad_(False)
+        backend = InProcessImagination(prophet, config.imagination_steps, config.shared_world_model_noise)
+    if scorer is None:
+        scorer = (JudgeScorer.from_pretrained(settings.judge, str(device)) if settings.judge else
+                  EndEffectorDisplacementReward.named(settings.test_reward, settings.test_reward_scale))
+    sampler = InitialStateSampler(settings.data, seed=config.seed, context_frames=config.context_frames, rank=dist.rank)
+    run_info = {"policy": str(settings.policy), "world_model": settings.world_model or type(backend).__name__,
+                "reward": f"judge:{settings.judge}" if settings.judge else f"test:{settings.test_reward}",
+                "data": [str(d) for d in settings.data], "world_size": dist.world_size}
+    trainer = Trainer(policy, backend, scorer, sampler, config, out, ref_policy=ref_policy,
+                      on_checkpoint=on_checkpoint, on_update=on_update, show_progress=show_progress, dist=dist,
+                      run_info=run_info)
+    if settings.resume:
+        trainer.resume()
+    return trainer, config.updates
+
+
+def summary_rows(history: list[dict], max_rows: int = 10) -> list[list[str]]:
+    if not history:
+        return []
+    picks = sorted({round(i * (len(history) - 1) / max(max_rows - 1, 1)) for i in range(max_rows)})
+    rows = []
+    for i in picks:
+        m = history[i]
+        ev = f"{m['eval/success_rate']:.2f}" if "eval/success_rate" in m else "-"
+        rows.append([str(m["update"]), f"{m['rollout/reward_mean']:.3f}", f"{m['rollout/success_rate']:.2f}", ev,
+                     f"{m['train/clip_fraction']:.3f}", f"{m.get('train/policy_kl', math.nan):.2e}",
+                     f"{m['train/approx_kl_old']:.2e}", f"{m['train/kl']:.2e}",
+                     f"{m['time/update_total_s']:.1f}"])
+    return rows
+
+
+def _local_rank(rank: int, world_size: int, port: int, argv: list[str], params_out: str | None) -> None:
+    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world_size),
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    args = build_parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dist = DistContext.from_env(args.device)
+    import torch.distributed as torch_dist
+
+    try:
+        trainer, updates = build_trainer(TrainSettings.from_args(args), dist, show_progress=False)
+        trainer.run(updates)
+        if params_out:
+            from safetensors.torch import save_file
+
+            Path(params_out).mkdir(parents=True, exist_ok=True)
+            save_file({k: v.detach().contiguous().cpu() for k, v in trainer.policy.state_dict().items()},
+                      str(Path(params_out) / f"rank{rank}.safetensors"),
+                      metadata={"rewards": json.dumps(trainer.local_rewards)})
+    finally:
+        torch_dist.destroy_process_group()
+
+
+def run_local_ranks(world_size: int, argv: Sequence[str], params_out: str | Path | None = None,
+                    start_method: str = "spawn") -> None:
+    """torchrun without torchrun: `world_size` CPU ranks of `prophrl train argv` on this machine (gloo),
+    started with torch.multiprocessing. With params_out, every rank saves its final policy weights there
+    as rank<r>.safetensors (metadata "rewards": its own rollouts' mean reward per update), to compare the
+    ranks. start_method "fork" skips re-importing torch/diffusers in the children (fast, for tests; only
+    from a process that has not started OpenMP worker threads or a process group)."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.start_processes(_local_rank, args=(world_size, port, list(argv), str(params_out) if params_out else None),
+                       nprocs=world_size, join=True, start_method=start_method)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`prophrl train ...` (and under torchrun, one rank of it). Returns the exit status."""
+    from prophrl_common.cli_errors import run_reporting_errors
+
+    args = build_parser().parse_args(argv)
+    return run_reporting_errors("prophrl train", lambda: _train(args))
+
+
+def _train(args: argparse.Namespace) -> int:
+    dist = None
+    try:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        dist = DistContext.from_env(args.device)
+        trainer, updates = build_trainer(TrainSettings.from_args(args), dist, show_progress=not args.no_progress)
+        start_update, start = trainer.update, time.perf_counter()
+        history = trainer.run(updates)
+        elapsed = time.perf_counter() - start
+    finally:
+        if dist is not None and dist.enabled:
+            import torch.distributed as torch_dist
+
+            torch_dist.destroy_process_group()
+    if dist.is_main:
+        done = trainer.update - start_update
+        print_table(f"FA-GRPO ({trainer.config.variant}, FlowScale {'on' if trainer.config.use_flowscale else 'off'}) "
+                    f"in {args.out}: {trainer.update} updates",
+                    ["update", "reward", "success", "eval success", "clip frac", "policy KL", "ratio pseudo-KL",
+                     "KL ref", "s/update"],
+                    summary_rows(history))
+        rate = f"{3600 * done / elapsed:.1f} updates/hour" if done else "nothing to do"
+        print(f"\nthis session: {done} updates in {elapsed:.1f} s ({rate}) on {dist.world_size} rank(s); "
+              f"last checkpoint: {trainer.last_checkpoint}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
