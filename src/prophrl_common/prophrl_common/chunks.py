@@ -32,6 +32,11 @@ ACTION_SPACES = {
 }
 # The spaces made of end-effector steps (ARM_ACTION_DIM each); the world model imagines only these.
 EE_ACTION_SPACES = ("ee_delta_7d", "ee_delta_14d")
+# Their datasets' action feature names (end effector 0's step, then end effector 1's).
+EE_ACTION_NAMES = {
+    "ee_delta_7d": ARM_ACTION_NAMES,
+    "ee_delta_14d": tuple(f"ee{arm}_{name}" for arm in (0, 1) for name in ARM_ACTION_NAMES),
+}
 
 # An end-effector pose in the robot base frame: position xyz (metres), orientation quaternion xyzw.
 EE_POSE_NAMES = ("ee_x", "ee_y", "ee_z", "ee_qx", "ee_qy", "ee_qz", "ee_qw")

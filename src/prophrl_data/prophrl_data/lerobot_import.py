@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from prophrl_common.atomic_io import atomic_directory
-from prophrl_common.chunks import ARM_ACTION_NAMES, EE_POSE_NAMES
+from prophrl_common.chunks import ARM_ACTION_NAMES, EE_ACTION_NAMES, EE_POSE_NAMES
 from prophrl_common.config_io import ConfigError
 from prophrl_common.outputs import check_output_dir
 from prophrl_common.robots import RobotConfig, load_robot_config
@@ -187,10 +187,9 @@ def _column_lookup(dataset: LeRobotDataset) -> dict[str, tuple[str, int]]:
 
 
 def _action_space(names: list[str], robot: RobotConfig) -> str:
-    if names == list(ARM_ACTION_NAMES):
-        return "ee_delta_7d"
-    if names == [f"ee{arm}_{name}" for arm in (0, 1) for name in ARM_ACTION_NAMES]:
-        return "ee_delta_14d"
+    for space, space_names in EE_ACTION_NAMES.items():
+        if names == list(space_names):
+            return space
     if names == list(robot.joint_names):
         return "joint_position"
     raise ConfigError(f"action names {names} are none of the known action spaces: ee_delta_7d {list(ARM_ACTION_NAMES)}, "

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from prophrl_common.chunks import ARM_ACTION_NAMES, EE_POSE_NAMES
+from prophrl_common.chunks import EE_ACTION_NAMES, EE_POSE_NAMES
 from prophrl_common.config_io import ConfigError
 from prophrl_common.geometry import CameraCalibration
 from prophrl_common.outputs import OutputKind
@@ -50,10 +50,8 @@ class DatasetSummary:
 
 
 def action_names(action_space: str, action_dim: int, robot: RobotConfig) -> list[str]:
-    if action_space == "ee_delta_7d":
-        return list(ARM_ACTION_NAMES)
-    if action_space == "ee_delta_14d":
-        return [f"ee{arm}_{name}" for arm in (0, 1) for name in ARM_ACTION_NAMES]
+    if action_space in EE_ACTION_NAMES:
+        return list(EE_ACTION_NAMES[action_space])
     if action_space == "joint_position" and action_dim == robot.num_joints:
         return list(robot.joint_names)
     return [f"action_{i}" for i in range(action_dim)]
