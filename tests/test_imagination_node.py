@@ -35,7 +35,7 @@ from prophrl_policy.configuration_vla import get_vla_config
 from prophrl_policy.modeling_vla import VLAPolicy
 from prophrl_worldmodel.configuration_prophet import get_prophet_config
 from prophrl_worldmodel.imagination import ImaginationStart, ImaginedRollouts
-from prophrl_worldmodel.imagination_node import fit_chunk, load_dataset_start
+from prophrl_worldmodel.imagine_sessions import fit_chunk, load_dataset_start
 from prophrl_worldmodel.modeling_prophet import Prophet
 
 IMAGINE = "/imagination_server/imagine"                  # the test server's ~/imagine

@@ -22,7 +22,8 @@ A thin lifecycle adapter (Nav2 style; with ``autostart`` it configures and activ
   threads (the node keeps answering services, chunks and cancels meanwhile); up to
   ``max_queued_goals`` wait behind the running one, a goal beyond that fails at once with "busy".
   A cancelled goal stops after the chunk in progress; a session it was advancing is closed (its
-  rollouts would otherwise be part-way through the goal).
+  rollouts would otherwise be part-way through the goal). The queue and the sessions are ROS-free
+  (prophrl_worldmodel.imagine_sessions).
 
 ``~/adapt_world_model`` (prophrl_msgs/AdaptWorldModel)
   Few-shot adaptation of the served checkpoint on rosbag2 episodes with
@@ -69,7 +70,6 @@ config/nodes/imagination_node.yaml -p checkpoint_path:=checkpoints/prophet``, or
 from __future__ import annotations
 
 import array
-import collections
 import dataclasses
 import datetime
 import sys
@@ -95,7 +95,7 @@ from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Float64, String
 from std_srvs.srv import Trigger
 
-from prophrl_common.chunks import (ARM_ACTION_DIM, ARM_GRIPPER, EE_ACTION_SPACES, POLICY_STATE_DIM, InvalidChunkError,
+from prophrl_common.chunks import (ARM_ACTION_DIM, EE_ACTION_SPACES, POLICY_STATE_DIM, InvalidChunkError,
                                    array_to_chunk, chunk_to_array)
 from prophrl_common.config_io import ConfigError
 from prophrl_common.images import ImageConversionError, numpy_to_image, to_rgb8
@@ -106,6 +106,8 @@ from prophrl_msgs.action import AdaptWorldModel, Imagine
 from prophrl_msgs.msg import ActionChunk, EpisodeEvent
 from prophrl_common.geometry import EndEffectorPose
 from prophrl_worldmodel.action_frames import integrate_actions
+from prophrl_worldmodel.imagine_sessions import (Canceled, DatasetStart, GoalError, GoalQueue, Session, SessionTable,
+                                                  fit_chunk, load_dataset_start)
 from prophrl_worldmodel.imagination import ImaginationStart, ImaginedRollouts
 from prophrl_worldmodel.modeling_prophet import Prophet
 
@@ -118,84 +120,8 @@ COUNTERS = ("imagine_goals", "imagine_failed", "imagine_canceled", "imagined_fra
             "rejected_chunks", "adaptations", "adaptations_failed")
 
 
-# ------------------------------------------------------------------------------ ROS-free helpers
-def fit_chunk(actions: np.ndarray, horizon: int) -> np.ndarray:
-    """A (steps, 7 * arms) chunk as exactly `horizon` steps: truncated, or padded with zero motion and the
-    last gripper command of every arm."""
-    actions = np.asarray(actions, np.float32)
-    if actions.ndim != 2 or actions.shape[0] == 0 or actions.shape[1] % ARM_ACTION_DIM:
-        raise ValueError(f"a chunk must be (steps >= 1, 7 per arm), got {actions.shape}")
-    if actions.shape[0] >= horizon:
-        return actions[:horizon].copy()
-    pad = np.zeros((horizon - actions.shape[0], actions.shape[1]), np.float32)
-    grippers = np.arange(ARM_GRIPPER, actions.shape[1], ARM_ACTION_DIM)
-    pad[:, grippers] = actions[-1, grippers]
-    return np.concatenate([actions, pad])
-
-
-@dataclasses.dataclass(frozen=True)
-class DatasetStart:
-    """Where live imagination starts: frame 0 of one bags2dataset episode."""
-
-    start: ImaginationStart
-    episode: int
-    num_episodes: int
-    episode_id: str
-    task: str
-
-
-def load_dataset_start(dataset_dir: str | Path, episode: int) -> DatasetStart:
-    """Frame 0, ee_pose 0 and the instruction (and camera calibration, when recorded) of one episode of a
-    bags2dataset directory; the gripper starts open (0: no command before the first frame)."""
-    from prophrl_data.shards import EpisodeDataset
-
-    root = Path(dataset_dir)
-    try:
-        dataset = EpisodeDataset(root)
-    except ConfigError as exc:
-        raise ConfigError(f"start_dataset {exc}") from None
-    episodes = dataset.entries
-    if not episodes:
-        raise ConfigError(f"start_dataset {root}: index.json lists no episodes")
-    if isinstance(episode, bool) or not isinstance(episode, int) or not 0 <= episode < len(episodes):
-        raise ConfigError(f"start_episode {episode!r} is out of range: {root} has {len(episodes)} episode(s), "
-                          f"0..{len(episodes) - 1}")
-    entry = episodes[episode]
-    where = f"{root} episode {episode}"
-    try:
-        recorded = dataset.episode(episode, ("frames", "ee_pose"))
-        frame, ee_pose = recorded.frames[0], recorded.ee_pose[0]
-    except ConfigError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
-    except IndexError as exc:
-        raise ConfigError(f"{where}: cannot read frame 0 / ee_pose 0 of its shard: {type(exc).__name__}: {exc}") \
-            from None
-    if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[-1] != 3:
-        raise ConfigError(f"{where}: frames must be (N, H, W, 3) uint8, got {frame.shape} {frame.dtype}")
-    calibration = recorded.calibration
-    try:
-        start = ImaginationStart(frame[None], str(entry.get("instruction", "")), ee_pose, 0.0, calibration)
-    except ConfigError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
-    return DatasetStart(start, episode, len(episodes), str(entry.get("episode_id") or f"episode{episode}"),
-                        str(entry.get("task") or ""))
-
-
 def _stamp_ns(stamp) -> int:
     return int(stamp.sec) * 10**9 + int(stamp.nanosec)
-
-
-class GoalError(Exception):
-    """A goal that cannot be served as asked: answered with success=false and this message."""
-
-
-@dataclasses.dataclass
-class _Session:
-    rollouts: ImaginedRollouts
-    instruction: str
-    model_generation: int
-    last_used: float
-    in_use: bool = False
 
 
 @dataclasses.dataclass
@@ -206,8 +132,6 @@ class _ReceivedChunk:
     sequence: int
 
 
-class _Canceled(Exception):
-    pass
 
 
 @dataclasses.dataclass(frozen=True)
@@ -268,10 +192,8 @@ class ImaginationNode(LifecycleNode):
         self._counters = {k: 0 for k in COUNTERS}
         self._model_lock = threading.Lock()          # one model call at a time; the swap takes it too
         self._model_generation = 0
-        self._sessions: dict[str, _Session] = {}
-        self._sessions_lock = threading.Lock()
-        self._queue: collections.deque = collections.deque()   # serialised Imagine goals and model swaps
-        self._queue_cond = threading.Condition()
+        self._sessions = SessionTable()
+        self._queue = GoalQueue()          # serialised Imagine goals and model swaps
         self._adapting = threading.Lock()
         # live mode
         self._live_thread: threading.Thread | None = None
@@ -310,8 +232,9 @@ class ImaginationNode(LifecycleNode):
             raise ConfigError(f"parameter device is {self.device} but CUDA is not available here")
         self.torch_threads, self.num_steps, self.seed = params.torch_threads, params.num_steps, params.seed
         self.robot = load_robot_config(params.robot)
-        self.max_rollouts, self.max_sessions = params.max_rollouts, params.max_sessions
-        self.session_ttl_s, self.max_queued_goals = params.session_ttl_s, params.max_queued_goals
+        self.max_rollouts, self.session_ttl_s = params.max_rollouts, params.session_ttl_s
+        self._sessions.max_sessions, self._sessions.ttl_s = params.max_sessions, params.session_ttl_s
+        self._queue.max_queued = params.max_queued_goals
         self.live, self.max_chunk_wait_s = params.live, params.max_chunk_wait_s
         self.adapt_mode, self.adapt_batch_size = params.adapt_mode, params.adapt_batch_size
         self.diagnostics_period_s = params.diagnostics_period_s
@@ -437,36 +360,6 @@ class ImaginationNode(LifecycleNode):
         # Every goal is accepted, so that a goal that cannot be served gets a result with the reason.
         return GoalResponse.ACCEPT
 
-    def _wait_turn(self, goal_handle, feedback=None, limit: bool = True) -> object:
-        """Join the queue of Imagine goals / model swaps and wait until first. Returns the ticket (leave
-        with _leave_turn). Raises GoalError when the queue is full (unless not `limit`), _Canceled when
-        cancelled while waiting."""
-        ticket = object()
-        with self._queue_cond:
-            if limit and len(self._queue) > self.max_queued_goals:
-                raise GoalError(f"busy: {len(self._queue)} goal(s) running or queued (max_queued_goals "
-                                f"{self.max_queued_goals}); retry later")
-            self._queue.append(ticket)
-            announced = False
-            try:
-                while self._queue[0] is not ticket:
-                    if goal_handle is not None and goal_handle.is_cancel_requested:
-                        raise _Canceled("while queued")
-                    if feedback is not None and not announced:
-                        feedback()
-                        announced = True
-                    self._queue_cond.wait(timeout=0.1)
-            except BaseException:
-                self._queue.remove(ticket)
-                self._queue_cond.notify_all()
-                raise
-        return ticket
-
-    def _leave_turn(self, ticket) -> None:
-        with self._queue_cond:
-            self._queue.remove(ticket)
-            self._queue_cond.notify_all()
-
     # ---------------------------------------------------------------- Imagine
     def _execute_imagine(self, goal_handle) -> Imagine.Result:
         goal = goal_handle.request
@@ -481,7 +374,7 @@ class ImaginationNode(LifecycleNode):
         try:
             if not self.active or self.model is None:
                 raise GoalError("the imagination node is not active")
-            ticket = self._wait_turn(goal_handle, queued_feedback)
+            ticket = self._queue.wait_turn(lambda: goal_handle.is_cancel_requested, queued_feedback)
             self._serve_imagine(goal_handle, goal, result)
             goal_handle.succeed()
             result.success = True
@@ -489,7 +382,7 @@ class ImaginationNode(LifecycleNode):
         except GoalError as exc:
             result.success, result.message = False, str(exc)
             self._counters["imagine_failed"] += 1
-        except _Canceled as exc:
+        except Canceled as exc:
             result.success = False
             result.message = f"canceled {exc}"
             self._counters["imagine_canceled"] += 1
@@ -504,7 +397,7 @@ class ImaginationNode(LifecycleNode):
             self.get_logger().error(f"{result.message}\n{traceback.format_exc()}")
         finally:
             if ticket is not None:
-                self._leave_turn(ticket)
+                self._queue.leave(ticket)
         result.frames, result.states = [], []
         goal_handle.abort()
         self.get_logger().warning(f"Imagine goal failed: {result.message}")
@@ -567,9 +460,7 @@ class ImaginationNode(LifecycleNode):
         session_id = goal.session_id
         self._expire_sessions()
         if session_id and goal.num_rollouts == 0 and not goal.chunks:   # close a session
-            with self._sessions_lock:
-                closed = self._sessions.pop(session_id, None)
-            if closed is None:
+            if not self._sessions.close(session_id):
                 raise GoalError(f"unknown session {session_id!r}: nothing to close")
             self._counters["sessions_closed"] += 1
             result.message = f"session {session_id!r} closed"
@@ -584,28 +475,12 @@ class ImaginationNode(LifecycleNode):
                             f"{g} * {per_rollout} = {g * per_rollout} (rollout-major)")
         arrays = self._parse_chunks(goal)
         num_steps = int(goal.num_steps) or self.num_steps or None
-        with self._sessions_lock:
-            session = self._sessions.get(session_id) if session_id else None
-            if session is not None and session.model_generation != self._model_generation:
-                self._sessions.pop(session_id)
-                session = None
-            if session_id and session is None and not goal.context_frames:
-                raise GoalError(f"unknown session {session_id!r} (never opened, expired after session_ttl_s "
-                                f"{self.session_ttl_s:g} s idle, or closed by a model swap); send context_frames "
-                                "to open it")
-            if session_id and session is None and len(self._sessions) >= self.max_sessions:
-                raise GoalError(f"{len(self._sessions)} sessions are open (max_sessions {self.max_sessions}): close "
-                                "one (a goal naming it with num_rollouts 0) or wait for session_ttl_s")
-            if session is not None and session.rollouts.num_rollouts != g:
-                raise GoalError(f"session {session_id!r} has {session.rollouts.num_rollouts} rollouts, the goal "
-                                f"{g}")
-            if session is not None:
-                session.in_use = True
+        session = self._sessions.check_out(session_id, g, self._model_generation, bool(goal.context_frames))
         opened = session is None
         if opened:
             start = self._context_start(goal)
             rollouts = ImaginedRollouts(self.model, start, g, num_steps=num_steps, seed=int(goal.seed))
-            session = _Session(rollouts, goal.instruction, self._model_generation, time.monotonic(), in_use=True)
+            session = Session(rollouts, goal.instruction, self._model_generation, time.monotonic(), in_use=True)
         rollouts = session.rollouts
         rollouts.num_steps = num_steps if goal.num_steps or opened else rollouts.num_steps
         config = self.model.config
@@ -615,7 +490,7 @@ class ImaginationNode(LifecycleNode):
         try:
             for c in range(per_rollout):
                 if goal_handle.is_cancel_requested:
-                    raise _Canceled(f"after {c} of {per_rollout} chunks per rollout"
+                    raise Canceled(f"after {c} of {per_rollout} chunks per rollout"
                                     + (f"; session {session_id!r} closed" if session_id else ""))
                 chunks = np.stack([arrays[r * per_rollout + c] for r in range(g)])
                 with self._model_lock:
@@ -630,14 +505,9 @@ class ImaginationNode(LifecycleNode):
             keep = False
             raise
         finally:
-            with self._sessions_lock:
-                session.in_use = False
-                session.last_used = time.monotonic()
-                if keep and opened:
-                    self._sessions[session_id] = session
-                    self._counters["sessions_opened"] += 1
-                elif not keep and not opened and self._sessions.pop(session_id, None) is not None:
-                    self._counters["sessions_closed"] += 1
+            opened_count, closed_count = self._sessions.check_in(session_id, session, keep, opened)
+            self._counters["sessions_opened"] += opened_count
+            self._counters["sessions_closed"] += closed_count
         stamp = self.get_clock().now().to_msg()
         frame_id = self.p("camera_frame")
         result.frames = [numpy_to_image(frame, "rgb8", stamp=stamp, frame_id=frame_id)
@@ -653,20 +523,13 @@ class ImaginationNode(LifecycleNode):
         result.message = f"imagined {g} rollout(s) x {per_rollout} chunk(s) ({what})"
 
     def _expire_sessions(self) -> None:
-        now = time.monotonic()
-        with self._sessions_lock:
-            expired = [k for k, s in self._sessions.items()
-                       if not s.in_use and now - s.last_used > self.session_ttl_s]
-            for key in expired:
-                del self._sessions[key]
+        expired = self._sessions.expire()
         if expired:
             self._counters["sessions_closed"] += len(expired)
             self.get_logger().info(f"closed {len(expired)} idle session(s): {expired}")
 
     def _close_sessions(self) -> int:
-        with self._sessions_lock:
-            closed = len(self._sessions)
-            self._sessions.clear()
+        closed = self._sessions.clear()
         self._counters["sessions_closed"] += closed
         return closed
 
@@ -704,7 +567,7 @@ class ImaginationNode(LifecycleNode):
 
             def progress(step: int, total_steps: int, loss: float) -> None:
                 if goal_handle.is_cancel_requested:
-                    raise _Canceled(f"at step {step} of {total_steps}")
+                    raise Canceled(f"at step {step} of {total_steps}")
                 goal_handle.publish_feedback(AdaptWorldModel.Feedback(step=int(step), total_steps=int(total_steps),
                                                                       loss=float(loss)))
 
@@ -719,7 +582,7 @@ class ImaginationNode(LifecycleNode):
                 raise GoalError(f"the adapted checkpoint {new_path} does not load: {exc}") from None
             metrics = {str(k): float(v) for k, v in dict(adapted.metrics).items()}
             closed = self._swap_model(new_model, new_path)
-        except _Canceled as exc:
+        except Canceled as exc:
             result.success, result.message = False, f"canceled {exc}; still serving {old}"
             self._counters["adaptations_failed"] += 1
             goal_handle.canceled()
@@ -746,14 +609,14 @@ class ImaginationNode(LifecycleNode):
     def _swap_model(self, model: Prophet, path: str) -> int:
         """Serve `model` from the next goal on: waits for the running Imagine goal, then swaps under the model
         lock, closes every session and restarts live imagination. Returns the number of sessions closed."""
-        ticket = self._wait_turn(None, limit=False)
+        ticket = self._queue.wait_turn(limit=False)
         try:
             with self._model_lock:
                 self.model, self.checkpoint_path = model, path
                 self._model_generation += 1
                 closed = self._close_sessions()
         finally:
-            self._leave_turn(ticket)
+            self._queue.leave(ticket)
         if self.live:
             self._request_restart()
         return closed
@@ -942,10 +805,7 @@ class ImaginationNode(LifecycleNode):
     def _publish_diagnostics(self) -> None:
         status = DiagnosticStatus(name=f"{self.get_name()}: imagination", hardware_id=self.checkpoint_path,
                                   level=DiagnosticStatus.OK)
-        with self._sessions_lock:
-            sessions = len(self._sessions)
-        with self._queue_cond:
-            queued = len(self._queue)
+        sessions, queued = len(self._sessions), len(self._queue)
         status.message = f"live: {self._live_state}" if self.live else ("busy" if queued else "idle")
         values = {**self._counters, "open_sessions": sessions, "queued_goals": queued,
                   "checkpoint_path": self.checkpoint_path, "live_episode_id": self._live_episode_id}
