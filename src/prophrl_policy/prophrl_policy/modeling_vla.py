@@ -12,6 +12,7 @@ import dataclasses
 import math
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -46,6 +47,22 @@ class Observation:
         if len(self.instructions) != b or self.states.shape[0] != b:
             raise ValueError(f"batch sizes differ: images {b}, instructions {len(self.instructions)}, "
                              f"states {self.states.shape[0]}")
+
+    @classmethod
+    def from_frames(cls, frames, instructions: list[str], states, image_size: int | None = None,
+                    device: torch.device | str | None = None) -> "Observation":
+        """The one conversion of camera frames to the policy's input: (B, H, W, 3) uint8 RGB (numpy or torch) ->
+        (B, 3, H, W) float in [0, 1], resized bilinearly to image_size x image_size when given (else
+        encode_observation resizes); states (B, state_dim), the proprio vector (transforms.policy_state)."""
+        pixels = torch.as_tensor(np.ascontiguousarray(frames) if isinstance(frames, np.ndarray) else frames)
+        if pixels.dtype != torch.uint8 or pixels.ndim != 4 or pixels.shape[-1] != 3:
+            raise ValueError(f"frames must be (B, H, W, 3) uint8, got {tuple(pixels.shape)} {pixels.dtype}")
+        images = pixels.to(device).permute(0, 3, 1, 2).float().div_(255)
+        if image_size is not None and images.shape[-2:] != (image_size, image_size):
+            images = nn.functional.interpolate(images, size=(image_size, image_size), mode="bilinear",
+                                               align_corners=False)
+        states = torch.as_tensor(states, dtype=torch.float32).to(device)
+        return cls(images, list(instructions), states)
 
     def repeat(self, n: int) -> "Observation":
         """Each observation n times in a row (a GRPO group shares its initial observation)."""

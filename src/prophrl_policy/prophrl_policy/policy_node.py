@@ -174,10 +174,8 @@ class PolicyNode(LifecycleNode):
 
     # ---------------------------------------------------------------- inference
     def _observation(self, image: Image) -> Observation:
-        rgb = to_rgb8(image)
-        tensor = torch.from_numpy(rgb).permute(2, 0, 1).unsqueeze(0).float().div_(255)
-        state = torch.from_numpy(policy_state(self._ee_pose, self._gripper)).unsqueeze(0)
-        return Observation(tensor.to(self.device), [self.instruction], state.to(self.device))
+        state = policy_state(self._ee_pose, self._gripper)
+        return Observation.from_frames(to_rgb8(image)[None], [self.instruction], state[None], device=self.device)
 
     def _on_timer(self) -> None:
         image = self._image

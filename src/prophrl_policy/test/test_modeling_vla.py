@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -131,6 +132,20 @@ def test_the_sampler_is_saved_with_the_policy_and_a_checkpoint_saved_before_nois
         VLAPolicy.from_pretrained(path)
     with pytest.raises(ConfigError, match="noise_level must be a number > 0"):
         get_vla_config("tiny", noise_level=0.0).validate()
+
+
+def test_observation_from_frames_is_the_one_frame_conversion():
+    frames = np.random.default_rng(0).integers(0, 256, (2, 40, 30, 3), dtype=np.uint8)
+    states = np.zeros((2, 8), np.float32)
+    obs = Observation.from_frames(frames, ["a", "b"], states)
+    assert obs.images.shape == (2, 3, 40, 30) and obs.images.dtype == torch.float32
+    torch.testing.assert_close(obs.images[1, :, 5, 7], torch.from_numpy(frames[1, 5, 7]).float() / 255)
+    resized = Observation.from_frames(torch.from_numpy(frames), ["a", "b"], states, image_size=16)
+    assert resized.images.shape == (2, 3, 16, 16)
+    torch.testing.assert_close(resized.images, torch.nn.functional.interpolate(
+        obs.images, size=(16, 16), mode="bilinear", align_corners=False))
+    with pytest.raises(ValueError, match=r"frames must be \(B, H, W, 3\) uint8"):
+        Observation.from_frames(frames.astype(np.float32), ["a", "b"], states)
 
 
 def test_bad_inputs_fail_clearly(policy):

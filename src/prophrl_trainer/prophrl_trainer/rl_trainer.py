@@ -41,7 +41,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from prophrl_common.chunks import ACTION_SPACES, POLICY_STATE_DIM
 from prophrl_common.config_io import ConfigError
@@ -86,14 +85,6 @@ class Imagined:
     success: np.ndarray           # (n, G) bool
     length: np.ndarray            # (n, G) chunks until termination
     timings: dict[str, float]
-
-
-def policy_images(frames: np.ndarray, size: int) -> torch.Tensor:
-    """(N, H, W, 3) uint8 -> (N, 3, size, size) float in [0, 1], resized as VLAPolicy.encode_observation does."""
-    images = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float().div_(255)
-    if images.shape[-2:] != (size, size):
-        images = nn.functional.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
-    return images
 
 
 def derived_seed(*parts: int) -> int:
@@ -169,7 +160,7 @@ class Trainer:
                 t0 = time.perf_counter()
                 frames = np.concatenate([group.current_frames for group in groups])
                 state = torch.from_numpy(np.concatenate([group.state for group in groups]).astype(np.float32))
-                obs = Observation(policy_images(frames, size), instructions, state)
+                obs = Observation.from_frames(frames, instructions, state, size)
                 self.policy.eval()
                 sample = self.policy.predict_action_chunk(obs, mode=mode, sampler=cfg.chunk_sampler,
                                                           generator=generator)

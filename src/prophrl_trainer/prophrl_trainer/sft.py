@@ -141,11 +141,6 @@ def random_shift(images: torch.Tensor, max_shift: int, generator: torch.Generato
     return torch.stack([padded[i, :, y:y + h, x:x + w] for i, (y, x) in enumerate(offsets.tolist())])
 
 
-def to_observation(frames_uint8: torch.Tensor, instructions: list[str], states: torch.Tensor) -> Observation:
-    images = frames_uint8.permute(0, 3, 1, 2).float().div_(255)
-    return Observation(images, instructions, states)
-
-
 def train_sft(data: DemoData, policy_config: VLAConfig, cfg: SFTConfig, out_dir: str | Path,
               log_dir: str | Path | None = None, show_progress: bool = True,
               overwrite: bool = False) -> tuple[Path, list[float]]:
@@ -185,10 +180,7 @@ def train_sft(data: DemoData, policy_config: VLAConfig, cfg: SFTConfig, out_dir:
     with tqdm(total=cfg.steps, desc="policy sft", unit="step", disable=not show_progress) as bar:
         while step < cfg.steps:
             for frames, states, chunks, instructions in loader:
-                obs = to_observation(frames, instructions, states)
-                size = policy_config.image_size
-                obs.images = torch.nn.functional.interpolate(obs.images, size=(size, size), mode="bilinear",
-                                                             align_corners=False)
+                obs = Observation.from_frames(frames, instructions, states, policy_config.image_size)
                 obs.images = random_shift(obs.images, cfg.max_pixel_shift, generator)
                 loss = policy.compute_loss(obs, chunks, generator=generator)
                 require_finite_loss(loss.item(), "SFT", step)

@@ -58,8 +58,7 @@ class PolicyController:
 
         pose = observation.ee_pose
         state = policy_state(np.concatenate([pose.position, pose.quaternion]), gripper_command)
-        obs = Observation(torch.from_numpy(image).permute(2, 0, 1)[None].float().div(255), [instruction],
-                          torch.from_numpy(state)[None])
+        obs = Observation.from_frames(image[None], [instruction], state[None])
         with torch.inference_mode():
             sample = self.policy.predict_action_chunk(obs, mode=self.mode, generator=self.generator)
         return sample.actions[0].numpy()
