@@ -6,7 +6,7 @@
 
 Collects scripted Panda lift episodes with expert skill 1 / 0.5 / 0 (deliberate grasp mistakes, retries,
 some episodes run out of steps), holds out every --held-out-every-th episode, cuts and labels clips by
-the sim's ground truth (prophrl_worldmodel.judge_training), trains the judge on the rest (its threshold
+the sim's ground truth (prophrl_worldmodel.judge_clips), trains the judge on the rest (its threshold
 picked on a validation split for high recall) and reports, on the held-out episodes, the metrics at
 the judge's threshold and at 0.5. With a Prophet, the held-out episodes are also replayed through it
 (imagined clips with the same labels), and a second judge is trained on real + imagined training
@@ -30,8 +30,9 @@ from prophrl_trainer.collect import CollectSettings, collect_direct
 from prophrl_worldmodel.configuration_judge import get_judge_config
 from prophrl_data.conversion import bags2dataset
 from prophrl_worldmodel.judge_cli import format_table
-from prophrl_worldmodel.judge_training import (ClipSettings, JudgeTrainConfig, clips_from_episodes,
-                                               evaluate_judge, imagined_clips, load_episodes, train_judge)
+from prophrl_worldmodel.judge_clips import ClipSettings, clips_from_episodes, imagined_clips, load_episodes
+from prophrl_worldmodel.judge_metrics import evaluate_judge
+from prophrl_worldmodel.judge_training import JudgeTrainConfig, train_judge
 from prophrl_worldmodel.modeling_judge import RewardJudge
 
 SKILLS = (1.0, 0.5, 0.0)

@@ -20,7 +20,7 @@ from prophrl_common.chunks import array_to_chunk
 from prophrl_common.images import numpy_to_image
 from prophrl_common.robots import load_robot_config
 from prophrl_msgs.msg import EpisodeEvent
-from prophrl_worldmodel import judge_training
+from prophrl_worldmodel import judge_clips
 from prophrl_data.alignment import load_episode
 from prophrl_data.cli import main_bags2dataset
 from prophrl_data.conversion import bags2dataset
@@ -254,7 +254,7 @@ def test_a_truncated_bag_is_no_successful_demonstration(tmp_path):
     assert [(e["episode_id"], e["success"], e["recovered"]) for e in index["episodes"]] == [
         ("a_cut", None, True), ("b_whole", True, False), ("c_failed", False, False)]
     with pytest.warns(UserWarning, match="judge training leaves out 1 episode.*a_cut"):
-        episodes = judge_training.load_episodes(tmp_path / "out")
+        episodes = judge_clips.load_episodes(tmp_path / "out")
     assert [(e.episode_id.split("/")[-1], e.success) for e in episodes] == [("b_whole", True), ("c_failed", False)]
 
 

@@ -6,7 +6,7 @@
                        [--imagined-from PROPHET] [--threshold T] [--out DIR]
 
 train: clips are cut from the bags2dataset episodes and labelled by the sim's ground truth
-(judge_training module docstring); with --imagined-from, the same episodes are also replayed
+(judge_clips module docstring); with --imagined-from, the same episodes are also replayed
 through that Prophet and the imagined clips, labelled by the same ground truth, join the
 training set (the paper's recipe for domain match). The threshold is picked on the validation
 split for recall >= --target-recall. Writes the judge (config.json + model.safetensors +
@@ -61,14 +61,14 @@ def _check_datasets(dirs: Sequence[str]) -> None:
 
 
 def _clip_settings(args):
-    from prophrl_worldmodel.judge_training import ClipSettings
+    from prophrl_worldmodel.judge_clips import ClipSettings
 
     return ClipSettings(positive_tail_frames=args.positive_tail, negative_margin_frames=args.negative_margin,
                         seed=args.seed).validate()
 
 
 def _imagined(args, episodes, settings):
-    from prophrl_worldmodel.judge_training import imagined_clips
+    from prophrl_worldmodel.judge_clips import imagined_clips
     from prophrl_worldmodel.modeling_prophet import Prophet
 
     prophet = Prophet.from_pretrained(args.imagined_from, map_location=args.device)
@@ -79,8 +79,8 @@ def _imagined(args, episodes, settings):
 def _cmd_train(args: argparse.Namespace) -> int:
     from prophrl_worldmodel.configuration_judge import get_judge_config
     from prophrl_common.outputs import check_output_dir
-    from prophrl_worldmodel.judge_training import (JUDGE_OUTPUT, JudgeTrainConfig, clips_from_episodes,
-                                                   load_episodes, train_judge)
+    from prophrl_worldmodel.judge_clips import clips_from_episodes, load_episodes
+    from prophrl_worldmodel.judge_training import JUDGE_OUTPUT, JudgeTrainConfig, train_judge
 
     _check_datasets(args.data)
     check_output_dir(args.out, JUDGE_OUTPUT, overwrite=args.overwrite, inputs=[*args.data, args.imagined_from])
@@ -122,7 +122,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from prophrl_worldmodel.judge_training import clips_from_episodes, evaluate_judge, load_episodes
+    from prophrl_worldmodel.judge_clips import clips_from_episodes, load_episodes
+    from prophrl_worldmodel.judge_metrics import evaluate_judge
     from prophrl_worldmodel.modeling_judge import load_judge
 
     _check_datasets(args.data)

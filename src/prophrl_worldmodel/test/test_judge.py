@@ -11,10 +11,10 @@ import torch
 
 from prophrl_common.config_io import ConfigError
 from prophrl_worldmodel.configuration_judge import get_judge_config
-from prophrl_worldmodel.judge_training import (ClipSettings, Episode, JudgeTrainConfig, clip_ends,
-                                               clips_from_datasets, clips_from_episodes, evaluate_judge,
-                                               imagined_clips, load_episodes, precision_recall, recall_threshold,
-                                               replay_chunks, roc_auc, train_judge)
+from prophrl_worldmodel.judge_clips import (ClipSettings, Episode, clip_ends, clips_from_datasets,
+                                            clips_from_episodes, imagined_clips, load_episodes, replay_chunks)
+from prophrl_worldmodel.judge_metrics import evaluate_judge, precision_recall, recall_threshold, roc_auc
+from prophrl_worldmodel.judge_training import JudgeTrainConfig, train_judge
 from prophrl_worldmodel.modeling_judge import (CONFIG_NAME, WEIGHTS_NAME, RewardJudge, VLMJudge, load_judge,
                                                uniform_indices)
 
