@@ -73,6 +73,7 @@ from prophrl_common.node_clock import node_seconds
 from prophrl_common.node_parameters import declare_parameters, parameter, read_parameters
 from prophrl_common.node_runtime import run_node
 from prophrl_common.robots import RobotConfig, load_robot_config
+from prophrl_robot.chunk_stepper import ChunkStepper
 from prophrl_robot.ik_backends import KinematicsIkBackend, MoveItIkBackend, select_ik_backend
 from prophrl_robot.safety import SafetyFilter, Watchdog
 
@@ -137,11 +138,7 @@ class ExecutorNode(LifecycleNode):
         return bool(self.get_parameter("autostart").value)
 
     def _reset_runtime_state(self) -> None:
-        self._chunk: np.ndarray | None = None
-        self._chunk_space = ""
-        self._chunk_dt = 0.0
-        self._chunk_index = 0
-        self._chunk_version = 0
+        self._stepper = ChunkStepper()
         self._next_due = 0.0
         self._last_step_time: float | None = None
         self._last_mode: str | None = None  # "twist" | "joint"
@@ -317,16 +314,13 @@ class ExecutorNode(LifecycleNode):
                 f"{(self.get_clock().now() - Time.from_msg(msg.header.stamp)).nanoseconds * 1e-9:.3f} s ago); "
                 "if its stamp is on another clock, set align_chunks_to_stamp false", throttle_duration_sec=2.0)
             return
-        if self._chunk is not None and self._chunk_index < len(self._chunk):
+        if self._stepper.start(actions, space, step_s, first_row, int(msg.policy_version)):
             self._counters["preempted_chunks"] += 1
         self._counters["accepted_chunks"] += 1
-        self._chunk, self._chunk_space, self._chunk_index = actions, space, first_row
-        self._chunk_dt = step_s
-        self._chunk_version = int(msg.policy_version)
         self._state = "executing"
         now = node_seconds(self)
         # Low latency when idle; never faster than one step per step duration.
-        if self._last_step_time is None or now - self._last_step_time >= self._chunk_dt:
+        if self._last_step_time is None or now - self._last_step_time >= step_s:
             self._execute_step(now)
 
     def _first_row_due(self, msg: ActionChunk, step_s: float) -> int:
@@ -340,32 +334,30 @@ class ExecutorNode(LifecycleNode):
         return int(rows_due(age_ns, chunk_period_ns(step_s, self.robot.control_period_s))[0])
 
     def _drop_chunk(self) -> None:
-        self._chunk = None
-        self._chunk_index = 0
+        self._stepper.drop()
 
     def _on_step_timer(self) -> None:
-        if not self._active or self._chunk is None or self._chunk_index >= len(self._chunk):
+        if not self._active or not self._stepper.active:
             return
         now = node_seconds(self)
         if now >= self._next_due:
             self._execute_step(now)
 
     def _execute_step(self, now: float) -> None:
-        row = self._chunk[self._chunk_index]
-        self._chunk_index += 1
-        dt = self._chunk_dt
+        row, last = self._stepper.take()
+        dt = self._stepper.step_s
         # Due one step later; half a timer period early is fine (the timer ticks at the control period).
         self._next_due = now + dt - 0.5 * min(self._step_period, dt)
         self._last_step_time = now
         self._counters["executed_steps"] += 1
-        if self._chunk_space == "joint_position":
+        if self._stepper.space == "joint_position":
             self._step_joint(row, dt, now)
         elif self.robot.command_interface == "twist":
             self._step_ee_twist(row, dt, now)
         else:
             self._step_ee_ik(row, dt, now)
         self.watchdog.step_executed(now)
-        if self._chunk_index >= len(self._chunk):
+        if last:
             self._counters["completed_chunks"] += 1
 
     def _log_hold(self, reasons: tuple[str, ...]) -> None:
@@ -479,7 +471,7 @@ class ExecutorNode(LifecycleNode):
     def _on_watchdog_timer(self) -> None:
         if not self._active or self.filter.estopped:
             return
-        if self._chunk is not None and self._chunk_index < len(self._chunk):
+        if self._stepper.active:
             return
         if self.watchdog.hold_due(node_seconds(self)):
             self._drop_chunk()
@@ -557,7 +549,7 @@ class ExecutorNode(LifecycleNode):
             return "never" if stamp is None else f"{now - stamp:.3f}"
 
         extra = {"state": self._state, "estop": str(estopped).lower(), "robot": self.robot.name,
-                 "command_interface": self.robot.command_interface, "policy_version": str(self._chunk_version),
+                 "command_interface": self.robot.command_interface, "policy_version": str(self._stepper.version),
                  "ee_pose_age_s": age(self._ee_time), "joint_state_age_s": age(self._joint_time)}
         status.values = [KeyValue(key=k, value=str(v)) for k, v in counters.items()] + \
             [KeyValue(key=k, value=v) for k, v in extra.items()]

@@ -1,10 +1,10 @@
 """Closed-loop episodes in the physics sim without a ROS graph: fast and deterministic.
 
 The same chain as the live stack, in one process: a controller (scripted expert or policy) emits
-ee_delta_7d chunks, every step passes the executor's SafetyFilter, the arm moves one control
-period, and the camera renders at the control rate. Used for bulk demonstration collection
-(written to the same rosbag2 layout as the recorder node), policy evaluation on seeded held-out
-initial states, and ground truth for world-model data.
+ee_delta_7d chunks, executed as the executor node executes them (ChunkStepper, every row through the
+SafetyFilter), the arm moves one control period, and the camera renders at the control rate. Used for
+bulk demonstration collection (written to the same rosbag2 layout as the recorder node), policy evaluation
+on seeded held-out initial states, and ground truth for world-model data.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Callable, Protocol
 import numpy as np
 
 from prophrl_data.episode_steps import EpisodeOutcome, StepRecord
+from prophrl_robot.chunk_stepper import ChunkStepper
 from prophrl_robot.safety import SafetyFilter
 
 
@@ -70,20 +71,18 @@ def run_episode(sim, controller: Controller, seed: int, *, max_steps: int = 200,
     safety = SafetyFilter(sim.robot)
     observation = sim.reset(seed)
     controller.reset(seed)
-    chunk, chunk_step = None, 0
+    stepper = ChunkStepper()
     gripper = 0.0
     success_step = None
     holds = 0
     for step in range(max_steps):
         image = sim.render()
         new_chunk = None
-        if chunk is None or chunk_step >= min(replan_steps, len(chunk)):
-            chunk = np.asarray(controller.chunk(image, sim.instruction, observation, gripper), np.float32)
-            chunk_step = 0
-            new_chunk = chunk
-        commanded = chunk[chunk_step]
+        if not stepper.active or stepper.rows_taken >= replan_steps:
+            new_chunk = np.asarray(controller.chunk(image, sim.instruction, observation, gripper), np.float32)
+            stepper.start(new_chunk, "ee_delta_7d", sim.robot.control_period_s)
+        commanded, _last = stepper.take()
         result = safety.filter_ee_delta(commanded, observation.ee_pose.position)
-        chunk_step += 1
         if result.hold:
             holds += 1
             applied = np.array([0, 0, 0, 0, 0, 0, gripper], np.float32)

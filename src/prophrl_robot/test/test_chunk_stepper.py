@@ -1,0 +1,28 @@
+"""The receding-horizon chunk stepper shared by the executor node and the in-process sim rollout."""
+
+import numpy as np
+import pytest
+
+from prophrl_robot.chunk_stepper import ChunkStepper
+
+
+def test_rows_are_taken_in_order_from_the_first_row_due_and_a_new_chunk_preempts():
+    stepper = ChunkStepper()
+    assert not stepper.active
+    first = np.arange(12, dtype=float).reshape(4, 3)
+    assert stepper.start(first, "ee_delta_7d", 0.05, first_row=1, version=3) is False
+    row, last = stepper.take()
+    assert np.array_equal(row, first[1]) and not last and stepper.rows_taken == 1 and stepper.version == 3
+    second = -first
+    assert stepper.start(second, "ee_delta_7d", 0.05) is True, "an unfinished chunk was preempted"
+    rows = [stepper.take() for _ in range(4)]
+    assert [bool(last) for _, last in rows] == [False, False, False, True]
+    assert np.array_equal(np.stack([r for r, _ in rows]), second)
+    assert not stepper.active
+    assert stepper.start(first, "ee_delta_7d", 0.05) is False, "a finished chunk is not preempted"
+    stepper.drop()
+    assert not stepper.active and stepper.chunk is None
+    with pytest.raises(RuntimeError):
+        stepper.take()
+    with pytest.raises(ValueError):
+        stepper.start(first, "ee_delta_7d", 0.05, first_row=4)
