@@ -63,9 +63,10 @@ def run_reporting_errors(prog: str, command: Callable[[], int],
                          also: tuple[type[BaseException], ...] = ()) -> int:
     """command()'s exit status, or 2 after printing `prog: error: <one line>` for a user error (or one of
     the verb's own error types `also`), or 130 after `prog: interrupted` when a Ctrl-C ended it."""
-    counter, installed = _install_sigint_counter()
-    before = counter.count if counter is not None else 0
+    counter, installed, before = None, False, 0
     try:
+        counter, installed = _install_sigint_counter()
+        before = counter.count if counter is not None else 0
         return command()
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
