@@ -13,6 +13,7 @@ import numpy as np
 
 class ChunkStepper:
     def __init__(self):
+        self.version = 0          # policy version of the last chunk put in force (kept when it is dropped)
         self.drop()
 
     def drop(self) -> None:
@@ -20,7 +21,6 @@ class ChunkStepper:
         self.chunk: np.ndarray | None = None
         self.space = ""
         self.step_s = 0.0
-        self.version = 0
         self.index = 0            # the next row
         self.rows_taken = 0       # rows of this chunk taken so far
 

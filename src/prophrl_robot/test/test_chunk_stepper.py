@@ -22,6 +22,10 @@ def test_rows_are_taken_in_order_from_the_first_row_due_and_a_new_chunk_preempts
     assert stepper.start(first, "ee_delta_7d", 0.05) is False, "a finished chunk is not preempted"
     stepper.drop()
     assert not stepper.active and stepper.chunk is None
+    assert stepper.version == 0 and ChunkStepper().version == 0
+    stepper.start(first, "ee_delta_7d", 0.05, version=5)
+    stepper.drop()
+    assert stepper.version == 5, "the version of the last chunk in force outlives its drop (diagnostics)"
     with pytest.raises(RuntimeError):
         stepper.take()
     with pytest.raises(ValueError):
