@@ -1,6 +1,6 @@
 """Crash recovery of rosbag2 MCAP bags: what a SIGKILLed writer leaves readable, and what a cut file keeps.
 
-1. killed writer: a child process writes 128x128 rgb8 images at --rate Hz through prophrl_data.bags.BagWriter
+1. killed writer: a child process writes 128x128 rgb8 images at --rate Hz through prophrl_data.bag_writer.BagWriter
    (default chunk size and flush period, as the recorder uses it) and reports each message once write()
    returned; it is SIGKILLed after --seconds. Per trial: messages acknowledged, messages recovered (checked to
    be a gap-free prefix), the loss in messages and in ms of recording, and the time open_bag plus reading every
@@ -27,14 +27,15 @@ from pathlib import Path
 import numpy as np
 from rclpy.serialization import serialize_message
 
-from prophrl_data.bags import BagWriter, open_bag
+from prophrl_data.bag_reader import open_bag
+from prophrl_data.bag_writer import BagWriter
 from prophrl_common.images import numpy_to_image
 
 WRITER = textwrap.dedent("""
     import sys, time
     import numpy as np
     from rclpy.serialization import serialize_message
-    from prophrl_data.bags import BagWriter
+    from prophrl_data.bag_writer import BagWriter
     from prophrl_common.images import numpy_to_image
     path, rate = sys.argv[1], float(sys.argv[2])
     pixels = np.random.default_rng(0).integers(0, 255, (128, 128, 3), dtype=np.uint8)

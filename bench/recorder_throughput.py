@@ -1,6 +1,6 @@
 """Recorder throughput: N 128x128 rgb8 images + N ActionChunks into a rosbag2 MCAP bag.
 
-1. writer: the recorder's writer-thread path alone (prophrl_data.bags.BagWriter, CDR from rclpy's
+1. writer: the recorder's writer-thread path alone (prophrl_data.bag_writer.BagWriter, CDR from rclpy's
    serialize_message), open -> N images + N chunks -> close (summary, footer, metadata.yaml, fsync):
    wall time, and the CPU time per message (process time, less sensitive to a busy machine), for the
    first bag of the process and the best of --writer-repeats (warm: allocations and code paths reused);
@@ -36,7 +36,10 @@ from rclpy.serialization import serialize_message
 from sensor_msgs.msg import Image
 from std_msgs.msg import String
 
-from prophrl_data.bags import BagError, BagWriter, cdr_header_stamp_ns, open_bag
+from prophrl_common.bag_error import BagError
+from prophrl_data.bag_format import cdr_header_stamp_ns
+from prophrl_data.bag_reader import open_bag
+from prophrl_data.bag_writer import BagWriter
 from prophrl_common.chunks import array_to_chunk
 from prophrl_common.images import numpy_to_image
 from prophrl_common.startup import startup_timeout_s

@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--camera-jitter-m", type=float, default=0.02, help="per-episode camera position jitter")
     parser.add_argument("--overwrite", action="store_true", help="recollect combinations whose dataset exists")
     args = parser.parse_args(argv)
-    from prophrl_data.bags import BagError
+    from prophrl_common.bag_error import BagError
     from prophrl_common.config_io import ConfigError
 
     begin = time.perf_counter()

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from prophrl_data.bags import open_bag
+from prophrl_data.bag_reader import open_bag
 from prophrl_common.robots import load_robot_config
 from prophrl_common.testing import decode_bag_with_third_party_readers
 from prophrl_trainer.collect import CollectSettings, collect_direct

@@ -1,4 +1,4 @@
-"""recorder_node in its own process over DDS: episodes in, rosbag2 bags out (read back with prophrl_data.bags)."""
+"""recorder_node in its own process over DDS: episodes in, rosbag2 bags out (read back with prophrl_data.bag_reader)."""
 
 import os
 import signal
@@ -15,7 +15,8 @@ from rclpy.serialization import deserialize_message
 from sensor_msgs.msg import CameraInfo, Image, JointState
 from std_msgs.msg import String
 
-from prophrl_data.bags import BagError, open_bag
+from prophrl_common.bag_error import BagError
+from prophrl_data.bag_reader import open_bag
 from prophrl_common.chunks import array_to_chunk, chunk_to_array
 from prophrl_common.images import image_to_numpy, numpy_to_image
 from prophrl_common.testing import decode_bag_with_third_party_readers, node_process, python_module_argv, spin_until

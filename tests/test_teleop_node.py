@@ -12,7 +12,8 @@ from rclpy.qos import DurabilityPolicy, QoSProfile
 from std_msgs.msg import String
 
 from prophrl_common.chunks import chunk_to_array
-from prophrl_data.bags import BagError, open_bag
+from prophrl_common.bag_error import BagError
+from prophrl_data.bag_reader import open_bag
 from prophrl_common.robots import load_robot_config
 from prophrl_common.testing import NodeProcess, decode_bag_with_third_party_readers, python_module_argv, spin_until
 from prophrl_msgs.msg import ActionChunk, EpisodeEvent

@@ -78,7 +78,8 @@ def _verb(code: int) -> None:
 def finished_bags(directory: Path) -> list[Path]:
     """The bags under `directory` whose episode was recorded to its outcome (an interrupted run leaves one
     that was not: truncated, or closed by a recorder shutting down)."""
-    from prophrl_data.bags import BagError, is_bag, open_bag
+    from prophrl_common.bag_error import BagError
+    from prophrl_data.bag_reader import is_bag, open_bag
 
     if not directory.is_dir():
         return []
@@ -98,7 +99,7 @@ def finished_bags(directory: Path) -> list[Path]:
 def set_aside_interrupted_bags(directory: Path, aside: Path) -> None:
     """Move the bags of interrupted episodes out of `directory` (into `aside`, kept) so a resumed collection
     and its dataset hold finished episodes only."""
-    from prophrl_data.bags import is_bag
+    from prophrl_data.bag_reader import is_bag
 
     if not directory.is_dir():
         return

@@ -1,4 +1,4 @@
-"""The error of a bag a user gives: raised by the bag format (prophrl_data.bags) and everything reading bags,
+"""The error of a bag a user gives: raised by the bag writer and reader (prophrl_data.bag_writer, prophrl_data.bag_reader) and everything reading bags,
 reported as a user's mistake by every verb (prophrl_common.cli_errors)."""
 
 from __future__ import annotations

@@ -38,7 +38,8 @@ from prophrl_common.config_io import ConfigError
 from prophrl_common.geometry import CameraCalibration, EndEffectorPose
 from prophrl_common.images import ImageConversionError, to_rgb8
 from prophrl_common.robots import RobotConfig
-from prophrl_data.bags import Bag, BagError, open_bag
+from prophrl_common.bag_error import BagError
+from prophrl_data.bag_reader import Bag, open_bag
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,7 +18,8 @@ from rclpy.serialization import serialize_message
 from sensor_msgs.msg import CameraInfo, JointState
 from std_msgs.msg import String
 
-from prophrl_data.bags import BagWriter, TopicQos
+from prophrl_data.bag_format import TopicQos
+from prophrl_data.bag_writer import BagWriter
 from prophrl_common.chunks import array_to_chunk
 from prophrl_common.images import numpy_to_image
 from prophrl_msgs.msg import EpisodeEvent

@@ -1,5 +1,6 @@
 """The training-shard dataset format: a directory of one index.json and one .npz shard per episode, its
-writer pieces and its one reader (:class:`EpisodeDataset`).
+writer pieces, its one reader (:class:`EpisodeDataset`) and the one episode record it yields
+(:class:`ShardEpisode`, which every consumer of episodes uses).
 
 A dataset (written into a temporary sibling directory and renamed into place only when everything
 succeeded, so an error leaves no output directory behind; an existing output directory is replaced
@@ -16,6 +17,7 @@ only on request and only when it is a previous bags2dataset output, see prophrl_
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import warnings
 from collections.abc import Iterator, Sequence
@@ -136,14 +138,54 @@ def episode_calibration(entry: dict) -> CameraCalibration | None:
         raise ConfigError(f"{where}: {exc}") from None
 
 
-@dataclasses.dataclass(frozen=True)
+def _checked_arrays(shard: Path, arrays: dict[str, np.ndarray], action_dim: int | None) -> dict[str, np.ndarray]:
+    """The arrays read from `shard`, checked against the format: one row per sample in every array, frames
+    (N, H, W, 3) uint8, ee_pose (N, 7) and actions (N, action_dim), ee_pose and actions finite."""
+    rows = {name: array.shape[0] if array.ndim else None for name, array in arrays.items()}
+    if len(set(rows.values())) > 1:
+        raise ConfigError(f"{shard}: the arrays must have one row per sample, got rows {rows}")
+    n = next(iter(rows.values()), None)
+    frames, ee_pose, actions = arrays.get("frames"), arrays.get("ee_pose"), arrays.get("actions")
+    if frames is not None and (frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8):
+        raise ConfigError(f"{shard}: frames must be (N, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
+    if ee_pose is not None and ee_pose.shape != (n, 7):
+        raise ConfigError(f"{shard}: ee_pose must be ({n}, 7) for {n} samples, got {ee_pose.shape}")
+    if actions is not None and (actions.ndim != 2 or action_dim is not None and actions.shape[1] != action_dim):
+        raise ConfigError(f"{shard}: actions must be ({n}, {action_dim or 'action_dim'}) for {n} samples, "
+                          f"got {actions.shape}")
+    for name, array in (("ee_pose", ee_pose), ("actions", actions)):
+        if array is not None and (array.dtype.kind not in "fiu" or not np.isfinite(array).all()):
+            raise ConfigError(f"{shard}: {name} must be finite numbers, got {array.dtype} with NaN / inf or "
+                              "non-numeric values")
+    return arrays
+
+
+def resize_frames(frames: np.ndarray, size: int) -> np.ndarray:
+    """(N, H, W, 3) frames resized (cv2.INTER_AREA) to (N, size, size, 3); frames already that size as they are."""
+    if frames.shape[1:3] == (size, size):
+        return frames
+    import cv2
+
+    return np.stack([cv2.resize(frame, (size, size), interpolation=cv2.INTER_AREA) for frame in frames])
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
 class ShardEpisode:
-    """One episode of a dataset: its index.json entry and the shard arrays that were read (see SHARD_ARRAYS)."""
+    """One episode of a dataset, the one episode record: its index.json entry, the shard arrays that were read
+    (see SHARD_ARRAYS) and what the dataset says of all its episodes (directory, robot, control period).
+
+    Equality is identity. :meth:`resized` gives the episode with square frames (a model's image size) and
+    its calibration to match.
+    """
 
     position: int                   # in the index's episode list
     entry: dict                     # the index.json entry: shard, episode_id, instruction, task, success, camera, ...
     shard: Path
     arrays: dict[str, np.ndarray]
+    dataset: Path = Path()          # the dataset directory
+    robot: str = ""                 # the dataset's robot
+    control_period_s: float = 0.0   # the dataset's control period (one frame per control step)
+    image_size: int | None = None   # frames resized to image_size x image_size; None: as recorded
 
     def __len__(self) -> int:
         return len(next(iter(self.arrays.values()))) if self.arrays else int(self.entry.get("num_samples", 0))
@@ -152,8 +194,18 @@ class ShardEpisode:
         return self.arrays[name]
 
     @property
+    def episode_id(self) -> str:
+        """The entry's episode_id, else episode_<position>."""
+        return str(self.entry.get("episode_id") or f"episode_{self.position:06d}")
+
+    @property
+    def name(self) -> str:
+        """Dataset-qualified: "<dataset directory name>/<episode_id>"."""
+        return f"{self.dataset.name}/{self.episode_id}"
+
+    @property
     def frames(self) -> np.ndarray:
-        """(N, H, W, 3) uint8 RGB."""
+        """(N, H, W, 3) uint8 RGB (H = W = image_size when resized)."""
         return self.arrays["frames"]
 
     @property
@@ -179,17 +231,35 @@ class ShardEpisode:
         """True / False, or None when the outcome is unknown (see alignment.episode_success)."""
         return self.entry.get("success")
 
-    @property
+    @functools.cached_property
     def calibration(self) -> CameraCalibration | None:
-        return episode_calibration(self.entry)
+        """The entry's camera (episode_calibration), resized to image_size x image_size when the frames are."""
+        calibration = episode_calibration(self.entry)
+        if calibration is not None and self.image_size is not None:
+            calibration = calibration.resized(self.image_size, self.image_size)
+        return calibration
+
+    def resized(self, size: int) -> "ShardEpisode":
+        """This episode with its frames resized to size x size (resize_frames: cv2.INTER_AREA) and its
+        calibration resized to match (checked here: a malformed camera entry is a ConfigError)."""
+        if size <= 0:
+            raise ConfigError(f"image_size must be positive, got {size}")
+        if "frames" not in self.arrays:
+            raise ConfigError(f"{self.shard}: resizing needs the frames, only {' / '.join(self.arrays)} were read")
+        episode = dataclasses.replace(self, arrays={**self.arrays, "frames": resize_frames(self.frames, size)},
+                                      image_size=size)
+        episode.calibration  # parsed now: a malformed camera entry fails here, not when the frames are drawn
+        return episode
 
 
 class EpisodeDataset:
     """The one reader of a training-shard dataset (what bags2dataset and lerobot2dataset write).
 
     Opening checks the index (read_dataset_index: readable, this shard format, and the action space when
-    given); each episode's shard is read when asked for, only the arrays asked for. A shard that cannot be
-    read (missing, damaged, lacking an array) is a ConfigError naming it.
+    given); each episode's shard is read when asked for, only the arrays asked for, and checked
+    (_checked_arrays: one row per sample, frames (N, H, W, 3) uint8, ee_pose (N, 7) and actions
+    (N, action_dim) finite). A shard that cannot be read (missing, damaged, lacking an array) or fails the
+    checks is a ConfigError naming it.
     """
 
     def __init__(self, root: str | Path, action_space: str | None = None, needed_by: str = ""):
@@ -216,8 +286,15 @@ class EpisodeDataset:
     def control_period_s(self) -> float:
         return float(self.index.get("control_period_s") or 0.0)
 
-    def episode(self, position: int, arrays: Sequence[str] = SHARD_ARRAYS) -> ShardEpisode:
-        """Episode `position` of the index with the shard arrays named in `arrays`."""
+    @property
+    def action_dim(self) -> int | None:
+        action_dim = self.index.get("action_dim")
+        return action_dim if isinstance(action_dim, int) and not isinstance(action_dim, bool) else None
+
+    def episode(self, position: int, arrays: Sequence[str] = SHARD_ARRAYS, *,
+                image_size: int | None = None) -> ShardEpisode:
+        """Episode `position` of the index with the shard arrays named in `arrays`, checked; with `image_size`
+        its frames and calibration resized to image_size x image_size (ShardEpisode.resized)."""
         entry = self.entries[position]
         shard = self.root / str(entry.get("shard", ""))
         try:
@@ -225,15 +302,18 @@ class EpisodeDataset:
                 read = {name: data[name] for name in arrays}
         except (OSError, KeyError, ValueError) as exc:
             raise ConfigError(f"{shard}: cannot read {' / '.join(arrays)}: {exc}") from None
-        return ShardEpisode(position, entry, shard, read)
+        episode = ShardEpisode(position, entry, shard, _checked_arrays(shard, read, self.action_dim), self.root,
+                               self.robot, self.control_period_s)
+        return episode if image_size is None else episode.resized(image_size)
 
     def episodes(self, arrays: Sequence[str] = SHARD_ARRAYS, *, known_outcome_for: str | None = None,
-                 only_successful: bool = False) -> Iterator[ShardEpisode]:
-        """The episodes in index order, each shard read when its episode comes. With `known_outcome_for` (who
-        trains on outcomes, e.g. "SFT") only those whose success is known, with one warning naming the others
-        (episodes_with_known_outcome); with `only_successful` only the successful ones (no other shard is read)."""
+                 only_successful: bool = False, image_size: int | None = None) -> Iterator[ShardEpisode]:
+        """The episodes in index order, each shard read when its episode comes (see episode). With
+        `known_outcome_for` (who trains on outcomes, e.g. "SFT") only those whose success is known, with one
+        warning naming the others (episodes_with_known_outcome); with `only_successful` only the successful
+        ones (no other shard is read)."""
         selected = episodes_with_known_outcome(self.index, self.root, known_outcome_for) \
             if known_outcome_for is not None else list(enumerate(self.entries))
         for position, entry in selected:
             if not only_successful or entry.get("success"):
-                yield self.episode(position, arrays)
+                yield self.episode(position, arrays, image_size=image_size)

@@ -1,4 +1,4 @@
-"""prophrl_data.bags: rosbag2 MCAP round trips, canonical CDR, third-party readers, crash recovery, clear errors."""
+"""prophrl_data.bag_format/bag_writer/bag_reader: rosbag2 MCAP round trips, canonical CDR, third-party readers, crash recovery, clear errors."""
 
 import shutil
 import signal
@@ -14,17 +14,10 @@ from rosbags.rosbag2 import Reader as RosbagsReader
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Header, String
 
-from prophrl_data.bags import (
-    BagError,
-    BagWriter,
-    TopicQos,
-    canonical_cdr,
-    cdr_header_stamp_ns,
-    default_typestore,
-    deserialize_cdr,
-    discover_bags,
-    open_bag,
-)
+from prophrl_common.bag_error import BagError
+from prophrl_data.bag_format import TopicQos, canonical_cdr, cdr_header_stamp_ns, default_typestore, deserialize_cdr
+from prophrl_data.bag_reader import discover_bags, open_bag
+from prophrl_data.bag_writer import BagWriter
 from prophrl_common.chunks import array_to_chunk, chunk_to_array
 from prophrl_common.images import image_to_numpy, numpy_to_image
 from prophrl_common.testing import decode_bag_with_third_party_readers
@@ -204,7 +197,7 @@ def test_metadata_round_trip_and_interop_with_rosbags(tmp_path):
 
 KILLED_WRITER = textwrap.dedent("""
     import sys, time
-    from prophrl_data.bags import BagWriter
+    from prophrl_data.bag_writer import BagWriter
     writer = BagWriter(sys.argv[1], {"episode_id": "killed", "instruction": "stack"}, flush_period_s=0.05)
     writer.add_topic("/counter", "std_msgs/msg/UInt32")
     for i in range(100000):

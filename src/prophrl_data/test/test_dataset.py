@@ -15,7 +15,8 @@ from rclpy.serialization import serialize_message
 from sensor_msgs.msg import JointState
 from std_msgs.msg import String
 
-from prophrl_data.bags import BagError, BagWriter
+from prophrl_common.bag_error import BagError
+from prophrl_data.bag_writer import BagWriter
 from prophrl_common.chunks import array_to_chunk
 from prophrl_common.images import numpy_to_image
 from prophrl_common.robots import load_robot_config

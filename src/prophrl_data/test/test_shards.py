@@ -1,8 +1,10 @@
-"""prophrl_data.shards: what the writer writes (write_shard + write_index) the one reader (EpisodeDataset) returns."""
+"""prophrl_data.shards: what the writer writes (write_shard + write_index) the one reader (EpisodeDataset) returns,
+checked, as the one episode record (ShardEpisode), also resized to a model's image size."""
 
 import warnings
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -10,7 +12,7 @@ from prophrl_common.config_io import ConfigError
 from prophrl_common.geometry import CameraCalibration
 from prophrl_common.robots import load_robot_config
 from prophrl_data.alignment import DatasetTopics, EpisodeSamples
-from prophrl_data.shards import SHARD_ARRAYS, EpisodeDataset, write_index, write_shard
+from prophrl_data.shards import SHARD_ARRAYS, EpisodeDataset, ShardEpisode, write_index, write_shard
 
 ROBOT = load_robot_config("panda_sim")
 CAMERA = {"k": [60.0, 0.0, 15.5, 0.0, 60.0, 15.5, 0.0, 0.0, 1.0], "width": 32, "height": 32,
@@ -92,3 +94,55 @@ def test_a_missing_or_damaged_shard_and_a_wrong_dataset_are_config_errors(tmp_pa
         EpisodeDataset(tmp_path, "joint_position", needed_by="SFT")
     with pytest.raises(ConfigError, match="not a bags2dataset output"):
         EpisodeDataset(tmp_path / "nowhere")
+
+
+def test_an_episode_resized_to_a_model_image_size_keeps_its_pixels_and_camera_consistent(tmp_path):
+    rng = np.random.default_rng(3)
+    _write(tmp_path / "lift_data", [_episode(rng, 4, "lift the cube", True, CAMERA), _episode(rng, 3, "b", False)])
+    dataset = EpisodeDataset(tmp_path / "lift_data")
+    recorded, resized = dataset.episode(0), dataset.episode(0, image_size=16)
+    # the dataset-qualified name and what the dataset says of every episode
+    assert (resized.name, resized.episode_id, resized.dataset, resized.robot, resized.control_period_s) == \
+        ("lift_data/ep-lift the cube", "ep-lift the cube", tmp_path / "lift_data", "panda_sim", 0.05)
+    assert ShardEpisode(7, {}, Path("s.npz"), {}, Path("d")).name == "d/episode_000007"
+    # frames: cv2.INTER_AREA of the recorded ones, nothing else changes
+    expected = np.stack([cv2.resize(frame, (16, 16), interpolation=cv2.INTER_AREA) for frame in recorded.frames])
+    assert resized.frames.dtype == np.uint8 and np.array_equal(resized.frames, expected)
+    for name in SHARD_ARRAYS[1:]:
+        assert np.array_equal(resized[name], recorded[name]), name
+    assert recorded.image_size is None and resized.image_size == 16 and recorded.frames.shape[1:3] == (32, 32)
+    # the calibration follows the frames: intrinsics halve (pixel centres stay put), the pose is the same
+    camera, scaled = recorded.calibration, resized.calibration
+    assert (scaled.width, scaled.height) == (16, 16) and scaled == camera.resized(16, 16)
+    assert (scaled.fx, scaled.fy) == pytest.approx((camera.fx / 2, camera.fy / 2))
+    assert scaled.cx == pytest.approx((camera.cx + 0.5) / 2 - 0.5)
+    np.testing.assert_array_equal(scaled.world_to_camera_matrix, camera.world_to_camera_matrix)
+    assert dataset.episode(1, image_size=16).calibration is None
+    # frames already at the size are kept as they are; episodes(image_size=...) resizes every episode
+    assert recorded.resized(32).frames is recorded.frames
+    assert [e.frames.shape[1:] for e in dataset.episodes(("frames",), image_size=8)] == [(8, 8, 3)] * 2
+    with pytest.raises(ConfigError, match="image_size must be positive"):
+        recorded.resized(0)
+    with pytest.raises(ConfigError, match="resizing needs the frames"):
+        dataset.episode(0, ("actions",), image_size=16)
+
+
+def test_the_reader_checks_the_arrays_against_the_format(tmp_path):
+    rng = np.random.default_rng(4)
+    written = _episode(rng, 4, "a", True)
+    _write(tmp_path, [written])
+    shard = tmp_path / "shards" / "episode_000000.npz"
+    arrays = {name: getattr(written, name) for name in SHARD_ARRAYS}
+    nan_actions = arrays["actions"].copy()
+    nan_actions[2, 0] = np.nan
+    for change, message in [({"actions": nan_actions}, "actions must be finite"),
+                            ({"ee_pose": arrays["ee_pose"][:3]}, "the arrays must have one row per sample"),
+                            ({"ee_pose": arrays["ee_pose"][:, :6]}, r"ee_pose must be \(4, 7\)"),
+                            ({"frames": arrays["frames"].astype(np.float32)}, r"frames must be \(N, H, W, 3\) uint8"),
+                            ({"actions": arrays["actions"][:, :6]}, r"actions must be \(4, 7\)")]:
+        with shard.open("wb") as f:
+            np.savez(f, **{**arrays, **change})
+        with pytest.raises(ConfigError, match=rf"episode_000000\.npz: {message}"):
+            EpisodeDataset(tmp_path).episode(0)
+    # only the arrays read are checked
+    assert len(EpisodeDataset(tmp_path).episode(0, ("frames", "ee_pose"))) == 4

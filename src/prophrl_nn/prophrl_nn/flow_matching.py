@@ -1,11 +1,14 @@
-"""Flow-matching sampling for action chunks: the Euler ODE sampler and Flow-GRPO's ODE-to-SDE step.
+"""Rectified flow (flow matching), shared by the policy's action chunks and Prophet's video latents.
 
-Kept apart from the model (diffusers-style): the model only predicts a velocity v(x_t, t, obs);
-this module owns the time grid, the update rules and the per-step Gaussian log-probabilities
-that FA-GRPO and FlowScale need.
+Kept apart from the models (diffusers-style): a model only predicts a velocity v(x_t, t, conditions);
+this module owns the time grid, the noising of training targets, the Euler (ODE) update, Flow-GRPO's
+ODE-to-SDE step and the per-step Gaussian log-probabilities that FA-GRPO and FlowScale need.
 
-Conventions (pi0): x_t = t * eps + (1 - t) * a, t = 1 is pure noise, target velocity u = eps - a.
+Conventions (pi0): x_t = t * eps + (1 - t) * x0, t = 1 is pure noise, target velocity u = eps - x0.
 Sampling integrates from t = 1 to t = 0 in K steps, sigma_k = 1 - k / K, dt_k = sigma_{k+1} - sigma_k < 0.
+A time shift s > 1 (Wan / SD3; Prophet's ``timestep_shift``) spends more of the schedule at high noise,
+which large frames need: sigma' = s * sigma / (1 + (s - 1) * sigma), applied to training times and the
+sampling grid alike. The policy samples unshifted (s = 1).
 
 SDE step (Flow-GRPO, noise level `a`):
     std_k  = a * sqrt(sigma / (1 - sigma))          (1 - sigma_{k+1} in the denominator at sigma = 1)
@@ -56,11 +59,37 @@ class SamplerConfig:
         return step_noise_variance(self.num_steps, self.noise_level)
 
 
-def sigmas(num_steps: int, device=None, dtype=torch.float32) -> torch.Tensor:
-    """sigma_0 = 1 > sigma_1 > ... > sigma_K = 0 (K + 1 values)."""
-    if num_steps < 1:
-        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
-    return torch.linspace(1.0, 0.0, num_steps + 1, device=device, dtype=dtype)
+def shift_sigmas(sigmas: torch.Tensor, shift: float) -> torch.Tensor:
+    if shift == 1.0:
+        return sigmas
+    return shift * sigmas / (1 + (shift - 1) * sigmas)
+
+
+def sigmas(num_steps: int, shift: float = 1.0, device=None, dtype=torch.float32) -> torch.Tensor:
+    """sigma_0 = 1 > sigma_1 > ... > sigma_K = 0 (K + 1 values), shifted by `shift`. K = 0 gives [1]: no step,
+    the output is the noise."""
+    if num_steps < 0:
+        raise ValueError(f"num_steps must be >= 0, got {num_steps}")
+    if num_steps == 0:
+        return torch.ones(1, device=device, dtype=dtype)
+    return shift_sigmas(torch.linspace(1.0, 0.0, num_steps + 1, device=device, dtype=dtype), shift)
+
+
+def sample_training_times(batch: int, shift: float = 1.0, generator: torch.Generator | None = None,
+                          device=None) -> torch.Tensor:
+    """t ~ U(0, 1), shifted: one diffusion time per sample, (B,)."""
+    t = torch.rand(batch, generator=generator, dtype=torch.float64)
+    return shift_sigmas(t, shift).to(device=device, dtype=torch.float32)
+
+
+def add_noise(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """x_t = t * noise + (1 - t) * x0 with t (B,) broadcast over the remaining dims."""
+    t = t.view(-1, *([1] * (x0.ndim - 1)))
+    return t * noise + (1 - t) * x0
+
+
+def velocity_target(x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    return noise - x0
 
 
 def sde_std(sigma: float, sigma_next: float, noise_level: float) -> float:
@@ -79,7 +108,7 @@ def step_noise_variance(num_steps: int, noise_level: float) -> torch.Tensor:
     return torch.tensor(out)
 
 
-def ode_step(x: torch.Tensor, velocity: torch.Tensor, sigma: float, sigma_next: float) -> torch.Tensor:
+def euler_step(x: torch.Tensor, velocity: torch.Tensor, sigma: float, sigma_next: float) -> torch.Tensor:
     return x + (sigma_next - sigma) * velocity
 
 

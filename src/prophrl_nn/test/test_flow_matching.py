@@ -9,8 +9,24 @@ from prophrl_nn import flow_matching as fm
 def test_sigma_grid_runs_from_noise_to_data():
     grid = fm.sigmas(4)
     assert grid.tolist() == [1.0, 0.75, 0.5, 0.25, 0.0]
+    assert fm.sigmas(0).tolist() == [1.0]
     with pytest.raises(ValueError):
-        fm.sigmas(0)
+        fm.sigmas(-1)
+
+
+def test_shifted_grid_and_training_noise():
+    shifted = fm.sigmas(4, shift=3.0, dtype=torch.float64).tolist()
+    assert shifted[0] == pytest.approx(1.0) and shifted[-1] == 0.0 and shifted[2] == pytest.approx(0.75)
+    x0, noise, t = torch.randn(3, 5), torch.randn(3, 5), torch.tensor([0.0, 0.5, 1.0])
+    x_t = fm.add_noise(x0, noise, t)
+    torch.testing.assert_close(x_t[0], x0[0])
+    torch.testing.assert_close(x_t[2], noise[2])
+    # one Euler step with the exact velocity from t lands on x0
+    v = fm.velocity_target(x0, noise)
+    torch.testing.assert_close(fm.euler_step(x_t[1], v[1], 0.5, 0.0), x0[1])
+    times = fm.sample_training_times(1000, shift=3.0, generator=torch.Generator().manual_seed(0))
+    assert times.shape == (1000,) and 0.0 <= float(times.min()) and float(times.max()) <= 1.0
+    assert float(times.mean()) > 0.6   # the shift moves training times towards noise (unshifted mean 0.5)
 
 
 def test_sde_std_uses_next_sigma_at_the_first_step():
@@ -40,10 +56,10 @@ def test_sde_step_log_prob_is_the_closed_form_gaussian_density():
     assert abs(z.mean().item()) < 0.3 and abs(z.std().item() - 1) < 0.3
 
 
-def test_sde_mean_is_ode_step_when_noise_is_zero():
+def test_sde_mean_is_euler_step_when_noise_is_zero():
     x, v = torch.randn(2, 3), torch.randn(2, 3)
     mean, std = fm.sde_mean(x, v, 0.4, 0.3, 0.0)
-    torch.testing.assert_close(mean, fm.ode_step(x, v, 0.4, 0.3))
+    torch.testing.assert_close(mean, fm.euler_step(x, v, 0.4, 0.3))
     assert std == 0.0
 
 

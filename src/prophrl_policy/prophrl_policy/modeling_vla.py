@@ -208,7 +208,7 @@ class VLAPolicy(nn.Module):
             sigma, sigma_next = grid[k], grid[k + 1]
             v = self.velocity(x, torch.full((b,), sigma, device=x.device), obs_tokens)
             if mode == "ode":
-                x = fm.ode_step(x, v, sigma, sigma_next)
+                x = fm.euler_step(x, v, sigma, sigma_next)
             else:
                 step = fm.sde_step(x, v, sigma, sigma_next, noise_level, generator)
                 x = step.sample

@@ -1,6 +1,8 @@
 """Action-chunk executor: ActionChunk -> safety filter -> the robot's standard command interface.
 
-A thin rclpy adapter around :mod:`prophrl_robot.safety` (all limit logic lives there).
+A thin rclpy adapter around ROS-free cores: :mod:`prophrl_robot.chunk_stepper` (which row is due),
+:mod:`prophrl_robot.arm_commands` (which chunks the arm accepts, each row -> a command) and
+:mod:`prophrl_robot.safety` (all limit logic lives there).
 
 Run: ``ros2 run prophrl_robot executor_node --ros-args -p robot:=panda_sim`` (or the console
 script ``executor_node``, or ``python -m prophrl_robot.executor_node``); params file:
@@ -66,13 +68,14 @@ from std_msgs.msg import Bool, Float64, String
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
-from prophrl_common.chunks import ARM_ACTION_DIM, InvalidChunkError, chunk_period_ns, chunk_to_array, rows_due
+from prophrl_common.chunks import InvalidChunkError, chunk_period_ns, chunk_to_array, rows_due
 from prophrl_common.config_io import ConfigError
 from prophrl_common.joint_states import JointPositions
 from prophrl_common.node_clock import node_seconds
 from prophrl_common.node_parameters import declare_parameters, parameter, read_parameters
 from prophrl_common.node_runtime import run_node
 from prophrl_common.robots import RobotConfig, load_robot_config
+from prophrl_robot.arm_commands import ArmCommander
 from prophrl_robot.chunk_stepper import ChunkStepper
 from prophrl_robot.ik_backends import KinematicsIkBackend, MoveItIkBackend, select_ik_backend
 from prophrl_robot.safety import SafetyFilter, Watchdog
@@ -141,8 +144,6 @@ class ExecutorNode(LifecycleNode):
         self._stepper = ChunkStepper()
         self._next_due = 0.0
         self._last_step_time: float | None = None
-        self._last_mode: str | None = None  # "twist" | "joint"
-        self._last_joint_cmd: np.ndarray | None = None
         self._ee_pos: np.ndarray | None = None
         self._ee_time: float | None = None
         self._joints: np.ndarray | None = None
@@ -180,6 +181,7 @@ class ExecutorNode(LifecycleNode):
             self._ik, why = select_ik_backend(robot, self.params.moveit_planning_group,
                                               self.params.ik_timeout_s, f"{self.get_name()}_moveit_py")
             (self.get_logger().info if self._ik is not None else self.get_logger().warning)(why)
+        self._commander = ArmCommander(robot, self.filter, self._ik)
         self.get_logger().info(
             f"configured for robot {robot.name} ({robot.command_interface}); chunks on "
             f"{self.params.action_chunk_topic}, e-stop on {self.params.estop_topic}")
@@ -289,21 +291,10 @@ class ExecutorNode(LifecycleNode):
         except InvalidChunkError as exc:
             self._reject(msg, str(exc))
             return
-        space = msg.action_space
-        robot = self.robot
-        if space == "ee_delta_14d":
-            if np.any(actions[:, ARM_ACTION_DIM:] != 0.0):
-                self._reject(msg, f"ee_delta_14d moves a second end effector; robot {robot.name} has one arm")
-                return
-            actions, space = actions[:, :ARM_ACTION_DIM], "ee_delta_7d"
-        if space == "ee_delta_7d" and robot.command_interface == "joint_trajectory" and self._ik is None:
-            self._reject(msg, f"robot {robot.name} uses command_interface joint_trajectory, and ee_delta chunks "
-                              "need IK: its config has no kinematics and moveit_py is not configured "
-                              "(moveit_planning_group); send joint_position chunks to this robot")
-            return
-        if space == "joint_position" and actions.shape[1] != robot.num_joints:
-            self._reject(msg, f"joint_position chunk has action_dim {actions.shape[1]} but robot {robot.name} "
-                              f"has {robot.num_joints} joints {list(robot.joint_names)}")
+        try:
+            actions, space = self._commander.admit(actions, msg.action_space)
+        except InvalidChunkError as exc:
+            self._reject(msg, str(exc))
             return
         step_s = self.filter.effective_dt(msg.control_period_s)
         first_row = self._first_row_due(msg, step_s)
@@ -350,79 +341,28 @@ class ExecutorNode(LifecycleNode):
         self._next_due = now + dt - 0.5 * min(self._step_period, dt)
         self._last_step_time = now
         self._counters["executed_steps"] += 1
-        if self._stepper.space == "joint_position":
-            self._step_joint(row, dt, now)
-        elif self.robot.command_interface == "twist":
-            self._step_ee_twist(row, dt, now)
+        command = self._commander.command(row, self._stepper.space, dt, self._fresh(self._ee_pos, self._ee_time, now),
+                                          self._fresh(self._joints, self._joint_time, now))
+        for warning in command.warnings:
+            self.get_logger().warning(warning, throttle_duration_sec=1.0)
+        if command.hold:
+            self.get_logger().warning(f"safety hold: {', '.join(command.reasons)}", throttle_duration_sec=1.0)
+            if command.interface == "twist":
+                self._publish_zero_twist()
+            else:
+                self._publish_joint_hold()
+            self._state = "holding"
         else:
-            self._step_ee_ik(row, dt, now)
+            if command.interface == "twist":
+                self._publish_twist(command.linear, command.angular)
+            else:
+                self._publish_trajectory(command.positions, dt)
+            if command.gripper is not None:
+                self._gripper_pub.publish(Float64(data=command.gripper))
+            self._state = "executing"
         self.watchdog.step_executed(now)
         if last:
             self._counters["completed_chunks"] += 1
-
-    def _log_hold(self, reasons: tuple[str, ...]) -> None:
-        self.get_logger().warning(f"safety hold: {', '.join(reasons)}", throttle_duration_sec=1.0)
-
-    def _step_ee_twist(self, row: np.ndarray, dt: float, now: float) -> None:
-        result = self.filter.filter_ee_delta(row, self._fresh(self._ee_pos, self._ee_time, now))
-        self._last_mode = "twist"
-        if result.hold:
-            self._log_hold(result.reasons)
-            self._publish_zero_twist()
-            self._state = "holding"
-            return
-        linear, angular = self.filter.twist_from_delta(result.command, dt)
-        self._publish_twist(linear, angular)
-        self._gripper_pub.publish(Float64(data=float(result.command[6])))
-        self._state = "executing"
-
-    def _step_ee_ik(self, row: np.ndarray, dt: float, now: float) -> None:
-        joints = self._fresh(self._joints, self._joint_time, now)
-        ee = self._fresh(self._ee_pos, self._ee_time, now)
-        if ee is None and joints is not None and np.all(np.isfinite(joints)):
-            try:
-                ee = self._ik.ee_position(joints)
-            except Exception as exc:  # noqa: BLE001 (never crash on a solver error)
-                self.get_logger().warning(f"{self._ik.name} forward kinematics failed: {exc}",
-                                          throttle_duration_sec=1.0)
-        result = self.filter.filter_ee_delta(row, ee)
-        target = None
-        if not result.hold and joints is not None and np.all(np.isfinite(joints)):
-            try:
-                target = self._ik.solve(joints, result.command)
-            except Exception as exc:  # noqa: BLE001
-                self.get_logger().warning(f"{self._ik.name} IK failed: {exc}", throttle_duration_sec=1.0)
-            if target is None:
-                self.get_logger().warning("no IK solution for the filtered ee step: holding", throttle_duration_sec=1.0)
-        if target is None:
-            self._log_hold(result.reasons or ("no_ik",))
-            self._publish_joint_hold()
-            self._last_joint_cmd = None
-            self._state = "holding"
-            return
-        self._step_joint(target, dt, now)
-        self._gripper_pub.publish(Float64(data=float(result.command[6])))
-
-    def _step_joint(self, row: np.ndarray, dt: float, now: float) -> None:
-        current = self._fresh(self._joints, self._joint_time, now)
-        reference = None
-        if (self._last_mode == "joint" and self._last_joint_cmd is not None and current is not None
-                and np.all(np.isfinite(current))):
-            # Stream from the last command while the arm tracks it (bounded tracking error),
-            # else restart from the measured position.
-            if np.all(np.abs(self._last_joint_cmd - current) <= 2.0 * self.filter.joint_step_limits(dt)):
-                reference = self._last_joint_cmd
-        result = self.filter.filter_joint_position(row, current, dt, reference=reference)
-        self._last_mode = "joint"
-        if result.hold:
-            self._log_hold(result.reasons)
-            self._publish_joint_hold()
-            self._last_joint_cmd = None
-            self._state = "holding"
-            return
-        self._publish_trajectory(result.command, dt)
-        self._last_joint_cmd = result.command
-        self._state = "executing"
 
     # ---------------------------------------------------------------- outputs
     def _publish_twist(self, linear: np.ndarray, angular: np.ndarray) -> None:
@@ -462,9 +402,9 @@ class ExecutorNode(LifecycleNode):
             return
         if self.robot.command_interface == "twist":
             self._publish_zero_twist()
-        if self.robot.command_interface == "joint_trajectory" or self._last_mode == "joint":
+        if self.robot.command_interface == "joint_trajectory" or self._commander.last_interface == "joint":
             self._publish_joint_hold()
-        self._last_joint_cmd = None
+        self._commander.forget_joint_command()
         self.get_logger().info(f"hold ({why})")
 
     # ---------------------------------------------------------------- watchdog / e-stop

@@ -1,7 +1,7 @@
 """Episode recorder: one rosbag2 bag (MCAP storage) per episode, written off the callback thread.
 
-A thin rclpy adapter around :mod:`prophrl_data.bags` (the file format, crash tolerance and
-recovery live there).
+A thin rclpy adapter around :mod:`prophrl_data.bag_writer` (the file format, crash tolerance and
+recovery live there and in :mod:`prophrl_data.bag_format` and :mod:`prophrl_data.bag_reader`).
 
 Run: ``ros2 run prophrl_robot recorder_node`` (or the console script ``recorder_node``, or
 ``python -m prophrl_robot.recorder_node``); params file: ``config/nodes/recorder_node.yaml``.
@@ -31,7 +31,7 @@ Run: ``ros2 run prophrl_robot recorder_node`` (or the console script ``recorder_
 * Disk I/O runs on a writer thread behind a queue: callbacks only enqueue. When more than
   ``queue_size`` messages are waiting, new ones are dropped and counted (logged, and stored as
   ``dropped_messages`` in the bag's custom_data). Data reaches the file at least every
-  ``flush_period_s``, so a killed recorder loses at most about that much (see prophrl_data.bags).
+  ``flush_period_s``, so a killed recorder loses at most about that much (see prophrl_data.bag_reader).
 * After each bag is closed its path is logged and published on ``~/last_bag``
   (std_msgs/String, transient-local).
 """
@@ -56,16 +56,9 @@ from std_srvs.srv import Trigger
 
 from prophrl_common.node_parameters import declare_parameters, parameter, read_parameters
 from prophrl_common.node_runtime import run_node
-from prophrl_data.bags import (
-    DEFAULT_CHUNK_SIZE_BYTES,
-    DEFAULT_FLUSH_PERIOD_S,
-    BagError,
-    BagWriter,
-    TopicQos,
-    cdr_header_stamp_ns,
-    default_typestore,
-    normalize_msgtype,
-)
+from prophrl_common.bag_error import BagError
+from prophrl_data.bag_format import TopicQos, cdr_header_stamp_ns, default_typestore, normalize_msgtype
+from prophrl_data.bag_writer import DEFAULT_CHUNK_SIZE_BYTES, DEFAULT_FLUSH_PERIOD_S, BagWriter
 from prophrl_msgs.msg import EpisodeEvent
 
 DEFAULT_TOPICS = (

@@ -42,7 +42,8 @@ def finished_episode(path: Path, settings: CollectSettings, seed: int) -> dict |
     """The summary row of a bag this collection finished for `seed` (a rerun keeps it), None for the bag of an
     interrupted episode of this collection (a rerun records the episode again). Anything else at `path` is a
     ConfigError: a rerun never touches what it did not write."""
-    from prophrl_data.bags import BagError, open_bag
+    from prophrl_common.bag_error import BagError
+    from prophrl_data.bag_reader import open_bag
 
     try:
         bag = open_bag(path)

@@ -44,7 +44,7 @@ class ToyFlowPolicy(nn.Module):
         for k in range(num_steps):
             v = self.velocity(x, torch.full((b,), grid[k]), context)
             if mode == "ode":
-                x = fm.ode_step(x, v, grid[k], grid[k + 1])
+                x = fm.euler_step(x, v, grid[k], grid[k + 1])
             else:
                 step = fm.sde_step(x, v, grid[k], grid[k + 1], noise_level, generator)
                 x = step.sample

@@ -3,7 +3,7 @@
 import pytest
 
 from prophrl.cli import main as prophrl_main
-from prophrl_data.bags import open_bag
+from prophrl_data.bag_reader import open_bag
 from prophrl_common.config_io import ConfigError
 from prophrl_trainer.collect import CollectSettings, bag_name, collect_direct
 

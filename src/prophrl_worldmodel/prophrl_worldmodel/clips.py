@@ -17,7 +17,8 @@ starting at control step ``s`` (any step, the frame grid is anchored at the star
   the model's image size), and ``calibrated``; an episode without calibration gets black frames and
   ``calibrated=False`` (Prophet then masks the action-frame stream).
 
-Frames are resized (cv2.INTER_AREA) to the model's square image size once, when the episodes are
+Episodes are prophrl_data.shards.ShardEpisode records (:func:`load_episodes`): their frames are
+resized (cv2.INTER_AREA, ShardEpisode.resized) to the model's square image size once, when they are
 loaded, so the sampler, the model and the fidelity metrics all see the same pixels.
 
 :func:`replay_episode` gives a whole episode for closed-loop replay: its first frame, the recorded
@@ -37,43 +38,18 @@ import zlib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 
 from prophrl_common.chunks import ARM_ACTION_DIM, ARM_GRIPPER
 from prophrl_common.config_io import ConfigError
-from prophrl_common.geometry import CameraCalibration, EndEffectorPose
+from prophrl_common.geometry import EndEffectorPose
 from prophrl_worldmodel.action_frames import ActionFrameStyle, integrate_actions, render_action_frames
 from prophrl_worldmodel.configuration_prophet import ProphetConfig
 from prophrl_data.shards import EpisodeDataset, ShardEpisode
 
 SUPPORTED_ACTION_SPACE = "ee_delta_7d"
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class Episode:
-    """One episode of a bags2dataset directory, frames at the model's image size."""
-
-    dataset: Path
-    index: int                 # position in the dataset's index.json
-    episode_id: str
-    robot: str
-    task: str
-    instruction: str
-    success: bool
-    frames: np.ndarray         # (N, S, S, 3) uint8, one per control step
-    ee_pose: np.ndarray        # (N, 7) float32, xyz + quaternion xyzw in the robot base frame
-    actions: np.ndarray        # (N, 7) float32, the ee_delta_7d action executed at each frame
-    calibration: CameraCalibration | None   # resized to S x S; None: unknown
-    control_period_s: float
-
-    def __len__(self) -> int:
-        return len(self.frames)
-
-    @property
-    def name(self) -> str:
-        return f"{self.dataset.name}/{self.episode_id}"
+CLIP_ARRAYS = ("frames", "ee_pose", "actions")   # the shard arrays a clip needs
 
 
 def _open_dataset(dataset_dir: Path) -> EpisodeDataset:
@@ -90,29 +66,10 @@ def _open_dataset(dataset_dir: Path) -> EpisodeDataset:
     return dataset
 
 
-def _resize(frames: np.ndarray, size: int) -> np.ndarray:
-    if frames.shape[1:3] == (size, size):
-        return frames
-    return np.stack([cv2.resize(frame, (size, size), interpolation=cv2.INTER_AREA) for frame in frames])
-
-
-def _checked_arrays(episode: ShardEpisode, image_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The episode's frames (resized to image_size), ee poses and actions, checked for shape and finiteness."""
-    shard, frames, ee_pose, actions = episode.shard, episode.frames, episode.ee_pose, episode.actions
-    n = len(frames)
-    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-        raise ConfigError(f"{shard}: frames must be (N, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
-    if ee_pose.shape != (n, 7) or actions.shape != (n, ARM_ACTION_DIM):
-        raise ConfigError(f"{shard}: ee_pose must be ({n}, 7) and actions ({n}, {ARM_ACTION_DIM}) for {n} frames, "
-                          f"got {ee_pose.shape} and {actions.shape}")
-    if not (np.isfinite(ee_pose).all() and np.isfinite(actions).all()):
-        raise ConfigError(f"{shard}: ee_pose / actions contain NaN or inf")
-    return _resize(frames, image_size), ee_pose.astype(np.float32), actions.astype(np.float32)
-
-
 def load_episodes(dataset_dirs: str | Path | Iterable[str | Path], image_size: int, *,
-                  only_successful: bool = False, show_progress: bool = False) -> list[Episode]:
-    """Every episode of one or more bags2dataset directories, frames resized to image_size x image_size.
+                  only_successful: bool = False, show_progress: bool = False) -> list[ShardEpisode]:
+    """Every episode (CLIP_ARRAYS) of one or more bags2dataset directories of ee_delta_7d actions, frames and
+    calibration resized to image_size x image_size (EpisodeDataset.episode with image_size).
 
     Raises ConfigError naming the directory / shard for anything that is not a usable dataset.
     """
@@ -125,44 +82,35 @@ def load_episodes(dataset_dirs: str | Path | Iterable[str | Path], image_size: i
         raise ConfigError("no dataset directories given")
     if image_size <= 0:
         raise ConfigError(f"image_size must be positive, got {image_size}")
-    datasets = [(d, _open_dataset(d)) for d in dataset_dirs]  # every directory checked before loading any shard
+    datasets = [_open_dataset(d) for d in dataset_dirs]  # every directory checked before loading any shard
     episodes = []
-    total = sum(len(dataset) for _, dataset in datasets)
+    total = sum(len(dataset) for dataset in datasets)
     with tqdm(total=total, desc="load episodes", unit="episode", disable=not show_progress) as bar:
-        for dataset_dir, dataset in datasets:
-            period = dataset.control_period_s
+        for dataset in datasets:
             for i, entry in enumerate(dataset.entries):
                 bar.update()
-                if only_successful and not entry.get("success", False):
-                    continue
-                recorded = dataset.episode(i, ("frames", "ee_pose", "actions"))
-                frames, ee_pose, actions = _checked_arrays(recorded, image_size)
-                calibration = recorded.calibration
-                if calibration is not None:
-                    calibration = calibration.resized(image_size, image_size)
-                episodes.append(Episode(dataset_dir, i, str(entry.get("episode_id") or f"episode_{i:06d}"),
-                                        dataset.robot, str(entry.get("task", "")),
-                                        str(entry.get("instruction", "")), bool(entry.get("success", False)),
-                                        frames, ee_pose, actions, calibration, period))
+                if not only_successful or entry.get("success", False):
+                    episodes.append(dataset.episode(i, CLIP_ARRAYS, image_size=image_size))
     if not episodes:
         raise ConfigError(f"{', '.join(map(str, dataset_dirs))}: no {'successful ' if only_successful else ''}"
                           "episodes")
     return episodes
 
 
-def split_episodes(episodes: Sequence[Episode], held_out_fraction: float) -> tuple[list[Episode], list[Episode]]:
+def split_episodes(episodes: Sequence[ShardEpisode],
+                   held_out_fraction: float) -> tuple[list[ShardEpisode], list[ShardEpisode]]:
     """(train, held_out): per dataset, round(fraction * n) episodes (at least 1 when the dataset has >= 2
     episodes and fraction > 0, never all of them), picked by a hash of the episode id."""
     if not 0.0 <= held_out_fraction < 1.0:
         raise ConfigError(f"held_out_fraction must be in [0, 1), got {held_out_fraction}")
-    by_dataset: dict[Path, list[Episode]] = {}
+    by_dataset: dict[Path, list[ShardEpisode]] = {}
     for episode in episodes:
         by_dataset.setdefault(episode.dataset, []).append(episode)
     held_out_ids: set[int] = set()
     for members in by_dataset.values():
         n = len(members)
         count = 0 if held_out_fraction == 0 or n < 2 else min(max(round(held_out_fraction * n), 1), n - 1)
-        ranked = sorted(members, key=lambda e: (zlib.crc32(e.episode_id.encode()), e.index))
+        ranked = sorted(members, key=lambda e: (zlib.crc32(e.episode_id.encode()), e.position))
         held_out_ids.update(id(e) for e in ranked[:count])
     train = [e for e in episodes if id(e) not in held_out_ids]
     held_out = [e for e in episodes if id(e) in held_out_ids]
@@ -184,13 +132,13 @@ def action_chunk(actions: np.ndarray, start: int, horizon: int) -> np.ndarray:
     return chunk
 
 
-def _start_pose(episode: Episode, step: int) -> EndEffectorPose:
+def _start_pose(episode: ShardEpisode, step: int) -> EndEffectorPose:
     gripper = float(episode.actions[step - 1, ARM_GRIPPER]) if step > 0 else 0.0  # the command in force
     pose = episode.ee_pose[step]
     return EndEffectorPose.from_quaternion(pose[:3], pose[3:], gripper)
 
 
-def _action_frames(episode: Episode, start_pose: EndEffectorPose, chunk: np.ndarray, config: ProphetConfig,
+def _action_frames(episode: ShardEpisode, start_pose: EndEffectorPose, chunk: np.ndarray, config: ProphetConfig,
                    style: ActionFrameStyle) -> np.ndarray:
     size = config.image_size
     if episode.calibration is None:
@@ -206,7 +154,7 @@ class ClipSampler:
     ``Prophet.training_loss`` (frames uint8, actions float32, calibrated bool).
     """
 
-    def __init__(self, episodes: Sequence[Episode], config: ProphetConfig,
+    def __init__(self, episodes: Sequence[ShardEpisode], config: ProphetConfig,
                  style: ActionFrameStyle = ActionFrameStyle()):
         self.config, self.style = config, style
         self.episodes = list(episodes)
@@ -281,12 +229,12 @@ class ReplayEpisode:
     frame_period_s: float                # time between two predicted frames
 
 
-def replay_chunks(episode: Episode, config: ProphetConfig, start: int = 0) -> int:
+def replay_chunks(episode: ShardEpisode, config: ProphetConfig, start: int = 0) -> int:
     """How many whole action chunks (with all their real frames) fit after control step `start`."""
     return max(len(episode) - 1 - start, 0) // config.action_horizon
 
 
-def replay_episode(episode: Episode, config: ProphetConfig, chunks: int | None = None, start: int = 0,
+def replay_episode(episode: ShardEpisode, config: ProphetConfig, chunks: int | None = None, start: int = 0,
                    style: ActionFrameStyle = ActionFrameStyle()) -> ReplayEpisode:
     """The episode from control step `start`: at most `chunks` chunks (default: all that fit)."""
     if chunks is not None and chunks <= 0:

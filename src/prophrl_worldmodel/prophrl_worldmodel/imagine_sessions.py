@@ -3,8 +3,10 @@
 GoalQueue: Imagine goals (and model swaps) are served one at a time in arrival order; a goal that would
 wait behind more than `max_queued` others is refused at once ("busy"). SessionTable: a session keeps a
 group of imagined rollouts between goals (named by session_id); it is closed on request, after `ttl_s`
-idle, when the model it ran on is replaced, or when a goal on it fails. Also here: where live imagination
-starts (load_dataset_start) and how a chunk is fitted to the world model's clip (fit_chunk).
+idle, when the model it ran on is replaced, or when a goal on it fails. ServedModel: the model the server
+serves and its generation, swapped atomically. goal_chunks / goal_start: an Imagine goal's chunks and
+start, checked (a bad goal is a GoalError with the reason). Also here: where live imagination starts
+(load_dataset_start) and how a chunk is fitted to the world model's clip (fit_chunk).
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from prophrl_common.chunks import ARM_ACTION_DIM, ARM_GRIPPER
+from prophrl_common.chunks import ARM_ACTION_DIM, ARM_GRIPPER, EE_ACTION_SPACES, InvalidChunkError, chunk_to_array
 from prophrl_common.config_io import ConfigError
+from prophrl_common.images import ImageConversionError, to_rgb8
 from prophrl_worldmodel.imagination import ImaginationStart, ImaginedRollouts
 
 
@@ -29,6 +32,24 @@ class GoalError(Exception):
 
 class Canceled(Exception):
     """The goal was canceled (the message says when)."""
+
+
+class ServedModel:
+    """The Prophet model a server serves. `lock` serialises model calls and the swap; `generation` counts swaps
+    (a session or a live episode that ran on an older generation is stale)."""
+
+    def __init__(self, model=None, path: str = ""):
+        self.lock = threading.Lock()
+        self.model, self.path, self.generation = model, path, 0
+
+    def current(self) -> tuple[object, int]:
+        with self.lock:
+            return self.model, self.generation
+
+    def swap(self, model, path: str) -> None:
+        """Serve `model` from now on (the caller holds `lock`)."""
+        self.model, self.path = model, path
+        self.generation += 1
 
 
 class GoalQueue:
@@ -150,6 +171,62 @@ class SessionTable:
             if not keep and not opened and self._sessions.pop(session_id, None) is not None:
                 return 0, 1
         return 0, 0
+
+
+def goal_chunks(goal, config) -> list[np.ndarray]:
+    """The (horizon, action_dim) arrays of an Imagine goal's chunks, checked against the model `config`."""
+    horizon = config.action_horizon
+    arrays, dims = [], set()
+    for i, msg in enumerate(goal.chunks):
+        try:
+            actions = chunk_to_array(msg)
+        except InvalidChunkError as exc:
+            raise GoalError(f"chunk {i}: {exc}") from None
+        if msg.action_space not in EE_ACTION_SPACES:
+            raise GoalError(f"chunk {i}: action_space {msg.action_space!r} cannot be imagined; the world model "
+                            f"takes end-effector deltas {sorted(EE_ACTION_SPACES)}")
+        if actions.shape[0] != horizon:
+            raise GoalError(f"chunk {i} has horizon {actions.shape[0]}, but the world model executes exactly "
+                            f"{horizon} actions per clip (frames_per_clip {config.frames_per_clip} x "
+                            f"actions_per_frame {config.actions_per_frame}): send chunks of {horizon} steps")
+        if actions.shape[1] > config.action_dim:
+            raise GoalError(f"chunk {i} has {actions.shape[1]} action dims; this world model takes at most "
+                            f"{config.action_dim}")
+        dims.add(actions.shape[1])
+        arrays.append(actions)
+    if len(dims) > 1:
+        raise GoalError(f"chunks mix action dims {sorted(dims)}")
+    return arrays
+
+
+def goal_start(goal) -> ImaginationStart:
+    """Where a one-shot goal or a new session starts: its context frames, start pose and gripper, checked."""
+    if not goal.context_frames:
+        raise GoalError("a new session or one-shot goal needs context_frames (oldest first; the last one is "
+                        "the start frame)")
+    first = goal.context_frames[0]
+    frames = []
+    for i, image in enumerate(goal.context_frames):
+        if (image.width, image.height, image.encoding) != (first.width, first.height, first.encoding):
+            raise GoalError(f"context frame {i} is {image.width}x{image.height} {image.encoding}, but frame 0 is "
+                            f"{first.width}x{first.height} {first.encoding}: all context frames must share "
+                            "one size and encoding")
+        try:
+            frames.append(to_rgb8(image))
+        except ImageConversionError as exc:
+            raise GoalError(f"context frame {i}: {exc}") from None
+    if first.width == 0 or first.height == 0:
+        raise GoalError("context frames are empty (0 pixels)")
+    pose = None
+    if len(goal.start_ee_pose):
+        if len(goal.start_ee_pose) != 7:
+            raise GoalError(f"start_ee_pose must be empty or 7 values (x y z qx qy qz qw), got "
+                            f"{len(goal.start_ee_pose)}")
+        pose = np.asarray(goal.start_ee_pose, np.float64)
+    try:
+        return ImaginationStart(np.stack(frames), goal.instruction, pose, float(goal.start_gripper))
+    except ConfigError as exc:
+        raise GoalError(str(exc)) from None
 
 
 def fit_chunk(actions: np.ndarray, horizon: int) -> np.ndarray:

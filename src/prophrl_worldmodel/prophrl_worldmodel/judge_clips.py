@@ -41,7 +41,7 @@ import torch
 
 from prophrl_common.chunks import ARM_ACTION_DIM
 from prophrl_common.config_io import ConfigError
-from prophrl_data.shards import EpisodeDataset
+from prophrl_data.shards import EpisodeDataset, ShardEpisode
 from prophrl_worldmodel.modeling_judge import frames_at
 
 
@@ -72,23 +72,13 @@ class ClipSettings:
 
 
 @dataclasses.dataclass
-class Episode:
-    episode_id: str
-    instruction: str
-    task: str
-    success: bool
-    frames: np.ndarray    # (L, H, W, 3) uint8
-    actions: np.ndarray   # (L, 7) float32: the action executed after each frame
-
-
-@dataclasses.dataclass
 class ClipSet:
     """Labelled clips. Unpacks as (clips, labels, instructions) for convenience."""
 
     clips: list[np.ndarray]           # (T_i, H, W, 3) uint8 each (prefixes are views of episode frames)
     labels: np.ndarray                # (N,) int64, 1 = success
     instructions: list[str]
-    groups: list[str]                 # episode id per clip: splits never cut an episode
+    groups: list[str]                 # episode name per clip ("dataset/episode_id"): splits never cut an episode
     sources: list[str]                # "real" | "imagined"
 
     def __post_init__(self):
@@ -118,22 +108,15 @@ class ClipSet:
                 "episodes": len(set(self.groups))}
 
 
-def load_episodes(dataset_dirs: str | Path | Sequence[str | Path]) -> list[Episode]:
-    """Every episode of known outcome of one or more bags2dataset outputs (frames + executed actions + ground
-    truth); those of unknown outcome are left out with a warning (see
+def load_episodes(dataset_dirs: str | Path | Sequence[str | Path]) -> list[ShardEpisode]:
+    """Every episode of known outcome of one or more bags2dataset outputs, with its frames and executed actions
+    (one per frame, checked by the reader); those of unknown outcome are left out with a warning (see
     prophrl_data.shards.episodes_with_known_outcome)."""
     if isinstance(dataset_dirs, (str, Path)):
         dataset_dirs = [dataset_dirs]
-    episodes = []
-    for directory in map(Path, dataset_dirs):
-        for episode in EpisodeDataset(directory).episodes(("frames", "actions"), known_outcome_for="judge training"):
-            frames, actions, meta = episode.frames, episode.actions, episode.entry
-            if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or len(frames) != len(actions):
-                raise ConfigError(f"{episode.shard}: expected (L, H, W, 3) uint8 frames and one action "
-                                  f"per frame, got {frames.shape} {frames.dtype} and {actions.shape}")
-            episodes.append(Episode(f"{directory.name}/{meta.get('episode_id', episode.position)}", meta["instruction"],
-                                    meta.get("task", ""), bool(meta["success"]), frames,
-                                    np.asarray(actions, np.float32)))
+    episodes = [episode for directory in map(Path, dataset_dirs)
+                for episode in EpisodeDataset(directory).episodes(("frames", "actions"),
+                                                                  known_outcome_for="judge training")]
     if not episodes:
         raise ConfigError(f"no episodes in {[str(d) for d in dataset_dirs]}")
     return episodes
@@ -158,21 +141,29 @@ def clip_ends(length: int, success: bool, settings: ClipSettings, rng: np.random
     return ends
 
 
-def _rng(settings: ClipSettings, episode_id: str) -> np.random.Generator:
+def _rng(settings: ClipSettings, name: str) -> np.random.Generator:
     import zlib
 
-    return np.random.default_rng([settings.seed, zlib.crc32(episode_id.encode())])
+    return np.random.default_rng([settings.seed, zlib.crc32(name.encode())])
 
 
-def clips_from_episodes(episodes: Sequence[Episode], settings: ClipSettings = ClipSettings()) -> ClipSet:
+def _outcome(episode: ShardEpisode) -> bool:
+    """The episode's success; one of unknown outcome has no labelled clips (load_episodes leaves it out)."""
+    if episode.success is None:
+        raise ConfigError(f"{episode.name}: the outcome is unknown, its clips cannot be labelled")
+    return bool(episode.success)
+
+
+def clips_from_episodes(episodes: Sequence[ShardEpisode], settings: ClipSettings = ClipSettings()) -> ClipSet:
+    """Labelled prefixes of episodes of known outcome (see the module docstring), grouped by episode name."""
     settings.validate()
     clips, labels, instructions, groups = [], [], [], []
     for ep in episodes:
-        for end, label in clip_ends(len(ep.frames), ep.success, settings, _rng(settings, ep.episode_id)):
+        for end, label in clip_ends(len(ep.frames), _outcome(ep), settings, _rng(settings, ep.name)):
             clips.append(ep.frames[:end + 1])
             labels.append(label)
             instructions.append(ep.instruction)
-            groups.append(ep.episode_id)
+            groups.append(ep.name)
     return ClipSet(clips, np.array(labels, np.int64), instructions, groups, ["real"] * len(clips))
 
 
@@ -194,7 +185,7 @@ def replay_chunks(actions: np.ndarray, horizon: int) -> np.ndarray:
 
 
 def imagined_clips(prophet, dataset_dirs=None, settings: ClipSettings = ClipSettings(), *,
-                   episodes: Sequence[Episode] | None = None, max_episodes: int | None = None,
+                   episodes: Sequence[ShardEpisode] | None = None, max_episodes: int | None = None,
                    num_steps: int | None = None, batch_size: int = 4, seed: int = 0,
                    show_progress: bool = False) -> ClipSet:
     """Replay recorded episodes' actions through Prophet from their first frame; label every imagined
@@ -236,11 +227,11 @@ def imagined_clips(prophet, dataset_dirs=None, settings: ClipSettings = ClipSett
     for i, ep in enumerate(episodes):
         video = videos[i]
         last = len(video) - 1
-        for end, label in clip_ends(len(ep.frames), ep.success, settings, _rng(settings, ep.episode_id)):
+        for end, label in clip_ends(len(ep.frames), _outcome(ep), settings, _rng(settings, ep.name)):
             k = math.ceil(end / apf) if label else end // apf
             k = max(1, min(k, last))
             clips.append(video[:k + 1])
             labels.append(label)
             instructions.append(ep.instruction)
-            groups.append(ep.episode_id)
+            groups.append(ep.name)
     return ClipSet(clips, np.array(labels, np.int64), instructions, groups, ["imagined"] * len(clips))

@@ -45,7 +45,7 @@ from prophrl_common.atomic_io import atomic_directory
 from prophrl_common.chunks import ARM_ACTION_DIM
 from prophrl_common.weights import load_safetensors, save_finite_safetensors
 from prophrl_common.config_io import ConfigError
-from prophrl_nn import schedulers
+from prophrl_nn import flow_matching
 from prophrl_worldmodel.configuration_prophet import ProphetConfig
 from prophrl_worldmodel.prophet_modules import (ProphetConditioning, build_from_scratch,
                                                  initial_latent_statistics, load_pretrained_base, vae_compression)
@@ -344,9 +344,9 @@ class Prophet(nn.Module):
 
         conditions = self._conditions(start_latent, history_latents, actions, action_frame_latents, calibrated)
         noise = randn_tensor(target.shape, generator=generator, device=self.device, dtype=target.dtype)
-        t = schedulers.sample_training_times(b, self.config.timestep_shift, generator, self.device)
-        noisy = schedulers.add_noise(target, noise, t)
-        return F.mse_loss(self.velocity(noisy, t, conditions), schedulers.velocity_target(target, noise))
+        t = flow_matching.sample_training_times(b, self.config.timestep_shift, generator, self.device)
+        noisy = flow_matching.add_noise(target, noise, t)
+        return F.mse_loss(self.velocity(noisy, t, conditions), flow_matching.velocity_target(target, noise))
 
     # ----- generation ------------------------------------------------------------------------------
     @torch.no_grad()
@@ -381,10 +381,10 @@ class Prophet(nn.Module):
         else:
             x = randn_tensor(shape, generator=generator, device=self.device, dtype=torch.float32)
         steps = self.config.num_inference_steps if num_steps is None else num_steps
-        sigmas = schedulers.sampling_sigmas(steps, self.config.timestep_shift)
+        sigmas = flow_matching.sigmas(steps, self.config.timestep_shift, dtype=torch.float64).tolist()
         for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
             v = self.velocity(x, torch.full((b,), sigma, device=self.device), conditions)
-            x = schedulers.euler_step(x, v, sigma, sigma_next)
+            x = flow_matching.euler_step(x, v, sigma, sigma_next)
         return self.decode_latents(x)
 
     @torch.no_grad()

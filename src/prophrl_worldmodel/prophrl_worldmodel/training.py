@@ -39,8 +39,8 @@ from prophrl_common.atomic_io import write_json_atomic
 from prophrl_common.config_io import ConfigError
 from prophrl_common.outputs import OutputKind, check_output_dir
 from prophrl_common.weights import require_finite_loss
-from prophrl_worldmodel.clips import (ClipSampler, Episode, load_episodes, replay_chunks, replay_episode,
-                                      split_episodes)
+from prophrl_data.shards import ShardEpisode
+from prophrl_worldmodel.clips import ClipSampler, load_episodes, replay_chunks, replay_episode, split_episodes
 from prophrl_worldmodel.configuration_prophet import ProphetConfig
 from prophrl_worldmodel.metrics import VideoMetrics, aggregate_by_horizon, video_metrics
 from prophrl_worldmodel.modeling_prophet import Prophet
@@ -111,7 +111,7 @@ class _Logger:
             self.writer.close()
 
 
-def _held_out_sampler(episodes: list[Episode], config: ProphetConfig) -> ClipSampler | None:
+def _held_out_sampler(episodes: list[ShardEpisode], config: ProphetConfig) -> ClipSampler | None:
     """A sampler over the held-out episodes, or None when there are none or they are all too short."""
     try:
         return ClipSampler(episodes, config) if episodes else None
@@ -321,7 +321,7 @@ def adapt(checkpoint: str | Path, dataset_dirs: str | Path | Iterable[str | Path
 
 
 def _bag_robot(bag: Path) -> str:
-    from prophrl_data.bags import open_bag
+    from prophrl_data.bag_reader import open_bag
 
     robot = open_bag(bag).custom_data.get("robot", "")
     if not robot:
@@ -335,7 +335,7 @@ def adapt_from_bags(checkpoint: str | Path, bag_paths: Sequence[str | Path], ste
                     **adapt_kwargs) -> AdaptResult:
     """bags2dataset on rosbag2 episodes (one dataset per robot; the robot comes from each bag's metadata
     unless given), then :func:`adapt`. The datasets go to dataset_dir (kept) or a temporary directory."""
-    from prophrl_data.bags import discover_bags
+    from prophrl_data.bag_reader import discover_bags
     from prophrl_data.conversion import bags2dataset
 
     check_output_dir(out_dir, PROPHET_OUTPUT, overwrite=adapt_kwargs.get("overwrite", False),
@@ -358,9 +358,9 @@ def adapt_from_bags(checkpoint: str | Path, bag_paths: Sequence[str | Path], ste
 
 
 # ----- fidelity ------------------------------------------------------------------------------------------
-def _eval_episodes(episodes: list[Episode], config: ProphetConfig, count: int) -> list[Episode]:
+def _eval_episodes(episodes: list[ShardEpisode], config: ProphetConfig, count: int) -> list[ShardEpisode]:
     """Up to `count` episodes with at least one whole chunk, taken round-robin over the datasets."""
-    by_dataset: dict[Path, list[Episode]] = {}
+    by_dataset: dict[Path, list[ShardEpisode]] = {}
     for episode in episodes:
         if replay_chunks(episode, config) >= 1:
             by_dataset.setdefault(episode.dataset, []).append(episode)

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from prophrl_data.bags import BagWriter, open_bag
+from prophrl_data.bag_reader import open_bag
+from prophrl_data.bag_writer import BagWriter
 from prophrl_common.config_io import ConfigError
 from prophrl_common.geometry import CameraCalibration, EndEffectorPose
 from prophrl_worldmodel.action_frames import integrate_actions

@@ -4,15 +4,17 @@ VLM backend on a tiny offline LLaVA, and the `prophrl judge` CLI."""
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from prophrl_common.config_io import ConfigError
+from prophrl_data.shards import ShardEpisode
 from prophrl_worldmodel.configuration_judge import get_judge_config
-from prophrl_worldmodel.judge_clips import (ClipSettings, Episode, clip_ends, clips_from_datasets,
-                                            clips_from_episodes, imagined_clips, load_episodes, replay_chunks)
+from prophrl_worldmodel.judge_clips import (ClipSettings, clip_ends, clips_from_datasets, clips_from_episodes,
+                                            imagined_clips, load_episodes, replay_chunks)
 from prophrl_worldmodel.judge_metrics import evaluate_judge, precision_recall, recall_threshold, roc_auc
 from prophrl_worldmodel.judge_training import JudgeTrainConfig, train_judge
 from prophrl_worldmodel.modeling_judge import (CONFIG_NAME, WEIGHTS_NAME, RewardJudge, VLMJudge, load_judge,
@@ -63,6 +65,13 @@ def _random_clip(t, h=40, w=40, seed=0):
     return np.random.default_rng(seed).integers(0, 256, (t, h, w, 3), dtype=np.uint8)
 
 
+def _episode(episode_id, success, frames, actions):
+    """An episode of dataset "d" as the shard reader gives it (frames and actions read)."""
+    entry = {"episode_id": episode_id, "instruction": "lift the red cube", "task": "lift", "success": success}
+    return ShardEpisode(0, entry, Path("d/shards/episode_000000.npz"), {"frames": frames, "actions": actions},
+                        Path("d"))
+
+
 def _small_judge(seed=0, **overrides):
     torch.manual_seed(seed)
     return RewardJudge(get_judge_config("tiny", image_size=32, num_frames=4, **overrides)).eval()
@@ -102,9 +111,10 @@ def test_clip_labels_match_the_sims_ground_truth():
 
 def test_clips_are_prefixes_of_the_episode_without_copies():
     frames = _random_clip(60, 8, 8)
-    ep = Episode("ep", "lift the red cube", "lift", True, frames, np.zeros((60, 7), np.float32))
+    ep = _episode("ep", True, frames, np.zeros((60, 7), np.float32))
     clips = clips_from_episodes([ep], ClipSettings(seed=1))
     assert len(clips) == 3 + 3 and clips.labels.tolist().count(1) == 3
+    assert set(clips.groups) == {"d/ep"}  # grouped by the dataset-qualified episode name
     for clip, label in zip(clips.clips, clips.labels):
         assert np.shares_memory(clip, frames) and np.array_equal(clip, frames[:len(clip)])
         assert (len(clip) >= 58) == bool(label)
@@ -112,6 +122,8 @@ def test_clips_are_prefixes_of_the_episode_without_copies():
     assert len(unpacked_clips) == len(labels) == len(instructions) == 6
     with pytest.raises(ConfigError, match="positive_tail_frames"):
         clips_from_episodes([ep], ClipSettings(positive_tail_frames=6))
+    with pytest.raises(ConfigError, match="d/ep: the outcome is unknown"):
+        clips_from_episodes([_episode("ep", None, frames, np.zeros((60, 7), np.float32))])
 
 
 # ----------------------------------------------------------------------------- training on real clips
@@ -156,22 +168,22 @@ def test_imagined_clips_replay_the_episode_and_keep_its_labels():
                                          history_scales=((2, 1, 2, 2), (2, 2, 4, 4)), num_layers=1,
                                          use_action_frames=False))
     rng = np.random.default_rng(0)
-    episodes = [Episode(f"ep{i}", "lift the red cube", "lift", success, _random_clip(length, 64, 64, seed=i),
-                        rng.normal(0, 0.01, (length, 7)).astype(np.float32))
+    episodes = [_episode(f"ep{i}", success, _random_clip(length, 64, 64, seed=i),
+                         rng.normal(0, 0.01, (length, 7)).astype(np.float32))
                 for i, (length, success) in enumerate(((40, True), (33, False)))]
     settings = ClipSettings(seed=3)
     real = clips_from_episodes(episodes, settings)
     imagined = imagined_clips(prophet, settings=settings, episodes=episodes, num_steps=1)
     assert imagined.labels.tolist() == real.labels.tolist() and imagined.groups == real.groups
     assert set(imagined.sources) == {"imagined"}
-    apf, by_id = 3, {ep.episode_id: ep for ep in episodes}
+    apf, by_name = 3, {ep.name: ep for ep in episodes}
     for real_clip, clip, label, group in zip(real.clips, imagined.clips, imagined.labels, imagined.groups):
         end = len(real_clip) - 1
         expected_end = math.ceil(end / apf) if label else end // apf  # a later / earlier state than the real end
         assert clip.shape[1:] == (32, 32, 3) and clip.dtype == np.uint8
         # the start frame + 2 frames per chunk of 6 actions; the replay covers the whole episode
-        video_frames = 1 + 2 * len(replay_chunks(by_id[group].actions, 6))
-        assert (video_frames - 1) * apf >= len(by_id[group].frames) - 1
+        video_frames = 1 + 2 * len(replay_chunks(by_name[group].actions, 6))
+        assert (video_frames - 1) * apf >= len(by_name[group].frames) - 1
         assert len(clip) == min(expected_end, video_frames - 1) + 1
     # frame 0 of every imagined clip is the real first frame at Prophet's size
     first = torch.nn.functional.interpolate(torch.from_numpy(episodes[0].frames[:1]).permute(0, 3, 1, 2).float(),

@@ -7,7 +7,6 @@ import torch
 from diffusers import AutoencoderKL, AutoencoderKLWan, WanTransformer3DModel
 
 from prophrl_common.config_io import ConfigError
-from prophrl_nn import schedulers
 from prophrl_worldmodel.configuration_prophet import ProphetConfig, get_prophet_config
 from prophrl_worldmodel.modeling_prophet import ADAPTER_NAME, CONFIG_NAME, WEIGHTS_NAME, Prophet, ProphetBatch
 
@@ -99,21 +98,6 @@ def test_config_json_round_trip(tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps({**json.loads(config.to_json()), "num_layers": "two"}))
     with pytest.raises(ConfigError, match="num_layers"):
         ProphetConfig.from_json_file(tmp_path / "bad.json")
-
-
-# ----- scheduler -------------------------------------------------------------------------------------
-def test_rectified_flow_schedule():
-    assert schedulers.sampling_sigmas(4) == pytest.approx([1.0, 0.75, 0.5, 0.25, 0.0])
-    assert schedulers.sampling_sigmas(0) == [1.0]
-    shifted = schedulers.sampling_sigmas(4, shift=3.0)
-    assert shifted[0] == pytest.approx(1.0) and shifted[-1] == 0.0 and shifted[2] == pytest.approx(0.75)
-    x0, noise, t = torch.randn(3, 5), torch.randn(3, 5), torch.tensor([0.0, 0.5, 1.0])
-    x_t = schedulers.add_noise(x0, noise, t)
-    torch.testing.assert_close(x_t[0], x0[0])
-    torch.testing.assert_close(x_t[2], noise[2])
-    # one Euler step with the exact velocity from t lands on x0
-    v = schedulers.velocity_target(x0, noise)
-    torch.testing.assert_close(schedulers.euler_step(x_t[1], v[1], 0.5, 0.0), x0[1])
 
 
 # ----- generation ------------------------------------------------------------------------------------
