@@ -128,6 +128,6 @@ def test_every_space_a_module_dispatches_on_is_in_the_table():
             used.setdefault(space, []).append(str(path.relative_to(ROOT)))
     unknown = {space: paths for space, paths in used.items() if space not in ACTION_SPACES}
     assert not unknown, f"action spaces missing from prophrl_common.chunks.ACTION_SPACES: {unknown}"
-    # The executor runs every space of the table, and only those.
-    executor = ROOT / "src" / "prophrl_robot" / "prophrl_robot" / "executor_node.py"
-    assert _space_literals(ast.parse(executor.read_text())) == set(ACTION_SPACES)
+    # The executor's arm commander runs every space of the table, and only those.
+    commander = ROOT / "src" / "prophrl_robot" / "prophrl_robot" / "arm_commands.py"
+    assert _space_literals(ast.parse(commander.read_text())) == set(ACTION_SPACES)
