@@ -64,6 +64,9 @@ def main() -> int:
     parser.add_argument("--replan-steps", type=int, default=2,
                         help="actions executed per chunk in the sim evaluation (same for every policy)")
     parser.add_argument("--max-steps", type=int, default=150)
+    parser.add_argument("--over-training", action="store_true",
+                        help="also evaluate every retained checkpoint of every run (RLConfig.milestone_every) and "
+                             "plot true beside imagined success along training (OUT/report/over_training/)")
     parser.add_argument("--jobs", type=int, default=2,
                         help="RL runs, then sim evaluations, at a time (one torch thread each)")
     args = parser.parse_args()
@@ -119,6 +122,9 @@ def main() -> int:
     report_args = ["--policy", f"SFT={args.policy}"]
     for label, paths in runs.items():
         report_args += ["--policy", f"{label}={','.join(map(str, paths))}"]
+    if args.over_training:
+        for label, paths in runs.items():
+            report_args += ["--over-training", f"{label}={','.join(map(str, paths))}"]
     code = report_main([*report_args, "--robot", args.robot, "--task", args.task, "--episodes", str(args.episodes),
                         "--replan-steps", str(args.replan_steps), "--max-steps", str(args.max_steps),
                         "--jobs", str(args.jobs),
@@ -143,13 +149,16 @@ def main() -> int:
     print_table("imagination side (judge reward / judged success, mean of the first and last 3 updates) and true "
                 "success of each run", ["policy", "run", "updates", "reward first", "reward last", "judged first",
                                         "judged last", "true success %", "updates/h"], rows)
-    table = [["SFT", 100 * sft_mean, 0.0, "-"]]
+    table = [["SFT", 100 * sft_mean, 0.0, "-", "-"]]
     for label in runs:
         entry = summary["policies"][label]["tasks"][args.task]
-        table.append([label, 100 * entry["mean"], 100 * entry["std"], f"{100 * (entry['mean'] - sft_mean):+.1f}"])
+        gain = entry.get("gain")
+        table.append([label, 100 * entry["mean"], 100 * entry["std"], f"{100 * (entry['mean'] - sft_mean):+.1f}",
+                      f"[{100 * gain['ci95'][0]:+.1f}, {100 * gain['ci95'][1]:+.1f}]" if gain else "-"])
     print_table(f"true success in the sim, {args.robot}/{args.task}, {args.episodes} held-out states, "
                 f"{len(args.seeds)} RL seeds, {args.updates} updates, {args.replan_steps} action(s) per chunk",
-                ["policy", "success %", "std", "gain vs SFT"], table, float_format=".1f")
+                ["policy", "success %", "std over seeds", "gain vs SFT", "gain 95 % CI (paired by state)"], table,
+                float_format=".1f")
     print(f"\nRL wall time {rl_wall / 60:.1f} min ({args.jobs} at a time); report in {args.out / 'report'}")
     return 0
 

@@ -193,7 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--prophet-steps", type=int, default=2000)
     demo.add_argument("--judge-steps", type=int, default=400)
     demo.add_argument("--rl-updates", type=int, default=40)
-    demo.add_argument("--eval-episodes", type=int, default=20)
+    demo.add_argument("--eval-episodes", type=int, default=40,
+                      help="held-out states of the final evaluation (both policies in parallel processes)")
     demo.set_defaults(func=_cmd_demo)
     return parser
 

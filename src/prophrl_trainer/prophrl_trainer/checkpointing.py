@@ -174,14 +174,15 @@ def _fsync_dir(path: Path) -> None:
 
 def save_checkpoint(checkpoint_dir: str | Path, update: int, policy, optimizer: torch.optim.Optimizer,
                     rng_tensors: dict[str, torch.Tensor], state: dict, rl_config_json: str,
-                    keep_last: int = 3) -> Path:
-    """Write checkpoint `update` atomically and keep the newest `keep_last`. Returns its directory.
+                    keep_last: int = 3, keep_every: int = 0) -> Path:
+    """Write checkpoint `update` atomically and keep the newest `keep_last`, and every checkpoint whose update
+    is a multiple of `keep_every` (> 0: milestones along training). Returns its directory.
 
     rng_tensors: named uint8 RNG states (torch.Generator.get_state()); state: JSON-able trainer state
     (update count, numpy/python RNG states, history, ...).
     """
-    if keep_last < 1:
-        raise ConfigError(f"keep_last must be >= 1, got {keep_last}")
+    if keep_last < 1 or keep_every < 0:
+        raise ConfigError(f"keep_last must be >= 1 and keep_every >= 0, got {keep_last} and {keep_every}")
     checkpoint_dir = Path(checkpoint_dir)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     final = checkpoint_dir / checkpoint_name(update)
@@ -211,6 +212,8 @@ def save_checkpoint(checkpoint_dir: str | Path, update: int, policy, optimizer: 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     for number, path in list_checkpoints(checkpoint_dir)[:-keep_last]:
+        if keep_every and number % keep_every == 0:
+            continue
         trash = checkpoint_dir / f".trash-{path.name}-{os.getpid()}"
         os.replace(path, trash)
         shutil.rmtree(trash, ignore_errors=True)

@@ -63,5 +63,30 @@ def evaluate_policy(policy: VLAPolicy | str | Path, settings: EvalSettings, poli
     return EvalResult(settings, successes, steps)
 
 
+def _evaluate_job(policy_dir: str, settings: EvalSettings, policy_seed: int, show_progress: bool) -> list[bool]:
+    return evaluate_policy(policy_dir, settings, policy_seed=policy_seed, show_progress=show_progress).successes
+
+
+def _one_torch_thread() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def evaluate_jobs(jobs: list[tuple[str, EvalSettings, int]], workers: int = 1,
+                  show_progress: bool = True) -> list[list[bool]]:
+    """Every (policy_dir, settings, policy_seed) job's per-episode successes, in order; `workers` > 1 runs
+    them in that many spawned processes of one torch thread each (every job owns its sim; same results)."""
+    if workers <= 1 or len(jobs) <= 1:
+        return [_evaluate_job(*job, show_progress) for job in jobs]
+    from tqdm import tqdm
+
+    from prophrl_common.process_pool import run_in_processes
+
+    with tqdm(total=len(jobs), desc=f"eval ({workers} processes)", unit="policy", disable=not show_progress) as bar:
+        return run_in_processes(_evaluate_job, [(*job, False) for job in jobs], min(workers, len(jobs)),
+                                initializer=_one_torch_thread, on_result=lambda _: bar.update())
+
+
 def mean_std(values: list[float]) -> tuple[float, float]:
     return (statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0)

@@ -10,12 +10,21 @@ Each --policy is LABEL=PATH[,PATH...]: one path per training seed, each a policy
 policy is evaluated, its progress.jsonl gives the learning curves, the RL update count and wall time).
 A label with several paths reports mean +- std over them (training seeds); a single checkpoint reports
 mean +- std over --policy-seeds sampling seeds. Every policy meets the same held-out initial states
-(seeds from --first-seed, never used for demonstrations).
+(seeds from --first-seed, never used for demonstrations). Each rate comes with its 95 % Wilson interval,
+and every policy after the first with its gain over the first, paired by state, with a 95 % interval
+(prophrl_trainer.success_statistics): on 20 states a gain of 10 points is usually inside the noise.
 
-Writes OUT/report.md (the table), OUT/summary.json (success per policy / task / seed, RL updates, wall
-time), OUT/learning_curves.png (imagined reward / success over updates per RL run) and, with
---world-model, OUT/videos/<label>_<task>_seed<N>.mp4: the same policy from the same start, real sim
-frames | imagined frames, side by side.
+    prophrl eval ... --over-training "FA-GRPO+FlowScale=runs/fs_s0,runs/fs_s1"
+
+also evaluates every retained checkpoint of those RL runs on the same states, beside the success the run
+judged in imagination at that update (prophrl_trainer.training_curves): where the curves part, the policy
+is exploiting the world model or the judge.
+
+Writes OUT/report.md (the table), OUT/summary.json (success per policy / task / seed and per state, the
+intervals, RL updates, wall time), OUT/learning_curves.png (imagined reward / success over updates per RL
+run), with --over-training OUT/over_training/<task>.png and, with --world-model,
+OUT/videos/<label>_<task>_seed<N>.mp4: the same policy from the same start, real sim frames | imagined
+frames, side by side.
 """
 
 from __future__ import annotations
@@ -32,7 +41,10 @@ import numpy as np
 
 from prophrl_common.config_io import ConfigError
 from prophrl_common.outputs import OutputKind, check_run_dir
-from prophrl_trainer.evaluation import HELD_OUT_SEED_BASE, EvalSettings, evaluate_policy
+from prophrl_trainer.evaluation import HELD_OUT_SEED_BASE, EvalSettings, evaluate_jobs
+from prophrl_trainer.success_statistics import Interval, paired_gain, per_state_success, wilson_interval
+from prophrl_trainer.training_curves import (curve_table, evaluate_over_training, plot_imagined_vs_true,
+                                             read_progress, run_checkpoints)
 
 SUMMARY_FORMAT = "prophrl-eval-report-v1"
 
@@ -45,10 +57,7 @@ class PolicySource:
 
     @property
     def progress(self) -> list[dict]:
-        path = None if self.run_dir is None else self.run_dir / "progress.jsonl"
-        if path is None or not path.is_file():
-            return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return [] if self.run_dir is None else read_progress(self.run_dir)
 
 
 def resolve_policy(label: str, path: str | Path) -> PolicySource:
@@ -91,30 +100,6 @@ def _run_stats(source: PolicySource) -> dict:
             "rl_wall_time_s": float(sum(m.get("time/update_total_s", 0.0) for m in progress))}
 
 
-def _evaluate_job(policy_dir: str, settings: EvalSettings, policy_seed: int, show_progress: bool) -> list[bool]:
-    return evaluate_policy(policy_dir, settings, policy_seed=policy_seed, show_progress=show_progress).successes
-
-
-def _one_torch_thread() -> None:
-    import torch
-
-    torch.set_num_threads(1)
-
-
-def _run_jobs(jobs: list[tuple[str, EvalSettings, int]], workers: int, show_progress: bool) -> list[list[bool]]:
-    """Every (policy_dir, settings, policy_seed) job's per-episode successes, in order; `workers` > 1 runs
-    them in that many spawned processes of one torch thread each (every job owns its sim)."""
-    if workers <= 1 or len(jobs) <= 1:
-        return [_evaluate_job(*job, show_progress) for job in jobs]
-    from tqdm import tqdm
-
-    from prophrl_common.process_pool import run_in_processes
-
-    with tqdm(total=len(jobs), desc=f"eval ({workers} processes)", unit="policy", disable=not show_progress) as bar:
-        return run_in_processes(_evaluate_job, [(*job, False) for job in jobs], min(workers, len(jobs)),
-                                initializer=_one_torch_thread, on_result=lambda _: bar.update())
-
-
 def evaluate_all(policies: dict[str, list[PolicySource]], tasks: Sequence[str], settings: EvalSettings,
                  policy_seeds: int = 1, show_progress: bool = True, jobs: int = 1) -> dict:
     """summary dict: per label and task, the success of every training seed (and sampling seed), with the
@@ -124,7 +109,7 @@ def evaluate_all(policies: dict[str, list[PolicySource]], tasks: Sequence[str], 
                "replan_steps": settings.replan_steps, "policies": {}}
     work = [(str(source.policy_dir), dataclasses.replace(settings, task=task), k)
             for sources in policies.values() for task in tasks for source in sources for k in range(policy_seeds)]
-    outcomes = iter(_run_jobs(work, jobs, show_progress))
+    outcomes = iter(evaluate_jobs(work, jobs, show_progress))
     for label, sources in policies.items():
         entry = {"checkpoints": [str(s.policy_dir) for s in sources], "tasks": {},
                  "runs": [_run_stats(s) for s in sources]}
@@ -138,10 +123,28 @@ def evaluate_all(policies: dict[str, list[PolicySource]], tasks: Sequence[str], 
                                  "episode_successes": [[bool(x) for x in e] for e in episodes]})
             rates = [s["success_rate"] for s in per_seed] if len(per_seed) > 1 else per_seed[0]["sampling_seeds"]
             mean, std = _mean_std(rates)
+            runs = [e for s in per_seed for e in s["episode_successes"]]
+            pooled = wilson_interval(sum(map(sum, runs)), sum(map(len, runs)))
             entry["tasks"][task] = {"per_training_seed": per_seed, "mean": mean, "std": std,
-                                    "std_over": "training seeds" if len(per_seed) > 1 else "sampling seeds"}
+                                    "std_over": "training seeds" if len(per_seed) > 1 else "sampling seeds",
+                                    "ci95": [pooled.low, pooled.high], "per_state": per_state_success(runs)}
         summary["policies"][label] = entry
+    _add_gains(summary, tasks)
     return summary
+
+
+def _add_gains(summary: dict, tasks: Sequence[str]) -> None:
+    """The paired gain of every policy over the first one, per task (same held-out states)."""
+    labels = list(summary["policies"])
+    if len(labels) < 2 or summary["episodes"] < 2:
+        return
+    baseline = labels[0]
+    for label in labels[1:]:
+        for task in tasks:
+            gain = paired_gain(summary["policies"][baseline]["tasks"][task]["per_state"],
+                               summary["policies"][label]["tasks"][task]["per_state"])
+            summary["policies"][label]["tasks"][task]["gain"] = {
+                "over": baseline, "estimate": gain.estimate, "ci95": [gain.low, gain.high], "states": gain.n}
 
 
 def markdown_table(summary: dict) -> str:
@@ -149,19 +152,25 @@ def markdown_table(summary: dict) -> str:
     lines = [f"# True success in the physics sim ({summary['robot']}, {summary['episodes']} held-out initial "
              f"states from seed {summary['first_seed']}, ODE sampling, {summary.get('replan_steps', 2)} action(s) "
              f"executed per chunk, {summary['max_steps']} steps max)", "",
-             "| policy | " + " | ".join(f"{t} success % (mean ± std)" for t in tasks) +
-             " | seeds | RL updates | RL wall time |",
-             "|---|" + "---|" * len(tasks) + "---|---|---|"]
+             "| policy | " + " | ".join(f"{t} success % (mean ± std) | {t} 95 % CI | {t} gain (95 % CI)"
+                                      for t in tasks) + " | seeds | RL updates | RL wall time |",
+             "|---|" + "---|---|---|" * len(tasks) + "---|---|---|"]
     for label, entry in summary["policies"].items():
         cells = []
         for task in tasks:
             t = entry["tasks"][task]
-            cells.append(f"{100 * t['mean']:.1f} ± {100 * t['std']:.1f}")
+            ci = f"[{100 * t['ci95'][0]:.1f}, {100 * t['ci95'][1]:.1f}]" if "ci95" in t else "-"
+            gain = t.get("gain")
+            gained = (f"{100 * gain['estimate']:+.1f} pts [{100 * gain['ci95'][0]:+.1f}, {100 * gain['ci95'][1]:+.1f}] "
+                      f"over {gain['over']}") if gain else "-"
+            cells.append(f"{100 * t['mean']:.1f} ± {100 * t['std']:.1f} | {ci} | {gained}")
         updates = [r["rl_updates"] for r in entry["runs"]]
         wall = [r["rl_wall_time_s"] for r in entry["runs"]]
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {len(entry['checkpoints'])} | "
                      f"{statistics.fmean(updates):.0f} | {statistics.fmean(wall) / 60:.1f} min |")
-    lines += ["", "± is over training seeds when a policy has several checkpoints, else over sampling seeds."]
+    lines += ["", "± is over training seeds when a policy has several checkpoints, else over sampling seeds. The 95 % CI "
+              "is the Wilson interval over all its episodes; the gain is paired by state over the first policy "
+              "(mean per-state difference, normal 95 % interval; prophrl_trainer.success_statistics)."]
     return "\n".join(lines) + "\n"
 
 
@@ -287,6 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--world-model", default="", help="Prophet checkpoint: also write real | imagined videos")
     parser.add_argument("--videos", type=int, default=1, help="videos per policy and task (with --world-model)")
     parser.add_argument("--video-chunks", type=int, default=4)
+    parser.add_argument("--over-training", action="append", default=[], metavar="LABEL=RUN[,RUN...]",
+                        help="RL run directories: true success of every retained checkpoint beside the imagined "
+                             "success the run logged (over_training/<task>.png, a table in report.md)")
     parser.add_argument("--jobs", type=int, default=1,
                         help="checkpoints evaluated in parallel processes (one torch thread each; same results)")
     parser.add_argument("--out", required=True, help="report directory")
@@ -302,23 +314,49 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 # What `prophrl eval --out` writes; a report is rewritten in place, never into another kind of directory.
 REPORT_OUTPUT = OutputKind("evaluation report", frozenset({"report.md", "summary.json", "learning_curves.png",
-                                                           "videos"}))
+                                                           "videos", "over_training"}))
+
+
+def _parse_run_args(specs: Sequence[str]) -> dict[str, list[Path]]:
+    """--over-training LABEL=RUN[,RUN...] -> label -> RL run directories (each checked for checkpoints)."""
+    runs: dict[str, list[Path]] = {}
+    for spec in specs:
+        label, sep, paths = spec.partition("=")
+        if not sep or not label.strip() or not paths.strip():
+            raise ConfigError(f"--over-training must be LABEL=RUN[,RUN...], got {spec!r}")
+        runs[label.strip()] = [Path(p.strip()) for p in paths.split(",") if p.strip()]
+        for run in runs[label.strip()]:
+            run_checkpoints(run)
+    return runs
 
 
 def _report(args: argparse.Namespace) -> int:
     policies = parse_policy_args(args.policy)
+    over_training = _parse_run_args(args.over_training)
     if args.episodes < 1 or args.policy_seeds < 1 or args.replan_steps < 1 or args.jobs < 1:
         raise ConfigError("--episodes, --policy-seeds, --replan-steps and --jobs must be >= 1")
     if args.world_model and not (Path(args.world_model) / "prophet_config.json").is_file():
         raise ConfigError(f"--world-model {args.world_model} is not a Prophet checkpoint (no prophet_config.json)")
-    out = check_run_dir(args.out, REPORT_OUTPUT, inputs=[args.world_model, *(source.policy_dir for sources in
-                                                                              policies.values() for source in sources)])
+    out = check_run_dir(args.out, REPORT_OUTPUT, inputs=[
+        args.world_model, *(source.policy_dir for sources in policies.values() for source in sources),
+        *(run for runs in over_training.values() for run in runs)])
     out.mkdir(parents=True, exist_ok=True)
     start = time.time()
+    over_training_tables: dict[str, str] = {}
     settings = EvalSettings(robot=args.robot, episodes=args.episodes, first_seed=args.first_seed,
                             max_steps=args.max_steps, replan_steps=args.replan_steps)
     summary = evaluate_all(policies, args.task, settings, args.policy_seeds, jobs=args.jobs)
     summary["eval_wall_time_s"] = time.time() - start
+    if over_training:
+        summary["over_training"] = {}
+        for task in args.task:
+            points = evaluate_over_training(over_training, dataclasses.replace(settings, task=task), jobs=args.jobs)
+            first, entry = next(iter(summary["policies"].items()))
+            ci = entry["tasks"][task]["ci95"]
+            baseline = (first, Interval(entry["tasks"][task]["mean"], ci[0], ci[1], settings.episodes))
+            plot_imagined_vs_true(points, out / "over_training" / f"{task}.png", baseline)
+            summary["over_training"][task] = [dataclasses.asdict(p) for p in points]
+            over_training_tables[task] = curve_table(points)
     if plot_learning_curves(policies, out / "learning_curves.png"):
         summary["learning_curves"] = "learning_curves.png"
     if args.world_model:
@@ -336,6 +374,9 @@ def _report(args: argparse.Namespace) -> int:
     extra = ""
     if summary.get("learning_curves"):
         extra += "\n![learning curves](learning_curves.png)\n"
+    for task, curve in over_training_tables.items():
+        extra += (f"\n## {task}: imagined vs true success over training\n\n{curve}"
+                  f"\n![imagined vs true](over_training/{task}.png)\n")
     for video in summary.get("videos", []):
         extra += f"\n- [{video}]({video}) (real sim | imagined by Prophet, same policy, same start)"
     (out / "report.md").write_text(table + extra + "\n")

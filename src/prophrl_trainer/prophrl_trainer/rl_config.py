@@ -41,7 +41,9 @@ class RLConfig:
         KL of 3.3 (clip fraction 0.8), at 1e-5 0.02-0.16 (the first update of `prophrl train --updates 1` on
         `prophrl demo`'s outputs, learning_rate set with --config).
     updates: 100 (the paper reports ~100 RL updates); `prophrl train --updates` overrides it.
-    checkpoint_every: 10 updates (and always after the last); keep_checkpoints: the newest 3.
+    checkpoint_every: 10 updates (and always after the last); keep_checkpoints: the newest 3; milestone_every:
+        20, checkpoints at multiples of it are kept too (0: none), so `prophrl eval --over-training` can put
+        the true success along training beside the imagined one.
     eval_every: 10 updates (0: never): deterministic (ODE) rollouts from `eval_states` fixed initial
         states, `eval_rollouts` each, with fixed world-model seeds, so evaluations are comparable.
     seed: 0, for the initial-state draws, the policy's sampling noise and the world model's seeds.
@@ -76,6 +78,7 @@ class RLConfig:
     updates: int = 100
     checkpoint_every: int = 10
     keep_checkpoints: int = 3
+    milestone_every: int = 20
     eval_every: int = 10
     eval_states: int = 8
     eval_rollouts: int = 1
@@ -97,7 +100,7 @@ class RLConfig:
                     "context_frames"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"RL config: {key} must be >= 1, got {getattr(self, key)}")
-        for key in ("minibatch_size", "eval_every", "imagination_steps", "seed"):
+        for key in ("minibatch_size", "eval_every", "imagination_steps", "seed", "milestone_every"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"RL config: {key} must be >= 0, got {getattr(self, key)}")
         if self.group_size < 2:
@@ -156,7 +159,7 @@ class RLConfig:
                     raise ConfigError(f"{source}: flowscale must be an object")
                 data["flowscale"] = dataclass_from_mapping(FlowScaleConfig, data["flowscale"], f"{source}: flowscale",
                                                            complete=complete)
-            config = dataclass_from_mapping(cls, data, source, complete=complete)
+            config = dataclass_from_mapping(cls, data, source, complete=complete, added_later=ADDED_LATER)
             config.algorithm  # noqa: B018 - validates the combination
             return config
         except ValueError as exc:  # FAGRPOConfig / FlowScaleConfig validation
@@ -172,6 +175,10 @@ class RLConfig:
         except (OSError, json.JSONDecodeError) as exc:
             raise ConfigError(f"{path}: cannot read the RL config: {exc}") from exc
         return cls.from_dict(data, str(path), complete=complete)
+
+
+# Fields that configs saved before them lack (they get the default).
+ADDED_LATER = ("milestone_every",)
 
 
 # What a run directory (`prophrl train --out`) holds; a run is resumed in it, never replaced.

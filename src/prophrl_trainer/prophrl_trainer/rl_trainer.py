@@ -287,7 +287,8 @@ class Trainer:
         json_state = {"world_size": self.dist.world_size, "history": self.history, "run": self.run_info,
                       "rng": [{"numpy": s["numpy"], "python": s["python"]} for s in states]}
         path = ckpt.save_checkpoint(self.checkpoint_dir, self.update, self.policy, self.optimizer, tensors,
-                                    json_state, self.config.to_json(), self.config.keep_checkpoints)
+                                    json_state, self.config.to_json(), self.config.keep_checkpoints,
+                                    self.config.milestone_every)
         self.last_checkpoint = path
         if self.on_checkpoint is not None:
             self.on_checkpoint(path / ckpt.POLICY_DIR, self.update)

@@ -99,6 +99,16 @@ def test_keeps_the_newest_and_ignores_partial_directories(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["update_000003", "update_000004", "update_000009"]
 
 
+def test_milestones_are_kept_beyond_the_newest(tmp_path):
+    policy = _policy()
+    optimizer = torch.optim.Adam(policy.parameters())
+    for update in range(1, 9):
+        ckpt.save_checkpoint(tmp_path, update, policy, optimizer, {}, {}, "{}", keep_last=2, keep_every=3)
+    assert [n for n, _ in ckpt.list_checkpoints(tmp_path)] == [3, 6, 7, 8]
+    with pytest.raises(ConfigError, match="keep_every >= 0"):
+        ckpt.save_checkpoint(tmp_path, 9, policy, optimizer, {}, {}, "{}", keep_every=-1)
+
+
 def test_a_damaged_checkpoint_is_one_clear_error(tmp_path):
     policy = _policy()
     optimizer = torch.optim.Adam(policy.parameters())

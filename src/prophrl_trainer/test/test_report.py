@@ -43,9 +43,12 @@ def test_table_reports_mean_and_std_over_training_seeds():
         "FA-GRPO": {"checkpoints": ["b", "c", "d"], "runs": [{"rl_updates": 30, "rl_wall_time_s": 600.0}] * 3,
                     "tasks": {"lift": {"mean": float(np.mean([0.3, 0.4, 0.5])),
                                        "std": float(np.std([0.3, 0.4, 0.5], ddof=1))}}}}}
+    summary["policies"]["SFT"]["tasks"]["lift"]["ci95"] = [0.057, 0.51]
+    summary["policies"]["FA-GRPO"]["tasks"]["lift"]["gain"] = {"over": "SFT", "estimate": 0.2, "ci95": [-0.05, 0.45],
+                                                                 "states": 10}
     table = report.markdown_table(summary)
-    assert "| SFT | 20.0 ± 0.0 | 1 | 0 | 0.0 min |" in table
-    assert "| FA-GRPO | 40.0 ± 10.0 | 3 | 30 | 10.0 min |" in table
+    assert "| SFT | 20.0 ± 0.0 | [5.7, 51.0] | - | 1 | 0 | 0.0 min |" in table
+    assert "| FA-GRPO | 40.0 ± 10.0 | - | +20.0 pts [-5.0, +45.0] over SFT | 3 | 30 | 10.0 min |" in table
     assert "10 action(s) executed per chunk, 150 steps max" in table.splitlines()[0]
 
 
@@ -53,15 +56,31 @@ def test_table_reports_mean_and_std_over_training_seeds():
 def test_eval_cli_writes_report_summary_curves_and_video(rl_run, tmp_path):
     setup, run = rl_run
     out = tmp_path / "report"
-    code = report.main(["--policy", f"SFT={setup.policy}", "--policy", f"RL={run}", "--episodes", "1",
+    code = report.main(["--policy", f"SFT={setup.policy}", "--policy", f"RL={run}", "--episodes", "2",
                         "--max-steps", "8", "--world-model", str(setup.prophet), "--video-chunks", "2",
-                        "--out", str(out)])
+                        "--over-training", f"RL={run}", "--out", str(out)])
     assert code == 0
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["policies"]) == {"SFT", "RL"}
     rl = summary["policies"]["RL"]
-    assert rl["runs"][0]["rl_updates"] == 2 and rl["tasks"]["lift"]["per_training_seed"][0]["success_rate"] in (0, 1)
+    lift = rl["tasks"]["lift"]
+    assert rl["runs"][0]["rl_updates"] == 2 and lift["per_training_seed"][0]["success_rate"] in (0, 0.5, 1)
+    successes = sum(lift["per_training_seed"][0]["episode_successes"][0])
+    low, high = lift["ci95"]
+    assert 0 <= low <= successes / 2 <= high <= 1 and high - low > 0.5      # 2 episodes: a wide interval
+    sft_states = summary["policies"]["SFT"]["tasks"]["lift"]["per_state"]
+    assert lift["gain"]["over"] == "SFT" and lift["gain"]["states"] == 2
+    assert lift["gain"]["estimate"] == sum(lift["per_state"]) / 2 - sum(sft_states) / 2
     assert (out / "learning_curves.png").stat().st_size > 1000
+    # every retained checkpoint (checkpoint_every 1: updates 1 and 2) beside the imagined success it logged
+    progress = {m["update"]: m for m in report.read_progress(run)}
+    points = summary["over_training"]["lift"]
+    assert [p["update"] for p in points] == [1, 2]
+    assert [p["imagined_rollouts"] for p in points] == [progress[1]["rollout/success_rate"],
+                                                         progress[2]["rollout/success_rate"]]
+    assert points[1]["true"]["estimate"] == lift["per_training_seed"][0]["success_rate"]   # same policy, same states
+    assert (out / "over_training" / "lift.png").stat().st_size > 1000
+    assert "imagined vs true success over training" in (out / "report.md").read_text()
     video = out / summary["videos"][0]
     import cv2
 
