@@ -74,15 +74,23 @@ def resolve_policy(label: str, path: str | Path) -> PolicySource:
                       f"directory with checkpoints/update_*/policy")
 
 
-def parse_policy_args(specs: Sequence[str]) -> dict[str, list[PolicySource]]:
-    policies: dict[str, list[PolicySource]] = {}
+def labelled_paths(specs: Sequence[str], option: str) -> dict[str, list[str]]:
+    """LABEL=PATH[,PATH...] options -> label -> paths (a malformed spec or a repeated label: ConfigError)."""
+    out: dict[str, list[str]] = {}
     for spec in specs:
         label, sep, paths = spec.partition("=")
-        if not sep or not label.strip() or not paths.strip():
-            raise ConfigError(f"--policy must be LABEL=PATH[,PATH...], got {spec!r}")
-        if label in policies:
-            raise ConfigError(f"--policy label {label!r} given twice")
-        policies[label.strip()] = [resolve_policy(label, p.strip()) for p in paths.split(",") if p.strip()]
+        label = label.strip()
+        if not sep or not label or not paths.strip():
+            raise ConfigError(f"{option} must be LABEL=PATH[,PATH...], got {spec!r}")
+        if label in out:
+            raise ConfigError(f"{option} label {label!r} given twice")
+        out[label] = [p.strip() for p in paths.split(",") if p.strip()]
+    return out
+
+
+def parse_policy_args(specs: Sequence[str]) -> dict[str, list[PolicySource]]:
+    policies = {label: [resolve_policy(label, path) for path in paths]
+                for label, paths in labelled_paths(specs, "--policy").items()}
     if not policies:
         raise ConfigError("give at least one --policy LABEL=PATH")
     return policies
@@ -319,14 +327,9 @@ REPORT_OUTPUT = OutputKind("evaluation report", frozenset({"report.md", "summary
 
 def _parse_run_args(specs: Sequence[str]) -> dict[str, list[Path]]:
     """--over-training LABEL=RUN[,RUN...] -> label -> RL run directories (each checked for checkpoints)."""
-    runs: dict[str, list[Path]] = {}
-    for spec in specs:
-        label, sep, paths = spec.partition("=")
-        if not sep or not label.strip() or not paths.strip():
-            raise ConfigError(f"--over-training must be LABEL=RUN[,RUN...], got {spec!r}")
-        runs[label.strip()] = [Path(p.strip()) for p in paths.split(",") if p.strip()]
-        for run in runs[label.strip()]:
-            run_checkpoints(run)
+    runs = {label: [Path(p) for p in paths] for label, paths in labelled_paths(specs, "--over-training").items()}
+    for run in (run for paths in runs.values() for run in paths):
+        run_checkpoints(run)
     return runs
 
 

@@ -35,6 +35,17 @@ def test_bad_policy_specs_fail_with_one_clear_error(spec, message):
         report.parse_policy_args([spec])
 
 
+def test_over_training_runs_must_be_labelled_rl_runs(rl_run, tmp_path, capsys):
+    setup, run = rl_run
+    assert report.labelled_paths([f"RL={run}, {run}"], "--over-training") == {"RL": [str(run), str(run)]}
+    with pytest.raises(ConfigError, match="--over-training label 'RL' given twice"):
+        report.labelled_paths(["RL=a", "RL=b"], "--over-training")
+    code = report.main(["--policy", f"SFT={setup.policy}", "--over-training", f"SFT={setup.policy}",
+                        "--out", str(tmp_path / "report")])
+    assert code == 2 and not (tmp_path / "report").exists()
+    assert "is not an RL run directory with checkpoints/update_*/policy" in capsys.readouterr().err
+
+
 def test_table_reports_mean_and_std_over_training_seeds():
     summary = {"robot": "panda_sim", "episodes": 10, "first_seed": 100000, "max_steps": 150, "replan_steps": 10,
                "policies": {
