@@ -117,7 +117,7 @@ def main() -> int:
     rl_wall = time.time() - start
 
     from prophrl_common.tables import print_table
-    from prophrl_trainer.report import main as report_main
+    from prophrl_trainer.report import gain_text, main as report_main
 
     report_args = ["--policy", f"SFT={args.policy}"]
     for label, paths in runs.items():
@@ -152,12 +152,11 @@ def main() -> int:
     table = [["SFT", 100 * sft_mean, 0.0, "-", "-"]]
     for label in runs:
         entry = summary["policies"][label]["tasks"][args.task]
-        gain = entry.get("gain")
         table.append([label, 100 * entry["mean"], 100 * entry["std"], f"{100 * (entry['mean'] - sft_mean):+.1f}",
-                      f"[{100 * gain['ci95'][0]:+.1f}, {100 * gain['ci95'][1]:+.1f}]" if gain else "-"])
+                      gain_text(entry) or "-"])
     print_table(f"true success in the sim, {args.robot}/{args.task}, {args.episodes} held-out states, "
                 f"{len(args.seeds)} RL seeds, {args.updates} updates, {args.replan_steps} action(s) per chunk",
-                ["policy", "success %", "std over seeds", "gain vs SFT", "gain 95 % CI (paired by state)"], table,
+                ["policy", "success %", "std over seeds", "gain vs SFT", "paired gain (95 % CI)"], table,
                 float_format=".1f")
     print(f"\nRL wall time {rl_wall / 60:.1f} min ({args.jobs} at a time); report in {args.out / 'report'}")
     return 0

@@ -215,16 +215,13 @@ def run_demo(args: argparse.Namespace) -> int:
     stage(f"7. true evaluation in the sim ({args.eval_episodes} held-out seeds)",
           (report_dir / "summary.json").is_file(), evaluate)
     summary = json.loads((report_dir / "summary.json").read_text())
+    from prophrl_trainer.report import ci_text, gain_text
 
     print(f"\nProphRL demo: {args.robot} / {args.task}, tiny configs, outputs in {out}")
     print(f"{'policy':20s} {'true success %':>15s}  {'95 % CI':>14s}  gain over the first (paired by state, 95 % CI)")
     for name, entry in summary["policies"].items():
         task = entry["tasks"][args.task]
-        gain = task.get("gain")
-        gained = (f"{100 * gain['estimate']:+.1f} pts [{100 * gain['ci95'][0]:+.1f}, {100 * gain['ci95'][1]:+.1f}]"
-                  if gain else "")
-        ci = f"[{100 * task['ci95'][0]:4.1f}, {100 * task['ci95'][1]:4.1f}]" if "ci95" in task else "-"
-        print(f"{name:20s} {100 * task['mean']:15.1f}  {ci:>14s}  {gained}")
+        print(f"{name:20s} {100 * task['mean']:15.1f}  {ci_text(task):>14s}  {gain_text(task)}")
     print(f"report: {report_dir / 'report.md'}")
     print("\nstage timings: " + ", ".join(f"{k.split(' ')[0]} {v:.0f} s" for k, v in timings.items()))
     return 0

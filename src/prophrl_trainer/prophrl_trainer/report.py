@@ -155,6 +155,18 @@ def _add_gains(summary: dict, tasks: Sequence[str]) -> None:
                 "over": baseline, "estimate": gain.estimate, "ci95": [gain.low, gain.high], "states": gain.n}
 
 
+def ci_text(task_entry: dict) -> str:
+    """A task entry's 95 % interval as '[5.7, 51.0]' (percent), '-' when it has none."""
+    ci = task_entry.get("ci95")
+    return f"[{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else "-"
+
+
+def gain_text(task_entry: dict) -> str:
+    """A task entry's paired gain as '+20.0 pts [-5.0, +45.0]', '' when it has none."""
+    gain = task_entry.get("gain")
+    return Interval(gain["estimate"], *gain["ci95"], gain.get("states", 0)).percent(signed=True) if gain else ""
+
+
 def markdown_table(summary: dict) -> str:
     tasks = sorted({t for p in summary["policies"].values() for t in p["tasks"]})
     lines = [f"# True success in the physics sim ({summary['robot']}, {summary['episodes']} held-out initial "
@@ -167,11 +179,8 @@ def markdown_table(summary: dict) -> str:
         cells = []
         for task in tasks:
             t = entry["tasks"][task]
-            ci = f"[{100 * t['ci95'][0]:.1f}, {100 * t['ci95'][1]:.1f}]" if "ci95" in t else "-"
-            gain = t.get("gain")
-            gained = (f"{100 * gain['estimate']:+.1f} pts [{100 * gain['ci95'][0]:+.1f}, {100 * gain['ci95'][1]:+.1f}] "
-                      f"over {gain['over']}") if gain else "-"
-            cells.append(f"{100 * t['mean']:.1f} ± {100 * t['std']:.1f} | {ci} | {gained}")
+            gained = f"{gain_text(t)} over {t['gain']['over']}" if "gain" in t else "-"
+            cells.append(f"{100 * t['mean']:.1f} ± {100 * t['std']:.1f} | {ci_text(t)} | {gained}")
         updates = [r["rl_updates"] for r in entry["runs"]]
         wall = [r["rl_wall_time_s"] for r in entry["runs"]]
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {len(entry['checkpoints'])} | "
