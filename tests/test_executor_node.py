@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -151,13 +152,15 @@ class Rig:
             return dict(self.diagnostics.get(f"{node_name}: safety", {}))
 
     def send(self, actions, space="ee_delta_7d", period=0.05, version=1, age_s=None):
-        """Publish a chunk; with age_s, stamped as planned from an observation age_s ago (else unstamped)."""
+        """Publish a chunk; with age_s, stamped as planned from an observation age_s ago (else unstamped).
+        Returns the stamp in seconds (None when unstamped)."""
         from rclpy.duration import Duration
 
         from prophrl_common.chunks import array_to_chunk
         stamp = None if age_s is None else (self.node.get_clock().now() - Duration(seconds=age_s)).to_msg()
         self.chunk_pub.publish(array_to_chunk(np.asarray(actions, dtype=np.float32), space, period, version,
                                               stamp=stamp))
+        return None if stamp is None else stamp.sec + stamp.nanosec * 1e-9
 
     def close(self):
         import rclpy
@@ -325,12 +328,14 @@ def test_a_stamped_chunk_starts_at_the_row_due_and_an_expired_one_is_dropped(rig
     """Row i is due i steps after the chunk's stamp: a chunk planned 2.5 steps ago starts at row 2 (or later,
     by its transport delay), and one whose rows are all past is dropped while the running chunk goes on."""
     rows = [[0.001 * (i + 1), 0.0, 0.0, 0.0, 0.0, 0.0, 0.0] for i in range(10)]  # row i: vx = 0.02 * (i + 1)
-    rig.send(rows, age_s=2.5 * 0.05)
+    stamp = rig.send(rows, age_s=2.5 * 0.05)
     moved = wait_for(lambda: [m for _, m in rig.snapshot_twists() if nonzero(m)], 3.0)
     assert moved, executor.output()
     executed = [round(vec(m)[0] / 0.02) - 1 for m in moved]
     assert 2 <= executed[0] <= 5, executed  # rows 0 and 1 were due before the chunk arrived
-    assert executed == list(range(executed[0], executed[0] + len(executed))), executed
+    assert all(b > a for a, b in zip(executed, executed[1:])), executed
+    due = [int((stamp_s(m) - stamp) // 0.05) for m in moved]  # each twist is stamped when it was commanded
+    assert all(row >= row_due for row, row_due in zip(executed, due)), ("a row ran after its time", executed, due)
 
     rig.send([[0.0, 0.01, 0.0, 0.0, 0.0, 0.0, 0.0]] * 40, version=2)  # a long chunk (row 0: unstamped)
     assert wait_for(lambda: any(vec(m)[1] > 0 for _, m in rig.snapshot_twists()), 3.0)
@@ -342,6 +347,29 @@ def test_a_stamped_chunk_starts_at_the_row_due_and_an_expired_one_is_dropped(rig
     assert any(vec(m)[1] > 0 for t, m in rig.snapshot_twists() if t > time.monotonic() - 0.15), \
         "the running chunk stopped"
     assert diag["policy_version"] == "2" and "all due by now" in executor.output()
+
+
+def test_a_late_executor_skips_the_rows_whose_time_passed(rig, executor):
+    """An executor held up (here: stopped for 0.4 s, as a busy machine may) runs the row due when it resumes,
+    never the rows it missed, and counts them."""
+    rows = [[0.0005 * (i + 1), 0.0, 0.0, 0.0, 0.0, 0.0, 0.0] for i in range(40)]  # row i: vx = 0.01 * (i + 1)
+    stamp = rig.send(rows, age_s=0.0)
+    assert wait_for(lambda: sum(nonzero(m) for _, m in rig.snapshot_twists()) >= 2, 3.0), executor.output()
+    executor.proc.send_signal(signal.SIGSTOP)
+    try:
+        paused = len(rig.snapshot_twists())
+        time.sleep(0.4)  # 8 control periods
+    finally:
+        executor.proc.send_signal(signal.SIGCONT)
+    assert wait_for(lambda: len(rig.snapshot_twists()) >= paused + 2, 3.0), executor.output()
+    moved = [m for _, m in rig.snapshot_twists() if nonzero(m)]
+    executed = [round(vec(m)[0] / 0.01) - 1 for m in moved]
+    due = [int((stamp_s(m) - stamp) // 0.05) for m in moved]
+    assert all(row >= row_due for row, row_due in zip(executed, due)), ("a row ran after its time", executed, due)
+    gaps = np.diff(executed)
+    assert gaps.max() >= 6, f"rows executed {executed}: the pause skipped none"
+    skipped = wait_for(lambda: int(rig.diag(executor.name).get("skipped_rows", "0")), 3.0)
+    assert skipped >= gaps.max() - 1, (skipped, executed)
 
 
 def test_watchdog_holds_once_within_timeout(rig, executor):

@@ -211,14 +211,49 @@ class TestSimNodeInterfaces:
         assert "seed7" in probe.events_since(since, EpisodeEvent.START)[0].episode_id
 
 
+def test_lockstep_runs_every_answered_command_at_its_step_and_a_silent_commander_ends_the_stream(probe):
+    """A commander that answers each state 3 control periods late (a busy machine): in lockstep the sim takes
+    exactly one step per answer, each twist in force from the state it answers; when the answers stop, the sim
+    waits once for lockstep_timeout_s and then runs on at its own pace."""
+    delay_s, timeout_s = 3 * ROBOT.control_period_s, 1.0
+    launched_s = probe.node.get_clock().now().nanoseconds * 1e-9
+    with node_process(sim_argv("panda_sim", "-p", f"lockstep_timeout_s:={timeout_s}")) as sim:
+        assert probe.wait_for(lambda: "/joint_states" in probe.latest and probe.sim_time_s() >= launched_s,
+                              STARTUP_TIMEOUT_S), sim.output()
+        assert probe.wait_for(lambda: probe.twist_pub.get_subscription_count() > 0, 30), sim.output()
+        seen: list[float] = []  # sim time of every state answered
+        while len(seen) < 12:
+            state_s = probe.sim_time_s()
+            if seen and state_s == seen[-1]:
+                rclpy.spin_once(probe.node, timeout_sec=0.01)
+                continue
+            seen.append(state_s)
+            time.sleep(delay_s)  # the late answer, stamped with the state it answers
+            twist = TwistStamped()
+            twist.header.stamp.sec, twist.header.stamp.nanosec = divmod(round(state_s * 1e9), 1_000_000_000)
+            twist.header.frame_id, twist.twist.linear.z = ROBOT.base_frame, 0.05
+            probe.twist_pub.publish(twist)
+            assert probe.wait_for(lambda: probe.sim_time_s() != state_s, 30), sim.output()
+        steps = np.diff(seen[2:]) / ROBOT.control_period_s  # the first answers start the stream
+        assert np.allclose(steps, 1.0, atol=1e-3), f"sim steps between answered states: {steps}"
+
+        stopped_s, stopped_wall = probe.sim_time_s(), time.monotonic()
+        assert probe.wait_for(lambda: probe.sim_time_s() >= stopped_s + 20 * ROBOT.control_period_s - 1e-6, 60), \
+            sim.output()
+        # One wait of timeout_s, then one step per control period (a busy machine is only slower): far less than
+        # 20 timeouts, which a sim waiting at every step would take.
+        assert time.monotonic() - stopped_wall < 5 * timeout_s + 20 * ROBOT.control_period_s * 4, sim.output()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("robot", ["panda_sim", "ur5e_sim"])
 def test_scripted_expert_lifts_the_cube_over_dds(probe, robot):
     since = time.monotonic()
     launched_s = probe.node.get_clock().now().nanoseconds * 1e-9
-    # Twist output closes the loop through DDS once per sim step: slowed to a quarter of real time, a busy machine
-    # still answers each step's state before the next step (two steps of lag make the UR5e expert overshoot).
-    with node_process(sim_argv(robot, "-p", "real_time_factor:=0.25")) as sim, \
+    # Twist output closes the loop through DDS once per sim step; in lockstep the sim waits for the expert's answer
+    # to each state, so a busy machine slows the sim instead of lagging the commands (a step or two of lag make the
+    # UR5e expert overshoot).
+    with node_process(sim_argv(robot, "-p", "lockstep_timeout_s:=2.0")) as sim, \
             node_process(expert_argv(robot, "twist")) as expert:
         def succeeded():
             return any(event.robot == robot for event in probe.events_since(since, EpisodeEvent.SUCCESS))

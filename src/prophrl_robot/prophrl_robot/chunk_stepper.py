@@ -1,7 +1,8 @@
 """Receding-horizon execution of action chunks, without ROS: the chunk in force and the next row to take.
 
 A new chunk replaces the one in force (even unfinished: receding horizon), starting at a given row (the
-row due now, prophrl_common.chunks.rows_due); each step takes one row. The executor node steps it on its
+row due now, prophrl_common.chunks.rows_due); each step takes one row, after skipping the rows whose time
+passed while the caller was late (skip_to), so a row is never executed later than it was planned for. The executor node steps it on its
 timer; the in-process sim rollout steps it once per control step. Every row taken goes through the safety
 filter (prophrl_robot.safety) before it reaches an arm.
 """
@@ -38,6 +39,15 @@ class ChunkStepper:
         self.chunk, self.space, self.step_s, self.version = actions, space, step_s, version
         self.index, self.rows_taken = first_row, 0
         return preempted
+
+    def skip_to(self, row: int) -> int:
+        """Make `row` the next row when it is ahead of the next one (never back); returns the rows skipped.
+        A row past the chunk's end leaves no row in force."""
+        if self.chunk is None or row <= self.index:
+            return 0
+        target = min(row, len(self.chunk))
+        skipped, self.index = target - self.index, target
+        return skipped
 
     def take(self) -> tuple[np.ndarray, bool]:
         """The next row, and whether it was the chunk's last."""

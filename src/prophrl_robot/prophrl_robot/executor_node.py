@@ -20,7 +20,9 @@ Interfaces (defaults):
   With ``align_chunks_to_stamp`` (default true) a chunk starts at the row due now: row i is due i steps
   after its header stamp, the time of the observation it was planned from (prophrl_common.chunks), so the
   planner's and the transport's latency do not replay rows the arm has already moved past; a chunk whose
-  rows are all past is dropped (``stale_chunks``) and the running one goes on. An unset stamp (0) or one
+  rows are all past is dropped (``stale_chunks``) and the running one goes on. Each step then takes the
+  row due at that step: rows whose time passed while the node was late (a busy machine) are skipped and
+  counted (``skipped_rows``), never executed late. An unset stamp (0) or one
   ahead of this node's clock starts at row 0. Turn it off where the stamps are not on this node's clock
   (another machine's unsynchronised clock, or a simulator's time without ``use_sim_time``).
 * subscribes the robot's ``ee_pose_topic`` (geometry_msgs/PoseStamped: the simulator's, or
@@ -89,6 +91,7 @@ NODE_COUNTERS = (
     "preempted_chunks",      # chunks replaced by a newer one before their last step
     "stale_chunks",          # chunks dropped because every row was already due when they arrived
     "completed_chunks",      # chunks executed to their last step
+    "skipped_rows",          # rows of aligned chunks not executed because their time passed (the node was late)
     "executed_steps",        # steps taken (commands and per-step holds)
     "hold_commands",         # hold commands published (per-step, watchdog, e-stop, deactivate)
     "watchdog_holds",        # holds commanded by the watchdog
@@ -142,6 +145,7 @@ class ExecutorNode(LifecycleNode):
 
     def _reset_runtime_state(self) -> None:
         self._stepper = ChunkStepper()
+        self._chunk_clock: tuple[int, Any] | None = None  # (stamp ns, period ns) of an aligned chunk in force
         self._next_due = 0.0
         self._last_step_time: float | None = None
         self._ee_pos: np.ndarray | None = None
@@ -297,7 +301,9 @@ class ExecutorNode(LifecycleNode):
             self._reject(msg, str(exc))
             return
         step_s = self.filter.effective_dt(msg.control_period_s)
-        first_row = self._first_row_due(msg, step_s)
+        command_time = self.get_clock().now()  # the row due, and the stamp of a command sent now
+        chunk_clock = self._aligned_clock(msg, step_s)
+        first_row = self._row_due(chunk_clock, command_time)
         if first_row >= len(actions):
             self._counters["stale_chunks"] += 1
             self.get_logger().warning(
@@ -307,34 +313,46 @@ class ExecutorNode(LifecycleNode):
             return
         if self._stepper.start(actions, space, step_s, first_row, int(msg.policy_version)):
             self._counters["preempted_chunks"] += 1
+        self._chunk_clock = chunk_clock
         self._counters["accepted_chunks"] += 1
         self._state = "executing"
         now = node_seconds(self)
         # Low latency when idle; never faster than one step per step duration.
         if self._last_step_time is None or now - self._last_step_time >= step_s:
-            self._execute_step(now)
+            self._execute_step(now, command_time)
 
-    def _first_row_due(self, msg: ActionChunk, step_s: float) -> int:
-        """The row of `msg` due now on this node's clock (0 without alignment, an unset stamp or one ahead)."""
+    def _aligned_clock(self, msg: ActionChunk, step_s: float) -> tuple[int, Any] | None:
+        """(stamp ns, row period ns) when `msg`'s rows are due by its stamp; None without alignment or stamp."""
         stamp_ns = Time.from_msg(msg.header.stamp).nanoseconds
         if not self.params.align_chunks_to_stamp or stamp_ns == 0:
+            return None
+        return stamp_ns, chunk_period_ns(step_s, self.robot.control_period_s)
+
+    @staticmethod
+    def _row_due(clock: tuple[int, Any] | None, now: Time) -> int:
+        """The row of a chunk with `clock` due at `now` on this node's clock (0 without one, or a stamp ahead)."""
+        if clock is None:
             return 0
-        age_ns = self.get_clock().now().nanoseconds - stamp_ns
-        if age_ns <= 0:
-            return 0
-        return int(rows_due(age_ns, chunk_period_ns(step_s, self.robot.control_period_s))[0])
+        age_ns = now.nanoseconds - clock[0]
+        return int(rows_due(age_ns, clock[1])[0]) if age_ns > 0 else 0
 
     def _drop_chunk(self) -> None:
         self._stepper.drop()
+        self._chunk_clock = None
 
     def _on_step_timer(self) -> None:
         if not self._active or not self._stepper.active:
             return
         now = node_seconds(self)
         if now >= self._next_due:
-            self._execute_step(now)
+            command_time = self.get_clock().now()
+            self._counters["skipped_rows"] += self._stepper.skip_to(self._row_due(self._chunk_clock, command_time))
+            if not self._stepper.active:  # every row's time passed: the watchdog holds the arm
+                return
+            self._execute_step(now, command_time)
 
-    def _execute_step(self, now: float) -> None:
+    def _execute_step(self, now: float, command_time: Time) -> None:
+        """Command the next row; `command_time` (this node's clock when the row was chosen) stamps it."""
         row, last = self._stepper.take()
         dt = self._stepper.step_s
         # Due one step later; half a timer period early is fine (the timer ticks at the control period).
@@ -354,7 +372,7 @@ class ExecutorNode(LifecycleNode):
             self._state = "holding"
         else:
             if command.interface == "twist":
-                self._publish_twist(command.linear, command.angular)
+                self._publish_twist(command.linear, command.angular, command_time)
             else:
                 self._publish_trajectory(command.positions, dt)
             if command.gripper is not None:
@@ -365,9 +383,9 @@ class ExecutorNode(LifecycleNode):
             self._counters["completed_chunks"] += 1
 
     # ---------------------------------------------------------------- outputs
-    def _publish_twist(self, linear: np.ndarray, angular: np.ndarray) -> None:
+    def _publish_twist(self, linear: np.ndarray, angular: np.ndarray, stamp: Time | None = None) -> None:
         msg = TwistStamped()
-        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.header.stamp = (stamp or self.get_clock().now()).to_msg()
         msg.header.frame_id = self.robot.base_frame
         msg.twist.linear.x, msg.twist.linear.y, msg.twist.linear.z = (float(v) for v in linear)
         msg.twist.angular.x, msg.twist.angular.y, msg.twist.angular.z = (float(v) for v in angular)

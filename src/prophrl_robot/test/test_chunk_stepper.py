@@ -30,3 +30,15 @@ def test_rows_are_taken_in_order_from_the_first_row_due_and_a_new_chunk_preempts
         stepper.take()
     with pytest.raises(ValueError):
         stepper.start(first, "ee_delta_7d", 0.05, first_row=4)
+
+
+def test_skip_to_moves_only_forward_and_past_the_end_leaves_no_row():
+    stepper = ChunkStepper()
+    assert stepper.skip_to(3) == 0, "nothing to skip without a chunk"
+    chunk = np.arange(10, dtype=float).reshape(5, 2)
+    stepper.start(chunk, "ee_delta_7d", 0.05, first_row=1)
+    assert stepper.skip_to(0) == 0 and stepper.skip_to(1) == 0, "never back, never the row already next"
+    assert stepper.skip_to(3) == 2
+    row, last = stepper.take()
+    assert np.array_equal(row, chunk[3]) and not last
+    assert stepper.skip_to(9) == 1 and not stepper.active, "only the rows the chunk has are counted"

@@ -50,6 +50,15 @@ stamps rather than its own clock.
   steps.
 - Otherwise the clock is re-anchored to the wall clock at each episode start (never backwards): its stamps
   equal wall time while the sim keeps up and fall behind it when it cannot.
+
+lockstep_timeout_s (default 0: off; the collect profile sets it): while a command stream is in
+progress, a step first waits, up to this much wall time, for the command that answers the state it last
+published (a twist stamped at or after that state's time, or a new JointTrajectory). On a busy machine
+the commanding nodes answer late; without lockstep the arm would run each command a step or more after it
+was due (the scripted expert's lift then fails on ur5e_sim), with it the sim slows down instead and every
+command runs at the step it was computed for. A wait that times out ends the stream (the commander
+stopped); the next command starts a new one. A real arm does not wait: keep it off where the sim stands
+in for one in timing tests.
 """
 
 from __future__ import annotations
@@ -168,6 +177,9 @@ class SimNodeParameters:
                                              "slower sim)", minimum=0.0, exclusive_minimum=True)
     publish_clock: bool = parameter(False, "stamp with sim time and publish it on /clock (always so when realtime "
                                            "is false); run the other nodes with use_sim_time")
+    lockstep_timeout_s: float = parameter(0.0, "with realtime: each step waits up to this much wall time for the "
+                                               "command answering the last published state while a command "
+                                               "stream is in progress (0: never wait)", minimum=0.0)
     announce_first_episode: bool = parameter(True, "publish START for the episode the node starts with (false when "
                                                    "a collector starts the recorded episodes itself)")
 
@@ -188,6 +200,10 @@ class SimNode(Node):
         self.sim_clock = params.publish_clock or not self.realtime
         self._period_ns = round(robot.control_period_s * 1e9)
         self._clock_ns = time.time_ns()  # sim time: advances one control period per step
+        self.lockstep_timeout_s = params.lockstep_timeout_s if self.realtime else 0.0
+        self._streaming = False        # lockstep: a commander is answering every state
+        self._answered = True          # lockstep: a command answered the last published state
+        self._waiting_since: float | None = None  # lockstep: wall time the deferred step began waiting
         announce_first = params.announce_first_episode
         self.sim = ArmSim(robot, self.task_name, camera=camera, image_width=width, image_height=height,
                           camera_position_jitter_m=params.camera_position_jitter_m,
@@ -244,6 +260,8 @@ class SimNode(Node):
         self._twist = twist
         self._twist_received_s = self._now_s()
         self._trajectory = None
+        stamp_ns = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+        self._on_command(answers=stamp_ns == 0 or stamp_ns >= self._clock_ns)
 
     def _on_gripper(self, msg: Float64) -> None:
         if not np.isfinite(msg.data):
@@ -259,6 +277,17 @@ class SimNode(Node):
             self.get_logger().error(f"rejected JointTrajectory: {exc}")
             return
         self._twist = None
+        self._on_command(answers=True)
+
+    def _on_command(self, answers: bool) -> None:
+        """Lockstep: a command starts (or continues) the stream; one that answers the last state releases a
+        deferred step."""
+        self._streaming = True
+        if answers:
+            self._answered = True
+            if self._waiting_since is not None:
+                self._waiting_since = None
+                self.tick()
 
     # ------------------------------------------------------------------ episodes
     def _reset_episode(self, seed: int, announce: bool = True) -> None:
@@ -270,6 +299,7 @@ class SimNode(Node):
         self._twist = None
         self._twist_received_s = -np.inf
         self._trajectory = None
+        self._streaming, self._answered, self._waiting_since = False, True, None
         self._gripper = 0.0
         self._last_image_s = -np.inf
         started = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -302,8 +332,24 @@ class SimNode(Node):
                 self._reset_episode(int(changed.value))
 
     # ------------------------------------------------------------------ stepping
+    def _defer_step(self) -> bool:
+        """Lockstep: whether this step waits for the command answering the last state (at most
+        lockstep_timeout_s of wall time; a timeout ends the stream)."""
+        if self.lockstep_timeout_s <= 0.0 or not self._streaming or self._answered:
+            return False
+        if self._waiting_since is None:
+            self._waiting_since = time.monotonic()
+        if time.monotonic() - self._waiting_since < self.lockstep_timeout_s:
+            return True
+        self._streaming, self._waiting_since = False, None
+        return False
+
     def tick(self) -> None:
         """Advance one control period with the active command and publish the new state."""
+        if self._defer_step():
+            return
+        self._waiting_since = None
+        self._answered = False
         now = self._now_s()
         if self._trajectory is not None:
             self.sim.step_joint_positions(self._trajectory.positions_at(now), self._gripper)
