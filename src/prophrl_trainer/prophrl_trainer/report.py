@@ -20,6 +20,12 @@ also evaluates every retained checkpoint of those RL runs on the same states, be
 judged in imagination at that update (prophrl_trainer.training_curves): where the curves part, the policy
 is exploiting the world model or the judge.
 
+    prophrl eval ... --in-imagination --world-model outputs/demo/prophet --judge outputs/demo/judge
+
+also evaluates every policy inside Prophet from the same held-out states, scored by the judge
+(prophrl_trainer.imagined_evaluation), and reports its imagined success beside the true one with their
+Pearson correlation across policies: how far Prophet can rank checkpoints before a robot runs them.
+
 Writes OUT/report.md (the table), OUT/summary.json (success per policy / task / seed and per state, the
 intervals, RL updates, wall time), OUT/learning_curves.png (imagined reward / success over updates per RL
 run), with --over-training OUT/over_training/<task>.png and, with --world-model,
@@ -42,6 +48,8 @@ import numpy as np
 from prophrl_common.config_io import ConfigError
 from prophrl_common.outputs import OutputKind, check_run_dir
 from prophrl_trainer.evaluation import HELD_OUT_SEED_BASE, EvalSettings, evaluate_jobs
+from prophrl_trainer.imagined_evaluation import (ImaginedEvalSettings, evaluate_in_imagination, held_out_starts,
+                                                 pearson)
 from prophrl_trainer.success_statistics import Interval, paired_gain, per_state_success, wilson_interval
 from prophrl_trainer.training_curves import (curve_table, evaluate_over_training, plot_imagined_vs_true,
                                              read_progress, run_checkpoints)
@@ -153,6 +161,51 @@ def _add_gains(summary: dict, tasks: Sequence[str]) -> None:
                                summary["policies"][label]["tasks"][task]["per_state"])
             summary["policies"][label]["tasks"][task]["gain"] = {
                 "over": baseline, "estimate": gain.estimate, "ci95": [gain.low, gain.high], "states": gain.n}
+
+
+def add_imagined_success(summary: dict, policies: dict[str, list[PolicySource]], tasks: Sequence[str],
+                         settings: EvalSettings, imagined: ImaginedEvalSettings, show_progress: bool = True) -> None:
+    """Each policy's imagined success on the summary's held-out states (mean over its checkpoints) and, per
+    task, its Pearson correlation with the true success across policies and across (policy, state) pairs."""
+    summary["imagined_vs_true"] = {"world_model": imagined.world_model, "judge": imagined.judge,
+                                   "chunks": imagined.chunks, "rollouts": imagined.rollouts, "tasks": {}}
+    sources = [(label, source) for label, group in policies.items() for source in group]
+    for task in tasks:
+        starts = held_out_starts(dataclasses.replace(settings, task=task))
+        per_source = evaluate_in_imagination([s.policy_dir for _, s in sources], starts, imagined, show_progress)
+        true_means, imagined_means, true_states, imagined_states = [], [], [], []
+        for label, entry in summary["policies"].items():
+            rows = [states for (owner, _), states in zip(sources, per_source) if owner == label]
+            per_state = np.mean(rows, axis=0).tolist()
+            entry["tasks"][task]["imagined"] = {"mean": float(np.mean(per_state)), "per_state": per_state}
+            true_means.append(entry["tasks"][task]["mean"])
+            imagined_means.append(float(np.mean(per_state)))
+            true_states += entry["tasks"][task]["per_state"]
+            imagined_states += per_state
+        summary["imagined_vs_true"]["tasks"][task] = {
+            "pearson_policies": pearson(imagined_means, true_means),
+            "pearson_states": pearson(imagined_states, true_states), "policies": len(true_means)}
+
+
+def imagined_table(summary: dict) -> str:
+    """The imagined-vs-true section of report.md ('' without an imagined evaluation)."""
+    if "imagined_vs_true" not in summary:
+        return ""
+    info = summary["imagined_vs_true"]
+    lines = [f"## Imagined vs true success (Prophet {info['world_model']}, judge {info['judge']}, "
+             f"{info['chunks']} chunks, {info['rollouts']} world-model seed(s) per state)", "",
+             "| policy | task | imagined % | true % |", "|---|---|---|---|"]
+    for label, entry in summary["policies"].items():
+        for task, t in entry["tasks"].items():
+            if "imagined" in t:
+                lines.append(f"| {label} | {task} | {100 * t['imagined']['mean']:.1f} | {100 * t['mean']:.1f} |")
+    lines.append("")
+    for task, r in info["tasks"].items():
+        across = "-" if r["pearson_policies"] is None else f"{r['pearson_policies']:+.2f}"
+        states = "-" if r["pearson_states"] is None else f"{r['pearson_states']:+.2f}"
+        lines.append(f"{task}: Pearson r across {r['policies']} policies {across}; across (policy, state) pairs "
+                     f"{states} ('-': fewer than 3 points or no spread)")
+    return "\n".join(lines) + "\n"
 
 
 def ci_text(task_entry: dict) -> str:
@@ -316,6 +369,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--over-training", action="append", default=[], metavar="LABEL=RUN[,RUN...]",
                         help="RL run directories: true success of every retained checkpoint beside the imagined "
                              "success the run logged (over_training/<task>.png, a table in report.md)")
+    parser.add_argument("--in-imagination", action="store_true",
+                        help="also evaluate every policy inside --world-model, scored by --judge, from the same "
+                             "held-out states (imagined vs true success and their correlation)")
+    parser.add_argument("--judge", default="", help="reward judge checkpoint (with --in-imagination)")
+    parser.add_argument("--imagined-chunks", type=int, default=8, help="policy chunks per imagined rollout")
+    parser.add_argument("--imagined-rollouts", type=int, default=2, help="world-model seeds per held-out state")
     parser.add_argument("--jobs", type=int, default=1,
                         help="checkpoints evaluated in parallel processes (one torch thread each; same results)")
     parser.add_argument("--out", required=True, help="report directory")
@@ -349,6 +408,12 @@ def _report(args: argparse.Namespace) -> int:
         raise ConfigError("--episodes, --policy-seeds, --replan-steps and --jobs must be >= 1")
     if args.world_model and not (Path(args.world_model) / "prophet_config.json").is_file():
         raise ConfigError(f"--world-model {args.world_model} is not a Prophet checkpoint (no prophet_config.json)")
+    imagined = None
+    if args.in_imagination:
+        if not args.world_model or not args.judge:
+            raise ConfigError("--in-imagination needs --world-model and --judge")
+        imagined = ImaginedEvalSettings(args.world_model, args.judge, args.imagined_chunks,
+                                        args.imagined_rollouts).validate()
     out = check_run_dir(args.out, REPORT_OUTPUT, inputs=[
         args.world_model, *(source.policy_dir for sources in policies.values() for source in sources),
         *(run for runs in over_training.values() for run in runs)])
@@ -358,6 +423,8 @@ def _report(args: argparse.Namespace) -> int:
     settings = EvalSettings(robot=args.robot, episodes=args.episodes, first_seed=args.first_seed,
                             max_steps=args.max_steps, replan_steps=args.replan_steps)
     summary = evaluate_all(policies, args.task, settings, args.policy_seeds, jobs=args.jobs)
+    if imagined is not None:
+        add_imagined_success(summary, policies, args.task, settings, imagined)
     summary["eval_wall_time_s"] = time.time() - start
     if over_training:
         summary["over_training"] = {}
@@ -382,7 +449,7 @@ def _report(args: argparse.Namespace) -> int:
                                            args.video_chunks, out / "videos" / name)
                     videos.append(f"videos/{name}")
         summary["videos"] = videos
-    table = markdown_table(summary)
+    table = markdown_table(summary) + imagined_table(summary)
     extra = ""
     if summary.get("learning_curves"):
         extra += "\n![learning curves](learning_curves.png)\n"

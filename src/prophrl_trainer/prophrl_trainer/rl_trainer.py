@@ -12,13 +12,10 @@ One update:
   4. PPO-style epochs of the FA-GRPO loss (fa_grpo.policy_update).
 
 Termination and masks (a choice; the paper only says "chunks after early termination are masked"):
-with `early_termination` the scorer judges every live rollout's clip-so-far after each chunk. The
-first chunk after which a rollout is judged successful (the judge's decision: p >= its threshold) ends it: its
-reward is that score, its later chunks get mask 0 and never enter the loss (the world model keeps
-stepping it only because a group is stepped as a batch). A rollout never judged successful is scored
-on its full clip after the last chunk. Without early termination only the full clips are scored and
-every chunk counts. The reward is the judge's success probability (`reward: probability`, a denser
-signal than pass/fail) or its thresholded decision (`reward: binary`, the paper's judges' output).
+the collector, prophrl_trainer.imagined_rollouts, ends a rollout at the first chunk after which the judge
+calls it successful; its later chunks get mask 0 and never enter the loss. The reward is the judge's success
+probability (`reward: probability`, a denser signal than pass/fail) or its thresholded decision
+(`reward: binary`, the paper's judges' output).
 
 The trainer logs to TensorBoard (RUN_DIR/tensorboard) and tqdm, appends one JSON line per finished
 update to RUN_DIR/progress.jsonl, checkpoints atomically (checkpointing.py) and calls an
@@ -48,6 +45,7 @@ from prophrl_common.weights import NonFiniteError, require_finite
 from prophrl_policy.modeling_vla import Observation, VLAPolicy
 from prophrl_trainer import checkpointing as ckpt
 from prophrl_trainer.distributed import DataParallelPolicy, DistContext
+from prophrl_trainer.imagined_rollouts import Imagined, ImaginationSettings, imagine
 from prophrl_trainer.initial_states import InitialStateSampler
 from prophrl_trainer.rl_config import RLConfig
 from prophrl_trainer.rollouts import RolloutBackend, RolloutScorer
@@ -68,23 +66,6 @@ class ObservationBatch:
     def __getitem__(self, idx: torch.Tensor) -> Observation:
         idx = torch.as_tensor(idx, dtype=torch.long)
         return Observation(self.images[idx], [self.instructions[i] for i in idx.tolist()], self.states[idx])
-
-
-@dataclasses.dataclass
-class Imagined:
-    """The outcome of imagining n groups of G rollouts for up to C chunks."""
-
-    images: torch.Tensor          # (n*G, C', 3, S, S)
-    states: torch.Tensor          # (n*G, C', 8)
-    latents: torch.Tensor | None  # (n*G, C', K+1, H, A), SDE only
-    log_probs: torch.Tensor | None  # (n*G, C', K)
-    means: torch.Tensor | None    # (n*G, C', K, H, A), the sampler's step means
-    instructions: list[str]       # (n*G,)
-    mask: np.ndarray              # (n, G, C') 1 = the chunk counts
-    rewards: np.ndarray           # (n, G)
-    success: np.ndarray           # (n, G) bool
-    length: np.ndarray            # (n, G) chunks until termination
-    timings: dict[str, float]
 
 
 def derived_seed(*parts: int) -> int:
@@ -144,63 +125,9 @@ class Trainer:
     def imagine(self, starts: Sequence[ImaginationStart], seeds: Sequence[int], num_rollouts: int, mode: str,
                 generator: torch.Generator, stop_when_done: bool = True) -> Imagined:
         cfg = self.config
-        n, g, chunks = len(starts), num_rollouts, cfg.chunks_per_rollout
-        size = self.policy.config.image_size
-        timings = {"policy_s": 0.0, "world_model_s": 0.0, "judge_s": 0.0}
-        groups = self.backend.open(starts, g, seeds)
-        instructions = [group.instruction for group in groups for _ in range(g)]
-        images, states, latents, log_probs, means = [], [], [], [], []
-        alive = np.ones((n, g), bool)
-        masks = []
-        rewards = np.zeros((n, g), np.float32)
-        success = np.zeros((n, g), bool)
-        length = np.full((n, g), chunks, np.int64)
-        try:
-            for c in range(chunks):
-                t0 = time.perf_counter()
-                frames = np.concatenate([group.current_frames for group in groups])
-                state = torch.from_numpy(np.concatenate([group.state for group in groups]).astype(np.float32))
-                obs = Observation.from_frames(frames, instructions, state, size)
-                self.policy.eval()
-                sample = self.policy.predict_action_chunk(obs, mode=mode, sampler=cfg.chunk_sampler,
-                                                          generator=generator)
-                images.append(obs.images)
-                states.append(state)
-                if mode == "sde":
-                    latents.append(sample.latents.cpu())
-                    log_probs.append(sample.log_probs.cpu())
-                    means.append(sample.means.cpu())
-                masks.append(alive.astype(np.float32))
-                actions = sample.actions.cpu().numpy().reshape(n, g, *sample.actions.shape[1:])
-                t1 = time.perf_counter()
-                self.backend.step(groups, [actions[i] for i in range(n)])
-                t2 = time.perf_counter()
-                timings["policy_s"] += t1 - t0
-                timings["world_model_s"] += t2 - t1
-                last = c == chunks - 1
-                if cfg.early_termination or last:
-                    live = np.argwhere(alive)
-                    if len(live):
-                        probs, decisions = self.scorer.score(
-                            [groups[i].frames[j] for i, j in live], [groups[i].instruction for i, _ in live],
-                            [groups[i].state_history[j] for i, j in live])
-                        probs = np.asarray(probs, np.float32).reshape(len(live))
-                        decisions = np.asarray(decisions, bool).reshape(len(live))
-                        if not np.isfinite(probs).all():
-                            raise RuntimeError("the reward scorer returned NaN/inf")
-                        for (i, j), p, ok in zip(live, probs, decisions):
-                            ok = bool(ok)
-                            if ok or last:
-                                rewards[i, j] = p if cfg.reward == "probability" else float(ok)
-                                success[i, j], alive[i, j], length[i, j] = ok, False, c + 1
-                    timings["judge_s"] += time.perf_counter() - t2
-                if stop_when_done and not alive.any():
-                    break
-        finally:
-            self.backend.close(groups)
-        stack = (lambda xs: torch.stack(xs, 1) if xs else None)
-        return Imagined(stack(images), stack(states), stack(latents), stack(log_probs), stack(means), instructions,
-                        np.stack(masks, axis=2), rewards, success, length, timings)
+        settings = ImaginationSettings(cfg.chunks_per_rollout, cfg.chunk_sampler, cfg.early_termination, cfg.reward)
+        return imagine(self.policy, self.backend, self.scorer, starts, seeds, num_rollouts, mode, generator, settings,
+                       stop_when_done)
 
     def rollout_batch(self, imagined: Imagined, advantages: torch.Tensor, drop_masked: bool) -> RolloutBatch:
         """Flatten (n*G, C') chunks into a RolloutBatch (only the valid chunks unless data-parallel)."""

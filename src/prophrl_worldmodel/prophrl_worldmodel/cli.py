@@ -31,8 +31,10 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     from prophrl_worldmodel.training import SUMMARY_NAME, pretrain
 
     overrides = {"image_size": args.image_size} if args.image_size else {}
+    if args.residual is not None:
+        overrides["predict_residual"] = args.residual == "on"
     config = get_prophet_config(args.config, **overrides)
-    out = pretrain(args.data, config, args.out, vae_steps=args.vae_steps, steps=args.steps,
+    out = pretrain(args.data, config, args.out, vae_steps=args.vae_steps, steps=args.steps, vae_from=args.vae_from,
                    batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                    log_dir=args.log_dir or Path(args.out).with_name(Path(args.out).name + "_tensorboard"),
                    device=args.device, overwrite=args.overwrite)
@@ -115,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, help="override the config's image size")
     p.add_argument("--steps", type=int, default=2000, help="denoiser steps")
     p.add_argument("--vae-steps", type=int, default=500, help="VAE steps before the denoiser (0: none)")
+    p.add_argument("--vae-from", metavar="CKPT", help="start from this Prophet's VAE (with --vae-steps 0: keep it)")
+    p.add_argument("--residual", choices=("on", "off"), help="predict each future latent's change from the start "
+                                                            "frame (default: the config's predict_residual)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--seed", type=int, default=0)

@@ -43,6 +43,10 @@ class ProphetConfig:
     # (Wan / SD3 time shift, 1 = none) for both training times and the sampling grid.
     num_inference_steps: int = 10
     timestep_shift: float = 1.0
+    # Residual prediction: the flow generates each future latent's change from the start frame's latent,
+    # per channel divided by residual_std (fitted on training clips), so "nothing moves" is the zero
+    # sample and the model's capacity goes to what changes. False: the future latents themselves.
+    predict_residual: bool = False
     # From-scratch VAE (diffusers AutoencoderKL), one down block per entry: spatial compression
     # 2 ** (len(vae_channels) - 1). Frames are encoded one by one (no temporal compression).
     vae_channels: tuple[int, ...] = (8, 16, 32)
@@ -134,7 +138,11 @@ class ProphetConfig:
 
     @classmethod
     def from_json_file(cls, path: str | Path) -> "ProphetConfig":
-        return dataclass_from_json_file(cls, path, "Prophet config")
+        return dataclass_from_json_file(cls, path, "Prophet config", added_later=ADDED_LATER)
+
+
+# Fields that configs saved before them lack (they get the default: the behaviour they were saved with).
+ADDED_LATER = ("predict_residual",)
 
 
 PROPHET_CONFIGS: dict[str, ProphetConfig] = {

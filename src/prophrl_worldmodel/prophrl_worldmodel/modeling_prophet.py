@@ -23,8 +23,8 @@ Pieces (all diffusers / peft classes, no global patching):
     the camera calibration is known, MLP(pooled VAE latents of the rendered action frames), masked
     per sample. Both MLPs end in a zero-initialised layer, so a pretrained Wan starts unchanged.
 
-Training recipe (tiny, from scratch): ``vae_loss`` steps, then ``fit_latent_statistics``, then
-``training_loss`` steps on ``denoiser_parameters()`` (the VAE is frozen inside ``training_loss``).
+Training recipe (tiny, from scratch): ``vae_loss`` steps, then ``fit_latent_statistics`` (and
+``fit_residual_statistics`` with ``predict_residual``), then ``training_loss`` steps on ``denoiser_parameters()`` (the VAE is frozen inside ``training_loss``).
 Frames everywhere are (..., H, W, 3) RGB in [0, 255], uint8 or float, numpy or torch.
 """
 
@@ -128,6 +128,8 @@ class Prophet(nn.Module):
         self.register_buffer("latent_std", std)
         self.register_buffer("action_mean", torch.zeros(config.action_dim))
         self.register_buffer("action_std", torch.ones(config.action_dim))
+        if config.predict_residual:
+            self.register_buffer("residual_std", torch.ones(self.latent_channels))
         inner_dim = self.transformer.config.num_attention_heads * self.transformer.config.attention_head_dim
         self.conditioning = ProphetConditioning(config, self.latent_channels, self.latent_size, inner_dim,
                                                 self.transformer.config.text_dim)
@@ -261,6 +263,28 @@ class Prophet(nn.Module):
         self.action_mean.copy_(a.mean(0))
         self.action_std.copy_(a.std(0, unbiased=False).clamp_min(MIN_ACTION_STD))
 
+    @torch.no_grad()
+    def fit_residual_statistics(self, current_frames, future_frames) -> None:
+        """Per-channel std of the latent change from a clip's start frame to its future frames (predict_residual):
+        current_frames (N, H, W, 3), future_frames (N, F, H, W, 3), [0, 255]."""
+        if not self.config.predict_residual:
+            raise ConfigError("fit_residual_statistics needs a Prophet with predict_residual")
+        start = self._encode_pixels(self._pixels(current_frames, "current_frames", 4)[:, None])
+        future = self._encode_pixels(self._pixels(future_frames, "future_frames", 5))
+        change = (future - start).transpose(0, 1).flatten(1)
+        self.residual_std.copy_(change.std(dim=1).clamp_min(1e-3))
+
+    def _to_residual(self, latents: torch.Tensor, start_latent: torch.Tensor) -> torch.Tensor:
+        """Future latents (B, C, F, h, w) -> what the flow generates (themselves, or their scaled change)."""
+        if not self.config.predict_residual:
+            return latents
+        return (latents - start_latent) / self.residual_std[:, None, None, None]
+
+    def _from_residual(self, generated: torch.Tensor, start_latent: torch.Tensor) -> torch.Tensor:
+        if not self.config.predict_residual:
+            return generated
+        return start_latent + generated * self.residual_std[:, None, None, None]
+
     # ----- conditioning --------------------------------------------------------------------------
     def _padded_actions(self, a: torch.Tensor) -> torch.Tensor:
         a = a.to(self.device, torch.float32)
@@ -319,7 +343,8 @@ class Prophet(nn.Module):
 
     # ----- training --------------------------------------------------------------------------------
     def training_loss(self, batch: ProphetBatch | Mapping, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Rectified-flow loss on the future latents: ||v(x_t, t) - (noise - x0)||^2 (VAE frozen)."""
+        """Rectified-flow loss on the future latents (or their change, predict_residual):
+        ||v(x_t, t) - (noise - x0)||^2 (VAE frozen)."""
         batch = ProphetBatch.coerce(batch)
         current = self._pixels(batch.current_frame, "current_frame", 4)
         b = current.shape[0]
@@ -338,7 +363,7 @@ class Prophet(nn.Module):
             latents = self._encode_pixels(torch.cat(frames, dim=1))
         history_latents = latents[:, :, :length]
         start_latent = latents[:, :, length:length + 1]
-        target = latents[:, :, length + 1:length + 1 + self.config.frames_per_clip]
+        target = self._to_residual(latents[:, :, length + 1:length + 1 + self.config.frames_per_clip], start_latent)
         action_frame_latents = latents[:, :, length + 1 + self.config.frames_per_clip:] if action_pixels is not None \
             else None
 
@@ -385,7 +410,7 @@ class Prophet(nn.Module):
         for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
             v = self.velocity(x, torch.full((b,), sigma, device=self.device), conditions)
             x = flow_matching.euler_step(x, v, sigma, sigma_next)
-        return self.decode_latents(x)
+        return self.decode_latents(self._from_residual(x, conditions.start_latent))
 
     @torch.no_grad()
     def rollout(self, start_frame, action_chunks, history_frames=None, num_steps: int | None = None,

@@ -181,8 +181,12 @@ def pretrain(dataset_dirs: str | Path | Iterable[str | Path], config: ProphetCon
              vae_steps: int = 500, steps: int = 2000, batch_size: int = 8, lr: float = 2e-3, seed: int = 0,
              log_dir: str | Path | None = None, *, vae_lr: float = 2e-3,
              held_out_fraction: float = DEFAULT_HELD_OUT_FRACTION, device: str | torch.device = "cpu",
-             progress: Progress | None = None, show_progress: bool = True, overwrite: bool = False) -> Path:
+             progress: Progress | None = None, show_progress: bool = True, overwrite: bool = False,
+             vae_from: str | Path | None = None) -> Path:
     """Train a Prophet on bags2dataset directories and save it to out_dir; returns out_dir.
+
+    vae_from: a Prophet checkpoint whose VAE (and latent normalisation) this one starts from, so denoiser
+    variants can be compared on one autoencoder; vae_steps then fine-tune it (0: keep it as it is).
 
     The VAE phase draws batch_size * frames_per_clip single frames per step; the denoiser phase
     batch_size clips. out_dir/training_summary.json records the losses (first / last 10 % of steps),
@@ -205,6 +209,8 @@ def pretrain(dataset_dirs: str | Path | Iterable[str | Path], config: ProphetCon
     sampler = ClipSampler(train, config)
     held_sampler = _held_out_sampler(held_out, config)
     model = Prophet(config).to(device)
+    if vae_from is not None:
+        _copy_vae(Prophet.from_pretrained(vae_from), model, vae_from)
     logger = _Logger(log_dir)
     summary: dict = {"phase": "pretrain", "datasets": [str(d) for d in dirs], "config": config.name,
                      "train_episodes": len(train), "held_out_episodes": len(held_out), "train_clips": len(sampler),
@@ -236,8 +242,12 @@ def pretrain(dataset_dirs: str | Path | Iterable[str | Path], config: ProphetCon
         summary.update(vae_seconds=time.perf_counter() - start, vae_l1_first=_mean_head(vae_losses),
                        vae_l1_last=_mean_tail(vae_losses))
         model.eval()
-        model.fit_latent_statistics(sampler.frames(min(512, max(64, len(sampler))), rng))
+        if vae_from is None or vae_steps:
+            model.fit_latent_statistics(sampler.frames(min(512, max(64, len(sampler))), rng))
         model.fit_action_statistics(sampler.all_actions())
+        if config.predict_residual:
+            clips = sampler.batch(rng.integers(0, len(sampler), size=min(256, len(sampler))))
+            model.fit_residual_statistics(clips["current_frame"], clips["future_frames"])
         losses, seconds = _train_denoiser(model, sampler, steps, batch_size, lr, rng, generator, logger, "denoiser",
                                           progress, show_progress)
         summary.update(denoiser_seconds=seconds, step_time_s=seconds / max(steps, 1),
@@ -251,6 +261,19 @@ def pretrain(dataset_dirs: str | Path | Iterable[str | Path], config: ProphetCon
     out = model.save_pretrained(out_dir)
     write_json_atomic(out / SUMMARY_NAME, summary)
     return out
+
+
+def _copy_vae(source: Prophet, model: Prophet, where) -> None:
+    """`source`'s VAE weights and latent normalisation into `model` (ConfigError when they do not fit)."""
+    if source.config.image_size != model.config.image_size:
+        raise ConfigError(f"{where}: its VAE was trained at {source.config.image_size} px, this config is "
+                          f"{model.config.image_size} px")
+    try:
+        model.vae.load_state_dict(source.vae.state_dict())
+    except RuntimeError as exc:
+        raise ConfigError(f"{where}: its VAE does not fit this config ({exc})") from exc
+    model.latent_mean.copy_(source.latent_mean)
+    model.latent_std.copy_(source.latent_std)
 
 
 # ----- adaptation ----------------------------------------------------------------------------------------

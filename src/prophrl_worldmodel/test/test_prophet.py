@@ -352,3 +352,63 @@ def test_a_trained_full_model_switches_to_lora_for_adaptation(tmp_path):
     assert (path / WEIGHTS_NAME).is_file()
     loaded = Prophet.from_pretrained(path)
     assert loaded.config.finetune == "lora" and dataclasses.asdict(loaded.config) == dataclasses.asdict(model.config)
+
+
+# ----- residual prediction ------------------------------------------------------------------------------
+def _still_or_moving_batch(batch: int, rng: np.random.Generator) -> dict:
+    """The square world, half of the clips with zero actions and a still square."""
+    data = _square_world_batch(batch, rng)
+    still = rng.random(batch) < 0.5
+    data["actions"][still] = 0.0
+    data["future_frames"][still] = data["current_frame"][still][:, None]
+    return data
+
+
+def _train_briefly(config: ProphetConfig, steps: int) -> Prophet:
+    torch.manual_seed(0)
+    m = Prophet(config)
+    rng = np.random.default_rng(0)
+    fit = _still_or_moving_batch(64, rng)
+    m.fit_action_statistics(fit["actions"])
+    if config.predict_residual:
+        m.fit_residual_statistics(fit["current_frame"], fit["future_frames"])
+    opt = torch.optim.AdamW(m.denoiser_parameters(), lr=2e-3)
+    for _ in range(steps):
+        loss = m.training_loss(_still_or_moving_batch(8, rng))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return m.eval()
+
+
+def test_a_residual_prophet_keeps_a_still_scene_still_after_short_training():
+    """Zero actions: the residual model's clip stays at the start frame (as the VAE reconstructs it) after a
+    short training, much closer than the same model predicting whole latents."""
+    rng = np.random.default_rng(5)
+    probe = _still_or_moving_batch(6, rng)
+    start = probe["current_frame"]
+    still = np.zeros((6, 4, 7), np.float32)
+    errors = {}
+    for residual in (True, False):
+        m = _train_briefly(_small_config(use_action_frames=False, predict_residual=residual), steps=120)
+        reconstruction = m.decode_latents(m.encode_frames(start[:, None]))
+        clip = m.generate(start, None, still, generator=torch.Generator().manual_seed(0))
+        errors[residual] = float((clip - reconstruction).abs().mean().detach())
+    assert errors[True] < 12.0, errors  # mean absolute error in [0, 255] pixel units
+    assert errors[True] < 0.5 * errors[False], errors
+
+
+def test_residual_statistics_are_saved_and_old_configs_load_without_the_field(tmp_path):
+    m = _train_briefly(_small_config(use_action_frames=False, predict_residual=True), steps=0)
+    assert torch.all(m.residual_std != 1.0), "fitted on the clips' latent changes"
+    loaded = Prophet.from_pretrained(m.save_pretrained(tmp_path / "residual"))
+    assert loaded.config.predict_residual
+    torch.testing.assert_close(loaded.residual_std, m.residual_std)
+
+    old = Prophet(_small_config()).save_pretrained(tmp_path / "old")
+    data = json.loads((old / CONFIG_NAME).read_text())
+    del data["predict_residual"]  # a checkpoint saved before the field existed
+    (old / CONFIG_NAME).write_text(json.dumps(data))
+    assert Prophet.from_pretrained(old).config.predict_residual is False
+    with pytest.raises(ConfigError, match="predict_residual"):
+        Prophet(_small_config()).fit_residual_statistics(_frames(2), _frames(2, 2))

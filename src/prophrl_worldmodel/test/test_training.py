@@ -89,6 +89,27 @@ def test_pretrain_lowers_the_loss_and_saves_a_loadable_checkpoint(worlds):
     assert clip.shape == (1, CONFIG.frames_per_clip, SIZE, SIZE, 3) and torch.isfinite(clip).all()
 
 
+def test_pretrain_from_another_prophets_vae_keeps_it_and_fits_residual_statistics(worlds, tmp_path, capsys):
+    root, source, _, checkpoint = worlds
+    out = tmp_path / "residual"
+    assert main(["pretrain", "--data", str(source), "--out", str(out), "--config", "tiny", "--image-size", str(SIZE),
+                 "--vae-from", str(checkpoint), "--vae-steps", "0", "--steps", "2", "--batch-size", "2",
+                 "--residual", "on"]) == 0
+    # the CLI's named config differs from CONFIG in the transformer only: the VAE fits
+    base, model = Prophet.from_pretrained(checkpoint), Prophet.from_pretrained(out)
+    assert model.config.predict_residual and not base.config.predict_residual
+    for name, tensor in base.vae.state_dict().items():
+        torch.testing.assert_close(model.vae.state_dict()[name], tensor)
+    torch.testing.assert_close(model.latent_std, base.latent_std)
+    assert torch.all(model.residual_std > 0) and torch.all(model.residual_std != 1.0), "fitted on the training clips"
+
+    capsys.readouterr()
+    assert main(["pretrain", "--data", str(source), "--out", str(tmp_path / "bad"), "--config", "tiny",
+                 "--image-size", "64", "--vae-from", str(checkpoint), "--vae-steps", "0", "--steps", "1"]) == 2
+    assert "VAE was trained at 32 px" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+
+
 def test_lora_adaptation_changes_only_adapters_and_lowers_held_out_loss(worlds, tmp_path):
     _, _, target, checkpoint = worlds
     calls = []

@@ -1,0 +1,113 @@
+"""The imagination collector: a policy acting closed loop inside a world model, scored by a judge (no ROS).
+
+`imagine` steps groups of rollouts through a RolloutBackend (Prophet in process, or imagination servers
+over ROS): at every chunk the policy acts on each rollout's current imagined frame and integrated state
+(mode "sde" records the denoising latents and per-step log-probabilities that RL needs; "ode" is the
+deterministic policy), the backend turns the chunks into the next clips, and a RolloutScorer judges them.
+With early termination the scorer judges every live rollout's clip-so-far after each chunk and the first
+chunk judged successful ends it (its later chunks get mask 0); otherwise, and for a rollout never judged
+successful, the full clip is scored after the last chunk. The RL trainer (rl_trainer) learns from what it
+returns; `prophrl eval --in-imagination` (imagined_evaluation) reads only its success.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from prophrl_nn.flow_matching import SamplerConfig
+from prophrl_policy.modeling_vla import Observation, VLAPolicy
+from prophrl_trainer.rollouts import RolloutBackend, RolloutScorer
+from prophrl_worldmodel.imagination import ImaginationStart
+
+@dataclasses.dataclass(frozen=True)
+class ImaginationSettings:
+    chunks: int                      # policy chunks per rollout (one world-model clip each)
+    sampler: SamplerConfig           # the policy's chunk sampler (steps, SDE noise level)
+    early_termination: bool = True   # judge after every chunk; the first success ends the rollout
+    reward: str = "probability"      # the judge's success probability, or its decision as 0 / 1
+
+
+@dataclasses.dataclass
+class Imagined:
+    """The outcome of imagining n groups of G rollouts for up to C chunks."""
+
+    images: torch.Tensor          # (n*G, C', 3, S, S)
+    states: torch.Tensor          # (n*G, C', 8)
+    latents: torch.Tensor | None  # (n*G, C', K+1, H, A), SDE only
+    log_probs: torch.Tensor | None  # (n*G, C', K)
+    means: torch.Tensor | None    # (n*G, C', K, H, A), the sampler's step means
+    instructions: list[str]       # (n*G,)
+    mask: np.ndarray              # (n, G, C') 1 = the chunk counts
+    rewards: np.ndarray           # (n, G)
+    success: np.ndarray           # (n, G) bool
+    length: np.ndarray            # (n, G) chunks until termination
+    timings: dict[str, float]
+
+
+def imagine(policy: VLAPolicy, backend: RolloutBackend, scorer: RolloutScorer,
+            starts: Sequence[ImaginationStart], seeds: Sequence[int], num_rollouts: int, mode: str,
+            generator: torch.Generator, settings: ImaginationSettings, stop_when_done: bool = True) -> Imagined:
+    """Imagine a group of `num_rollouts` rollouts from each start (world-model seed per start); see the
+    module docstring. stop_when_done: stop stepping once every rollout has ended."""
+    n, g, chunks = len(starts), num_rollouts, settings.chunks
+    size = policy.config.image_size
+    timings = {"policy_s": 0.0, "world_model_s": 0.0, "judge_s": 0.0}
+    groups = backend.open(starts, g, seeds)
+    instructions = [group.instruction for group in groups for _ in range(g)]
+    images, states, latents, log_probs, means = [], [], [], [], []
+    alive = np.ones((n, g), bool)
+    masks = []
+    rewards = np.zeros((n, g), np.float32)
+    success = np.zeros((n, g), bool)
+    length = np.full((n, g), chunks, np.int64)
+    try:
+        for c in range(chunks):
+            t0 = time.perf_counter()
+            frames = np.concatenate([group.current_frames for group in groups])
+            state = torch.from_numpy(np.concatenate([group.state for group in groups]).astype(np.float32))
+            obs = Observation.from_frames(frames, instructions, state, size)
+            policy.eval()
+            sample = policy.predict_action_chunk(obs, mode=mode, sampler=settings.sampler,
+                                                      generator=generator)
+            images.append(obs.images)
+            states.append(state)
+            if mode == "sde":
+                latents.append(sample.latents.cpu())
+                log_probs.append(sample.log_probs.cpu())
+                means.append(sample.means.cpu())
+            masks.append(alive.astype(np.float32))
+            actions = sample.actions.cpu().numpy().reshape(n, g, *sample.actions.shape[1:])
+            t1 = time.perf_counter()
+            backend.step(groups, [actions[i] for i in range(n)])
+            t2 = time.perf_counter()
+            timings["policy_s"] += t1 - t0
+            timings["world_model_s"] += t2 - t1
+            last = c == chunks - 1
+            if settings.early_termination or last:
+                live = np.argwhere(alive)
+                if len(live):
+                    probs, decisions = scorer.score(
+                        [groups[i].frames[j] for i, j in live], [groups[i].instruction for i, _ in live],
+                        [groups[i].state_history[j] for i, j in live])
+                    probs = np.asarray(probs, np.float32).reshape(len(live))
+                    decisions = np.asarray(decisions, bool).reshape(len(live))
+                    if not np.isfinite(probs).all():
+                        raise RuntimeError("the reward scorer returned NaN/inf")
+                    for (i, j), p, ok in zip(live, probs, decisions):
+                        ok = bool(ok)
+                        if ok or last:
+                            rewards[i, j] = p if settings.reward == "probability" else float(ok)
+                            success[i, j], alive[i, j], length[i, j] = ok, False, c + 1
+                timings["judge_s"] += time.perf_counter() - t2
+            if stop_when_done and not alive.any():
+                break
+    finally:
+        backend.close(groups)
+    stack = (lambda xs: torch.stack(xs, 1) if xs else None)
+    return Imagined(stack(images), stack(states), stack(latents), stack(log_probs), stack(means), instructions,
+                    np.stack(masks, axis=2), rewards, success, length, timings)
