@@ -46,10 +46,12 @@ def _cmd_params(args: argparse.Namespace) -> int:
 def _cmd_policy_sft(args: argparse.Namespace) -> int:
     import dataclasses
 
+    from prophrl_common.devices import torch_device
     from prophrl_common.outputs import check_output_dir, check_writable_dir
     from prophrl_policy.configuration_vla import get_vla_config
     from prophrl_trainer.sft import SFT_OUTPUT, SFTConfig, load_demonstrations, train_sft
 
+    torch_device(args.device)  # before the data is read
     policy_config = get_vla_config(args.config, **({"horizon": args.horizon} if args.horizon else {}))
     cfg = SFTConfig(steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed,
                     only_successful=not args.include_failures)
@@ -59,7 +61,8 @@ def _cmd_policy_sft(args: argparse.Namespace) -> int:
     data = load_demonstrations(args.dataset, policy_config.horizon, cfg.only_successful)
     print(f"SFT on {len(data)} samples from {len(set(data.episode_index.tolist()))} episodes; "
           f"policy config {policy_config.name}: {dataclasses.asdict(policy_config)}")
-    path, losses = train_sft(data, policy_config, cfg, args.out, log_dir=log_dir, overwrite=args.overwrite)
+    path, losses = train_sft(data, policy_config, cfg, args.out, log_dir=log_dir, overwrite=args.overwrite,
+                             device=args.device)
     print(f"saved {path} (final loss {sum(losses[-50:]) / len(losses[-50:]):.4f})")
     return 0
 
@@ -90,7 +93,7 @@ def _cmd_policy_eval(args: argparse.Namespace) -> int:
         rates = []
         for policy_seed in range(args.policy_seeds):
             settings = EvalSettings(robot=args.robot, task=task, episodes=args.episodes, max_steps=args.max_steps,
-                                    first_seed=args.first_seed, mode=args.mode)
+                                    first_seed=args.first_seed, mode=args.mode, device=args.device)
             rates.append(evaluate_policy(args.checkpoint, settings, policy_seed=policy_seed).success_rate)
         mean, std = mean_std(rates)
         rows.append([task, args.robot, args.episodes, f"{100 * mean:.1f} +- {100 * std:.1f}"])
@@ -153,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     sft.add_argument("--log-dir", default="", help="TensorBoard directory (default OUT/tensorboard)")
     sft.add_argument("--overwrite", action="store_true",
                      help="replace OUT if it is a previous SFT checkpoint (never anything else)")
+    sft.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     sft.set_defaults(func=_cmd_policy_sft)
     ev = policy.add_parser("eval", help="true success in the physics sim on seeded held-out initial states")
     ev.add_argument("--checkpoint", required=True)
@@ -163,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--first-seed", type=int, default=100_000, help="first held-out initial-state seed")
     ev.add_argument("--max-steps", type=int, default=200)
     ev.add_argument("--mode", choices=("ode", "sde"), default="ode")
+    ev.add_argument("--device", default="cpu", help="where the policy runs: cpu | cuda | cuda:N")
     ev.set_defaults(func=_cmd_policy_eval)
 
     collect = verbs.add_parser("collect", help="record demonstration episodes (one rosbag2 MCAP bag each)")

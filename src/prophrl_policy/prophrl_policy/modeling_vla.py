@@ -8,6 +8,7 @@ log-probabilities under the current weights (what FA-GRPO differentiates), `save
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from pathlib import Path
@@ -93,6 +94,8 @@ class VLAPolicy(nn.Module):
                  embodiment: Embodiment | None = None):
         super().__init__()
         self.config = config.validate()
+        # None: float32 everywhere; torch.bfloat16: the networks run under autocast (_networks), not saved
+        self.compute_dtype: torch.dtype | None = None
         d = config.hidden_dim
         self.norm_stats = norm_stats or NormStats.identity(config.state_dim, config.robot_action_dim)
         if self.norm_stats.state_dim != config.state_dim or self.norm_stats.action_dim != config.robot_action_dim:
@@ -130,23 +133,50 @@ class VLAPolicy(nn.Module):
         nn.init.zeros_(self.action_out[1].bias)
 
     # ----- observation -------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _networks(self):
+        """The context of the networks' forward passes: autocast to compute_dtype when it is set (bf16 on a GPU);
+        their outputs are returned as float32, so the flow and the SDE log-probabilities stay in float32.
+
+        Under autocast, attention's inference fast path (taken without gradients) runs softmax in the low
+        precision while the differentiable path keeps it in float32: the log-probabilities of a rollout and
+        of the update that recomputes them would differ by several percent in the PPO ratio. So with a
+        compute_dtype both take the same path."""
+        if self.compute_dtype is None:
+            yield
+            return
+        fast_path = torch.backends.mha.get_fastpath_enabled()
+        torch.backends.mha.set_fastpath_enabled(False)
+        try:
+            with torch.autocast(self.action_pos.device.type, dtype=self.compute_dtype):
+                yield
+        finally:
+            torch.backends.mha.set_fastpath_enabled(fast_path)
+
     def encode_observation(self, obs: Observation) -> torch.Tensor:
         """(B, N_obs, D) tokens, computed once per observation and reused by every denoising step."""
         size = self.config.image_size
-        images = obs.images.to(self.action_pos.device, torch.float32)
+        # One memory layout (NCHW contiguous): convolution kernels round differently for a channels-last view
+        # (what from_frames' permute gives) than for the same images stacked into a rollout batch, and the
+        # SDE log-probabilities of a rollout and of its update must agree.
+        images = obs.images.to(self.action_pos.device, torch.float32).contiguous()
         if images.shape[-2:] != (size, size):
             images = nn.functional.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
         states = self.norm_stats.normalize_state(obs.states.to(self.action_pos.device, torch.float32))
-        vision = self.vision(images) + self.obs_type[0]
-        text = self.text(obs.instructions) + self.obs_type[1]
-        state = self.state_proj(states).unsqueeze(1) + self.obs_type[2]
-        return torch.cat([vision, text, state], dim=1)
+        with self._networks():
+            vision = self.vision(images) + self.obs_type[0]
+            text = self.text(obs.instructions) + self.obs_type[1]
+            state = self.state_proj(states).unsqueeze(1) + self.obs_type[2]
+            tokens = torch.cat([vision, text, state], dim=1)
+        return tokens.float()
 
     def velocity(self, x_t: torch.Tensor, t: torch.Tensor, obs_tokens: torch.Tensor) -> torch.Tensor:
         """v_theta(x_t, t, obs): x_t (B,H,A) normalised actions, t (B,) in [0,1]."""
         time = sinusoidal_embedding(t, self.config.hidden_dim)[:, None].expand(-1, x_t.shape[1], -1)
-        tokens = self.time_mlp(torch.cat([self.action_in(x_t), time], dim=-1)) + self.action_pos
-        return self.action_out(self.denoiser(tokens, obs_tokens))
+        with self._networks():
+            tokens = self.time_mlp(torch.cat([self.action_in(x_t), time], dim=-1)) + self.action_pos
+            v = self.action_out(self.denoiser(tokens, obs_tokens))
+        return v.float()
 
     # ----- actions <-> model space ----------------------------------------------------------------
     def to_model_space(self, actions: torch.Tensor) -> torch.Tensor:
@@ -181,7 +211,9 @@ class VLAPolicy(nn.Module):
             raise ValueError(f"actions must be (B, {self.config.horizon}, {self.config.robot_action_dim}), "
                              f"got {tuple(actions.shape)}")
         a = self.to_model_space(actions.to(self.action_pos.device, torch.float32))
-        noise = torch.randn(a.shape, generator=generator, device=a.device)
+        # drawn where the generator lives (a CPU generator keeps a seeded stream on any device)
+        noise = torch.randn(a.shape, generator=generator, device=a.device if generator is None else generator.device)
+        noise = noise.to(a.device)
         t = self.sample_time(a.shape[0], generator)
         x_t = t[:, None, None] * noise + (1 - t[:, None, None]) * a
         v = self.velocity(x_t, t, self.encode_observation(obs))

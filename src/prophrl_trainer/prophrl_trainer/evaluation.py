@@ -6,6 +6,7 @@ import dataclasses
 import statistics
 from pathlib import Path
 
+from prophrl_common.devices import torch_device
 from prophrl_policy.modeling_vla import VLAPolicy
 from prophrl_trainer.sim_rollout import PolicyController, run_episode
 
@@ -24,6 +25,7 @@ class EvalSettings:
     camera: str = "agentview"
     image_size: int = 128
     mode: str = "ode"
+    device: str = "cpu"          # where the policy runs (the sim always runs on the CPU)
 
 
 @dataclasses.dataclass
@@ -43,8 +45,10 @@ def evaluate_policy(policy: VLAPolicy | str | Path, settings: EvalSettings, poli
 
     from prophrl_sim.arm_sim import ArmSim
 
+    device = torch_device(settings.device)
     if not isinstance(policy, VLAPolicy):
-        policy = VLAPolicy.from_pretrained(policy)
+        policy = VLAPolicy.from_pretrained(policy, map_location=str(device))
+    policy = policy.to(device)
     sim = ArmSim(settings.robot, settings.task, camera=settings.camera, image_width=settings.image_size,
                  image_height=settings.image_size)
     controller = PolicyController(policy, mode=settings.mode, seed=policy_seed)

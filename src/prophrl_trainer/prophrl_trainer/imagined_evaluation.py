@@ -18,6 +18,7 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 
 from prophrl_common.config_io import ConfigError
+from prophrl_common.devices import torch_device
 from prophrl_common.geometry import CameraCalibration
 from prophrl_trainer.evaluation import EvalSettings
 from prophrl_worldmodel.imagination import ImaginationStart
@@ -31,6 +32,7 @@ class ImaginedEvalSettings:
     rollouts: int = 2                # world-model seeds per state
     num_steps: int | None = None     # Prophet Euler steps per clip (default: its config's)
     seed: int = 0                    # world-model and policy sampling seeds derive from it
+    device: str = "cpu"              # where Prophet, the policy and the judge run
 
     def validate(self) -> "ImaginedEvalSettings":
         if self.chunks < 1 or self.rollouts < 1 or (self.num_steps is not None and self.num_steps < 1):
@@ -81,17 +83,18 @@ def evaluate_in_imagination(policy_dirs: list[str | Path], starts: list[Imaginat
     from prophrl_worldmodel.modeling_prophet import Prophet
 
     settings = settings.validate()
-    prophet = Prophet.from_pretrained(settings.world_model).eval()
+    device = torch_device(settings.device)
+    prophet = Prophet.from_pretrained(settings.world_model, map_location=device).eval()
     backend = InProcessImagination(prophet, settings.num_steps)
-    scorer = JudgeScorer.from_pretrained(settings.judge)
+    scorer = JudgeScorer.from_pretrained(settings.judge, str(device))
     seeds = [derived_seed(settings.seed, 7_777, i) for i in range(len(starts))]  # the same for every policy
     results = []
     for policy_dir in tqdm(policy_dirs, desc="eval in imagination", unit="policy", disable=not show_progress):
-        policy = VLAPolicy.from_pretrained(policy_dir).eval()
+        policy = VLAPolicy.from_pretrained(policy_dir, map_location=str(device)).to(device).eval()
         if policy.config.horizon != backend.action_horizon:
             raise ConfigError(f"{policy_dir}: the policy's chunk horizon is {policy.config.horizon} but the world "
                               f"model executes {backend.action_horizon} actions per clip")
-        generator = torch.Generator().manual_seed(derived_seed(settings.seed, 7_778))
+        generator = torch.Generator(device=device).manual_seed(derived_seed(settings.seed, 7_778))
         imagined = imagine(policy, backend, scorer, starts, seeds, settings.rollouts, "ode", generator,
                            ImaginationSettings(settings.chunks, policy.config.sampler))
         results.append(imagined.success.mean(axis=1).astype(float).tolist())

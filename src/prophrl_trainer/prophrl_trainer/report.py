@@ -46,6 +46,7 @@ from pathlib import Path
 import numpy as np
 
 from prophrl_common.config_io import ConfigError
+from prophrl_common.devices import torch_device
 from prophrl_common.outputs import OutputKind, check_run_dir
 from prophrl_trainer.evaluation import HELD_OUT_SEED_BASE, EvalSettings, evaluate_jobs
 from prophrl_trainer.imagined_evaluation import (ImaginedEvalSettings, evaluate_in_imagination, held_out_starts,
@@ -377,6 +378,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--imagined-rollouts", type=int, default=2, help="world-model seeds per held-out state")
     parser.add_argument("--jobs", type=int, default=1,
                         help="checkpoints evaluated in parallel processes (one torch thread each; same results)")
+    parser.add_argument("--device", default="cpu", help="where the policies (and, in imagination, Prophet and the judge) run: "
+                                                         "cpu | cuda | cuda:N")
     parser.add_argument("--out", required=True, help="report directory")
     return parser
 
@@ -406,6 +409,7 @@ def _report(args: argparse.Namespace) -> int:
     over_training = _parse_run_args(args.over_training)
     if args.episodes < 1 or args.policy_seeds < 1 or args.replan_steps < 1 or args.jobs < 1:
         raise ConfigError("--episodes, --policy-seeds, --replan-steps and --jobs must be >= 1")
+    torch_device(args.device)
     if args.world_model and not (Path(args.world_model) / "prophet_config.json").is_file():
         raise ConfigError(f"--world-model {args.world_model} is not a Prophet checkpoint (no prophet_config.json)")
     imagined = None
@@ -413,7 +417,7 @@ def _report(args: argparse.Namespace) -> int:
         if not args.world_model or not args.judge:
             raise ConfigError("--in-imagination needs --world-model and --judge")
         imagined = ImaginedEvalSettings(args.world_model, args.judge, args.imagined_chunks,
-                                        args.imagined_rollouts).validate()
+                                        args.imagined_rollouts, device=args.device).validate()
     out = check_run_dir(args.out, REPORT_OUTPUT, inputs=[
         args.world_model, *(source.policy_dir for sources in policies.values() for source in sources),
         *(run for runs in over_training.values() for run in runs)])
@@ -421,7 +425,7 @@ def _report(args: argparse.Namespace) -> int:
     start = time.time()
     over_training_tables: dict[str, str] = {}
     settings = EvalSettings(robot=args.robot, episodes=args.episodes, first_seed=args.first_seed,
-                            max_steps=args.max_steps, replan_steps=args.replan_steps)
+                            max_steps=args.max_steps, replan_steps=args.replan_steps, device=args.device)
     summary = evaluate_all(policies, args.task, settings, args.policy_seeds, jobs=args.jobs)
     if imagined is not None:
         add_imagined_success(summary, policies, args.task, settings, imagined)

@@ -16,6 +16,7 @@ from prophrl_trainer.fa_grpo import FAGRPOConfig, FlowScaleConfig
 
 VARIANTS = {  # RLConfig.variant -> the loss's ratio level (prophrl_trainer.fa_grpo)
     "fa_grpo": "chunk", "fa_grpo_chunk_mean": "chunk_mean", "fa_grpo_element": "element", "flow_grpo": "step"}
+MIXED_PRECISION = ("none", "bf16")
 REWARD_MODES = ("probability", "binary")
 _LOSS_KEYS = ("clip_eps_low", "clip_eps_high", "kl_beta", "advantage_eps")
 
@@ -59,6 +60,9 @@ class RLConfig:
         "fa_grpo_element" (one ratio per action element) | "flow_grpo" (Flow-GRPO's per-step ratio of
         element-averaged log-densities, the ablation baseline); see prophrl_trainer.fa_grpo.
     use_flowscale: True; flowscale: its weights (FlowScaleConfig).
+    mixed_precision: "none" | "bf16": the policy's networks run under bf16 autocast in rollouts and updates
+        alike (VLAPolicy.compute_dtype); the flow, the SDE log-probabilities and the PPO ratio stay float32, and
+        the ratio at an update's first minibatch is 1 (tests). For GPUs; on a CPU bf16 is usually slower.
     fa_grpo: the loss settings (clip_eps_low, clip_eps_high, kl_beta, advantage_eps); its group_size,
         ratio_level and flowscale come from the fields above. kl_beta > 0 keeps a frozen copy of the
         SFT policy as the KL reference.
@@ -92,6 +96,7 @@ class RLConfig:
     use_flowscale: bool = True
     fa_grpo: FAGRPOConfig = FAGRPOConfig()
     flowscale: FlowScaleConfig = FlowScaleConfig()
+    mixed_precision: str = "none"
 
     def __post_init__(self):
         require_finite_numbers(self, "RL config")
@@ -111,6 +116,9 @@ class RLConfig:
                               "weight_decay >= 0 and target_kl >= 0")
         if self.reward not in REWARD_MODES:
             raise ConfigError(f"RL config: reward must be one of {REWARD_MODES}, got {self.reward!r}")
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise ConfigError(f"RL config: mixed_precision must be one of {MIXED_PRECISION}, "
+                              f"got {self.mixed_precision!r}")
         if self.variant not in VARIANTS:
             raise ConfigError(f"RL config: variant must be one of {sorted(VARIANTS)}, got {self.variant!r}")
 
@@ -178,7 +186,7 @@ class RLConfig:
 
 
 # Fields that configs saved before them lack (they get the default).
-ADDED_LATER = ("milestone_every",)
+ADDED_LATER = ("milestone_every", "mixed_precision")
 
 
 # What a run directory (`prophrl train --out`) holds; a run is resumed in it, never replaced.

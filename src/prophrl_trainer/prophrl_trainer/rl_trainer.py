@@ -111,6 +111,7 @@ class Trainer:
         # the policy samples (and its checkpoints record) the RL chunk sampler
         policy.config = dataclasses.replace(policy.config, num_inference_steps=config.chunk_sampler.num_steps,
                                             noise_level=config.chunk_sampler.noise_level)
+        policy.compute_dtype = torch.bfloat16 if config.mixed_precision == "bf16" else None
         self.step_variances = config.chunk_sampler.step_noise_variance()
         self.flowscale = flowscale_weights(self.step_variances, config.algorithm.flowscale)
         self.train_policy = DataParallelPolicy(policy, self.device) if self.dist.enabled else policy

@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from prophrl_common.chunks import ACTION_SPACES, POLICY_STATE_DIM, POLICY_STATE_NAMES
+from prophrl_common.devices import torch_device
 from prophrl_common.config_io import ConfigError, require_finite_numbers
 from prophrl_common.outputs import OutputKind, check_output_dir, check_writable_dir
 from prophrl_common.weights import require_finite_loss
@@ -143,8 +144,11 @@ def random_shift(images: torch.Tensor, max_shift: int, generator: torch.Generato
 
 def train_sft(data: DemoData, policy_config: VLAConfig, cfg: SFTConfig, out_dir: str | Path,
               log_dir: str | Path | None = None, show_progress: bool = True,
-              overwrite: bool = False) -> tuple[Path, list[float]]:
+              overwrite: bool = False, device: str = "cpu") -> tuple[Path, list[float]]:
     """Train, save the policy (safetensors + JSON + norm stats) to out_dir; return it and the loss curve.
+
+    device: where the policy trains (cpu, cuda, cuda:N); the seeded random streams stay on the CPU, so a
+    seed draws the same batches, shifts, noise and times on every device.
 
     out_dir is checked before training (prophrl_common.outputs: never the dataset, an existing directory only
     with ``overwrite`` and only a previous SFT output); a TensorBoard log inside it survives the save. A loss
@@ -158,10 +162,11 @@ def train_sft(data: DemoData, policy_config: VLAConfig, cfg: SFTConfig, out_dir:
     if policy_config.robot_action_dim != ACTION_SPACES["ee_delta_7d"] or policy_config.state_dim != POLICY_STATE_DIM:
         raise ConfigError(f"SFT on ee_delta_7d demonstrations needs robot_action_dim {ACTION_SPACES['ee_delta_7d']} "
                           f"and state_dim {POLICY_STATE_DIM}")
+    target = torch_device(device)
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
     stats = NormStats.from_data(data.states, data.chunks)
-    policy = VLAPolicy(policy_config, stats, embodiment=data.embodiment())
+    policy = VLAPolicy(policy_config, stats, embodiment=data.embodiment()).to(target)
     params = [p for p in policy.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -180,7 +185,7 @@ def train_sft(data: DemoData, policy_config: VLAConfig, cfg: SFTConfig, out_dir:
     with tqdm(total=cfg.steps, desc="policy sft", unit="step", disable=not show_progress) as bar:
         while step < cfg.steps:
             for frames, states, chunks, instructions in loader:
-                obs = Observation.from_frames(frames, instructions, states, policy_config.image_size)
+                obs = Observation.from_frames(frames, instructions, states, policy_config.image_size, device=target)
                 obs.images = random_shift(obs.images, cfg.max_pixel_shift, generator)
                 loss = policy.compute_loss(obs, chunks, generator=generator)
                 require_finite_loss(loss.item(), "SFT", step)

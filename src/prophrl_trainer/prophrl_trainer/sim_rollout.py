@@ -46,7 +46,8 @@ class PolicyController:
         import torch
 
         self.policy, self.mode = policy.eval(), mode
-        self.generator = torch.Generator().manual_seed(seed)
+        self.device = policy.action_pos.device
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)
 
     def reset(self, seed: int) -> None:
         self.generator.manual_seed(seed)
@@ -59,10 +60,10 @@ class PolicyController:
 
         pose = observation.ee_pose
         state = policy_state(np.concatenate([pose.position, pose.quaternion]), gripper_command)
-        obs = Observation.from_frames(image[None], [instruction], state[None])
+        obs = Observation.from_frames(image[None], [instruction], state[None], device=self.device)
         with torch.inference_mode():
             sample = self.policy.predict_action_chunk(obs, mode=self.mode, generator=self.generator)
-        return sample.actions[0].numpy()
+        return sample.actions[0].cpu().numpy()
 
 
 def run_episode(sim, controller: Controller, seed: int, *, max_steps: int = 200, replan_steps: int = 2,

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from prophrl_common.config_io import ConfigError
+from prophrl_common.devices import torch_device
 from prophrl_common.outputs import check_run_dir
 from prophrl_common.tables import print_table
 from prophrl_policy.modeling_vla import VLAPolicy
@@ -56,10 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _device(name: str) -> torch.device:
     if name.startswith("cuda") and ":" not in name and "LOCAL_RANK" in os.environ:
         name = f"cuda:{int(os.environ['LOCAL_RANK'])}"
-    device = torch.device(name)
+    device = torch_device(name)
     if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError("--device cuda, but CUDA is not available")
         torch.cuda.set_device(device)
     return device
 

@@ -245,3 +245,31 @@ def test_data_parallel_ranks_end_with_identical_parameters(setup, tmp_path):
     latest = ckpt.latest_checkpoint(tmp_path / "run" / "checkpoints")
     state = json.loads((latest / ckpt.STATE_JSON).read_text())
     assert state["world_size"] == 2 and len(state["rng"]) == 2
+
+
+def test_bf16_mixed_precision_keeps_the_first_ratio_at_one(setup, tmp_path):
+    """mixed_precision bf16: rollouts and the update run the policy's networks under autocast, the log-probs and
+    the ratio stay float32, and an update that has not moved the weights sees ratio 1 (within 1e-4)."""
+    from prophrl_trainer.fa_grpo import policy_update
+
+    config = setup.rl_config("bf16.json", mixed_precision="bf16")
+    trainer = _trainer(setup, tmp_path / "run", config)
+    policy = trainer.policy
+    assert policy.compute_dtype == torch.bfloat16
+    torch.manual_seed(3)
+    with torch.no_grad():  # the output layer starts at zero; give the velocity something to say
+        policy.action_out[1].weight.normal_(0, 0.3)
+    starts = trainer.sampler.sample(2)
+    imagined = trainer.imagine(starts, [5, 6], 4, "sde", trainer.generator)
+    batch = trainer.rollout_batch(imagined, torch.randn(8), drop_masked=True)
+    frozen = torch.optim.SGD(policy.parameters(), lr=0.0)
+
+    def first_ratio():
+        stats = policy_update(policy, frozen, batch, trainer.config.algorithm, trainer.config.chunk_sampler, epochs=1,
+                              minibatch_size=None, generator=torch.Generator().manual_seed(0))
+        return stats["ratio_mean"]
+
+    assert abs(first_ratio() - 1.0) < 1e-4
+    # the same rollouts re-scored in float32 are not ratio 1: bf16 really ran, and the test would see a mismatch
+    policy.compute_dtype = None
+    assert abs(first_ratio() - 1.0) > 1e-3

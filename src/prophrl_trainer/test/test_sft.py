@@ -69,6 +69,14 @@ def test_sft_leaves_out_episodes_of_unknown_outcome_with_a_warning(demo_dataset,
     assert 0 not in data.episode_index
 
 
+def test_policy_verbs_refuse_a_device_this_machine_lacks_before_any_work(demo_dataset, tmp_path, capsys):
+    from prophrl.cli import main
+
+    assert main(["policy", "sft", "--dataset", str(demo_dataset), "--out", str(tmp_path / "p"), "--steps", "1",
+                 "--device", "cuda:99"]) == 2
+    assert "--device cuda:99" in capsys.readouterr().err and not (tmp_path / "p" / "model.safetensors").exists()
+
+
 def test_sft_refuses_a_directory_that_is_not_a_dataset(tmp_path):
     with pytest.raises(ConfigError, match="not a bags2dataset output"):
         load_demonstrations(tmp_path, 10)

@@ -63,6 +63,7 @@ from rclpy.parameter import Parameter
 
 from prophrl_common.chunks import POLICY_STATE_DIM
 from prophrl_common.config_io import ConfigError
+from prophrl_common.devices import torch_device
 from prophrl_common.images import numpy_to_image
 from prophrl_common.node_parameters import declare_parameters, parameter, read_parameters
 from prophrl_common.node_runtime import run_node
@@ -151,12 +152,7 @@ class ImaginationNode(LifecycleNode):
     # ---------------------------------------------------------------- parameters
     def _read_parameters(self) -> None:
         self.params = params = read_parameters(self, ImaginationNodeParameters)
-        try:
-            self.device = torch.device(params.device)
-        except RuntimeError as exc:
-            raise ConfigError(f"parameter device: {exc}") from None
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise ConfigError(f"parameter device is {self.device} but CUDA is not available here")
+        self.device = torch_device(params.device, "parameter device")
         self.robot = load_robot_config(params.robot)
         self._sessions.max_sessions, self._sessions.ttl_s = params.max_sessions, params.session_ttl_s
         self._queue.max_queued = params.max_queued_goals
