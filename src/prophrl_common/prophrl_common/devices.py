@@ -22,3 +22,10 @@ def torch_device(name: str, what: str = "--device"):
     elif device.type != "cpu":
         raise ConfigError(f"{what} {name}: only cpu and cuda devices are supported")
     return device
+
+
+def device_option_ok(args) -> bool:
+    """A CLI namespace's --device checked before any work (True; ConfigError for a device this machine lacks)."""
+    if getattr(args, "device", None) is not None:
+        torch_device(args.device)
+    return True

@@ -167,9 +167,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from prophrl_common.cli_errors import run_reporting_errors
+    from prophrl_common.devices import device_option_ok
 
     args = build_parser().parse_args(argv)
-    return run_reporting_errors(f"prophrl worldmodel {args.verb}", lambda: args.func(args))
+    return run_reporting_errors(f"prophrl worldmodel {args.verb}", lambda: device_option_ok(args) and args.func(args))
+
 
 
 if __name__ == "__main__":

@@ -191,9 +191,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from prophrl_common.cli_errors import run_reporting_errors
+    from prophrl_common.devices import device_option_ok
 
     args = build_parser().parse_args(argv)
-    return run_reporting_errors(f"prophrl judge {args.verb}", lambda: args.func(args), also=(ValueError,))
+    return run_reporting_errors(f"prophrl judge {args.verb}", lambda: device_option_ok(args) and args.func(args),
+                                also=(ValueError,))
+
 
 
 if __name__ == "__main__":

@@ -110,6 +110,16 @@ def test_pretrain_from_another_prophets_vae_keeps_it_and_fits_residual_statistic
     assert not (tmp_path / "bad").exists()
 
 
+def test_worldmodel_and_judge_verbs_refuse_a_device_this_machine_lacks(worlds, tmp_path, capsys):
+    from prophrl_worldmodel.judge_cli import main as judge_main
+
+    _, source, _, _ = worlds
+    assert main(["pretrain", "--data", str(source), "--out", str(tmp_path / "p"), "--device", "cuda:99"]) == 2
+    assert judge_main(["train", "--data", str(source), "--out", str(tmp_path / "j"), "--device", "cuda:99"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("--device cuda:99") == 2 and not (tmp_path / "p").exists() and not (tmp_path / "j").exists()
+
+
 def test_lora_adaptation_changes_only_adapters_and_lowers_held_out_loss(worlds, tmp_path):
     _, _, target, checkpoint = worlds
     calls = []
