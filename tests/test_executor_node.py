@@ -352,7 +352,8 @@ def test_a_stamped_chunk_starts_at_the_row_due_and_an_expired_one_is_dropped(rig
 def test_a_late_executor_skips_the_rows_whose_time_passed(rig, executor):
     """An executor held up (here: stopped for 0.4 s, as a busy machine may) runs the row due when it resumes,
     never the rows it missed, and counts them."""
-    rows = [[0.0005 * (i + 1), 0.0, 0.0, 0.0, 0.0, 0.0, 0.0] for i in range(40)]  # row i: vx = 0.01 * (i + 1)
+    # 100 rows (5 s: longer than a busy machine's start + pause); row i: vx = 0.004 * (i + 1), inside the limits
+    rows = [[0.0002 * (i + 1), 0.0, 0.0, 0.0, 0.0, 0.0, 0.0] for i in range(100)]
     stamp = rig.send(rows, age_s=0.0)
     assert wait_for(lambda: sum(nonzero(m) for _, m in rig.snapshot_twists()) >= 2, 3.0), executor.output()
     executor.proc.send_signal(signal.SIGSTOP)
@@ -363,7 +364,7 @@ def test_a_late_executor_skips_the_rows_whose_time_passed(rig, executor):
         executor.proc.send_signal(signal.SIGCONT)
     assert wait_for(lambda: len(rig.snapshot_twists()) >= paused + 2, 3.0), executor.output()
     moved = [m for _, m in rig.snapshot_twists() if nonzero(m)]
-    executed = [round(vec(m)[0] / 0.01) - 1 for m in moved]
+    executed = [round(vec(m)[0] / 0.004) - 1 for m in moved]
     due = [int((stamp_s(m) - stamp) // 0.05) for m in moved]
     assert all(row >= row_due for row, row_due in zip(executed, due)), ("a row ran after its time", executed, due)
     gaps = np.diff(executed)
