@@ -18,7 +18,9 @@ def test_cpu_is_a_device_and_bad_names_are_one_clear_error():
         torch_device("cuda:99", "parameter device")
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
-def test_cuda_without_cuda_says_so():
-    with pytest.raises(ConfigError, match="CUDA is not available here"):
-        torch_device("cuda")
+def test_cuda_is_refused_exactly_where_it_is_missing():
+    if torch.cuda.is_available():
+        assert torch_device("cuda").type == "cuda"
+    else:
+        with pytest.raises(ConfigError, match="CUDA is not available here"):
+            torch_device("cuda")
