@@ -50,7 +50,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
 
     from prophrl_common.tables import print_table
-    from prophrl_trainer.rl_trainer import derived_seed
+    from prophrl_trainer.imagined_rollouts import derived_seed
     from prophrl_trainer.train_cli import TrainSettings, build_parser, build_trainer
 
     with tempfile.TemporaryDirectory() as tmp:

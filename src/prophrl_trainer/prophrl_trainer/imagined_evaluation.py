@@ -27,7 +27,7 @@ from prophrl_worldmodel.imagination import ImaginationStart
 @dataclasses.dataclass(frozen=True)
 class ImaginedEvalSettings:
     world_model: str                 # Prophet checkpoint directory
-    judge: str                       # reward judge checkpoint directory
+    judges: tuple[str, ...]          # reward judge checkpoint directories (several: their ensemble)
     chunks: int = 8                  # policy chunks per rollout (one Prophet clip each)
     rollouts: int = 2                # world-model seeds per state
     num_steps: int | None = None     # Prophet Euler steps per clip (default: its config's)
@@ -39,8 +39,11 @@ class ImaginedEvalSettings:
             raise ConfigError("imagined evaluation needs chunks, rollouts and num_steps >= 1")
         if not (Path(self.world_model) / "prophet_config.json").is_file():
             raise ConfigError(f"--world-model {self.world_model} is not a Prophet checkpoint (no prophet_config.json)")
-        if not Path(self.judge).is_dir():
-            raise ConfigError(f"--judge {self.judge} is not a judge checkpoint directory")
+        if not self.judges:
+            raise ConfigError("imagined evaluation needs a --judge")
+        for judge in self.judges:
+            if not (judge and Path(judge).is_dir()):
+                raise ConfigError(f"--judge {judge!r} is not a judge checkpoint directory")
         return self
 
 
@@ -77,24 +80,23 @@ def evaluate_in_imagination(policy_dirs: list[str | Path], starts: list[Imaginat
     from tqdm import tqdm
 
     from prophrl_policy.modeling_vla import VLAPolicy
-    from prophrl_trainer.imagined_rollouts import ImaginationSettings, imagine
+    from prophrl_trainer.imagined_rollouts import ImaginationSettings, evaluation_seeds, imagine
     from prophrl_trainer.rollouts import InProcessImagination, JudgeScorer
-    from prophrl_trainer.rl_trainer import derived_seed
     from prophrl_worldmodel.modeling_prophet import Prophet
 
     settings = settings.validate()
     device = torch_device(settings.device)
     prophet = Prophet.from_pretrained(settings.world_model, map_location=device).eval()
     backend = InProcessImagination(prophet, settings.num_steps)
-    scorer = JudgeScorer.from_pretrained(settings.judge, str(device))
-    seeds = [derived_seed(settings.seed, 7_777, i) for i in range(len(starts))]  # the same for every policy
+    scorer = JudgeScorer.from_pretrained(settings.judges, str(device))
+    seeds, policy_seed = evaluation_seeds(settings.seed, len(starts))  # the same for every policy
     results = []
     for policy_dir in tqdm(policy_dirs, desc="eval in imagination", unit="policy", disable=not show_progress):
         policy = VLAPolicy.from_pretrained(policy_dir, map_location=str(device)).to(device).eval()
         if policy.config.horizon != backend.action_horizon:
             raise ConfigError(f"{policy_dir}: the policy's chunk horizon is {policy.config.horizon} but the world "
                               f"model executes {backend.action_horizon} actions per clip")
-        generator = torch.Generator(device=device).manual_seed(derived_seed(settings.seed, 7_778))
+        generator = torch.Generator(device=device).manual_seed(policy_seed)
         imagined = imagine(policy, backend, scorer, starts, seeds, settings.rollouts, "ode", generator,
                            ImaginationSettings(settings.chunks, policy.config.sampler))
         results.append(imagined.success.mean(axis=1).astype(float).tolist())

@@ -24,6 +24,18 @@ from prophrl_policy.modeling_vla import Observation, VLAPolicy
 from prophrl_trainer.rollouts import RolloutBackend, RolloutScorer
 from prophrl_worldmodel.imagination import ImaginationStart
 
+def derived_seed(*parts: int) -> int:
+    """A 32-bit seed derived from integer parts (independent streams for different parts)."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
+
+
+def evaluation_seeds(seed: int, starts: int) -> tuple[list[int], int]:
+    """The fixed randomness of a deterministic evaluation: one world-model seed per start, and the seed of
+    the policy's generator. Every evaluation from the same seed and starts (the RL trainer's, every policy
+    of `prophrl eval --in-imagination`) imagines with the same noise."""
+    return [derived_seed(seed, 7_777, i) for i in range(starts)], derived_seed(seed, 7_778)
+
+
 @dataclasses.dataclass(frozen=True)
 class ImaginationSettings:
     chunks: int                      # policy chunks per rollout (one world-model clip each)

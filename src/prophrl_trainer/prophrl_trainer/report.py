@@ -168,7 +168,7 @@ def add_imagined_success(summary: dict, policies: dict[str, list[PolicySource]],
                          settings: EvalSettings, imagined: ImaginedEvalSettings, show_progress: bool = True) -> None:
     """Each policy's imagined success on the summary's held-out states (mean over its checkpoints) and, per
     task, its Pearson correlation with the true success across policies and across (policy, state) pairs."""
-    summary["imagined_vs_true"] = {"world_model": imagined.world_model, "judge": imagined.judge,
+    summary["imagined_vs_true"] = {"world_model": imagined.world_model, "judge": list(imagined.judges),
                                    "chunks": imagined.chunks, "rollouts": imagined.rollouts, "tasks": {}}
     sources = [(label, source) for label, group in policies.items() for source in group]
     for task in tasks:
@@ -193,7 +193,7 @@ def imagined_table(summary: dict) -> str:
     if "imagined_vs_true" not in summary:
         return ""
     info = summary["imagined_vs_true"]
-    lines = [f"## Imagined vs true success (Prophet {info['world_model']}, judge {info['judge']}, "
+    lines = [f"## Imagined vs true success (Prophet {info['world_model']}, judge {', '.join(info['judge'])}, "
              f"{info['chunks']} chunks, {info['rollouts']} world-model seed(s) per state)", "",
              "| policy | task | imagined % | true % |", "|---|---|---|---|"]
     for label, entry in summary["policies"].items():
@@ -373,7 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--in-imagination", action="store_true",
                         help="also evaluate every policy inside --world-model, scored by --judge, from the same "
                              "held-out states (imagined vs true success and their correlation)")
-    parser.add_argument("--judge", default="", help="reward judge checkpoint (with --in-imagination)")
+    parser.add_argument("--judge", nargs="+", default=[], metavar="JUDGE",
+                        help="reward judge checkpoint (with --in-imagination); several: their ensemble")
     parser.add_argument("--imagined-chunks", type=int, default=8, help="policy chunks per imagined rollout")
     parser.add_argument("--imagined-rollouts", type=int, default=2, help="world-model seeds per held-out state")
     parser.add_argument("--jobs", type=int, default=1,
@@ -414,9 +415,10 @@ def _report(args: argparse.Namespace) -> int:
         raise ConfigError(f"--world-model {args.world_model} is not a Prophet checkpoint (no prophet_config.json)")
     imagined = None
     if args.in_imagination:
-        if not args.world_model or not args.judge:
+        judges = tuple(judge for judge in args.judge if judge)
+        if not args.world_model or not judges:
             raise ConfigError("--in-imagination needs --world-model and --judge")
-        imagined = ImaginedEvalSettings(args.world_model, args.judge, args.imagined_chunks,
+        imagined = ImaginedEvalSettings(args.world_model, judges, args.imagined_chunks,
                                         args.imagined_rollouts, device=args.device).validate()
     out = check_run_dir(args.out, REPORT_OUTPUT, inputs=[
         args.world_model, *(source.policy_dir for sources in policies.values() for source in sources),

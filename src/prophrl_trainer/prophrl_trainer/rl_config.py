@@ -12,6 +12,7 @@ from prophrl_common.config_io import ConfigError, dataclass_from_mapping, requir
 from prophrl_common.outputs import OutputKind
 from prophrl_nn.flow_matching import SamplerConfig
 from prophrl_trainer.fa_grpo import FAGRPOConfig, FlowScaleConfig
+from prophrl_worldmodel.judge_ensemble import DEFAULT_DISAGREEMENT
 
 
 VARIANTS = {  # RLConfig.variant -> the loss's ratio level (prophrl_trainer.fa_grpo)
@@ -56,6 +57,9 @@ class RLConfig:
         In-process imagination only.
     context_frames: 1 recorded frame given to the world model as the start (more: history frames).
     reward: "probability" | "binary", see the module docstring. early_termination: True.
+    judge_disagreement: 1.0. With several judges (`prophrl train --judge J1 J2 ...`), a clip's reward is their mean
+        probability minus this times their standard deviation (prophrl_worldmodel.judge_ensemble), so clips the
+        judges disagree on are not rewarded; no effect with one judge.
     variant: "fa_grpo" (one ratio per chunk) | "fa_grpo_chunk_mean" (per chunk, length-normalised) |
         "fa_grpo_element" (one ratio per action element) | "flow_grpo" (Flow-GRPO's per-step ratio of
         element-averaged log-densities, the ablation baseline); see prophrl_trainer.fa_grpo.
@@ -92,6 +96,7 @@ class RLConfig:
     context_frames: int = 1
     reward: str = "probability"
     early_termination: bool = True
+    judge_disagreement: float = DEFAULT_DISAGREEMENT
     variant: str = "fa_grpo"
     use_flowscale: bool = True
     fa_grpo: FAGRPOConfig = FAGRPOConfig()
@@ -114,6 +119,8 @@ class RLConfig:
                 and self.target_kl >= 0):
             raise ConfigError("RL config: need noise_level > 0, learning_rate > 0, max_grad_norm > 0, "
                               "weight_decay >= 0 and target_kl >= 0")
+        if self.judge_disagreement < 0:
+            raise ConfigError(f"RL config: judge_disagreement must be >= 0, got {self.judge_disagreement}")
         if self.reward not in REWARD_MODES:
             raise ConfigError(f"RL config: reward must be one of {REWARD_MODES}, got {self.reward!r}")
         if self.mixed_precision not in MIXED_PRECISION:
@@ -186,7 +193,7 @@ class RLConfig:
 
 
 # Fields that configs saved before them lack (they get the default).
-ADDED_LATER = ("milestone_every", "mixed_precision")
+ADDED_LATER = ("milestone_every", "mixed_precision", "judge_disagreement")
 
 
 # What a run directory (`prophrl train --out`) holds; a run is resumed in it, never replaced.

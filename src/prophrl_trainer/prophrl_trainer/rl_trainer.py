@@ -45,7 +45,8 @@ from prophrl_common.weights import NonFiniteError, require_finite
 from prophrl_policy.modeling_vla import Observation, VLAPolicy
 from prophrl_trainer import checkpointing as ckpt
 from prophrl_trainer.distributed import DataParallelPolicy, DistContext
-from prophrl_trainer.imagined_rollouts import Imagined, ImaginationSettings, imagine
+from prophrl_trainer.imagined_rollouts import (Imagined, ImaginationSettings, derived_seed, evaluation_seeds,
+                                               imagine)
 from prophrl_trainer.initial_states import InitialStateSampler
 from prophrl_trainer.rl_config import RLConfig
 from prophrl_trainer.rollouts import RolloutBackend, RolloutScorer
@@ -66,10 +67,6 @@ class ObservationBatch:
     def __getitem__(self, idx: torch.Tensor) -> Observation:
         idx = torch.as_tensor(idx, dtype=torch.long)
         return Observation(self.images[idx], [self.instructions[i] for i in idx.tolist()], self.states[idx])
-
-
-def derived_seed(*parts: int) -> int:
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
 
 
 class Trainer:
@@ -190,8 +187,8 @@ class Trainer:
         training RNG streams (so evaluation never changes training)."""
         cfg = self.config
         starts = self.sampler.fixed(cfg.eval_states)
-        seeds = [derived_seed(cfg.seed, 7_777, i) for i in range(len(starts))]
-        generator = torch.Generator(device=self.device).manual_seed(derived_seed(cfg.seed, 7_778))
+        seeds, policy_seed = evaluation_seeds(cfg.seed, len(starts))
+        generator = torch.Generator(device=self.device).manual_seed(policy_seed)
         imagined = self.imagine(starts, seeds, cfg.eval_rollouts, "ode", generator)
         return {"eval/reward_mean": float(imagined.rewards.mean()), "eval/success_rate": float(imagined.success.mean()),
                 "eval/length_chunks": float(imagined.length.mean())}

@@ -17,6 +17,7 @@ import torch
 
 from prophrl_common.config_io import ConfigError
 from prophrl_worldmodel.imagination import ImaginationStart
+from prophrl_worldmodel.judge_ensemble import DEFAULT_DISAGREEMENT
 
 
 
@@ -132,17 +133,21 @@ class InProcessImagination:
 
 class JudgeScorer:
     """RolloutScorer over prophrl_worldmodel's reward judge in this process (the production reward):
-    a RewardJudge classifier or a VLMJudge, anything with score(clips, instructions) and threshold."""
+    a RewardJudge classifier, a VLMJudge or a JudgeEnsemble, anything with score(clips, instructions) and
+    threshold."""
 
     def __init__(self, judge):
         self.judge = judge
         self.threshold = float(judge.threshold)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, device: str = "cpu") -> "JudgeScorer":
-        from prophrl_worldmodel.modeling_judge import load_judge
+    def from_pretrained(cls, paths: str | Path | Sequence[str | Path], device: str = "cpu",
+                        disagreement: float = DEFAULT_DISAGREEMENT) -> "JudgeScorer":
+        """One judge checkpoint, or several scored as their ensemble (judge_ensemble)."""
+        from prophrl_worldmodel.judge_ensemble import load_judges
 
-        return cls(load_judge(path, "auto", device))
+        paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+        return cls(load_judges(paths, "auto", device, disagreement))
 
     @torch.no_grad()
     def score(self, clips, instructions, states):

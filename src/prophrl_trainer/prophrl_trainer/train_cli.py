@@ -39,7 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--policy", required=True, help="SFT policy checkpoint directory (prophrl policy sft)")
     parser.add_argument("--world-model", required=True, help="Prophet checkpoint directory")
     reward = parser.add_mutually_exclusive_group(required=True)
-    reward.add_argument("--judge", help="reward judge checkpoint directory")
+    reward.add_argument("--judge", nargs="+", metavar="JUDGE",
+                        help="reward judge checkpoint directory; several: their ensemble, penalised by their "
+                             "disagreement (RLConfig.judge_disagreement)")
     reward.add_argument("--test-reward", choices=sorted(EndEffectorDisplacementReward.DIRECTIONS),
                         help="FOR TESTS ONLY: a programmatic reward on the integrated end-effector motion")
     parser.add_argument("--test-reward-scale", type=float, default=0.02, help="metres (with --test-reward)")
@@ -72,7 +74,7 @@ class TrainSettings:
     data: tuple[str, ...]              # bags2dataset outputs: the initial states
     out: str                           # run directory
     world_model: str = ""              # Prophet checkpoint (in-process imagination)
-    judge: str = ""                    # judge checkpoint (in-process scoring)
+    judges: tuple[str, ...] = ()       # judge checkpoint(s) (in-process scoring; several: an ensemble)
     test_reward: str = ""              # FOR TESTS ONLY: EndEffectorDisplacementReward direction
     test_reward_scale: float = 0.02    # metres (with test_reward)
     updates: int = 0                   # total updates (0: the RL config's)
@@ -83,7 +85,7 @@ class TrainSettings:
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "TrainSettings":
         return cls(policy=args.policy, data=tuple(args.data), out=args.out, world_model=args.world_model,
-                   judge=args.judge or "", test_reward=args.test_reward or "",
+                   judges=tuple(args.judge or ()), test_reward=args.test_reward or "",
                    test_reward_scale=args.test_reward_scale, updates=args.updates, config=args.config,
                    resume=args.resume, device=args.device)
 
@@ -95,7 +97,7 @@ def build_trainer(settings: TrainSettings, dist: DistContext | None = None, show
     the in-process world model / judge (the ROS node passes its clients)."""
     dist = dist or DistContext()
     device = _device(settings.device)
-    inputs = [p for p in (settings.policy, settings.world_model, settings.judge, *settings.data) if p]
+    inputs = [p for p in (settings.policy, settings.world_model, *settings.judges, *settings.data) if p]
     out = check_run_dir(settings.out, RL_RUN_OUTPUT, inputs=inputs)
     latest = ckpt.latest_checkpoint(out / "checkpoints")
     if latest is not None and not settings.resume:
@@ -122,11 +124,13 @@ def build_trainer(settings: TrainSettings, dist: DistContext | None = None, show
         prophet = Prophet.from_pretrained(settings.world_model, map_location=device).eval().requires_grad_(False)
         backend = InProcessImagination(prophet, config.imagination_steps, config.shared_world_model_noise)
     if scorer is None:
-        scorer = (JudgeScorer.from_pretrained(settings.judge, str(device)) if settings.judge else
+        scorer = (JudgeScorer.from_pretrained(settings.judges, str(device), config.judge_disagreement)
+                  if settings.judges else
                   EndEffectorDisplacementReward.named(settings.test_reward, settings.test_reward_scale))
     sampler = InitialStateSampler(settings.data, seed=config.seed, context_frames=config.context_frames, rank=dist.rank)
     run_info = {"policy": str(settings.policy), "world_model": settings.world_model or type(backend).__name__,
-                "reward": f"judge:{settings.judge}" if settings.judge else f"test:{settings.test_reward}",
+                "reward": (f"judge:{','.join(settings.judges)}" if settings.judges else
+                           f"test:{settings.test_reward}"),
                 "data": [str(d) for d in settings.data], "world_size": dist.world_size}
     trainer = Trainer(policy, backend, scorer, sampler, config, out, ref_policy=ref_policy,
                       on_checkpoint=on_checkpoint, on_update=on_update, show_progress=show_progress, dist=dist,

@@ -118,7 +118,8 @@ class TrainerNode(Node):
     @staticmethod
     def _settings(params: TrainerNodeParameters) -> TrainSettings:
         return TrainSettings(policy=params.policy_checkpoint, data=tuple(d for d in params.dataset_dirs if d),
-                             out=params.out_dir, judge=params.judge_checkpoint, test_reward=params.test_reward,
+                             out=params.out_dir, judges=(params.judge_checkpoint,) if params.judge_checkpoint else (),
+                             test_reward=params.test_reward,
                              updates=params.updates, config="" if params.rl_config == "builtin" else params.rl_config,
                              resume=params.resume, device=params.device)
 
@@ -136,11 +137,11 @@ class TrainerNode(Node):
             self.status = "waiting for the imagination server(s)"
             backend.wait_for_servers(server_wait_s)
             scorer = None
-            if params.score_service and not (settings.judge or settings.test_reward):
+            if params.score_service and not (settings.judges or settings.test_reward):
                 scorer = ScoreRolloutClient(self, params.score_service, timeout_s=params.goal_timeout_s)
                 self.status = "waiting for the judge"
                 scorer.wait_for_service(server_wait_s)
-            elif not (settings.judge or settings.test_reward):
+            elif not (settings.judges or settings.test_reward):
                 raise ConfigError("set score_service (the judge node), judge_checkpoint or test_reward")
             trainer, updates = build_trainer(settings, show_progress=False, on_checkpoint=self._push_policy,
                                              on_update=self._on_update, backend=backend, scorer=scorer)

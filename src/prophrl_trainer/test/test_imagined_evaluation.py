@@ -58,7 +58,7 @@ def test_imagined_success_follows_the_judge_and_is_reproducible(setup, starts):
     policies = [smoke.policy, smoke.policy]
 
     def run(judge):
-        return evaluate_in_imagination(policies, starts, ImaginedEvalSettings(str(smoke.prophet), str(judges[judge]),
+        return evaluate_in_imagination(policies, starts, ImaginedEvalSettings(str(smoke.prophet), (str(judges[judge]),),
                                                                               chunks=2, rollouts=2),
                                        show_progress=False)
 
@@ -71,9 +71,9 @@ def test_imagined_success_follows_the_judge_and_is_reproducible(setup, starts):
 def test_bad_imagined_settings_are_one_clear_error(setup, tmp_path):
     smoke, judges = setup
     with pytest.raises(ConfigError, match="not a Prophet checkpoint"):
-        ImaginedEvalSettings(str(tmp_path), str(judges["half"])).validate()
+        ImaginedEvalSettings(str(tmp_path), (str(judges["half"]),)).validate()
     with pytest.raises(ConfigError, match=">= 1"):
-        ImaginedEvalSettings(str(smoke.prophet), str(judges["half"]), chunks=0).validate()
+        ImaginedEvalSettings(str(smoke.prophet), (str(judges["half"]),), chunks=0).validate()
 
 
 def test_pearson_needs_three_points_with_spread():

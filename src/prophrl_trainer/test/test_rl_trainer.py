@@ -55,6 +55,7 @@ def test_rl_config_round_trips_through_json_and_maps_variants(tmp_path):
     ({"reward": "dense"}, "reward"),
     ({"learning_rate": "fast"}, "expected a number"),
     ({"target_kl": -0.1}, "target_kl >= 0"),
+    ({"judge_disagreement": -0.5}, "judge_disagreement"),
     ({"shared_world_model_noise": "yes"}, "shared_world_model_noise"),
     ({"fa_grpo": {"group_size": 4}}, "top level"),
     ({"fa_grpo": {"clip_eps_low": 1.5}}, "clip_eps_low"),
@@ -162,6 +163,29 @@ def test_horizon_mismatch_is_one_clear_error(setup, tmp_path):
     args = build_parser().parse_args(dataclasses.replace(setup, policy=tmp_path / "wrong").argv(tmp_path / "o", 1))
     with pytest.raises(ConfigError, match="horizon is 7 but the world model executes 4"):
         build_trainer(TrainSettings.from_args(args), show_progress=False)
+
+
+def test_several_judges_score_as_an_ensemble_with_the_configs_disagreement_weight(setup, tmp_path):
+    from prophrl_worldmodel.configuration_judge import get_judge_config
+    from prophrl_worldmodel.judge_ensemble import JudgeEnsemble
+    from prophrl_worldmodel.modeling_judge import RewardJudge
+
+    judges = []
+    for seed, threshold in ((0, 0.4), (1, 0.6)):
+        torch.manual_seed(seed)
+        judge = RewardJudge(get_judge_config("tiny", image_size=32, cnn_channels=(8, 16), hidden_dim=32, num_frames=4))
+        judges.append(judge.eval().with_threshold(threshold).save_pretrained(tmp_path / f"judge_{seed}"))
+    argv = setup.argv(tmp_path / "run", 1, setup.rl_config("ensemble.json", judge_disagreement=2.5), judge=judges[0])
+    argv.insert(argv.index(str(judges[0])) + 1, str(judges[1]))
+    trainer, _ = build_trainer(TrainSettings.from_args(build_parser().parse_args(argv)), show_progress=False)
+    ensemble = trainer.scorer.judge
+    assert isinstance(ensemble, JudgeEnsemble) and len(ensemble.judges) == 2 and ensemble.disagreement == 2.5
+    assert trainer.scorer.threshold == pytest.approx(0.5)
+    assert trainer.run_info["reward"] == f"judge:{judges[0]},{judges[1]}"
+    # a config saved before the field existed loads with the default weight
+    saved = json.loads(RLConfig().to_json())
+    del saved["judge_disagreement"]
+    assert RLConfig.from_dict(saved, complete=True).judge_disagreement == RLConfig().judge_disagreement
 
 
 # ----- whole runs --------------------------------------------------------------------------------------

@@ -2,8 +2,8 @@
 
     prophrl judge train --data DIR [DIR ...] --out JUDGE --steps N [--config tiny]
                         [--imagined-from PROPHET [--imagined-episodes K]] [--log-dir DIR]
-    prophrl judge eval --judge JUDGE --data DIR [DIR ...] [--backend auto|classifier|vlm]
-                       [--imagined-from PROPHET] [--threshold T] [--out DIR]
+    prophrl judge eval --judge JUDGE [JUDGE ...] --data DIR [DIR ...] [--backend auto|classifier|vlm]
+                       [--imagined-from PROPHET] [--threshold T] [--disagreement W] [--out DIR]
 
 train: clips are cut from the bags2dataset episodes and labelled by the sim's ground truth
 (judge_clips module docstring); with --imagined-from, the same episodes are also replayed
@@ -12,9 +12,9 @@ training set (the paper's recipe for domain match). The threshold is picked on t
 split for recall >= --target-recall. Writes the judge (config.json + model.safetensors +
 judge_training.json) and JUDGE/summary.json.
 
-eval: accuracy / precision / recall / balanced accuracy / AUC of a judge on the clips of the given
-datasets (real, and imagined with --imagined-from), printed as a table and written to
-OUT/summary.json (default JUDGE_eval/summary.json).
+eval: accuracy / precision / recall / balanced accuracy / AUC of a judge (or, given several, of their
+ensemble: judge_ensemble) on the clips of the given datasets (real, and imagined with --imagined-from),
+printed as a table and written to OUT/summary.json (default JUDGE_eval/summary.json).
 
 Bad input (a missing dataset or checkpoint, a malformed config) is one error line and exit status 2.
 """
@@ -31,6 +31,7 @@ from prophrl_common.atomic_io import write_json_atomic
 from prophrl_common.config_io import ConfigError
 from prophrl_common.outputs import OutputKind, check_run_dir
 from prophrl_common.tables import format_table as _format_table
+from prophrl_worldmodel.judge_ensemble import DEFAULT_DISAGREEMENT
 
 
 
@@ -123,13 +124,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from prophrl_worldmodel.judge_clips import clips_from_episodes, load_episodes
+    from prophrl_worldmodel.judge_ensemble import JudgeEnsemble, load_judges
     from prophrl_worldmodel.judge_metrics import evaluate_judge
-    from prophrl_worldmodel.modeling_judge import load_judge
 
     _check_datasets(args.data)
-    out = Path(args.out) if args.out else Path(str(Path(args.judge)) + "_eval")
-    check_run_dir(out, JUDGE_EVAL_OUTPUT, inputs=[*args.data, args.judge, args.imagined_from])
-    judge = load_judge(args.judge, backend=args.backend, device=args.device)
+    if len(args.judge) > 1 and not args.out:
+        raise ConfigError("several judges (an ensemble) need --out for the evaluation")
+    out = Path(args.out) if args.out else Path(str(Path(args.judge[0])) + "_eval")
+    check_run_dir(out, JUDGE_EVAL_OUTPUT, inputs=[*args.data, *args.judge, args.imagined_from])
+    judge = load_judges(args.judge, backend=args.backend, device=args.device, disagreement=args.disagreement)
+    name = judge.describe() if isinstance(judge, JudgeEnsemble) else f"{args.judge[0]} ({judge.config.backend})"
     settings = _clip_settings(args)
     episodes = load_episodes(args.data)
     clips = clips_from_episodes(episodes, settings)
@@ -137,11 +141,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         clips = clips + _imagined(args, episodes, settings)
     threshold = judge.threshold if args.threshold is None else args.threshold
     metrics = evaluate_judge(judge, clips, threshold)
-    write_json_atomic(out / "summary.json", {"judge": str(args.judge), "backend": judge.config.backend,
+    backend = "ensemble" if isinstance(judge, JudgeEnsemble) else judge.config.backend
+    write_json_atomic(out / "summary.json", {"judge": args.judge if len(args.judge) > 1 else args.judge[0],
+                                             "backend": backend,
                                              "datasets": [str(d) for d in args.data],
                                              "imagined_from": args.imagined_from, "threshold": threshold,
                                              "clip_settings": dataclasses.asdict(settings), "metrics": metrics})
-    print(format_table(f"\nreward judge {args.judge} ({judge.config.backend}) on {len(episodes)} episode(s)",
+    print(format_table(f"\nreward judge {name} on {len(episodes)} episode(s)",
                        METRICS_HEADER, metrics_rows(metrics)))
     print(f"\nwrote {out / 'summary.json'}")
     return 0
@@ -181,7 +187,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="accuracy / precision / recall of a judge on labelled clips")
     common(p)
-    p.add_argument("--judge", required=True, help="a judge directory (or, with --backend vlm, a VLM directory)")
+    p.add_argument("--judge", required=True, nargs="+", metavar="JUDGE",
+                   help="a judge directory (or, with --backend vlm, a VLM directory); several: their ensemble "
+                        "(prophrl_worldmodel.judge_ensemble)")
+    p.add_argument("--disagreement", type=float, default=DEFAULT_DISAGREEMENT,
+                   help="ensemble score = mean probability - this x the judges' standard deviation")
     p.add_argument("--backend", default="auto", choices=("auto", "classifier", "vlm"))
     p.add_argument("--threshold", type=float, help="override the judge's threshold")
     p.add_argument("--out", help="directory for summary.json (default JUDGE_eval)")

@@ -4,6 +4,7 @@ VLM backend on a tiny offline LLaVA, and the `prophrl judge` CLI."""
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -434,6 +435,17 @@ def test_cli_train_and_eval_write_summaries(lift_dataset, tmp_path, capsys):
     assert "precision" in table and "recall" in table and "real" in table
     result = json.loads((tmp_path / "eval" / "summary.json").read_text())
     assert result["metrics"]["all"]["clips"] == n_real and 0.0 <= result["metrics"]["real"]["recall"] <= 1.0
+
+    # an ensemble of two copies of one judge agrees with itself everywhere: the same metrics as the judge alone
+    shutil.copytree(out, tmp_path / "judge_copy")
+    ensemble_argv = ["eval", "--judge", str(out), str(tmp_path / "judge_copy"), "--data", str(lift_dataset)]
+    assert main(ensemble_argv + ["--out", str(tmp_path / "eval_ensemble")]) == 0
+    assert "ensemble of 2 judges" in capsys.readouterr().out
+    ensemble = json.loads((tmp_path / "eval_ensemble" / "summary.json").read_text())
+    assert ensemble["backend"] == "ensemble" and ensemble["judge"] == [str(out), str(tmp_path / "judge_copy")]
+    assert ensemble["metrics"] == result["metrics"]
+    assert main(ensemble_argv) == 2
+    assert "need --out" in capsys.readouterr().err
 
     assert main(["eval", "--judge", str(tmp_path / "nowhere"), "--data", str(lift_dataset)]) == 2
     assert main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "j2"), "--steps", "2"]) == 2
