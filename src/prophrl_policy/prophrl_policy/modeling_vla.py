@@ -23,6 +23,7 @@ from prophrl_common.config_io import ConfigError
 from prophrl_nn import flow_matching as fm
 from prophrl_nn.flow_matching import SamplerConfig
 from prophrl_nn.text_encoder import HashedBagOfWords
+from prophrl_policy import decoder_attention
 from prophrl_policy.configuration_vla import VLAConfig
 from prophrl_policy.embodiment import EMBODIMENT_NAME, Embodiment
 from prophrl_policy.encoders import FrozenSentenceEncoder, HFVisionTokens, MobileNetTokens, SmallCNN
@@ -128,6 +129,7 @@ class VLAPolicy(nn.Module):
         layer = nn.TransformerDecoderLayer(d, config.num_heads, 4 * d, config.dropout, batch_first=True,
                                            norm_first=True, activation="gelu")
         self.denoiser = nn.TransformerDecoder(layer, config.num_layers)
+        decoder_attention.check_supported(self.denoiser)
         self.action_out = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, config.action_dim))
         nn.init.zeros_(self.action_out[1].weight)
         nn.init.zeros_(self.action_out[1].bias)
@@ -170,12 +172,26 @@ class VLAPolicy(nn.Module):
             tokens = torch.cat([vision, text, state], dim=1)
         return tokens.float()
 
-    def velocity(self, x_t: torch.Tensor, t: torch.Tensor, obs_tokens: torch.Tensor) -> torch.Tensor:
-        """v_theta(x_t, t, obs): x_t (B,H,A) normalised actions, t (B,) in [0,1]."""
+    def observation_memory(self, obs_tokens: torch.Tensor) -> decoder_attention.KeysValues:
+        """The denoiser's cross-attention keys and values of `obs_tokens`: the same at every denoising step of a
+        chunk, so the sampling loops compute them once (decoder_attention)."""
+        with self._networks():
+            return decoder_attention.memory_keys_values(self.denoiser, obs_tokens)
+
+    def velocity(self, x_t: torch.Tensor, t: torch.Tensor, obs_tokens: torch.Tensor,
+                 memory: decoder_attention.KeysValues | None = None) -> torch.Tensor:
+        """v_theta(x_t, t, obs): x_t (B,H,A) normalised actions, t (B,) in [0,1]; `memory`: observation_memory of
+        obs_tokens, when the caller has it."""
         time = sinusoidal_embedding(t, self.config.hidden_dim)[:, None].expand(-1, x_t.shape[1], -1)
         with self._networks():
             tokens = self.time_mlp(torch.cat([self.action_in(x_t), time], dim=-1)) + self.action_pos
-            v = self.action_out(self.denoiser(tokens, obs_tokens))
+            if self.training and self.config.dropout > 0:  # decode applies no dropout
+                out = self.denoiser(tokens, obs_tokens)
+            else:
+                if memory is None:
+                    memory = decoder_attention.memory_keys_values(self.denoiser, obs_tokens)
+                out = decoder_attention.decode(self.denoiser, tokens, memory)
+            v = self.action_out(out)
         return v.float()
 
     # ----- actions <-> model space ----------------------------------------------------------------
@@ -231,6 +247,7 @@ class VLAPolicy(nn.Module):
         sampler = sampler or self.config.sampler
         k_steps, noise_level = sampler.num_steps, sampler.noise_level
         obs_tokens = self.encode_observation(obs)
+        memory = self.observation_memory(obs_tokens)
         b = obs_tokens.shape[0]
         shape = (b, self.config.horizon, self.config.action_dim)
         x = torch.randn(shape, generator=generator, device=obs_tokens.device)
@@ -238,7 +255,7 @@ class VLAPolicy(nn.Module):
         latents, log_probs, means, stds = [x], [], [], []
         for k in range(k_steps):
             sigma, sigma_next = grid[k], grid[k + 1]
-            v = self.velocity(x, torch.full((b,), sigma, device=x.device), obs_tokens)
+            v = self.velocity(x, torch.full((b,), sigma, device=x.device), obs_tokens, memory)
             if mode == "ode":
                 x = fm.euler_step(x, v, sigma, sigma_next)
             else:
@@ -269,6 +286,7 @@ class VLAPolicy(nn.Module):
             raise ValueError(f"the path has {k_steps} denoising steps, the sampler {sampler.num_steps}")
         if obs_tokens is None:
             obs_tokens = self.encode_observation(obs)
+        memory = self.observation_memory(obs_tokens)
         b = latents.shape[0]
         grid = fm.sigmas(k_steps).tolist()
         mask = self.action_mask
@@ -276,7 +294,7 @@ class VLAPolicy(nn.Module):
         for k in range(k_steps):
             sigma, sigma_next = grid[k], grid[k + 1]
             x = latents[:, k]
-            v = self.velocity(x, torch.full((b,), sigma, device=x.device), obs_tokens)
+            v = self.velocity(x, torch.full((b,), sigma, device=x.device), obs_tokens, memory)
             mean, std = fm.sde_mean(x, v, sigma, sigma_next, noise_level)
             log_probs.append(fm.gaussian_log_prob(latents[:, k + 1], mean, std, mask))
             means.append(mean)

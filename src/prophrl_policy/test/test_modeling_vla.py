@@ -63,6 +63,51 @@ def test_log_prob_gradients_reach_the_action_head(policy):
     policy.zero_grad()
 
 
+def test_the_written_out_denoiser_is_the_torch_decoder_with_keys_values_computed_once():
+    from torch import nn
+
+    from prophrl_policy import decoder_attention
+
+    torch.manual_seed(1)
+    layer = nn.TransformerDecoderLayer(32, 4, 64, 0.0, batch_first=True, norm_first=True, activation="gelu")
+    decoder = nn.TransformerDecoder(layer, 2)
+    for parameter in decoder.parameters():  # away from the identity-like initialisation
+        nn.init.normal_(parameter, std=0.2)
+    tokens, memory = torch.randn(3, 6, 32, requires_grad=True), torch.randn(3, 11, 32)
+    keys_values = decoder_attention.memory_keys_values(decoder, memory)
+    assert keys_values[0][0].shape == (3, 4, 11, 8)
+    ours = decoder_attention.decode(decoder, tokens, keys_values)
+    theirs = decoder(tokens, memory)
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():  # torch's inference fast path as well
+        torch.testing.assert_close(decoder_attention.decode(decoder, tokens, keys_values), decoder(tokens, memory),
+                                   rtol=1e-5, atol=1e-5)
+    grad_ours = torch.autograd.grad(ours.square().sum(), [tokens, *decoder.parameters()])
+    grad_theirs = torch.autograd.grad(theirs.square().sum(), [tokens, *decoder.parameters()])
+    for a, b in zip(grad_ours, grad_theirs, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    post_norm = nn.TransformerDecoder(nn.TransformerDecoderLayer(32, 4, 64, 0.0, batch_first=True), 1)
+    with pytest.raises(ValueError, match="pre-norm"):
+        decoder_attention.check_supported(post_norm)
+
+
+def test_dropout_training_takes_the_torch_decoder_and_evaluation_the_written_out_one():
+    torch.manual_seed(0)
+    policy = VLAPolicy(get_vla_config("tiny", hidden_dim=64, num_layers=2, image_size=64, horizon=6, dropout=0.5))
+    with torch.no_grad():
+        policy.action_out[1].weight.normal_(0, 0.1)
+    obs_tokens = policy.encode_observation(_obs())
+    x, t = torch.randn(3, 6, policy.config.action_dim), torch.full((3,), 0.5)
+    policy.train()
+    torch.manual_seed(5)
+    first = policy.velocity(x, t, obs_tokens)
+    torch.manual_seed(6)
+    assert not torch.allclose(first, policy.velocity(x, t, obs_tokens)), "dropout must be active in training"
+    policy.eval()
+    torch.testing.assert_close(policy.velocity(x, t, obs_tokens),
+                               policy.velocity(x, t, obs_tokens, policy.observation_memory(obs_tokens)))
+
+
 def test_flow_matching_learns_a_state_conditioned_chunk():
     torch.manual_seed(0)
     policy = VLAPolicy(get_vla_config("tiny", hidden_dim=64, num_layers=2, image_size=32, horizon=4))
