@@ -86,14 +86,18 @@ def _cmd_collect(args: argparse.Namespace) -> int:
 
 
 def _cmd_policy_eval(args: argparse.Namespace) -> int:
+    from prophrl_common.config_io import ConfigError
     from prophrl_trainer.evaluation import EvalSettings, evaluate_policy, mean_std
 
+    if args.num_steps < 0:
+        raise ConfigError("--num-steps must be >= 0 (0: the checkpoint's own sampler)")
     rows = []
     for task in args.task:
         rates = []
         for policy_seed in range(args.policy_seeds):
             settings = EvalSettings(robot=args.robot, task=task, episodes=args.episodes, max_steps=args.max_steps,
-                                    first_seed=args.first_seed, mode=args.mode, device=args.device)
+                                    first_seed=args.first_seed, mode=args.mode, device=args.device,
+                                    num_steps=args.num_steps)
             rates.append(evaluate_policy(args.checkpoint, settings, policy_seed=policy_seed).success_rate)
         mean, std = mean_std(rates)
         rows.append([task, args.robot, args.episodes, f"{100 * mean:.1f} +- {100 * std:.1f}"])
@@ -167,6 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--first-seed", type=int, default=100_000, help="first held-out initial-state seed")
     ev.add_argument("--max-steps", type=int, default=200)
     ev.add_argument("--mode", choices=("ode", "sde"), default="ode")
+    ev.add_argument("--num-steps", type=int, default=0,
+                    help="denoising steps per chunk (0: the checkpoint's own; the policy node's num_steps)")
     ev.add_argument("--device", default="cpu", help="where the policy runs: cpu | cuda | cuda:N")
     ev.set_defaults(func=_cmd_policy_eval)
 

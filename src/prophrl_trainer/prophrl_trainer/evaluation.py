@@ -26,6 +26,7 @@ class EvalSettings:
     image_size: int = 128
     mode: str = "ode"
     device: str = "cpu"          # where the policy runs (the sim always runs on the CPU)
+    num_steps: int = 0           # denoising steps per chunk (0: the checkpoint's own sampler)
 
 
 @dataclasses.dataclass
@@ -51,7 +52,7 @@ def evaluate_policy(policy: VLAPolicy | str | Path, settings: EvalSettings, poli
     policy = policy.to(device)
     sim = ArmSim(settings.robot, settings.task, camera=settings.camera, image_width=settings.image_size,
                  image_height=settings.image_size)
-    controller = PolicyController(policy, mode=settings.mode, seed=policy_seed)
+    controller = PolicyController(policy, mode=settings.mode, seed=policy_seed, num_steps=settings.num_steps)
     successes, steps = [], []
     try:
         bar = tqdm(range(settings.first_seed, settings.first_seed + settings.episodes),

@@ -123,7 +123,7 @@ def evaluate_all(policies: dict[str, list[PolicySource]], tasks: Sequence[str], 
     per-episode outcomes. jobs > 1 evaluates the checkpoints in parallel processes (same results)."""
     summary = {"format": SUMMARY_FORMAT, "robot": settings.robot, "episodes": settings.episodes,
                "first_seed": settings.first_seed, "max_steps": settings.max_steps,
-               "replan_steps": settings.replan_steps, "policies": {}}
+               "replan_steps": settings.replan_steps, "num_steps": settings.num_steps, "policies": {}}
     work = [(str(source.policy_dir), dataclasses.replace(settings, task=task), k)
             for sources in policies.values() for task in tasks for source in sources for k in range(policy_seeds)]
     outcomes = iter(evaluate_jobs(work, jobs, show_progress))
@@ -364,6 +364,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "imagination executes whole chunks: pass the policy's horizon to evaluate that way)")
     parser.add_argument("--policy-seeds", type=int, default=1,
                         help="sampling seeds per checkpoint (the spread of a single-checkpoint policy)")
+    parser.add_argument("--num-steps", type=int, default=0,
+                        help="denoising steps per chunk in the sim (0: each checkpoint's own sampler)")
     parser.add_argument("--world-model", default="", help="Prophet checkpoint: also write real | imagined videos")
     parser.add_argument("--videos", type=int, default=1, help="videos per policy and task (with --world-model)")
     parser.add_argument("--video-chunks", type=int, default=4)
@@ -410,6 +412,8 @@ def _report(args: argparse.Namespace) -> int:
     over_training = _parse_run_args(args.over_training)
     if args.episodes < 1 or args.policy_seeds < 1 or args.replan_steps < 1 or args.jobs < 1:
         raise ConfigError("--episodes, --policy-seeds, --replan-steps and --jobs must be >= 1")
+    if args.num_steps < 0:
+        raise ConfigError("--num-steps must be >= 0 (0: each checkpoint's own sampler)")
     torch_device(args.device)
     if args.world_model and not (Path(args.world_model) / "prophet_config.json").is_file():
         raise ConfigError(f"--world-model {args.world_model} is not a Prophet checkpoint (no prophet_config.json)")
@@ -427,7 +431,8 @@ def _report(args: argparse.Namespace) -> int:
     start = time.time()
     over_training_tables: dict[str, str] = {}
     settings = EvalSettings(robot=args.robot, episodes=args.episodes, first_seed=args.first_seed,
-                            max_steps=args.max_steps, replan_steps=args.replan_steps, device=args.device)
+                            max_steps=args.max_steps, replan_steps=args.replan_steps, device=args.device,
+                            num_steps=args.num_steps)
     summary = evaluate_all(policies, args.task, settings, args.policy_seeds, jobs=args.jobs)
     if imagined is not None:
         add_imagined_success(summary, policies, args.task, settings, imagined)

@@ -42,12 +42,18 @@ class ExpertController:
 class PolicyController:
     """A VLAPolicy acting on the rendered frame, instruction, ee pose and gripper command in force."""
 
-    def __init__(self, policy, mode: str = "ode", seed: int = 0):
+    def __init__(self, policy, mode: str = "ode", seed: int = 0, num_steps: int = 0):
         import torch
 
+        from prophrl_nn.flow_matching import SamplerConfig
+
+        if num_steps < 0:
+            raise ValueError(f"num_steps must be >= 0 (0: the policy's own sampler), got {num_steps}")
         self.policy, self.mode = policy.eval(), mode
         self.device = policy.action_pos.device
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        saved = policy.config.sampler
+        self.sampler = SamplerConfig(num_steps, saved.noise_level) if num_steps else saved
 
     def reset(self, seed: int) -> None:
         self.generator.manual_seed(seed)
@@ -62,7 +68,8 @@ class PolicyController:
         state = policy_state(np.concatenate([pose.position, pose.quaternion]), gripper_command)
         obs = Observation.from_frames(image[None], [instruction], state[None], device=self.device)
         with torch.inference_mode():
-            sample = self.policy.predict_action_chunk(obs, mode=self.mode, generator=self.generator)
+            sample = self.policy.predict_action_chunk(obs, mode=self.mode, sampler=self.sampler,
+                                                      generator=self.generator)
         return sample.actions[0].cpu().numpy()
 
 

@@ -77,6 +77,44 @@ def test_policy_verbs_refuse_a_device_this_machine_lacks_before_any_work(demo_da
     assert "--device cuda:99" in capsys.readouterr().err and not (tmp_path / "p" / "model.safetensors").exists()
 
 
+def test_the_sim_controller_samples_with_the_requested_number_of_denoising_steps(tmp_path, capsys):
+    import torch
+
+    from prophrl.cli import main
+    from prophrl_nn.flow_matching import SamplerConfig
+    from prophrl_policy.configuration_vla import get_vla_config
+    from prophrl_policy.modeling_vla import Observation
+    from prophrl_policy.transforms import policy_state
+    from prophrl_sim.arm_sim import ArmSim
+    from prophrl_trainer.sim_rollout import PolicyController
+
+    torch.manual_seed(0)
+    policy = VLAPolicy(get_vla_config("tiny", hidden_dim=32, num_layers=1, num_heads=2, image_size=32, horizon=4))
+    with torch.no_grad():
+        policy.action_out[1].weight.normal_(0, 0.1)
+    with ArmSim("panda_sim", "lift", image_width=64, image_height=64) as sim:
+        observation = sim.reset(3)
+        image = sim.render()
+    pose = observation.ee_pose
+    obs = Observation.from_frames(image[None], [sim.instruction], policy_state(
+        np.concatenate([pose.position, pose.quaternion]), 0.0)[None])
+
+    def expected(sampler):
+        return policy.predict_action_chunk(obs, sampler=sampler, generator=torch.Generator().manual_seed(7)).actions[0]
+
+    def controller(num_steps):
+        return torch.as_tensor(PolicyController(policy, seed=7, num_steps=num_steps).chunk(
+            image, sim.instruction, observation, 0.0))
+
+    own = policy.config.sampler
+    torch.testing.assert_close(controller(0), expected(own))
+    torch.testing.assert_close(controller(2), expected(SamplerConfig(2, own.noise_level)))
+    assert not torch.allclose(controller(2), controller(0), atol=1e-4)
+    policy.save_pretrained(tmp_path / "policy")
+    assert main(["policy", "eval", "--checkpoint", str(tmp_path / "policy"), "--num-steps", "-1"]) == 2
+    assert "--num-steps must be >= 0" in capsys.readouterr().err
+
+
 def test_sft_refuses_a_directory_that_is_not_a_dataset(tmp_path):
     with pytest.raises(ConfigError, match="not a bags2dataset output"):
         load_demonstrations(tmp_path, 10)
