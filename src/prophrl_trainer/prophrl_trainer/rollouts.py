@@ -96,7 +96,8 @@ def start_frames(start: ImaginationStart, num_rollouts: int) -> np.ndarray:
 
 
 class InProcessImagination:
-    """RolloutBackend over a Prophet in this process (prophrl_worldmodel.imagination.ImaginedRollouts)."""
+    """RolloutBackend over a Prophet in this process (prophrl_worldmodel.imagination.ImaginedRollouts; every
+    group advances in one batched world-model call, imagination.step_together)."""
 
     supports_shared_noise = True
 
@@ -121,9 +122,11 @@ class InProcessImagination:
         return groups
 
     def step(self, groups, chunks):
-        for group, chunk in zip(groups, chunks, strict=True):
+        from prophrl_worldmodel.imagination import step_together
+
+        clips = step_together([group.handle for group in groups], list(chunks))
+        for group, clip in zip(groups, clips, strict=True):
             rollouts = group.handle
-            clip = rollouts.step(chunk)
             group.record(clip, np.concatenate([rollouts.ee_poses, rollouts.grippers[:, None]], axis=1))
 
     def close(self, groups):

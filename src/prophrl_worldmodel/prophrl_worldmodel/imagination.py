@@ -120,6 +120,11 @@ class ImaginedRollouts:
     # ----- stepping -------------------------------------------------------------------------------
     def step(self, chunks) -> np.ndarray:
         """Execute one action chunk per rollout: (G, horizon, 7 or 14) -> the imagined clip (G, F, S, S, 3) uint8."""
+        return step_together([self], [chunks])[0]
+
+    def _inputs(self, chunks) -> dict:
+        """Everything Prophet.generate needs for this group's next clip, its initial noise drawn from the group's
+        own generator (so a group samples the same clip alone or batched with others)."""
         chunks = np.asarray(chunks, np.float32)
         if chunks.ndim != 3 or chunks.shape[0] != self.num_rollouts or chunks.shape[1] != self.horizon \
                 or chunks.shape[2] % ARM_ACTION_DIM:
@@ -138,11 +143,13 @@ class ImaginedRollouts:
                 action_frames = np.zeros((self.num_rollouts, config.frames_per_clip, self._size, self._size, 3),
                                          np.uint8)
                 calibrated = np.zeros(self.num_rollouts, np.float32)
-        clip = self.model.generate(self._start, self._history, torch.from_numpy(chunks), self.num_steps,
-                                   self.generator, action_frames=action_frames, calibrated=calibrated,
-                                   shared_noise=self.shared_noise)
+        return {"chunks": chunks, "action_frames": action_frames, "calibrated": calibrated,
+                "noise": self.model.initial_noise(self.num_rollouts, self.generator, self.shared_noise)}
+
+    def _advance(self, chunks: np.ndarray, clip: torch.Tensor) -> np.ndarray:
+        """Take `clip` (G, F, S, S, 3) floats as this group's next clip: history, start frame and poses move on."""
         self._history = torch.cat([self._history, self._start[:, None], clip[:, :-1]],
-                                  dim=1)[:, -config.history_length:]
+                                  dim=1)[:, -self.model.config.history_length:]
         self._start = clip[:, -1]
         if self._poses is not None:
             self._poses = [_integrate(pose, chunk[:, :ARM_ACTION_DIM]) for pose, chunk in zip(self._poses, chunks)]
@@ -151,6 +158,40 @@ class ImaginedRollouts:
             self._clips.append(clip_uint8)
         self.chunks_done += 1
         return clip_uint8
+
+
+def step_together(groups: list[ImaginedRollouts], chunks: list) -> list[np.ndarray]:
+    """`groups[i].step(chunks[i])` for every i, with one Prophet call per set of groups whose history buffers
+    are equally long (all of them in RL, where every group starts alike). Each group draws its noise from its
+    own generator, so it imagines what it would alone, up to float rounding of the larger batch; a world model
+    this small is paid per call far more than per rollout, so this is where batching pays."""
+    if len(groups) != len(chunks):
+        raise ValueError(f"{len(groups)} groups but {len(chunks)} chunk arrays")
+    if len({id(group.model) for group in groups}) > 1 or len({group.num_steps for group in groups}) > 1:
+        raise ValueError("groups stepped together must share one world model and number of steps")
+    inputs = [group._inputs(chunk) for group, chunk in zip(groups, chunks, strict=True)]
+    clips: list[np.ndarray | None] = [None] * len(groups)
+    by_history: dict[int, list[int]] = {}
+    for i, group in enumerate(groups):
+        by_history.setdefault(group._history.shape[1], []).append(i)
+    for members in by_history.values():
+        model = groups[members[0]].model
+        with_frames = inputs[members[0]]["action_frames"] is not None
+
+        def joined(key, members=members):
+            return np.concatenate([inputs[i][key] for i in members]) if with_frames else None
+
+        clip = model.generate(torch.cat([groups[i]._start for i in members]),
+                              torch.cat([groups[i]._history for i in members]),
+                              torch.from_numpy(np.concatenate([inputs[i]["chunks"] for i in members])),
+                              groups[members[0]].num_steps, action_frames=joined("action_frames"),
+                              calibrated=joined("calibrated"), noise=torch.cat([inputs[i]["noise"] for i in members]))
+        first = 0
+        for i in members:
+            size = groups[i].num_rollouts
+            clips[i] = groups[i]._advance(inputs[i]["chunks"], clip[first:first + size])
+            first += size
+    return clips
 
 
 def _integrate(pose: EndEffectorPose, actions: np.ndarray) -> EndEffectorPose:

@@ -375,15 +375,27 @@ class Prophet(nn.Module):
 
     # ----- generation ------------------------------------------------------------------------------
     @torch.no_grad()
+    def initial_noise(self, batch: int, generator: torch.Generator | None = None,
+                      shared_noise: bool = False) -> torch.Tensor:
+        """The noise a clip's sampling starts from, (B, C, F, h, w): what `generate` draws from `generator`.
+        shared_noise: one draw repeated over the batch (common random numbers)."""
+        shape = (batch, self.latent_channels, self.config.frames_per_clip, self.latent_size, self.latent_size)
+        if shared_noise:
+            return randn_tensor((1, *shape[1:]), generator=generator, device=self.device,
+                                dtype=torch.float32).expand(shape).contiguous()
+        return randn_tensor(shape, generator=generator, device=self.device, dtype=torch.float32)
+
     def generate(self, start_frame, history_frames, actions, num_steps: int | None = None,
                  generator: torch.Generator | None = None, *, action_frames=None, calibrated=None,
-                 shared_noise: bool = False) -> torch.Tensor:
+                 shared_noise: bool = False, noise: torch.Tensor | None = None) -> torch.Tensor:
         """Predict the next clip: (B, F, S, S, 3) float frames in [0, 255].
 
         start_frame (B, H, W, 3); history_frames (B, T, H, W, 3) oldest first, or None; actions
         (B, horizon, action_dim); num_steps Euler steps (default config.num_inference_steps; 0 decodes
         the initial noise). Seeded by generator. shared_noise: every batch element starts from the same
-        initial noise (common random numbers: identical inputs give identical clips).
+        initial noise (common random numbers: identical inputs give identical clips). noise: the initial
+        noise itself (initial_noise's shape), which then replaces generator and shared_noise (several
+        rollout groups sampled in one batch, each with its own generator's draw).
         """
         start = self._pixels(start_frame, "start_frame", 4)
         b = start.shape[0]
@@ -399,12 +411,13 @@ class Prophet(nn.Module):
         conditions = self._conditions(latents[:, :, length:], latents[:, :, :length], actions,
                                       action_frame_latents, calibrated)
 
-        shape = (b, self.latent_channels, self.config.frames_per_clip, self.latent_size, self.latent_size)
-        if shared_noise:
-            x = randn_tensor((1, *shape[1:]), generator=generator, device=self.device,
-                             dtype=torch.float32).expand(shape).contiguous()
+        if noise is None:
+            x = self.initial_noise(b, generator, shared_noise)
         else:
-            x = randn_tensor(shape, generator=generator, device=self.device, dtype=torch.float32)
+            shape = (b, self.latent_channels, self.config.frames_per_clip, self.latent_size, self.latent_size)
+            if tuple(noise.shape) != shape:
+                raise ValueError(f"noise must be {shape}, got {tuple(noise.shape)}")
+            x = noise.to(self.device, torch.float32)
         steps = self.config.num_inference_steps if num_steps is None else num_steps
         sigmas = flow_matching.sigmas(steps, self.config.timestep_shift, dtype=torch.float64).tolist()
         for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):

@@ -5,7 +5,7 @@ import torch
 from prophrl_common.config_io import ConfigError
 from prophrl_common.geometry import CameraCalibration
 from prophrl_worldmodel.configuration_prophet import get_prophet_config
-from prophrl_worldmodel.imagination import ImaginationStart, ImaginedRollouts
+from prophrl_worldmodel.imagination import ImaginationStart, ImaginedRollouts, step_together
 from prophrl_worldmodel.modeling_prophet import Prophet
 
 
@@ -105,6 +105,40 @@ def test_shared_noise_makes_equal_actions_imagine_equal_futures(prophet):
     differing = ImaginedRollouts(prophet, _start(), 3, num_steps=2, seed=5, shared_noise=True).step(
         _chunks(3, horizon, np.array([[0.01], [-0.02], [0.03]])))
     assert (differing[1] != differing[0]).any() and (differing[2] != differing[0]).any()
+
+
+def test_groups_stepped_together_imagine_what_each_imagines_alone(prophet):
+    """One batched world-model call for several groups: each group keeps its own noise stream, poses and history,
+    so its clips, poses and frames are those of stepping it alone (up to the batch's float rounding)."""
+    horizon = prophet.config.action_horizon
+
+    def groups():
+        return [ImaginedRollouts(prophet, _start(), 2, num_steps=2, seed=3),
+                ImaginedRollouts(prophet, _start(with_camera=False), 3, num_steps=2, seed=4, shared_noise=True),
+                ImaginedRollouts(prophet, _start(frames=1), 1, num_steps=2, seed=5)]  # a shorter history
+
+    chunks = [_chunks(2, horizon, np.array([[0.01], [-0.01]])), _chunks(3, horizon, 0.02), _chunks(1, horizon, -0.02)]
+    alone, together = groups(), groups()
+    batch_sizes = []
+    generate = prophet.generate
+    for _ in range(2):
+        expected = [group.step(chunk) for group, chunk in zip(alone, chunks)]
+        prophet.generate = lambda start, *args, **kwargs: batch_sizes.append(len(start)) or generate(start, *args,
+                                                                                                     **kwargs)
+        try:
+            got = step_together(together, chunks)
+        finally:
+            del prophet.generate
+        for a, b in zip(expected, got):
+            assert a.shape == b.shape and np.abs(a.astype(int) - b.astype(int)).max() <= 2
+    assert batch_sizes == [5, 1, 5, 1], "one call for the two groups with 2 history frames, one for the other"
+    for a, b in zip(alone, together):
+        assert b.chunks_done == 2 and np.abs(a.frames.astype(int) - b.frames.astype(int)).max() <= 2
+        if a.ee_poses is not None:
+            np.testing.assert_allclose(a.ee_poses, b.ee_poses, atol=1e-6)
+    other = ImaginedRollouts(Prophet(prophet.config).eval(), _start(), 1, num_steps=2)
+    with pytest.raises(ValueError, match="one world model"):
+        step_together([alone[0], other], [chunks[0], chunks[2]])
 
 
 def test_bad_starts_are_rejected():
