@@ -123,8 +123,7 @@ class ImaginedRollouts:
         return step_together([self], [chunks])[0]
 
     def _inputs(self, chunks) -> dict:
-        """Everything Prophet.generate needs for this group's next clip, its initial noise drawn from the group's
-        own generator (so a group samples the same clip alone or batched with others)."""
+        """The checked chunks and action-frame inputs of this group's next clip (ConfigError for bad chunks)."""
         chunks = np.asarray(chunks, np.float32)
         if chunks.ndim != 3 or chunks.shape[0] != self.num_rollouts or chunks.shape[1] != self.horizon \
                 or chunks.shape[2] % ARM_ACTION_DIM:
@@ -143,8 +142,12 @@ class ImaginedRollouts:
                 action_frames = np.zeros((self.num_rollouts, config.frames_per_clip, self._size, self._size, 3),
                                          np.uint8)
                 calibrated = np.zeros(self.num_rollouts, np.float32)
-        return {"chunks": chunks, "action_frames": action_frames, "calibrated": calibrated,
-                "noise": self.model.initial_noise(self.num_rollouts, self.generator, self.shared_noise)}
+        return {"chunks": chunks, "action_frames": action_frames, "calibrated": calibrated}
+
+    def _noise(self) -> torch.Tensor:
+        """The next clip's initial noise from this group's own generator: a group samples the same clip alone
+        or batched with others."""
+        return self.model.initial_noise(self.num_rollouts, self.generator, self.shared_noise)
 
     def _advance(self, chunks: np.ndarray, clip: torch.Tensor) -> np.ndarray:
         """Take `clip` (G, F, S, S, 3) floats as this group's next clip: history, start frame and poses move on."""
@@ -163,13 +166,17 @@ class ImaginedRollouts:
 def step_together(groups: list[ImaginedRollouts], chunks: list) -> list[np.ndarray]:
     """`groups[i].step(chunks[i])` for every i, with one Prophet call per set of groups whose history buffers
     are equally long (all of them in RL, where every group starts alike). Each group draws its noise from its
-    own generator, so it imagines what it would alone, up to float rounding of the larger batch; a world model
-    this small is paid per call far more than per rollout, so this is where batching pays."""
+    own generator, so it imagines what it would alone, up to float rounding of the larger batch. Bad chunks in
+    any group raise ConfigError before any group advances. Fewer, larger calls pay where a call costs more
+    than its rollouts (an accelerator); on a CPU the tiny Prophet's time grows with the batch (1.05 s for 8
+    rollouts, 2.1 s for 16, 10 Euler steps, one thread)."""
     if len(groups) != len(chunks):
         raise ValueError(f"{len(groups)} groups but {len(chunks)} chunk arrays")
     if len({id(group.model) for group in groups}) > 1 or len({group.num_steps for group in groups}) > 1:
         raise ValueError("groups stepped together must share one world model and number of steps")
     inputs = [group._inputs(chunk) for group, chunk in zip(groups, chunks, strict=True)]
+    for group, given in zip(groups, inputs):
+        given["noise"] = group._noise()
     clips: list[np.ndarray | None] = [None] * len(groups)
     by_history: dict[int, list[int]] = {}
     for i, group in enumerate(groups):

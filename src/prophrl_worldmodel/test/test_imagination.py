@@ -139,6 +139,12 @@ def test_groups_stepped_together_imagine_what_each_imagines_alone(prophet):
     other = ImaginedRollouts(Prophet(prophet.config).eval(), _start(), 1, num_steps=2)
     with pytest.raises(ValueError, match="one world model"):
         step_together([alone[0], other], [chunks[0], chunks[2]])
+    # a bad chunk in one group: no group advances, and no group's noise stream moves
+    first_state = together[0].generator.get_state()
+    with pytest.raises(ConfigError, match="NaN"):
+        step_together(together[:2], [chunks[0], np.full_like(chunks[1], np.nan)])
+    assert [g.chunks_done for g in together] == [2, 2, 2] and torch.equal(together[0].generator.get_state(),
+                                                                          first_state)
 
 
 def test_bad_starts_are_rejected():
