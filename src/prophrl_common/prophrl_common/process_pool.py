@@ -2,10 +2,14 @@
 
 A Ctrl-C in a terminal sends SIGINT to the whole foreground process group. A worker that is still starting
 its interpreter when it arrives dies with a KeyboardInterrupt traceback from inside `site`, before any code of
-ours could handle it. Here the workers are spawned while SIGINT is ignored: the ignored disposition survives
-exec, and CPython installs its KeyboardInterrupt handler only where SIGINT is at its default, so a worker never
-sees a Ctrl-C. The parent blocks SIGINT while it is ignored, so its own Ctrl-C stays pending (Linux keeps a blocked
-signal pending even when ignored) and arrives as soon as the pool has started; it then terminates the workers.
+ours could handle it. Here the workers are spawned with SIGINT blocked: a thread's signal mask survives fork
+and exec (dispositions do not), so a Ctrl-C reaching a starting worker waits, and the worker's first act
+(`_start_worker`) ignores SIGINT, which discards it, and unblocks it. A worker never sees a Ctrl-C.
+
+The parent keeps its own handler throughout. While its spawning thread blocks SIGINT, the kernel hands a
+Ctrl-C to another thread of the process (tqdm's monitor, a torch or ROS thread). A handler that records it
+stands in during the spawn, and the Ctrl-C is raised again once the pool exists, so it is never lost: with
+SIGINT ignored instead, a Ctrl-C taken by another thread was discarded and the job ran to its end.
 """
 
 from __future__ import annotations
@@ -19,22 +23,27 @@ from typing import Any
 
 
 @contextlib.contextmanager
-def _children_ignore_sigint() -> Iterator[None]:
-    """Processes started in the block inherit SIGINT ignored; a SIGINT meant for this process waits (blocked)
-    until the block ends. Outside the main thread, which alone may change handlers, nothing changes."""
+def _children_start_with_sigint_blocked() -> Iterator[None]:
+    """Processes started in the block inherit SIGINT blocked; a Ctrl-C for this process during the block is
+    held and raised as the block ends. Outside the main thread, which alone may change handlers, nothing
+    changes."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    held: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, _frame: held.append(signum))
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         yield
     finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # one pending for this thread is recorded
         signal.signal(signal.SIGINT, previous)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+        if held:
+            signal.raise_signal(signal.SIGINT)  # as the handler in force would have taken it
 
 
 def _start_worker(initializer: Callable[[], None] | None) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # discards a Ctrl-C held since the worker started
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # still ignored; its own children start clean
     if initializer is not None:
         initializer()
@@ -49,12 +58,12 @@ def run_in_processes(function: Callable[..., Any], jobs: Sequence[tuple], worker
     from multiprocessing import resource_tracker
 
     context = multiprocessing.get_context("spawn")
-    # The resource tracker starts with SIGINT blocked by the standard library, which unblocks it afterwards:
-    # started inside the block below, it would let a pending Ctrl-C through while SIGINT is ignored.
+    # The standard library starts the resource tracker with SIGINT blocked and then unblocks it: inside the
+    # block below, that would unblock SIGINT before the workers are spawned.
     resource_tracker.ensure_running()
     pool = None
     try:
-        with _children_ignore_sigint():  # a Ctrl-C pending meanwhile is raised as the block ends
+        with _children_start_with_sigint_blocked():  # a Ctrl-C meanwhile is raised as the block ends
             pool = context.Pool(workers, initializer=_start_worker, initargs=(initializer,))
         pending = [pool.apply_async(function, job) for job in jobs]
         results = []

@@ -5,17 +5,18 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
 
-from prophrl_common.process_pool import run_in_processes
+from prophrl_common.process_pool import _children_start_with_sigint_blocked, run_in_processes
 
 # Waits for the worker pool in a child process: "started" once the parent is running our code.
 _SCRIPT = textwrap.dedent("""
     import sys, time
     from prophrl_common.cli_errors import run_reporting_errors
-    from prophrl_common.process_pool import run_in_processes
+    from prophrl_common.process_pool import _children_start_with_sigint_blocked, run_in_processes
 
     if __name__ == "__main__":
         print("started", flush=True)
@@ -32,6 +33,28 @@ def test_results_come_back_in_job_order_and_a_failing_job_raises_in_the_parent()
 def test_workers_ignore_sigint_and_the_parent_keeps_its_handler():
     assert run_in_processes(signal.getsignal, [(signal.SIGINT,)] * 2, 2) == [signal.SIG_IGN] * 2
     assert run_in_processes(signal.pthread_sigmask, [(signal.SIG_BLOCK, [])] * 2, 2) == [set(), set()]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+
+
+def test_a_ctrl_c_taken_by_another_thread_while_workers_spawn_is_raised_after_the_spawn():
+    """Regression: with SIGINT ignored during the spawn, a Ctrl-C that the kernel handed to another thread of
+    the parent (the spawning thread blocks it) was discarded, and `prophrl demo`'s stage 7 ran to its end."""
+    other_thread_ready, stop = threading.Event(), threading.Event()
+    thread = threading.Thread(target=lambda: (other_thread_ready.set(), stop.wait()))  # does not block SIGINT
+    thread.start()
+    try:
+        other_thread_ready.wait()
+        reached_the_end_of_the_block = False
+        with pytest.raises(KeyboardInterrupt):
+            with _children_start_with_sigint_blocked():
+                os.kill(os.getpid(), signal.SIGINT)  # process-directed: delivered to a thread not blocking it
+                time.sleep(0.2)
+                reached_the_end_of_the_block = True
+        assert reached_the_end_of_the_block, "the Ctrl-C must wait for the end of the spawn"
+    finally:
+        stop.set()
+        thread.join()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, [])
 
