@@ -237,6 +237,11 @@ class VLAPolicy(nn.Module):
         return err.sum() / (self.action_mask.sum() * a.shape[0] * a.shape[1])
 
     # ----- sampling ----------------------------------------------------------------------------
+    def sampler_with(self, num_steps: int = 0, noise_level: float = 0.0) -> SamplerConfig:
+        """The sampler this policy was saved with, with num_steps / noise_level replaced where given (0: keep)."""
+        saved = self.config.sampler
+        return SamplerConfig(num_steps or saved.num_steps, noise_level or saved.noise_level)
+
     @torch.no_grad()
     def predict_action_chunk(self, obs: Observation, mode: str = "ode", sampler: SamplerConfig | None = None,
                              generator: torch.Generator | None = None) -> ChunkSample:

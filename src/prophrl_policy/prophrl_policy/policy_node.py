@@ -42,7 +42,6 @@ from prophrl_common.node_runtime import run_node
 from prophrl_common.images import ImageConversionError, to_rgb8
 from prophrl_common.robots import load_robot_config
 from prophrl_msgs.msg import ActionChunk
-from prophrl_nn.flow_matching import SamplerConfig
 from prophrl_msgs.srv import LoadPolicy
 from prophrl_policy.embodiment import check_embodiment
 from prophrl_policy.modeling_vla import Observation, VLAPolicy
@@ -191,9 +190,7 @@ class PolicyNode(LifecycleNode):
             return
         with self._policy_lock:
             policy, version = self.policy, self.policy_version
-        saved = policy.config.sampler
-        sampler = SamplerConfig(self.params.num_steps or saved.num_steps,
-                                self.params.noise_level or saved.noise_level)
+        sampler = policy.sampler_with(self.params.num_steps, self.params.noise_level)
         start = time.perf_counter()
         with torch.inference_mode():
             sample = policy.predict_action_chunk(obs, mode=self.params.mode, sampler=sampler, generator=self.generator)

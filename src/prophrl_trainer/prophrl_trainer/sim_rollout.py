@@ -45,15 +45,12 @@ class PolicyController:
     def __init__(self, policy, mode: str = "ode", seed: int = 0, num_steps: int = 0):
         import torch
 
-        from prophrl_nn.flow_matching import SamplerConfig
-
         if num_steps < 0:
             raise ValueError(f"num_steps must be >= 0 (0: the policy's own sampler), got {num_steps}")
         self.policy, self.mode = policy.eval(), mode
         self.device = policy.action_pos.device
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
-        saved = policy.config.sampler
-        self.sampler = SamplerConfig(num_steps, saved.noise_level) if num_steps else saved
+        self.sampler = policy.sampler_with(num_steps)
 
     def reset(self, seed: int) -> None:
         self.generator.manual_seed(seed)
