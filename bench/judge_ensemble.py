@@ -29,7 +29,6 @@ import copy
 import json
 from pathlib import Path
 
-import numpy as np
 
 HELD_OUT_FIRST_SEED = 70_000     # above the demo's demonstration and play seeds, below the evaluation seeds
 
@@ -70,16 +69,6 @@ def held_out_dataset(out: Path, play: int, expert: int, robot: str) -> Path:
     return dataset
 
 
-def best_precision_at_recall(probs: np.ndarray, labels: np.ndarray, recall: float) -> float:
-    """The highest precision of `probs >= t` over thresholds t whose recall is >= `recall`."""
-    positives = np.sort(probs[labels == 1])[::-1]
-    if not len(positives):
-        return float("nan")
-    lowest_kept = positives[int(np.ceil(recall * len(positives))) - 1]
-    predicted = probs >= lowest_kept
-    return float((predicted & (labels == 1)).sum() / predicted.sum())
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--demo", type=Path, required=True, help="a `prophrl demo` output directory")
@@ -97,7 +86,7 @@ def main() -> int:
     from prophrl_common.tables import format_table
     from prophrl_worldmodel.judge_clips import ClipSettings, imagined_clips, load_episodes
     from prophrl_worldmodel.judge_ensemble import load_judges
-    from prophrl_worldmodel.judge_metrics import precision_recall, roc_auc
+    from prophrl_worldmodel.judge_metrics import precision_recall, recall_threshold, roc_auc
     from prophrl_worldmodel.modeling_prophet import Prophet
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -117,7 +106,7 @@ def main() -> int:
     for name, judge in judges:
         probs = judge.score(clips.clips, clips.instructions).numpy()
         at = precision_recall(probs, labels, judge.threshold)
-        best = best_precision_at_recall(probs, labels, 0.95)
+        best = precision_recall(probs, labels, recall_threshold(probs, labels, 0.95)).precision
         auc = roc_auc(probs, labels)
         summary["judges"][name] = {**at.as_dict(), "auc": auc, "best_precision_at_recall_0.95": best}
         rows.append([name, judge.threshold, at.precision, at.recall, auc, best])
