@@ -145,14 +145,16 @@ class Trainer:
                             torch.ones(len(keep)), batch.old_means[keep])
 
     # ----- one update ----------------------------------------------------------------------------
-    def train_step(self) -> dict[str, float]:
+    def collect_rollouts(self) -> Imagined:
+        """Step 1-3 of an update: `states_per_update` groups of G rollouts imagined with the SDE sampler."""
         cfg = self.config
-        t0 = time.perf_counter()
         starts = self.sampler.sample(cfg.states_per_update)
         seeds = [derived_seed(cfg.seed, self.dist.rank, self.update, i) for i in range(len(starts))]
-        imagined = self.imagine(starts, seeds, cfg.group_size, "sde", self.generator,
-                                stop_when_done=not self.dist.enabled)
-        t1 = time.perf_counter()
+        return self.imagine(starts, seeds, cfg.group_size, "sde", self.generator, stop_when_done=not self.dist.enabled)
+
+    def learn(self, imagined: Imagined) -> dict[str, float]:
+        """Step 4 of an update: FA-GRPO epochs on `imagined`; returns the loss statistics."""
+        cfg = self.config
         rewards = torch.from_numpy(imagined.rewards).double()
         advantages = group_advantages(rewards, cfg.algorithm.advantage_eps).flatten()
         batch = self.rollout_batch(imagined, advantages, drop_masked=not self.dist.enabled)
@@ -165,6 +167,13 @@ class Trainer:
             raise NonFiniteError(f"RL update {self.update + 1}: the loss became {stats['loss']}; training diverged "
                                  "(lower learning_rate), the last checkpoint is kept")
         require_finite(dict(self.policy.named_parameters()), f"RL update {self.update + 1}: the policy weights")
+        return stats
+
+    def train_step(self) -> dict[str, float]:
+        t0 = time.perf_counter()
+        imagined = self.collect_rollouts()
+        t1 = time.perf_counter()
+        stats = self.learn(imagined)
         t2 = time.perf_counter()
         group_std = imagined.rewards.std(axis=1)
         metrics = {
