@@ -1,6 +1,6 @@
 """What RL in imagination costs as the work grows: time and peak memory of one update's imagination and
-of its policy update, against group size G, initial states per update, chunks per rollout and the world
-model's image size, one factor at a time around the demo's recipe.
+of its policy update, against group size G, initial states per update, chunks per rollout, the world
+model's image size and its Euler steps per imagined clip, one factor at a time around the demo's recipe.
 
 The base cell is `prophrl demo`'s stage 6: Prophet `tiny_32px` (2 frames x 5 actions per clip), policy
 `tiny` (96 px input, horizon 10, K = 10 SDE steps), judge `tiny` at the world model's image size, and
@@ -17,7 +17,7 @@ phase started (models, optimizer, the warm-up's allocations and, for the update,
 already there), which is what a larger cell adds.
 
     python bench/rl_scaling.py [--threads 1] [--group 4 8 16 32] [--states 1 2 4] [--chunks 2 4 6 12]
-                               [--image-size 32 64 128] [--out results.json]
+                               [--image-size 32 64 128] [--imagination-steps 10 5 3] [--out results.json]
 """
 
 from __future__ import annotations
@@ -36,9 +36,9 @@ from tqdm import tqdm
 
 from prophrl_common.tables import print_table
 
-BASE = {"group_size": 8, "states_per_update": 2, "chunks_per_rollout": 6, "image_size": 32}
+BASE = {"group_size": 8, "states_per_update": 2, "chunks_per_rollout": 6, "image_size": 32, "imagination_steps": 10}
 FACTORS = {"group": "group_size", "states": "states_per_update", "chunks": "chunks_per_rollout",
-           "image_size": "image_size"}
+           "image_size": "image_size", "imagination_steps": "imagination_steps"}
 MIB = 1024 * 1024
 
 
@@ -88,7 +88,7 @@ def run_cell(cell: dict, threads: int) -> dict:
     RewardJudge(get_judge_config("tiny", image_size=size)).save_pretrained(root / "judge")
     write_smoke_dataset(root / "data", episodes=4, size=size)
     config = {**DEMO_RL_CONFIG, "group_size": cell["group_size"], "states_per_update": cell["states_per_update"],
-              "chunks_per_rollout": cell["chunks_per_rollout"]}
+              "chunks_per_rollout": cell["chunks_per_rollout"], "imagination_steps": cell["imagination_steps"]}
     (root / "rl.json").write_text(json.dumps(config))
     trainer, _ = build_trainer(TrainSettings.from_args(build_parser().parse_args([
         "--policy", str(root / "policy"), "--world-model", str(root / "prophet"), "--judge", str(root / "judge"),
@@ -134,6 +134,8 @@ def main() -> None:
     parser.add_argument("--chunks", type=int, nargs="*", default=[2, 4, 6, 12], help="chunks per rollout")
     parser.add_argument("--image-size", type=int, nargs="*", default=[32, 64, 128],
                         help="world model (and judge) image sizes")
+    parser.add_argument("--imagination-steps", type=int, nargs="*", default=[10, 5, 3],
+                        help="Euler steps per imagined clip (the world model's default is 10)")
     parser.add_argument("--out", default="", help="also write the rows here as JSON")
     parser.add_argument("--cell", default="", help=argparse.SUPPRESS)   # one cell, in a child process
     args = parser.parse_args()
@@ -151,12 +153,13 @@ def main() -> None:
     if args.out:
         Path(args.out).write_text(json.dumps(rows, indent=1))
     print_table(
-        f"RL in imagination, one update around the demo recipe (G=8, 2 states, 6 chunks, 32 px; {args.threads} "
+        f"RL in imagination, one update around the demo recipe (G=8, 2 states, 6 chunks, 32 px, 10 Euler steps; "
+        f"{args.threads} "
         "torch thread(s); seconds, MiB)",
-        ["varied", "G", "states", "chunks", "px", "rollouts", "imagine s", "  world model s", "  policy s",
+        ["varied", "G", "states", "chunks", "px", "Euler", "rollouts", "imagine s", "  world model s", "  policy s",
          "  judge s", "imagine peak", "growth", "update s", "update peak", "growth"],
         [[r["factor"], r["group_size"], r["states_per_update"], r["chunks_per_rollout"], r["image_size"],
-          r["rollouts"], r["imagine_s"], r["world_model_s"], r["policy_s"], r["judge_s"], r["imagine_peak_mib"],
+          r["imagination_steps"], r["rollouts"], r["imagine_s"], r["world_model_s"], r["policy_s"], r["judge_s"], r["imagine_peak_mib"],
           r["imagine_growth_mib"], r["update_s"], r["update_peak_mib"], r["update_growth_mib"]]
          for r in rows], float_format=".3g")
     base = rows[0]
