@@ -46,8 +46,7 @@ def build_setup(root: Path, image_size: int, judge: bool):
 
     from prophrl_policy.configuration_vla import get_vla_config
     from prophrl_policy.modeling_vla import VLAPolicy
-    from prophrl_policy.transforms import NormStats
-    from prophrl_trainer.rl_smoke import write_smoke_dataset
+    from prophrl_trainer.rl_smoke import smoke_norm_stats, write_smoke_dataset
     from prophrl_worldmodel.configuration_judge import get_judge_config
     from prophrl_worldmodel.configuration_prophet import get_prophet_config
     from prophrl_worldmodel.modeling_judge import RewardJudge
@@ -56,9 +55,8 @@ def build_setup(root: Path, image_size: int, judge: bool):
     torch.manual_seed(0)
     prophet = Prophet(get_prophet_config("tiny", image_size=image_size)).eval()
     prophet.save_pretrained(root / "prophet")
-    stats = NormStats((0.4, 0.0, 0.3, 1.0, 0.0, 0.0, 0.0, 0.5), (0.1,) * 8, (0.0,) * 7,
-                      (0.01, 0.01, 0.01, 0.05, 0.05, 0.05, 0.5))
-    VLAPolicy(get_vla_config("tiny", horizon=prophet.config.action_horizon), stats).save_pretrained(root / "policy")
+    policy_config = get_vla_config("tiny", horizon=prophet.config.action_horizon)
+    VLAPolicy(policy_config, smoke_norm_stats()).save_pretrained(root / "policy")
     write_smoke_dataset(root / "data", episodes=4, size=image_size)
     if judge:
         RewardJudge(get_judge_config("tiny", image_size=image_size)).save_pretrained(root / "judge")

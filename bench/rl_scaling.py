@@ -68,8 +68,7 @@ def run_cell(cell: dict, threads: int) -> dict:
     from prophrl.demo import DEMO_RL_CONFIG
     from prophrl_policy.configuration_vla import get_vla_config
     from prophrl_policy.modeling_vla import VLAPolicy
-    from prophrl_policy.transforms import NormStats
-    from prophrl_trainer.rl_smoke import write_smoke_dataset
+    from prophrl_trainer.rl_smoke import smoke_norm_stats, write_smoke_dataset
     from prophrl_trainer.train_cli import TrainSettings, build_parser, build_trainer
     from prophrl_worldmodel.configuration_judge import get_judge_config
     from prophrl_worldmodel.configuration_prophet import get_prophet_config
@@ -82,9 +81,8 @@ def run_cell(cell: dict, threads: int) -> dict:
     size = cell["image_size"]
     prophet = Prophet(get_prophet_config("tiny_32px", image_size=size, frames_per_clip=2, actions_per_frame=5))
     prophet.eval().save_pretrained(root / "prophet")
-    stats = NormStats((0.4, 0.0, 0.3, 1.0, 0.0, 0.0, 0.0, 0.5), (0.1,) * 8, (0.0,) * 7,
-                      (0.01, 0.01, 0.01, 0.05, 0.05, 0.05, 0.5))
-    VLAPolicy(get_vla_config("tiny", horizon=prophet.config.action_horizon), stats).save_pretrained(root / "policy")
+    policy_config = get_vla_config("tiny", horizon=prophet.config.action_horizon)
+    VLAPolicy(policy_config, smoke_norm_stats()).save_pretrained(root / "policy")
     RewardJudge(get_judge_config("tiny", image_size=size)).save_pretrained(root / "judge")
     write_smoke_dataset(root / "data", episodes=4, size=size)
     config = {**DEMO_RL_CONFIG, "group_size": cell["group_size"], "states_per_update": cell["states_per_update"],

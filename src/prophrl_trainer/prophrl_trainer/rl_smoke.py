@@ -48,6 +48,14 @@ class SmokeSetup:
         return path
 
 
+def smoke_norm_stats():
+    """SFT-like normalisation for an untrained policy: centimetre-scale position deltas per step."""
+    from prophrl_policy.transforms import NormStats
+
+    return NormStats((0.4, 0.0, 0.3, 1.0, 0.0, 0.0, 0.0, 0.5), (0.1,) * POLICY_STATE_DIM, (0.0,) * ARM_ACTION_DIM,
+                     (0.01, 0.01, 0.01, 0.05, 0.05, 0.05, 0.5))
+
+
 def write_smoke_dataset(root: Path, episodes: int = 3, size: int = 40, steps: int = 6, seed: int = 0) -> Path:
     """A bags2dataset-layout directory (index.json + shards/*.npz) of random frames; poses differ per episode."""
     root = Path(root)
@@ -74,7 +82,6 @@ def make_smoke_setup(root: str | Path, *, image_size: int = 32, frames_per_clip:
                      prophet_layers: int = 1, policy_hidden: int = 32, policy_layers: int = 1,
                      denoising_steps: int = 3, seed: int = 0) -> SmokeSetup:
     from prophrl_policy.configuration_vla import get_vla_config
-    from prophrl_policy.transforms import NormStats
     from prophrl_worldmodel.configuration_prophet import get_prophet_config
     from prophrl_worldmodel.modeling_prophet import Prophet
 
@@ -87,9 +94,6 @@ def make_smoke_setup(root: str | Path, *, image_size: int = 32, frames_per_clip:
     config = get_vla_config("tiny", hidden_dim=policy_hidden, num_layers=policy_layers,
                             num_heads=max(1, policy_hidden // 16), image_size=image_size,
                             horizon=prophet.config.action_horizon, num_inference_steps=denoising_steps)
-    # SFT-like normalisation: centimetre-scale position deltas per step
-    stats = NormStats((0.4, 0.0, 0.3, 1.0, 0.0, 0.0, 0.0, 0.5), (0.1,) * POLICY_STATE_DIM, (0.0,) * ARM_ACTION_DIM,
-                      (0.01, 0.01, 0.01, 0.05, 0.05, 0.05, 0.5))
-    VLAPolicy(config, stats).save_pretrained(root / "policy")
+    VLAPolicy(config, smoke_norm_stats()).save_pretrained(root / "policy")
     write_smoke_dataset(root / "data", size=image_size + 8, seed=seed)
     return SmokeSetup(root, root / "prophet", root / "policy", root / "data")
