@@ -18,6 +18,11 @@ half-written ``update_*``. Weights or optimizer state holding NaN / inf are neve
 (NonFiniteError before anything is written), so a diverged run can never rotate a good checkpoint out
 for a bad one. Old checkpoints beyond ``keep_last`` are first renamed to a hidden trash name and then deleted, so a crash during deletion cannot leave a partial ``update_*`` either; stale
 temporaries and trash are removed by ``clean_stale``.
+
+With a held-out imagined validation set (RLConfig.validation_states), the run directory also holds the
+policy that scored best on it, ``RUN_DIR/best_policy/`` (a policy checkpoint plus ``selection.json``:
+its update, 0 for the SFT policy itself, and its validation scores), replaced atomically whenever a later
+evaluation beats it (save_selected_policy).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from prophrl_common.atomic_io import atomic_directory
 from prophrl_common.config_io import ConfigError
 from prophrl_common.weights import save_finite_safetensors
 
@@ -46,6 +52,8 @@ OPTIMIZER_JSON = "optimizer.json"
 RNG_TENSORS = "rng.safetensors"
 STATE_JSON = "trainer_state.json"
 CONFIG_JSON = "rl_config.json"
+SELECTED_POLICY_DIR = "best_policy"
+SELECTION_JSON = "selection.json"
 
 
 def checkpoint_name(update: int) -> str:
@@ -256,3 +264,24 @@ def load_checkpoint(path: str | Path, policy, optimizer: torch.optim.Optimizer |
     except Exception as exc:
         raise ConfigError(f"{path / RNG_TENSORS}: cannot read: {exc}") from exc
     return rng, state
+
+
+def save_selected_policy(run_dir: str | Path, policy, selection: dict) -> Path:
+    """Write `policy` and its `selection` record (JSON-able: update, validation scores) as
+    RUN_DIR/best_policy, replacing the previous one in one rename: the policy and its record never disagree."""
+    final = Path(run_dir) / SELECTED_POLICY_DIR
+    with atomic_directory(final) as tmp:
+        policy.save_pretrained(tmp)
+        (tmp / SELECTION_JSON).write_text(json.dumps(selection, indent=1))
+    return final
+
+
+def read_selection(run_dir: str | Path) -> dict | None:
+    """The selection record of RUN_DIR/best_policy, or None when the run has none."""
+    path = Path(run_dir) / SELECTED_POLICY_DIR / SELECTION_JSON
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the selection record: {exc}") from exc

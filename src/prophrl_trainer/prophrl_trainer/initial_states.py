@@ -20,9 +20,13 @@ class InitialStateSampler:
     """Start states for imagination from recorded episodes (bags2dataset outputs): each episode's first
     `context_frames` frames (the last is the start frame), its instruction, the end-effector pose at the
     start frame and the gripper command then in force (0 at an episode's first frame, else the previous
-    step's gripper action, the SFT convention). Draws are seeded (per rank) and checkpointable."""
+    step's gripper action, the SFT convention). Draws are seeded (per rank) and checkpointable.
 
-    def __init__(self, dataset_dirs: Sequence[str | Path], seed: int = 0, context_frames: int = 1, rank: int = 0):
+    held_out: that many episodes (a choice fixed by `seed`, the same on every rank) become `validation` and are
+    never drawn by `sample` or `fixed`."""
+
+    def __init__(self, dataset_dirs: Sequence[str | Path], seed: int = 0, context_frames: int = 1, rank: int = 0,
+                 held_out: int = 0):
         if isinstance(dataset_dirs, (str, Path)):
             dataset_dirs = [dataset_dirs]
         if not dataset_dirs:
@@ -33,6 +37,14 @@ class InitialStateSampler:
         for directory in dataset_dirs:
             self.states += _load_starts(Path(directory), context_frames)
         self.seed = int(seed)
+        self.validation: list[ImaginationStart] = []
+        if held_out:
+            if not 0 < held_out < len(self.states):
+                raise ConfigError(f"cannot hold out {held_out} of {len(self.states)} recorded episodes as validation "
+                                  "states: at least one must be left for training")
+            order = np.random.default_rng([self.seed, 2_000_003]).permutation(len(self.states))
+            self.validation = [self.states[i] for i in sorted(order[:held_out])]
+            self.states = [self.states[i] for i in sorted(order[held_out:])]
         self.rng = np.random.default_rng([self.seed, int(rank)])
 
     def __len__(self) -> int:

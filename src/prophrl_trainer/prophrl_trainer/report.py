@@ -70,12 +70,14 @@ class PolicySource:
 
 
 def resolve_policy(label: str, path: str | Path) -> PolicySource:
-    """A policy checkpoint directory, or an RL run directory (-> its newest checkpoint's policy)."""
+    """A policy checkpoint directory, or an RL run directory (-> its newest checkpoint's policy). A run's
+    selected policy (RUN/best_policy) keeps the run, for its learning curves."""
     from prophrl_trainer import checkpointing as ckpt
 
     path = Path(path)
     if (path / "model.safetensors").is_file():
-        return PolicySource(label, path)
+        selected = path.name == ckpt.SELECTED_POLICY_DIR and (path.parent / "checkpoints").is_dir()
+        return PolicySource(label, path, path.parent if selected else None)
     latest = ckpt.latest_checkpoint(path / "checkpoints")
     if latest is not None and (latest / ckpt.POLICY_DIR / "model.safetensors").is_file():
         return PolicySource(label, latest / ckpt.POLICY_DIR, path)

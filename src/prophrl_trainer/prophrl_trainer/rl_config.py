@@ -10,6 +10,7 @@ from pathlib import Path
 
 from prophrl_common.config_io import ConfigError, dataclass_from_mapping, require_finite_numbers
 from prophrl_common.outputs import OutputKind
+from prophrl_trainer.checkpointing import SELECTED_POLICY_DIR
 from prophrl_nn.flow_matching import SamplerConfig
 from prophrl_trainer.fa_grpo import FAGRPOConfig, FlowScaleConfig
 from prophrl_worldmodel.judge_ensemble import DEFAULT_DISAGREEMENT
@@ -48,6 +49,11 @@ class RLConfig:
         the true success along training beside the imagined one.
     eval_every: 10 updates (0: never): deterministic (ODE) rollouts from `eval_states` fixed initial
         states, `eval_rollouts` each, with fixed world-model seeds, so evaluations are comparable.
+    validation_states: 0 (off). > 0: that many recorded episodes (a fixed, seeded choice) are held out of the
+        training draws and are the starts of the imagined evaluation instead of `eval_states` training starts;
+        the SFT policy is evaluated on them before the first update, and the policy that scores best (judge
+        reward of the ODE rollouts) is kept as RUN_DIR/best_policy (checkpointing.save_selected_policy), so
+        the run's result does not hang on the number of updates. Needs eval_every > 0.
     seed: 0, for the initial-state draws, the policy's sampling noise and the world model's seeds.
     imagination_steps: Euler steps per Prophet clip (0: the world model's own default).
     shared_world_model_noise: False. True: the G rollouts of a group draw the same world-model noise
@@ -90,6 +96,7 @@ class RLConfig:
     eval_every: int = 10
     eval_states: int = 8
     eval_rollouts: int = 1
+    validation_states: int = 0
     seed: int = 0
     imagination_steps: int = 0
     shared_world_model_noise: bool = False
@@ -110,7 +117,8 @@ class RLConfig:
                     "context_frames"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"RL config: {key} must be >= 1, got {getattr(self, key)}")
-        for key in ("minibatch_size", "eval_every", "imagination_steps", "seed", "milestone_every"):
+        for key in ("minibatch_size", "eval_every", "imagination_steps", "seed", "milestone_every",
+                    "validation_states"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"RL config: {key} must be >= 0, got {getattr(self, key)}")
         if self.group_size < 2:
@@ -119,6 +127,9 @@ class RLConfig:
                 and self.target_kl >= 0):
             raise ConfigError("RL config: need noise_level > 0, learning_rate > 0, max_grad_norm > 0, "
                               "weight_decay >= 0 and target_kl >= 0")
+        if self.validation_states and not self.eval_every:
+            raise ConfigError("RL config: validation_states > 0 needs eval_every > 0 (how often the held-out "
+                              "states are evaluated)")
         if self.judge_disagreement < 0:
             raise ConfigError(f"RL config: judge_disagreement must be >= 0, got {self.judge_disagreement}")
         if self.reward not in REWARD_MODES:
@@ -193,9 +204,10 @@ class RLConfig:
 
 
 # Fields that configs saved before them lack (they get the default).
-ADDED_LATER = ("milestone_every", "mixed_precision", "judge_disagreement")
+ADDED_LATER = ("milestone_every", "mixed_precision", "judge_disagreement", "validation_states")
 
 
 # What a run directory (`prophrl train --out`) holds; a run is resumed in it, never replaced.
 RL_RUN_OUTPUT = OutputKind("FA-GRPO run directory", frozenset({"checkpoints", "tensorboard", "progress.jsonl",
-                                                                "progress.jsonl.tmp"}))
+                                                                "progress.jsonl.tmp", SELECTED_POLICY_DIR}),
+                           prefixes=(f".{SELECTED_POLICY_DIR}.", f"..{SELECTED_POLICY_DIR}."))  # its temporaries

@@ -17,6 +17,11 @@ calls it successful; its later chunks get mask 0 and never enter the loss. The r
 probability (`reward: probability`, a denser signal than pass/fail) or its thresholded decision
 (`reward: binary`, the paper's judges' output).
 
+Checkpoint selection (RLConfig.validation_states > 0): recorded episodes held out of the training draws are
+imagined with the deterministic policy every `eval_every` updates and once before the first (the SFT policy,
+update 0); the policy with the highest mean judge reward there is kept as RUN_DIR/best_policy, so a run that
+starts to fool the world model keeps its best policy instead of its last (no simulator in the loop).
+
 The trainer logs to TensorBoard (RUN_DIR/tensorboard) and tqdm, appends one JSON line per finished
 update to RUN_DIR/progress.jsonl, checkpoints atomically (checkpointing.py) and calls an
 on_checkpoint(policy_dir, update) hook (the trainer node pushes LoadPolicy from it). Data-parallel
@@ -117,6 +122,7 @@ class Trainer:
         self.local_rewards: list[float] = []
         self.checkpoint_dir = self.out_dir / "checkpoints"
         self.last_checkpoint: Path | None = None
+        self.selected: dict | None = None   # the checkpoint selection's record: update and validation scores
         self._resumed = False
 
     # ----- imagination ---------------------------------------------------------------------------
@@ -192,15 +198,27 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Deterministic (ODE) policy from fixed starts with fixed world-model seeds; does not touch the
-        training RNG streams (so evaluation never changes training)."""
+        """Deterministic (ODE) policy from fixed starts (the held-out validation states when there are any) with
+        fixed world-model seeds; does not touch the training RNG streams (so evaluation never changes training)."""
         cfg = self.config
-        starts = self.sampler.fixed(cfg.eval_states)
+        starts = self.sampler.validation or self.sampler.fixed(cfg.eval_states)
         seeds, policy_seed = evaluation_seeds(cfg.seed, len(starts))
         generator = torch.Generator(device=self.device).manual_seed(policy_seed)
         imagined = self.imagine(starts, seeds, cfg.eval_rollouts, "ode", generator)
         return {"eval/reward_mean": float(imagined.rewards.mean()), "eval/success_rate": float(imagined.success.mean()),
                 "eval/length_chunks": float(imagined.length.mean())}
+
+    def select(self, metrics: dict[str, float]) -> bool:
+        """Keep the current policy as RUN_DIR/best_policy when its validation `metrics` beat the selected one's
+        (ties keep the earlier). Main rank only. Returns whether it was kept."""
+        score = metrics["eval/reward_mean"]
+        if self.selected is not None and score <= self.selected["eval/reward_mean"]:
+            return False
+        self.selected = {"update": self.update, "eval/reward_mean": score,
+                         "eval/success_rate": metrics["eval/success_rate"],
+                         "validation_states": len(self.sampler.validation), "rollouts": self.config.eval_rollouts}
+        ckpt.save_selected_policy(self.out_dir, self.policy, self.selected)
+        return True
 
     # ----- checkpoints ---------------------------------------------------------------------------
     def _rng_state(self) -> dict:
@@ -219,6 +237,7 @@ class Trainer:
             for key in ("generator", "order_generator", "torch_global"):
                 tensors[f"rank{rank}.{key}"] = torch.tensor(state[key], dtype=torch.uint8)
         json_state = {"world_size": self.dist.world_size, "history": self.history, "run": self.run_info,
+                      "selected": self.selected,
                       "rng": [{"numpy": s["numpy"], "python": s["python"]} for s in states]}
         path = ckpt.save_checkpoint(self.checkpoint_dir, self.update, self.policy, self.optimizer, tensors,
                                     json_state, self.config.to_json(), self.config.keep_checkpoints,
@@ -248,6 +267,7 @@ class Trainer:
             self.sampler.rng = np.random.default_rng([self.config.seed, rank, state["update"]])
         self.update = int(state["update"])
         self.history = list(state.get("history", []))
+        self.selected = state.get("selected")
         self.last_checkpoint = path
         self._resumed = True
         return self.update
@@ -277,6 +297,9 @@ class Trainer:
             self._rewrite_progress()
             for k, w in enumerate(self.flowscale.tolist()):
                 writer.add_scalar(f"flowscale/w_{k:02d}", w, self.update)
+        selecting = self.config.validation_states > 0
+        if selecting and main and self.selected is None:
+            self.select(self.evaluate())   # the SFT policy: update 0
         bar = tqdm(total=num_updates, initial=self.update, desc=f"FA-GRPO ({self.config.variant})", unit="update",
                    disable=not (self.show_progress and main), dynamic_ncols=True)
         try:
@@ -286,6 +309,8 @@ class Trainer:
                 self.update += 1
                 if self.config.eval_every and self.update % self.config.eval_every == 0 and main:
                     metrics.update(self.evaluate())
+                    if selecting:
+                        metrics["eval/selected"] = float(self.select(metrics))
                 metrics = {"update": self.update, **metrics, "time/update_total_s": time.perf_counter() - start}
                 self.history.append(metrics)
                 if self.update % self.config.checkpoint_every == 0 or self.update == num_updates:

@@ -3,6 +3,9 @@
 Context c ~ U[-1, 1]^2; the policy emits a chunk of shape (horizon, dim); reward is
 exp(-||a - target(c)||^2 / width^2) averaged over the chunk, with target(c) = 0.6 * c + shift. The
 optimum is reward 1. The policy has the same sampling API as prophrl_policy's VLAPolicy.
+
+ExploitableReward stands for a learned reward (world model + judge) with an error away from the
+demonstrations: RL on it, unguarded, finds the error and the true reward collapses.
 """
 
 from __future__ import annotations
@@ -82,3 +85,25 @@ class ContextualBandit:
     def reward(self, context: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         err = ((actions - self.target(context)[:, None, :]) ** 2).sum(-1)
         return torch.exp(-err / self.width**2).mean(-1)
+
+
+class ExploitableReward:
+    """The bandit's true reward plus a spurious bonus around target(c) + offset: a learned reward that is right
+    on the demonstrations (actions near the target) and wrong off them. With bonus > 1 its optimum lies where
+    the true reward is about 0."""
+
+    def __init__(self, env: ContextualBandit, offset: tuple[float, float] = (0.45, -0.45), bonus: float = 2.0,
+                 width: float = 0.35):
+        self.env, self.bonus, self.width = env, bonus, width
+        self.offset = torch.tensor(offset)
+
+    def sample_demonstrations(self, n: int, horizon: int, spread: float = 0.08,
+                              generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(contexts (n, 2), actions (n, horizon, 2)): the true target plus Gaussian noise of std `spread`."""
+        contexts = self.env.sample_contexts(n, generator)
+        target = self.env.target(contexts)[:, None, :].expand(-1, horizon, -1)
+        return contexts, target + spread * torch.randn(n, horizon, 2, generator=generator)
+
+    def reward(self, context: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        err = ((actions - (self.env.target(context) + self.offset)[:, None, :]) ** 2).sum(-1)
+        return self.env.reward(context, actions) + self.bonus * torch.exp(-err / self.width**2).mean(-1)

@@ -127,7 +127,8 @@ def build_trainer(settings: TrainSettings, dist: DistContext | None = None, show
         scorer = (JudgeScorer.from_pretrained(settings.judges, str(device), config.judge_disagreement)
                   if settings.judges else
                   EndEffectorDisplacementReward.named(settings.test_reward, settings.test_reward_scale))
-    sampler = InitialStateSampler(settings.data, seed=config.seed, context_frames=config.context_frames, rank=dist.rank)
+    sampler = InitialStateSampler(settings.data, seed=config.seed, context_frames=config.context_frames, rank=dist.rank,
+                                  held_out=config.validation_states)
     run_info = {"policy": str(settings.policy), "world_model": settings.world_model or type(backend).__name__,
                 "reward": (f"judge:{','.join(settings.judges)}" if settings.judges else
                            f"test:{settings.test_reward}"),
@@ -229,6 +230,11 @@ def _train(args: argparse.Namespace) -> int:
         rate = f"{3600 * done / elapsed:.1f} updates/hour" if done else "nothing to do"
         print(f"\nthis session: {done} updates in {elapsed:.1f} s ({rate}) on {dist.world_size} rank(s); "
               f"last checkpoint: {trainer.last_checkpoint}")
+        if trainer.selected is not None:
+            chosen = trainer.selected
+            print(f"selected on {chosen['validation_states']} held-out states: {Path(args.out) / ckpt.SELECTED_POLICY_DIR}"
+                  f" (update {chosen['update']}{', the SFT policy' if chosen['update'] == 0 else ''}: imagined "
+                  f"reward {chosen['eval/reward_mean']:.3f}, judged success {chosen['eval/success_rate']:.2f})")
     return 0
 
 

@@ -1,3 +1,4 @@
+import copy
 import math
 
 import pytest
@@ -8,7 +9,7 @@ from prophrl_nn.flow_matching import SamplerConfig
 from prophrl_trainer.fa_grpo import (FAGRPOConfig, FlowScaleConfig, RolloutBatch, element_log_ratios, fa_grpo_loss,
                                      flowscale_weights, group_advantages, kl_beta_from_flow_grpo, path_kl,
                                      policy_update)
-from prophrl_trainer.toy import ContextualBandit, ToyFlowPolicy
+from prophrl_trainer.toy import ContextualBandit, ExploitableReward, ToyFlowPolicy
 
 
 def test_group_advantages_by_hand():
@@ -431,3 +432,64 @@ def test_rollout_means_are_the_means_sde_log_probs_recomputes():
     torch.testing.assert_close(means, sample.means)
     torch.testing.assert_close(log_probs, sample.log_probs)
     assert path_kl(means, sample.means, stds).abs().max() < 1e-9
+
+
+# ----- the exploitation guard: a KL anchor to the SFT policy on a reward with an exploitable error -----
+
+def _sft_on_demonstrations(model: ExploitableReward, steps: int = 400, seed: int = 0) -> ToyFlowPolicy:
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    policy = ToyFlowPolicy()
+    opt = torch.optim.Adam(policy.parameters(), lr=3e-3)
+    for _ in range(steps):
+        contexts, actions = model.sample_demonstrations(256, policy.horizon, generator=g)
+        loss = policy.compute_loss(contexts, actions)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return policy
+
+
+def _true_and_learned_reward(policy, model: ExploitableReward, sampler: SamplerConfig) -> tuple[float, float]:
+    g = torch.Generator().manual_seed(99)
+    with torch.no_grad():
+        contexts = model.env.sample_contexts(512, g)
+        actions = policy.predict_action_chunk(contexts, mode="ode", sampler=sampler, generator=g).actions
+        return model.env.reward(contexts, actions).mean().item(), model.reward(contexts, actions).mean().item()
+
+
+def _rl_on_learned_reward(sft: ToyFlowPolicy, model: ExploitableReward, kl_beta: float, seed: int,
+                          updates: int = 30) -> ToyFlowPolicy:
+    """FA-GRPO + FlowScale trained only on the learned reward, from the SFT policy."""
+    policy = copy.deepcopy(sft)
+    reference = copy.deepcopy(sft).requires_grad_(False)
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(policy.parameters(), lr=3e-3)
+    cfg = FAGRPOConfig(group_size=8, kl_beta=kl_beta)
+    sampler = SamplerConfig(num_steps=6, noise_level=0.7)
+    for _ in range(updates):
+        contexts = model.env.sample_contexts(16, g).repeat_interleave(cfg.group_size, 0)
+        sample = policy.predict_action_chunk(contexts, mode="sde", sampler=sampler, generator=g)
+        adv = group_advantages(model.reward(contexts, sample.actions).view(-1, cfg.group_size)).flatten()
+        batch = RolloutBatch(contexts, sample.latents, sample.log_probs, adv, torch.ones_like(adv), sample.means)
+        policy_update(policy, opt, batch, cfg, sampler, epochs=2, minibatch_size=64, generator=g,
+                      ref_policy=reference if kl_beta > 0 else None)
+    return policy
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_a_kl_anchor_to_the_sft_policy_keeps_rl_from_exploiting_the_learned_rewards_error(seed):
+    model = ExploitableReward(ContextualBandit(width=0.3))
+    sampler = SamplerConfig(num_steps=6, noise_level=0.7)
+    sft = _sft_on_demonstrations(model)
+    sft_true, sft_learned = _true_and_learned_reward(sft, model, sampler)
+    assert sft_true > 0.8, "SFT on the demonstrations reaches the true target"
+
+    free_true, free_learned = _true_and_learned_reward(_rl_on_learned_reward(sft, model, 0.0, seed), model, sampler)
+    assert free_learned > sft_learned + 0.5 and free_true < 0.2 * sft_true, \
+        f"unguarded RL exploits the error: learned reward {sft_learned:.2f} -> {free_learned:.2f}, " \
+        f"true {sft_true:.2f} -> {free_true:.2f}"
+
+    anchored_true, _ = _true_and_learned_reward(_rl_on_learned_reward(sft, model, 0.1, seed), model, sampler)
+    assert anchored_true > 0.9 * sft_true, f"the KL anchor holds the true reward: {sft_true:.2f} -> {anchored_true:.2f}"

@@ -56,6 +56,8 @@ def test_rl_config_round_trips_through_json_and_maps_variants(tmp_path):
     ({"learning_rate": "fast"}, "expected a number"),
     ({"target_kl": -0.1}, "target_kl >= 0"),
     ({"judge_disagreement": -0.5}, "judge_disagreement"),
+    ({"validation_states": 4, "eval_every": 0}, "validation_states > 0 needs eval_every"),
+    ({"validation_states": -1}, "validation_states must be >= 0"),
     ({"shared_world_model_noise": "yes"}, "shared_world_model_noise"),
     ({"fa_grpo": {"group_size": 4}}, "top level"),
     ({"fa_grpo": {"clip_eps_low": 1.5}}, "clip_eps_low"),
@@ -94,6 +96,20 @@ def test_initial_states_come_from_episode_starts_and_are_seeded(setup, tmp_path)
     assert [s.instruction for s in a.fixed(4)] == fixed
     with pytest.raises(ConfigError, match="not a bags2dataset output"):
         InitialStateSampler([tmp_path])
+
+
+def test_held_out_validation_states_are_never_drawn_for_training(setup):
+    everything = InitialStateSampler([setup.data], seed=3)
+    split = InitialStateSampler([setup.data], seed=3, held_out=1)
+    assert len(split.validation) == 1 and len(split) == len(everything) - 1
+    held = split.validation[0]
+    assert any(s is not held and np.array_equal(s.ee_pose, held.ee_pose) for s in everything.states)
+    drawn = split.sample(50) + split.fixed(10)
+    assert not any(np.array_equal(s.ee_pose, held.ee_pose) for s in drawn), "a validation state was drawn"
+    again = InitialStateSampler([setup.data], seed=3, held_out=1, rank=1)
+    assert np.array_equal(again.validation[0].ee_pose, held.ee_pose), "every rank holds out the same episodes"
+    with pytest.raises(ConfigError, match="at least one must be left for training"):
+        InitialStateSampler([setup.data], held_out=len(everything))
 
 
 # ----- rollouts, termination masks ------------------------------------------------------------------------
@@ -223,6 +239,43 @@ def test_a_short_run_checkpoints_logs_and_pushes(setup, tmp_path, capsys):
     assert main(setup.argv(out, 6, config, "--resume")) == 0
     printed = capsys.readouterr().out
     assert "update  reward" in printed and "6 updates" in printed
+
+
+def test_checkpoint_selection_keeps_the_policy_that_scored_best_on_the_held_out_states(setup, tmp_path):
+    from prophrl_trainer.report import resolve_policy
+
+    config = setup.rl_config("select.json", validation_states=1, eval_every=2, checkpoint_every=2,
+                             keep_checkpoints=5, learning_rate=3e-3)
+    out = tmp_path / "run"
+    trainer = _trainer(setup, out, config)
+    trainer.run(4)
+    evaluated = [m for m in trainer.history if "eval/reward_mean" in m]
+    assert [m["update"] for m in evaluated] == [2, 4]
+    selection = ckpt.read_selection(out)
+    assert selection == trainer.selected and selection["validation_states"] == 1
+    scores = {m["update"]: m["eval/reward_mean"] for m in evaluated}
+    assert selection["eval/reward_mean"] >= max(scores.values())
+    chosen = VLAPolicy.from_pretrained(out / ckpt.SELECTED_POLICY_DIR).state_dict()
+    if selection["update"] == 0:   # the SFT policy beat every update on the held-out states
+        expected = VLAPolicy.from_pretrained(setup.policy).state_dict()
+    else:
+        assert selection["eval/reward_mean"] == scores[selection["update"]]
+        assert all(scores[u] < selection["eval/reward_mean"] for u in scores if u < selection["update"])
+        expected = VLAPolicy.from_pretrained(out / "checkpoints" / ckpt.checkpoint_name(selection["update"])
+                                             / ckpt.POLICY_DIR).state_dict()
+    assert all(torch.equal(chosen[k], expected[k]) for k in expected)
+    # the SFT policy was scored on the same states before the first update: it is the bar every update must beat
+    baseline = _trainer(setup, tmp_path / "baseline", config).evaluate()
+    assert selection["eval/reward_mean"] >= baseline["eval/reward_mean"]
+    # `prophrl eval` takes the selected policy and keeps the run's learning curves
+    source = resolve_policy("RL", out / ckpt.SELECTED_POLICY_DIR)
+    assert source.run_dir == out and [m["update"] for m in source.progress] == [1, 2, 3, 4]
+    # a resumed run keeps the selection record and goes on selecting; the run directory still passes its check
+    args = build_parser().parse_args(setup.argv(out, 6, config, "--resume"))
+    resumed, _ = build_trainer(TrainSettings.from_args(args), show_progress=False)
+    assert resumed.selected == selection
+    resumed.run(6)
+    assert ckpt.read_selection(out)["eval/reward_mean"] >= selection["eval/reward_mean"]
 
 
 def test_the_reward_signal_reaches_the_gradient(setup, tmp_path):
