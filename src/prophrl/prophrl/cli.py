@@ -70,6 +70,12 @@ def _cmd_policy_sft(args: argparse.Namespace) -> int:
 def _cmd_collect(args: argparse.Namespace) -> int:
     from prophrl_trainer.collect import CollectSettings, collect_direct
 
+    from prophrl_common.config_io import ConfigError
+
+    if args.replan_steps < 1:
+        raise ConfigError("--replan-steps must be >= 1")
+    if args.policy and not args.direct:
+        raise ConfigError("--policy collects in process: pass --direct too")
     if args.teleop != "scripted" or not args.direct:
         from prophrl.collect_ros import collect_over_ros
 
@@ -77,7 +83,8 @@ def _cmd_collect(args: argparse.Namespace) -> int:
     else:
         settings = CollectSettings(robot=args.robot, task=args.task, episodes=args.episodes, first_seed=args.seed,
                                    max_steps=args.max_steps, noise_std=args.noise_std, skill=args.skill,
-                                   camera=args.camera, image_size=args.image_size)
+                                   camera=args.camera, image_size=args.image_size, policy=args.policy,
+                                   replan_steps=args.replan_steps, device=args.device)
         rows = collect_direct(settings, args.out)
     successes = sum(r["success"] for r in rows)
     print_table(f"collected {len(rows)} episodes into {args.out}: {successes}/{len(rows)} successful",
@@ -190,6 +197,12 @@ def build_parser() -> argparse.ArgumentParser:
     collect.add_argument("--image-size", type=int, default=128)
     collect.add_argument("--direct", action="store_true",
                          help="scripted only: run sim + expert in this process (fast) instead of the live nodes")
+    collect.add_argument("--policy", default="",
+                         help="with --direct: a policy checkpoint acts instead of the expert (its own episodes, "
+                              "labelled by the sim's success: e.g. an RL policy's failures for `prophrl judge train`)")
+    collect.add_argument("--replan-steps", type=int, default=2,
+                         help="with --direct: actions executed from each chunk before the next is asked for")
+    collect.add_argument("--device", default="cpu", help="with --policy: where it runs (cpu | cuda | cuda:N)")
     collect.set_defaults(func=_cmd_collect)
 
     demo = verbs.add_parser("demo", help="the whole loop end to end on the embedded defaults (resumable)")

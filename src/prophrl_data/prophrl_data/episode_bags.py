@@ -45,13 +45,14 @@ def _stamp(ns: int) -> Time:
 class EpisodeBagRecorder:
     """Use as `on_step` of sim_rollout.run_episode, then `close(outcome)`."""
 
-    def __init__(self, path: str | Path, sim, task: str, seed: int, start_ns: int | None = None):
+    def __init__(self, path: str | Path, sim, task: str, seed: int, start_ns: int | None = None,
+                 controller: dict[str, str] | None = None):
         self.sim = sim
         self.robot = sim.robot
         self.start_ns = time.time_ns() if start_ns is None else start_ns
         self.episode_id = Path(path).name or uuid.uuid4().hex[:12]
         self.meta = {"episode_id": self.episode_id, "instruction": sim.instruction, "robot": self.robot.name,
-                     "task": task, "seed": str(seed), "source": "sim_rollout"}
+                     "task": task, "seed": str(seed), "source": "sim_rollout", **(controller or {})}
         self.writer = BagWriter(path, self.meta)
         for topic, (msgtype, qos) in TOPICS.items():
             self.writer.add_topic(topic, msgtype, qos)

@@ -53,3 +53,60 @@ def test_what_the_collection_did_not_write_is_never_touched(tmp_path, capsys):
     assert [line for line in err.splitlines() if ": error:" in line] == [
         f"prophrl collect: error: {foreign} exists and is not an episode this collection recorded for seed 1: "
         "move it away or choose another --out"]
+
+
+def _tiny_policy(directory, robot="panda_sim"):
+    import torch
+
+    from prophrl_common.chunks import POLICY_STATE_NAMES
+    from prophrl_policy.configuration_vla import get_vla_config
+    from prophrl_policy.embodiment import Embodiment
+    from prophrl_policy.modeling_vla import VLAPolicy
+    from prophrl_trainer.rl_smoke import smoke_norm_stats
+
+    torch.manual_seed(0)
+    config = get_vla_config("tiny", hidden_dim=32, num_layers=1, num_heads=2, image_size=32, horizon=4,
+                            num_inference_steps=2)
+    policy = VLAPolicy(config, smoke_norm_stats(), embodiment=Embodiment(robot, "ee_delta_7d", POLICY_STATE_NAMES, 0.05))
+    with torch.no_grad():  # the output layer starts at zero; give the velocity something to say
+        policy.action_out[1].weight.normal_(0, 0.3)
+    return policy.save_pretrained(directory)
+
+
+def _episode_actions(bags, tmp_path, name):
+    from prophrl_data.conversion import bags2dataset
+    from prophrl_data.shards import EpisodeDataset
+
+    bags2dataset([bags], tmp_path / name, "panda_sim")
+    return [(e.instruction, e.actions) for e in EpisodeDataset(tmp_path / name, "ee_delta_7d").episodes(("actions",))]
+
+
+def test_a_policy_collects_its_own_episodes_labelled_by_the_sim(tmp_path, capsys):
+    import numpy as np
+
+    policy = _tiny_policy(tmp_path / "policy")
+    argv = ["collect", "--direct", "--policy", str(policy), "--episodes", "2", "--max-steps", "8", "--image-size", "32",
+            "--replan-steps", "4"]
+    for name in ("a", "b"):
+        assert prophrl_main(argv + ["--out", str(tmp_path / name)]) == 0
+    for seed in (0, 1):
+        custom = open_bag(tmp_path / "a" / bag_name(SETTINGS, seed)).custom_data
+        assert custom["controller"] == "policy" and custom["policy"] == str(policy)
+        assert custom["end_reason"] in ("SUCCESS", "FAILURE") and custom["success"] in ("true", "false")
+    collect_direct(SETTINGS, tmp_path / "expert", show_progress=False)
+    by_policy, again, by_expert = (_episode_actions(tmp_path / n, tmp_path, f"data_{n}") for n in ("a", "b", "expert"))
+    assert len(by_policy) == 2
+    for (text, acted), (_, repeated), (expert_text, expert) in zip(by_policy, again, by_expert):
+        assert text == expert_text, "the same seeds: the same scenes and instructions"
+        np.testing.assert_array_equal(acted, repeated)   # deterministic (ODE) sampling
+        assert not np.allclose(acted[:4, :6], expert[:4, :6]), "the policy acted, not the expert"
+    # the expert's collection never adopts the policy's bags, and the reverse
+    with pytest.raises(ConfigError, match="is not an episode this collection recorded for seed 0"):
+        collect_direct(SETTINGS, tmp_path / "a", show_progress=False)
+    capsys.readouterr()
+    assert prophrl_main(argv + ["--out", str(tmp_path / "expert")]) == 2
+    # a policy trained for another robot is refused before anything is written
+    assert prophrl_main(argv[:-2] + ["--robot", "ur5e_sim", "--out", str(tmp_path / "ur5e")]) == 2
+    assert "trained for robot panda_sim" in capsys.readouterr().err and not (tmp_path / "ur5e").exists()
+    assert prophrl_main(["collect", "--policy", str(policy), "--out", str(tmp_path / "live")]) == 2
+    assert "pass --direct" in capsys.readouterr().err
