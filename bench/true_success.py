@@ -9,8 +9,9 @@ initial states (`prophrl eval`). Typical use, on the outputs of `prophrl demo`:
 or with explicit parts (--policy, --world-model, --judge, --data). RL runs are `prophrl train`
 subprocesses (--jobs of them at a time, one torch thread each) and resume when rerun. Prints, and writes
 to OUT/report (report.md, summary.json, learning curves): the true-success table (mean +- std over
-training seeds), and here the imagination side of each run (judge reward and judged success at the first
-and last updates) with updates/hour, so a gain in imagination that does not transfer is visible.
+training seeds; with --select-on N also each run's policy selected on N held-out imagined starts), and
+here the imagination side of each run (judge reward and judged success at the first and last updates)
+with updates/hour, so a gain in imagination that does not transfer is visible.
 """
 
 from __future__ import annotations
@@ -67,6 +68,11 @@ def main() -> int:
     parser.add_argument("--over-training", action="store_true",
                         help="also evaluate every retained checkpoint of every run (RLConfig.milestone_every) and "
                              "plot true beside imagined success along training (OUT/report/over_training/)")
+    parser.add_argument("--select-on", type=int, default=0, metavar="N",
+                        help="checkpoint selection: hold out N recorded starts as imagined validation states "
+                             "(RLConfig.validation_states, evaluated every --select-every updates) and evaluate each "
+                             "run's selected policy (RUN/best_policy) beside its last")
+    parser.add_argument("--select-every", type=int, default=5)
     parser.add_argument("--jobs", type=int, default=2,
                         help="RL runs, then sim evaluations, at a time (one torch thread each)")
     args = parser.parse_args()
@@ -77,6 +83,8 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
 
     base = json.loads(args.rl_config.read_text()) if args.rl_config else dict(DEMO_RL_CONFIG)
+    if args.select_on:
+        base.update(validation_states=args.select_on, eval_every=args.select_every)
     runs: dict[str, list[Path]] = {label: [] for label in args.variants}
     commands = []
     for label in args.variants:
@@ -122,6 +130,9 @@ def main() -> int:
     report_args = ["--policy", f"SFT={args.policy}"]
     for label, paths in runs.items():
         report_args += ["--policy", f"{label}={','.join(map(str, paths))}"]
+        if args.select_on:
+            selected = ",".join(str(path / "best_policy") for path in paths)
+            report_args += ["--policy", f"{label} selected={selected}"]
     if args.over_training:
         for label, paths in runs.items():
             report_args += ["--over-training", f"{label}={','.join(map(str, paths))}"]
@@ -150,7 +161,8 @@ def main() -> int:
                 "success of each run", ["policy", "run", "updates", "reward first", "reward last", "judged first",
                                         "judged last", "true success %", "updates/h"], rows)
     table = [["SFT", 100 * sft_mean, 0.0, "-", "-"]]
-    for label in runs:
+    evaluated = [name for label in runs for name in ([label, f"{label} selected"] if args.select_on else [label])]
+    for label in evaluated:
         entry = summary["policies"][label]["tasks"][args.task]
         table.append([label, 100 * entry["mean"], 100 * entry["std"], f"{100 * (entry['mean'] - sft_mean):+.1f}",
                       gain_text(entry) or "-"])
