@@ -97,13 +97,16 @@ def curve_table(points: Sequence[CheckpointSuccess]) -> str:
 
 def plot_imagined_vs_true(points: Sequence[CheckpointSuccess], path: Path,
                           baseline: tuple[str, Interval] | None = None) -> Path | None:
-    """One panel per label: true success with its 95 % band and the imagined success, per run."""
+    """One panel per label: true success with its 95 % band and the imagined success, per run, and the update
+    checkpoint selection kept (RUN/best_policy), where the run has one."""
     if not points:
         return None
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from prophrl_trainer import checkpointing as ckpt
 
     labels = list(dict.fromkeys(p.label for p in points))
     fig, axes = plt.subplots(1, len(labels), figsize=(5.5 * len(labels), 4), squeeze=False)
@@ -121,6 +124,10 @@ def plot_imagined_vs_true(points: Sequence[CheckpointSuccess], path: Path,
             validation = [(p.update, 100 * p.imagined_eval) for p in mine if p.imagined_eval is not None]
             if validation:
                 ax.plot(*zip(*validation), "^:", color=color, alpha=0.7, label=f"imagined validation #{k}")
+            selection = ckpt.read_selection(run)
+            if selection is not None:
+                ax.axvline(selection["update"], color=color, linestyle="-.", alpha=0.6,
+                           label=f"selected on validation #{k} (update {selection['update']})")
         if baseline is not None:
             name, interval = baseline
             ax.axhline(100 * interval.estimate, color="gray", label=f"{name} (true)")

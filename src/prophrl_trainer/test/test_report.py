@@ -15,7 +15,7 @@ def rl_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("report")
     setup = make_smoke_setup(root / "setup")
     config = setup.rl_config(group_size=2, states_per_update=1, chunks_per_rollout=1, ppo_epochs=1,
-                             checkpoint_every=1, eval_every=0)
+                             checkpoint_every=1, eval_every=1, validation_states=1)  # checkpoint selection on
     assert train_main(setup.argv(root / "run", 2, config, "--no-progress")) == 0
     return setup, root / "run"
 
