@@ -4,8 +4,9 @@ model's image size and its Euler steps per imagined clip, one factor at a time a
 
 The base cell is `prophrl demo`'s stage 6: Prophet `tiny_32px` (2 frames x 5 actions per clip), policy
 `tiny` (96 px input, horizon 10, K = 10 SDE steps), judge `tiny` at the world model's image size, and
-DEMO_RL_CONFIG (G = 8, 2 states, 6 chunks, no early termination, so every rollout runs all its chunks and
-the cost does not depend on what the judge says). Weights are random: the cost does not depend on them.
+DEMO_RL_CONFIG (G = 8, 2 states, 6 chunks, 3 Euler steps per clip, the KL anchor's reference policy in the
+update, no early termination, so every rollout runs all its chunks and the cost does not depend on what the
+judge says). Weights are random: the cost does not depend on them.
 A cell varies one factor; the image size changes the world model's and the judge's frames (the policy
 resizes every frame to its own input).
 
@@ -36,7 +37,7 @@ from tqdm import tqdm
 
 from prophrl_common.tables import print_table
 
-BASE = {"group_size": 8, "states_per_update": 2, "chunks_per_rollout": 6, "image_size": 32, "imagination_steps": 10}
+BASE = {"group_size": 8, "states_per_update": 2, "chunks_per_rollout": 6, "image_size": 32, "imagination_steps": 3}
 FACTORS = {"group": "group_size", "states": "states_per_update", "chunks": "chunks_per_rollout",
            "image_size": "image_size", "imagination_steps": "imagination_steps"}
 MIB = 1024 * 1024
@@ -151,9 +152,9 @@ def main() -> None:
     if args.out:
         Path(args.out).write_text(json.dumps(rows, indent=1))
     print_table(
-        f"RL in imagination, one update around the demo recipe (G=8, 2 states, 6 chunks, 32 px, 10 Euler steps; "
-        f"{args.threads} "
-        "torch thread(s); seconds, MiB)",
+        f"RL in imagination, one update around the demo recipe (G={BASE['group_size']}, {BASE['states_per_update']} "
+        f"states, {BASE['chunks_per_rollout']} chunks, {BASE['image_size']} px, {BASE['imagination_steps']} Euler "
+        f"steps; {args.threads} torch thread(s); seconds, MiB)",
         ["varied", "G", "states", "chunks", "px", "Euler", "rollouts", "imagine s", "  world model s", "  policy s",
          "  judge s", "imagine peak", "growth", "update s", "update peak", "growth"],
         [[r["factor"], r["group_size"], r["states_per_update"], r["chunks_per_rollout"], r["image_size"],

@@ -35,15 +35,17 @@ PLAY_NOISE_STD = 0.01
 PLAY_SKILL = 0.4
 # The RL recipe of the demo and of bench/true_success.py and bench/reward_signal.py. No early termination:
 # the judge's threshold is set for high recall, and on the tiny Prophet's clips it fires after 2-3 of the
-# 6 chunks in almost every rollout (judged success 0.94 vs. a true 5 %), cutting rollouts before a lift can
-# happen; the full clip is scored instead. lr 1e-5 (5e-5 gives an approx KL of 3.3 on the first update) and
-# common world-model noise within a group (otherwise most of the within-group reward variance is world-model
-# noise): with both, 40 updates take true success from 13.3 % to 21.1 +- 3.5 % over 60 held-out states and 3 RL
-# seeds (`python bench/true_success.py --demo outputs/demo --out outputs/true_success --variants
-# FA-GRPO+FlowScale --seeds 0 1 2 --updates 40 --episodes 60`).
+# 6 chunks in almost every rollout, cutting rollouts before a lift can happen; the full clip is scored instead.
+# lr 1e-5 (5e-5 gives an approx KL of 3.3 on the first update) and common world-model noise within a group
+# (otherwise most of the within-group reward variance is world-model noise). 3 Euler steps per Prophet clip:
+# 1.5x the updates per hour of its default 10, with the same true success. A KL anchor to the SFT policy
+# (kl_beta 1, about 0.14 nats per chunk after 40 updates): without it, 40 updates fooled the judge and took
+# true success from 48.3 % to 40.0 +- 7.3 % (3 RL seeds, 60 held-out states); with it, 50.0 +- 1.7 % (+1.7 pts
+# [-2.3, +5.6], paired by state). Measured with `prophrl train` + `prophrl eval --episodes 60 --first-seed
+# 100040 --replan-steps 10` on a demo's outputs (bench/true_success.py runs the same).
 DEMO_RL_CONFIG = {"group_size": 8, "states_per_update": 2, "chunks_per_rollout": 6, "checkpoint_every": 5,
                   "eval_every": 0, "learning_rate": 1e-5, "minibatch_size": 32, "early_termination": False,
-                  "shared_world_model_noise": True}
+                  "shared_world_model_noise": True, "imagination_steps": 3, "fa_grpo": {"kl_beta": 1.0}}
 
 # A bag's end_reason when its episode reached an outcome (the recorder writes e.g. "shutdown" when it stops
 # mid-episode; an in-process collection writes SUCCESS / FAILURE too).
