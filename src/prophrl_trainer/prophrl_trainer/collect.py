@@ -63,8 +63,7 @@ def finished_episode(path: Path, settings: CollectSettings, seed: int) -> dict |
         bag, custom = None, {}
     ours = (custom.get("source") == "sim_rollout" and custom.get("seed") == str(seed)
             and custom.get("robot") == settings.robot and custom.get("task") == settings.task
-            and all(custom.get(k) == v for k, v in settings.controller_meta.items())
-            and (settings.policy or "controller" not in custom))
+            and all(custom.get(k) == settings.controller_meta.get(k) for k in ("controller", "policy")))
     if bag is not None and ours and custom.get("end_reason") in ("SUCCESS", "FAILURE") and not bag.recovered:
         return {"seed": seed, "success": custom.get("success") == "true", "steps": int(custom.get("num_steps", 0)),
                 "bag": str(path), "instruction": custom.get("instruction", ""), "seconds": 0.0, "resumed": True}
