@@ -23,10 +23,10 @@ from prophrl_policy.embodiment import Embodiment
 from prophrl_policy.modeling_vla import VLAPolicy
 
 
-def _checkpoint(path, seed, embodiment=None):
+def _checkpoint(path, seed, embodiment=None, camera_size=0):
     torch.manual_seed(seed)
-    policy = VLAPolicy(get_vla_config("tiny", hidden_dim=32, num_layers=1, image_size=32, horizon=5),
-                       embodiment=embodiment)
+    policy = VLAPolicy(get_vla_config("tiny", hidden_dim=32, num_layers=1, image_size=32, horizon=5,
+                                      camera_size=camera_size), embodiment=embodiment)
     with torch.no_grad():
         policy.action_out[1].weight.normal_(0, 0.1)
     return policy.save_pretrained(path)
@@ -49,7 +49,8 @@ def ros():
 
 def test_policy_node_publishes_chunks_and_survives_a_corrupt_checkpoint(ros, tmp_path):
     node = ros
-    good_v1, good_v2 = _checkpoint(tmp_path / "v1", 0), _checkpoint(tmp_path / "v2", 1)
+    # v2 sees the 64 px camera reduced to 16 px first (camera_size), as it would see a 16 px Prophet's frames.
+    good_v1, good_v2 = _checkpoint(tmp_path / "v1", 0), _checkpoint(tmp_path / "v2", 1, camera_size=16)
     corrupt = tmp_path / "corrupt"
     corrupt.mkdir()
     for name in ("config.json", "norm_stats.json"):

@@ -52,7 +52,10 @@ def _cmd_policy_sft(args: argparse.Namespace) -> int:
     from prophrl_trainer.sft import SFT_OUTPUT, SFTConfig, load_demonstrations, train_sft
 
     torch_device(args.device)  # before the data is read
-    policy_config = get_vla_config(args.config, **({"horizon": args.horizon} if args.horizon else {}))
+    overrides = {"horizon": args.horizon} if args.horizon else {}
+    if args.camera_size is not None:
+        overrides["camera_size"] = args.camera_size
+    policy_config = get_vla_config(args.config, **overrides)
     cfg = SFTConfig(steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed,
                     only_successful=not args.include_failures)
     log_dir = args.log_dir or f"{args.out}/tensorboard"
@@ -162,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     sft.add_argument("--batch-size", type=int, default=32)
     sft.add_argument("--lr", type=float, default=3e-4)
     sft.add_argument("--horizon", type=int, default=0, help="override the config's chunk length")
+    sft.add_argument("--camera-size", type=int, default=None,
+                     help="reduce camera frames to this resolution first, as Prophet does (its image_size: the same "
+                          "eyes on the robot and in imagination); 0: none (default: the config's)")
     sft.add_argument("--seed", type=int, default=0)
     sft.add_argument("--include-failures", action="store_true", help="also clone failed demonstrations")
     sft.add_argument("--log-dir", default="", help="TensorBoard directory (default OUT/tensorboard)")

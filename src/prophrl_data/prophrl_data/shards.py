@@ -27,6 +27,7 @@ import numpy as np
 
 from prophrl_common.chunks import EE_ACTION_NAMES, EE_POSE_NAMES
 from prophrl_common.config_io import ConfigError
+from prophrl_common.frames import resize_frames
 from prophrl_common.geometry import CameraCalibration
 from prophrl_common.outputs import OutputKind
 from prophrl_common.robots import RobotConfig
@@ -158,15 +159,6 @@ def _checked_arrays(shard: Path, arrays: dict[str, np.ndarray], action_dim: int 
             raise ConfigError(f"{shard}: {name} must be finite numbers, got {array.dtype} with NaN / inf or "
                               "non-numeric values")
     return arrays
-
-
-def resize_frames(frames: np.ndarray, size: int) -> np.ndarray:
-    """(N, H, W, 3) frames resized (cv2.INTER_AREA) to (N, size, size, 3); frames already that size as they are."""
-    if frames.shape[1:3] == (size, size):
-        return frames
-    import cv2
-
-    return np.stack([cv2.resize(frame, (size, size), interpolation=cv2.INTER_AREA) for frame in frames])
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

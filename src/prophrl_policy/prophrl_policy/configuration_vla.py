@@ -20,6 +20,11 @@ class VLAConfig:
     vision_backbone: str = "small_cnn"        # small_cnn | mobilenet_v2 (ImageNet weights, frozen) | hf_vision
     freeze_vision: bool = False
     image_size: int = 96                      # square input after resize
+    # The camera resolution the policy sees (0: camera frames are resized straight to image_size). With
+    # camera_size > 0 every camera frame is first reduced to camera_size x camera_size the way Prophet's training
+    # frames are (prophrl_common.frames) and then resized to image_size: set it to the world model's image_size
+    # and the robot's camera and Prophet's imagined frames reach the policy through the same pipeline.
+    camera_size: int = 0
     text_encoder: str = "hashed_bow"          # minilm (frozen MiniLM-L6) | hashed_bow (trainable) | hf_text
     backbone_path: str = ""                   # local path for hf_* backbones (no hub at run time)
     state_dim: int = 8                        # proprio: ee position (3) + ee rotation (4, quat) + gripper (1)
@@ -44,6 +49,8 @@ class VLAConfig:
                     "num_inference_steps"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{source}: {key} must be positive, got {getattr(self, key)}")
+        if self.camera_size < 0:
+            raise ConfigError(f"{source}: camera_size must be >= 0 (0: no reduction), got {self.camera_size}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"{source}: dropout must be in [0, 1), got {self.dropout}")
         if not (self.time_beta_alpha > 0 and self.time_beta_beta > 0):
@@ -74,7 +81,7 @@ class VLAConfig:
 
     @classmethod
     def from_json_file(cls, path: str | Path) -> "VLAConfig":
-        return dataclass_from_json_file(cls, path, "policy config", added_later=("noise_level",))
+        return dataclass_from_json_file(cls, path, "policy config", added_later=("noise_level", "camera_size"))
 
 
 VLA_CONFIGS: dict[str, VLAConfig] = {

@@ -20,6 +20,7 @@ from torch import nn
 from prophrl_common.atomic_io import atomic_directory
 from prophrl_common.weights import load_safetensors, save_finite_safetensors
 from prophrl_common.config_io import ConfigError
+from prophrl_common.frames import resize_frames
 from prophrl_nn import flow_matching as fm
 from prophrl_nn.flow_matching import SamplerConfig
 from prophrl_nn.text_encoder import HashedBagOfWords
@@ -32,6 +33,21 @@ from prophrl_policy.transforms import NormStats
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 STATS_NAME = "norm_stats.json"
+
+
+def camera_view(frames: torch.Tensor, config: VLAConfig) -> torch.Tensor:
+    """What the policy sees of (B, H, W, 3) uint8 camera frames: (B, 3, S, S) float in [0, 1] at
+    config.image_size. With config.camera_size the frames are first reduced to camera_size x camera_size by
+    prophrl_common.frames.resize_frames, the reduction Prophet's training frames went through (frames already
+    at camera_size, such as Prophet's, stay as they are); then they are resized bilinearly to image_size."""
+    if config.camera_size and frames.shape[1:3] != (config.camera_size,) * 2:
+        reduced = resize_frames(frames.cpu().numpy(), config.camera_size)
+        frames = torch.from_numpy(reduced).to(frames.device)
+    images = frames.permute(0, 3, 1, 2).float().div_(255)
+    if images.shape[-2:] != (config.image_size,) * 2:
+        images = nn.functional.interpolate(images, size=(config.image_size,) * 2, mode="bilinear",
+                                           align_corners=False)
+    return images
 
 
 @dataclasses.dataclass
@@ -51,18 +67,19 @@ class Observation:
                              f"states {self.states.shape[0]}")
 
     @classmethod
-    def from_frames(cls, frames, instructions: list[str], states, image_size: int | None = None,
+    def from_frames(cls, frames, instructions: list[str], states, config: VLAConfig | None = None,
                     device: torch.device | str | None = None) -> "Observation":
         """The one conversion of camera frames to the policy's input: (B, H, W, 3) uint8 RGB (numpy or torch) ->
-        (B, 3, H, W) float in [0, 1], resized bilinearly to image_size x image_size when given (else
-        encode_observation resizes); states (B, state_dim), the proprio vector (transforms.policy_state)."""
+        (B, 3, S, S) float in [0, 1] as the policy of `config` sees them (camera_view; without a config the
+        frames keep their size and encode_observation resizes them); states (B, state_dim), the proprio vector
+        (transforms.policy_state)."""
         pixels = torch.as_tensor(np.ascontiguousarray(frames) if isinstance(frames, np.ndarray) else frames)
         if pixels.dtype != torch.uint8 or pixels.ndim != 4 or pixels.shape[-1] != 3:
             raise ValueError(f"frames must be (B, H, W, 3) uint8, got {tuple(pixels.shape)} {pixels.dtype}")
-        images = pixels.to(device).permute(0, 3, 1, 2).float().div_(255)
-        if image_size is not None and images.shape[-2:] != (image_size, image_size):
-            images = nn.functional.interpolate(images, size=(image_size, image_size), mode="bilinear",
-                                               align_corners=False)
+        if config is not None:
+            images = camera_view(pixels.to(device), config)
+        else:
+            images = pixels.to(device).permute(0, 3, 1, 2).float().div_(255)
         states = torch.as_tensor(states, dtype=torch.float32).to(device)
         return cls(images, list(instructions), states)
 
@@ -163,6 +180,10 @@ class VLAPolicy(nn.Module):
         # SDE log-probabilities of a rollout and of its update must agree.
         images = obs.images.to(self.action_pos.device, torch.float32).contiguous()
         if images.shape[-2:] != (size, size):
+            if self.config.camera_size:
+                raise ValueError(f"this policy sees camera frames reduced to {self.config.camera_size} px first: "
+                                 f"pass them through Observation.from_frames with its config, got images of "
+                                 f"{tuple(images.shape[-2:])} instead of {size} x {size}")
             images = nn.functional.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
         states = self.norm_stats.normalize_state(obs.states.to(self.action_pos.device, torch.float32))
         with self._networks():

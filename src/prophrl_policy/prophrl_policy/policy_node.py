@@ -174,7 +174,8 @@ class PolicyNode(LifecycleNode):
     # ---------------------------------------------------------------- inference
     def _observation(self, image: Image) -> Observation:
         state = policy_state(self._ee_pose, self._gripper)
-        return Observation.from_frames(to_rgb8(image)[None], [self.instruction], state[None], device=self.device)
+        return Observation.from_frames(to_rgb8(image)[None], [self.instruction], state[None], self.policy.config,
+                                       device=self.device)
 
     def _on_timer(self) -> None:
         image = self._image

@@ -185,12 +185,52 @@ def test_observation_from_frames_is_the_one_frame_conversion():
     obs = Observation.from_frames(frames, ["a", "b"], states)
     assert obs.images.shape == (2, 3, 40, 30) and obs.images.dtype == torch.float32
     torch.testing.assert_close(obs.images[1, :, 5, 7], torch.from_numpy(frames[1, 5, 7]).float() / 255)
-    resized = Observation.from_frames(torch.from_numpy(frames), ["a", "b"], states, image_size=16)
+    resized = Observation.from_frames(torch.from_numpy(frames), ["a", "b"], states,
+                                      get_vla_config("tiny", image_size=16))
     assert resized.images.shape == (2, 3, 16, 16)
     torch.testing.assert_close(resized.images, torch.nn.functional.interpolate(
         obs.images, size=(16, 16), mode="bilinear", align_corners=False))
     with pytest.raises(ValueError, match=r"frames must be \(B, H, W, 3\) uint8"):
         Observation.from_frames(frames.astype(np.float32), ["a", "b"], states)
+
+
+def test_camera_size_reduces_camera_frames_as_prophets_training_frames_are_and_prophets_frames_pass_as_they_are():
+    from prophrl_common.frames import resize_frames
+
+    config = get_vla_config("tiny", hidden_dim=32, num_layers=1, num_heads=2, image_size=48, horizon=4,
+                            camera_size=16)
+    frames = np.random.default_rng(1).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+    states = np.zeros((2, 8), np.float32)
+    seen = Observation.from_frames(frames, ["a", "b"], states, config)
+    # The robot's 64 px camera and Prophet's 16 px frames of the same scene (what it learned from: its dataset's
+    # frames reduced by resize_frames) reach the policy as the same image.
+    prophets = resize_frames(frames, 16)
+    torch.testing.assert_close(Observation.from_frames(prophets, ["a", "b"], states, config).images, seen.images,
+                               atol=0, rtol=0)
+    assert seen.images.shape == (2, 3, 48, 48)
+    torch.testing.assert_close(seen.images, torch.nn.functional.interpolate(
+        torch.from_numpy(prophets).permute(0, 3, 1, 2).float() / 255, size=(48, 48), mode="bilinear",
+        align_corners=False))
+    # Without camera_size the camera frame goes straight to image_size: detail above 16 px survives.
+    straight = Observation.from_frames(frames, ["a", "b"], states, get_vla_config("tiny", image_size=48)).images
+    assert (seen.images - straight).abs().mean() > 0.05
+    # Raw camera images handed to such a policy directly are refused, not seen through another pipeline.
+    policy = VLAPolicy(config).eval()
+    with pytest.raises(ValueError, match="reduced to 16 px first: pass them through Observation.from_frames"):
+        policy.encode_observation(Observation.from_frames(frames, ["a", "b"], states))
+    assert policy.encode_observation(seen).shape[0] == 2
+    with pytest.raises(ConfigError, match="camera_size must be >= 0"):
+        get_vla_config("tiny", camera_size=-1)
+
+
+def test_a_checkpoint_saved_before_camera_size_loads_without_a_reduction(tmp_path):
+    path = VLAPolicy(get_vla_config("tiny", hidden_dim=32, num_layers=1, image_size=32, horizon=4,
+                                    camera_size=8)).save_pretrained(tmp_path / "ckpt")
+    assert VLAPolicy.from_pretrained(path).config.camera_size == 8
+    saved = json.loads((path / "config.json").read_text())
+    del saved["camera_size"]
+    (path / "config.json").write_text(json.dumps(saved))
+    assert VLAPolicy.from_pretrained(path).config.camera_size == 0
 
 
 def test_bad_inputs_fail_clearly(policy):

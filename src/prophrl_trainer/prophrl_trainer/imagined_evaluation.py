@@ -12,6 +12,7 @@ states and reports how well one predicts the other across policies.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -80,7 +81,7 @@ def evaluate_in_imagination(policy_dirs: list[str | Path], starts: list[Imaginat
     from tqdm import tqdm
 
     from prophrl_policy.modeling_vla import VLAPolicy
-    from prophrl_trainer.imagined_rollouts import ImaginationSettings, evaluation_seeds, imagine
+    from prophrl_trainer.imagined_rollouts import ImaginationSettings, evaluation_seeds, eyes_mismatch, imagine
     from prophrl_trainer.rollouts import InProcessImagination, JudgeScorer
     from prophrl_worldmodel.modeling_prophet import Prophet
 
@@ -96,6 +97,9 @@ def evaluate_in_imagination(policy_dirs: list[str | Path], starts: list[Imaginat
         if policy.config.horizon != backend.action_horizon:
             raise ConfigError(f"{policy_dir}: the policy's chunk horizon is {policy.config.horizon} but the world "
                               f"model executes {backend.action_horizon} actions per clip")
+        mismatch = eyes_mismatch(policy, prophet.config.image_size)
+        if mismatch:
+            warnings.warn(f"{policy_dir}: {mismatch}", stacklevel=2)
         generator = torch.Generator(device=device).manual_seed(policy_seed)
         imagined = imagine(policy, backend, scorer, starts, seeds, settings.rollouts, "ode", generator,
                            ImaginationSettings(settings.chunks, policy.config.sampler))

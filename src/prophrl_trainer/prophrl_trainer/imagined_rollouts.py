@@ -36,6 +36,18 @@ def evaluation_seeds(seed: int, starts: int) -> tuple[list[int], int]:
     return [derived_seed(seed, 7_777, i) for i in range(starts)], derived_seed(seed, 7_778)
 
 
+def eyes_mismatch(policy: VLAPolicy, world_model_image_size: int) -> str | None:
+    """Why `policy` would see a world model's frames otherwise than its robot camera's (None when it sees them
+    the same way): with camera_size it reduces every camera frame to that size first, which Prophet's frames
+    of world_model_image_size px pass unchanged only when the two sizes are equal."""
+    camera_size = policy.config.camera_size
+    if camera_size and camera_size != world_model_image_size:
+        return (f"the policy reduces camera frames to {camera_size} px first but the world model imagines "
+                f"{world_model_image_size} px frames: in imagination it sees them at another resolution than on "
+                f"the robot (SFT it with --camera-size {world_model_image_size})")
+    return None
+
+
 @dataclasses.dataclass(frozen=True)
 class ImaginationSettings:
     chunks: int                      # policy chunks per rollout (one world-model clip each)
@@ -67,7 +79,6 @@ def imagine(policy: VLAPolicy, backend: RolloutBackend, scorer: RolloutScorer,
     """Imagine a group of `num_rollouts` rollouts from each start (world-model seed per start); see the
     module docstring. stop_when_done: stop stepping once every rollout has ended."""
     n, g, chunks = len(starts), num_rollouts, settings.chunks
-    size = policy.config.image_size
     timings = {"policy_s": 0.0, "world_model_s": 0.0, "judge_s": 0.0}
     groups = backend.open(starts, g, seeds)
     instructions = [group.instruction for group in groups for _ in range(g)]
@@ -82,7 +93,7 @@ def imagine(policy: VLAPolicy, backend: RolloutBackend, scorer: RolloutScorer,
             t0 = time.perf_counter()
             frames = np.concatenate([group.current_frames for group in groups])
             state = torch.from_numpy(np.concatenate([group.state for group in groups]).astype(np.float32))
-            obs = Observation.from_frames(frames, instructions, state, size)
+            obs = Observation.from_frames(frames, instructions, state, policy.config)
             policy.eval()
             sample = policy.predict_action_chunk(obs, mode=mode, sampler=settings.sampler,
                                                       generator=generator)

@@ -279,6 +279,7 @@ def real_vs_imagined_video(policy_dir: Path, world_model_dir: Path, robot: str, 
     """The same policy from the same start: sim frames | Prophet frames, one chunk executed per replan."""
     import cv2
 
+    from prophrl_common.frames import resize_frames
     from prophrl_policy.modeling_vla import VLAPolicy
     from prophrl_trainer.sim_rollout import PolicyController, run_episode
     from prophrl_sim.arm_sim import ArmSim
@@ -308,11 +309,11 @@ def real_vs_imagined_video(policy_dir: Path, world_model_dir: Path, robot: str, 
         frame = rollouts.current_frames[0]
         state_pose = rollouts.ee_poses[0]
         observation = _ImaginedObservation(state_pose)
-        chunk = controller.chunk(cv2.resize(frame, (image_size, image_size)), outcome.instruction, observation,
-                                 float(rollouts.grippers[0]))
+        # Prophet's frame as it is: the policy sees it as in RL's imagination (Observation.from_frames).
+        chunk = controller.chunk(frame, outcome.instruction, observation, float(rollouts.grippers[0]))
         rollouts.step(_fit_chunk(chunk, horizon)[None])
     size = prophet.config.image_size
-    real_frames = [cv2.resize(f, (size, size), interpolation=cv2.INTER_AREA) for f in real[stride - 1::stride]]
+    real_frames = list(resize_frames(np.stack(real[stride - 1::stride]), size))
     imagined = list(rollouts.frames[0])
     count = min(len(real_frames), len(imagined))
     path.parent.mkdir(parents=True, exist_ok=True)

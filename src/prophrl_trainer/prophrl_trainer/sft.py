@@ -185,7 +185,7 @@ def train_sft(data: DemoData, policy_config: VLAConfig, cfg: SFTConfig, out_dir:
     with tqdm(total=cfg.steps, desc="policy sft", unit="step", disable=not show_progress) as bar:
         while step < cfg.steps:
             for frames, states, chunks, instructions in loader:
-                obs = Observation.from_frames(frames, instructions, states, policy_config.image_size, device=target)
+                obs = Observation.from_frames(frames, instructions, states, policy_config, device=target)
                 obs.images = random_shift(obs.images, cfg.max_pixel_shift, generator)
                 loss = policy.compute_loss(obs, chunks, generator=generator)
                 require_finite_loss(loss.item(), "SFT", step)

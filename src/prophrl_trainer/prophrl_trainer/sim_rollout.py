@@ -63,7 +63,7 @@ class PolicyController:
 
         pose = observation.ee_pose
         state = policy_state(np.concatenate([pose.position, pose.quaternion]), gripper_command)
-        obs = Observation.from_frames(image[None], [instruction], state[None], device=self.device)
+        obs = Observation.from_frames(image[None], [instruction], state[None], self.policy.config, device=self.device)
         with torch.inference_mode():
             sample = self.policy.predict_action_chunk(obs, mode=self.mode, sampler=self.sampler,
                                                       generator=self.generator)

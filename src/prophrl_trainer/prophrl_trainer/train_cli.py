@@ -12,6 +12,7 @@ import os
 import random
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from prophrl_common.tables import print_table
 from prophrl_policy.modeling_vla import VLAPolicy
 from prophrl_trainer import checkpointing as ckpt
 from prophrl_trainer.distributed import DistContext
+from prophrl_trainer.imagined_rollouts import eyes_mismatch
 from prophrl_trainer.initial_states import InitialStateSampler
 from prophrl_trainer.rl_config import RL_RUN_OUTPUT, RLConfig
 from prophrl_trainer.rl_trainer import Trainer
@@ -123,6 +125,9 @@ def build_trainer(settings: TrainSettings, dist: DistContext | None = None, show
 
         prophet = Prophet.from_pretrained(settings.world_model, map_location=device).eval().requires_grad_(False)
         backend = InProcessImagination(prophet, config.imagination_steps, config.shared_world_model_noise)
+        mismatch = eyes_mismatch(policy, prophet.config.image_size)
+        if mismatch:
+            warnings.warn(mismatch, stacklevel=2)
     if scorer is None:
         scorer = (JudgeScorer.from_pretrained(settings.judges, str(device), config.judge_disagreement)
                   if settings.judges else

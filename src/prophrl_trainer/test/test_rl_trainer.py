@@ -350,3 +350,31 @@ def test_bf16_mixed_precision_keeps_the_first_ratio_at_one(setup, tmp_path):
     # the same rollouts re-scored in float32 are not ratio 1: bf16 really ran, and the test would see a mismatch
     policy.compute_dtype = None
     assert abs(first_ratio() - 1.0) > 1e-3
+
+
+# ----- the policy's eyes in imagination ----------------------------------------------------------------
+
+def test_a_policy_that_reduces_frames_to_prophets_size_trains_on_them_and_any_other_size_is_warned(setup, tmp_path):
+    import warnings
+
+    base = VLAPolicy.from_pretrained(setup.policy)
+    config_path = setup.rl_config("eyes.json", states_per_update=1, group_size=2)
+    for camera_size, warned in ((32, False), (16, True)):
+        policy_dir = tmp_path / f"policy_{camera_size}"
+        VLAPolicy(dataclasses.replace(base.config, camera_size=camera_size).validate(),
+                  base.norm_stats).save_pretrained(policy_dir)
+        argv = [policy_dir if a == str(setup.policy) else a for a in setup.argv(tmp_path / f"run_{camera_size}", 1,
+                                                                                config_path)]
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            trainer, _ = build_trainer(TrainSettings.from_args(build_parser().parse_args(map(str, argv))),
+                                       show_progress=False)
+        messages = [str(w.message) for w in caught if "camera frames" in str(w.message)]
+        if warned:
+            assert messages == ["the policy reduces camera frames to 16 px first but the world model imagines 32 px "
+                                "frames: in imagination it sees them at another resolution than on the robot (SFT "
+                                "it with --camera-size 32)"]
+        else:
+            assert messages == []
+            metrics = trainer.run(1)[-1]
+            assert np.isfinite(metrics["train/loss"]) and metrics["update"] == 1

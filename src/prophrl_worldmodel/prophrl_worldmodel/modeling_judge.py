@@ -27,12 +27,12 @@ from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from prophrl_common.atomic_io import atomic_directory, write_text_atomic
 from prophrl_common.weights import load_safetensors, save_finite_safetensors
 from prophrl_common.config_io import ConfigError
+from prophrl_common.frames import resize_images
 from prophrl_nn.text_encoder import HashedBagOfWords
 from prophrl_worldmodel.configuration_judge import JudgeConfig, get_judge_config
 
@@ -92,16 +92,15 @@ def check_instructions(instructions, batch: int) -> list[str]:
 
 
 def frames_at(clip, indices: np.ndarray, image_size: int) -> torch.Tensor:
-    """clip[indices] as a float (T, 3, S, S) tensor in [0, 1] at image_size (bilinear, antialiased)."""
+    """clip[indices] as a float (T, 3, S, S) tensor in [0, 1] at image_size (prophrl_common.frames: reduced as
+    Prophet's training frames are, so real and imagined clips are alike)."""
     x = clip[torch.as_tensor(indices)] if isinstance(clip, torch.Tensor) else torch.from_numpy(
         np.ascontiguousarray(clip[indices]))
     x = x.to(torch.float32)
     if not torch.isfinite(x).all():
         raise ValueError("clip frames contain NaN/inf")
     x = x.permute(0, 3, 1, 2).clamp(0, 255).div(255.0)
-    if x.shape[-2:] != (image_size, image_size):
-        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True)
-    return x
+    return resize_images(x, image_size)
 
 
 # ----------------------------------------------------------------------------- classifier

@@ -45,6 +45,7 @@ from prophrl_common.atomic_io import atomic_directory
 from prophrl_common.chunks import ARM_ACTION_DIM
 from prophrl_common.weights import load_safetensors, save_finite_safetensors
 from prophrl_common.config_io import ConfigError
+from prophrl_common.frames import resize_images
 from prophrl_nn import flow_matching
 from prophrl_worldmodel.configuration_prophet import ProphetConfig
 from prophrl_worldmodel.prophet_modules import (ProphetConditioning, build_from_scratch,
@@ -184,8 +185,7 @@ class Prophet(nn.Module):
         lead = x.shape[:-3]
         x = x.to(self.device, torch.float32).reshape(-1, *x.shape[-3:]).permute(0, 3, 1, 2)
         size = self.config.image_size
-        if x.shape[-2:] != (size, size) and x.shape[0]:
-            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        x = resize_images(x, size)  # as the training frames were reduced (prophrl_common.frames)
         return (x / 127.5 - 1.0).reshape(*lead, 3, size, size)
 
     def _resized(self, frames: torch.Tensor, name: str, ndim: int) -> torch.Tensor:

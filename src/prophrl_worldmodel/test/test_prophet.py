@@ -114,6 +114,19 @@ def test_generate_shapes_range_and_input_forms(model):
         model.generate(torch.zeros(3, SIZE, SIZE), None, _actions(3))
 
 
+def test_a_larger_live_frame_is_reduced_as_prophets_training_frames_were(model):
+    """Training frames are reduced once, with cv2.INTER_AREA (prophrl_data.shards -> prophrl_common.frames); a
+    128 px camera frame handed to the model (an imagination start) must become the same pixels."""
+    from prophrl_common.frames import resize_frames
+
+    yy, xx = np.mgrid[0:128, 0:128]
+    scene = np.stack([(xx * 2) % 256, (yy * 5) % 256, ((xx // 8 + yy // 8) % 2) * 255], -1).astype(np.uint8)
+    live = torch.from_numpy(scene)[None, None]                                    # (1, 1, 128, 128, 3)
+    trained = torch.from_numpy(resize_frames(scene[None], SIZE))[None]           # (1, 1, 32, 32, 3)
+    with torch.no_grad():
+        torch.testing.assert_close(model.encode_frames(live), model.encode_frames(trained), atol=0.05, rtol=0)
+
+
 def test_generate_is_deterministic_given_a_generator(model):
     args = (_frames(2), _frames(2, 3), _actions(2))
     a = model.generate(*args, generator=torch.Generator().manual_seed(5))
