@@ -33,6 +33,10 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     overrides = {"image_size": args.image_size} if args.image_size else {}
     if args.residual is not None:
         overrides["predict_residual"] = args.residual == "on"
+    if args.flow_source is not None:
+        overrides["flow_source"] = args.flow_source
+    if args.source_noise is not None:
+        overrides["source_noise"] = args.source_noise
     config = get_prophet_config(args.config, **overrides)
     out = pretrain(args.data, config, args.out, vae_steps=args.vae_steps, steps=args.steps, vae_from=args.vae_from,
                    batch_size=args.batch_size, lr=args.lr, seed=args.seed,
@@ -120,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vae-from", metavar="CKPT", help="start from this Prophet's VAE (with --vae-steps 0: keep it)")
     p.add_argument("--residual", choices=("on", "off"), help="predict each future latent's change from the start "
                                                             "frame (default: the config's predict_residual)")
+    p.add_argument("--flow-source", choices=("noise", "start_frame"), help="where sampling starts: noise, or the "
+                   "start frame plus --source-noise (default: the config's flow_source)")
+    p.add_argument("--source-noise", type=float, help="noise std added to the start frame (flow source start_frame)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--seed", type=int, default=0)

@@ -17,6 +17,7 @@ from prophrl_common.config_io import (ConfigError, dataclass_from_json_file, dat
                                       require_finite_numbers)
 
 MAX_ARMS = 2
+FLOW_SOURCES = ("noise", "start_frame")
 # full: every weight trains. lora: LoRA adapters in the transformer are the only trainable weights
 # (adapting a trained Prophet). lora+conditioning: LoRA plus Prophet's own conditioning layers, which
 # a generic video model does not have and must learn in full (turning a Wan checkpoint into Prophet).
@@ -47,6 +48,12 @@ class ProphetConfig:
     # per channel divided by residual_std (fitted on training clips), so "nothing moves" is the zero
     # sample and the model's capacity goes to what changes. False: the future latents themselves.
     predict_residual: bool = False
+    # Where the flow starts (t = 1). "noise": N(0, I), as in video diffusion. "start_frame": the start frame
+    # (its latent repeated over the clip; the zero change with predict_residual) plus source_noise * N(0, I),
+    # in normalised latent units: an interpolant from "nothing moves" to the future clip, so copying the
+    # start frame is where sampling begins and the denoiser learns only what changes.
+    flow_source: str = "noise"
+    source_noise: float = 0.2
     # From-scratch VAE (diffusers AutoencoderKL), one down block per entry: spatial compression
     # 2 ** (len(vae_channels) - 1). Frames are encoded one by one (no temporal compression).
     vae_channels: tuple[int, ...] = (8, 16, 32)
@@ -94,6 +101,10 @@ class ProphetConfig:
             raise ConfigError(f"{source}: action_dim must be a multiple of {ARM_ACTION_DIM} (one step per end effector)")
         if self.timestep_shift <= 0:
             raise ConfigError(f"{source}: timestep_shift must be positive")
+        if self.flow_source not in FLOW_SOURCES:
+            raise ConfigError(f"{source}: flow_source must be one of {FLOW_SOURCES}, got {self.flow_source!r}")
+        if self.source_noise <= 0:
+            raise ConfigError(f"{source}: source_noise must be positive")
         if self.vae_kl_weight < 0:
             raise ConfigError(f"{source}: vae_kl_weight must be >= 0")
         if not self.history_scales:
@@ -142,7 +153,7 @@ class ProphetConfig:
 
 
 # Fields that configs saved before them lack (they get the default: the behaviour they were saved with).
-ADDED_LATER = ("predict_residual",)
+ADDED_LATER = ("predict_residual", "flow_source", "source_noise")
 
 
 PROPHET_CONFIGS: dict[str, ProphetConfig] = {

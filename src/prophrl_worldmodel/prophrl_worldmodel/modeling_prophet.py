@@ -285,6 +285,14 @@ class Prophet(nn.Module):
             return generated
         return start_latent + generated * self.residual_std[:, None, None, None]
 
+    def _flow_source(self, noise: torch.Tensor, start_latent: torch.Tensor) -> torch.Tensor:
+        """Where the flow starts (t = 1) for noise ~ N(0, I) of the generated clip's shape: the noise itself, or
+        (flow_source "start_frame") the start frame in the generated space plus source_noise * noise."""
+        if self.config.flow_source == "noise":
+            return noise
+        still = self._to_residual(start_latent.expand_as(noise), start_latent)
+        return still + self.config.source_noise * noise
+
     # ----- conditioning --------------------------------------------------------------------------
     def _padded_actions(self, a: torch.Tensor) -> torch.Tensor:
         a = a.to(self.device, torch.float32)
@@ -344,7 +352,8 @@ class Prophet(nn.Module):
     # ----- training --------------------------------------------------------------------------------
     def training_loss(self, batch: ProphetBatch | Mapping, generator: torch.Generator | None = None) -> torch.Tensor:
         """Rectified-flow loss on the future latents (or their change, predict_residual):
-        ||v(x_t, t) - (noise - x0)||^2 (VAE frozen)."""
+        ||v(x_t, t) - (source - x0)||^2 with x_t = t * source + (1 - t) * x0 and source the flow's start
+        (noise, or the start frame plus a little noise: flow_source). The VAE is frozen."""
         batch = ProphetBatch.coerce(batch)
         current = self._pixels(batch.current_frame, "current_frame", 4)
         b = current.shape[0]
@@ -369,9 +378,10 @@ class Prophet(nn.Module):
 
         conditions = self._conditions(start_latent, history_latents, actions, action_frame_latents, calibrated)
         noise = randn_tensor(target.shape, generator=generator, device=self.device, dtype=target.dtype)
+        source = self._flow_source(noise, start_latent)
         t = flow_matching.sample_training_times(b, self.config.timestep_shift, generator, self.device)
-        noisy = flow_matching.add_noise(target, noise, t)
-        return F.mse_loss(self.velocity(noisy, t, conditions), flow_matching.velocity_target(target, noise))
+        noisy = flow_matching.add_noise(target, source, t)
+        return F.mse_loss(self.velocity(noisy, t, conditions), flow_matching.velocity_target(target, source))
 
     # ----- generation ------------------------------------------------------------------------------
     @torch.no_grad()
@@ -392,10 +402,10 @@ class Prophet(nn.Module):
 
         start_frame (B, H, W, 3); history_frames (B, T, H, W, 3) oldest first, or None; actions
         (B, horizon, action_dim); num_steps Euler steps (default config.num_inference_steps; 0 decodes
-        the initial noise). Seeded by generator. shared_noise: every batch element starts from the same
-        initial noise (common random numbers: identical inputs give identical clips). noise: the initial
-        noise itself (initial_noise's shape), which then replaces generator and shared_noise (several
-        rollout groups sampled in one batch, each with its own generator's draw).
+        the flow's source: see flow_source). Seeded by generator. shared_noise: every batch element starts
+        from the same initial noise (common random numbers: identical inputs give identical clips). noise:
+        the initial noise itself (initial_noise's shape), which then replaces generator and shared_noise
+        (several rollout groups sampled in one batch, each with its own generator's draw).
         """
         start = self._pixels(start_frame, "start_frame", 4)
         b = start.shape[0]
@@ -418,6 +428,7 @@ class Prophet(nn.Module):
             if tuple(noise.shape) != shape:
                 raise ValueError(f"noise must be {shape}, got {tuple(noise.shape)}")
             x = noise.to(self.device, torch.float32)
+        x = self._flow_source(x, conditions.start_latent)
         steps = self.config.num_inference_steps if num_steps is None else num_steps
         sigmas = flow_matching.sigmas(steps, self.config.timestep_shift, dtype=torch.float64).tolist()
         for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):

@@ -120,6 +120,10 @@ def build_from_scratch(config: ProphetConfig) -> tuple[AutoencoderKL, ActionCond
         in_channels=config.vae_latent_channels, out_channels=config.vae_latent_channels, text_dim=config.context_dim,
         freq_dim=config.freq_dim, ffn_dim=config.ffn_dim, num_layers=config.num_layers, cross_attn_norm=True,
         rope_max_seq_len=max(1 + config.frames_per_clip, config.image_size // config.vae_compression))
+    if config.flow_source == "start_frame":
+        # A zero velocity samples the flow's source: the untrained model copies the start frame.
+        nn.init.zeros_(transformer.proj_out.weight)
+        nn.init.zeros_(transformer.proj_out.bias)
     return vae, transformer
 
 

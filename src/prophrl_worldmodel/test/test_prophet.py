@@ -411,6 +411,35 @@ def test_a_residual_prophet_keeps_a_still_scene_still_after_short_training():
     assert errors[True] < 0.5 * errors[False], errors
 
 
+def test_a_start_frame_flow_source_begins_sampling_at_the_start_frame_and_keeps_a_still_scene_still():
+    """flow_source "start_frame": with no Euler step the clip is the start frame (plus source_noise), and after a
+    short training a zero-action clip stays at the start frame, much closer than a flow from pure noise does."""
+    rng = np.random.default_rng(5)
+    probe = _still_or_moving_batch(6, rng)
+    start = probe["current_frame"]
+    still = np.zeros((6, 4, 7), np.float32)
+    untrained = Prophet(_small_config(use_action_frames=False, flow_source="start_frame", source_noise=1e-4))
+    start_latent = untrained.encode_frames(start[:, None])
+    source = untrained.generate(start, None, still, num_steps=0, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(source, untrained.decode_latents(
+        start_latent.expand(-1, -1, untrained.config.frames_per_clip, -1, -1)),
+                               atol=0.5, rtol=0)
+    errors = {}
+    for flow_source in ("start_frame", "noise"):
+        # source_noise is in normalised latent units; this untrained VAE's latents have std ~0.34, not 1
+        m = _train_briefly(_small_config(use_action_frames=False, flow_source=flow_source, source_noise=0.05),
+                           steps=120)
+        reconstruction = m.decode_latents(m.encode_frames(start[:, None]))
+        clip = m.generate(start, None, still, generator=torch.Generator().manual_seed(0))
+        errors[flow_source] = float((clip - reconstruction).abs().mean().detach())
+    assert errors["start_frame"] < 12.0, errors  # mean absolute error in [0, 255] pixel units
+    assert errors["start_frame"] < 0.5 * errors["noise"], errors
+    with pytest.raises(ConfigError, match="flow_source"):
+        _small_config(flow_source="last_frame")
+    with pytest.raises(ConfigError, match="source_noise"):
+        _small_config(flow_source="start_frame", source_noise=0.0)
+
+
 def test_residual_statistics_are_saved_and_old_configs_load_without_the_field(tmp_path):
     m = _train_briefly(_small_config(use_action_frames=False, predict_residual=True), steps=0)
     assert torch.all(m.residual_std != 1.0), "fitted on the clips' latent changes"
@@ -420,8 +449,10 @@ def test_residual_statistics_are_saved_and_old_configs_load_without_the_field(tm
 
     old = Prophet(_small_config()).save_pretrained(tmp_path / "old")
     data = json.loads((old / CONFIG_NAME).read_text())
-    del data["predict_residual"]  # a checkpoint saved before the field existed
+    for field in ("predict_residual", "flow_source", "source_noise"):  # a checkpoint saved before these fields
+        del data[field]
     (old / CONFIG_NAME).write_text(json.dumps(data))
-    assert Prophet.from_pretrained(old).config.predict_residual is False
+    loaded = Prophet.from_pretrained(old).config
+    assert loaded.predict_residual is False and loaded.flow_source == "noise"
     with pytest.raises(ConfigError, match="predict_residual"):
         Prophet(_small_config()).fit_residual_statistics(_frames(2), _frames(2, 2))
