@@ -69,12 +69,14 @@ def _clip_settings(args):
 
 
 def _imagined(args, episodes, settings):
+    """-> (the episodes' imagined clips, the Euler steps per Prophet clip they were sampled with)."""
     from prophrl_worldmodel.judge_clips import imagined_clips
     from prophrl_worldmodel.modeling_prophet import Prophet
 
     prophet = Prophet.from_pretrained(args.imagined_from, map_location=args.device)
+    steps = prophet.config.num_inference_steps if args.num_steps is None else args.num_steps
     return imagined_clips(prophet, settings=settings, episodes=episodes, max_episodes=args.imagined_episodes,
-                          num_steps=args.num_steps, seed=args.seed, show_progress=True)
+                          num_steps=steps, seed=args.seed, show_progress=True), steps
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -94,8 +96,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     settings = _clip_settings(args)
     episodes = load_episodes(args.data)
     clips = clips_from_episodes(episodes, settings)
+    imagined_steps = None
     if args.imagined_from:
-        clips = clips + _imagined(args, episodes, settings)
+        imagined, imagined_steps = _imagined(args, episodes, settings)
+        clips = clips + imagined
     print(f"judge training on {clips.counts()} from {len(args.data)} dataset(s); config {config.name}")
     out = Path(args.out)
     result = train_judge(clips.clips, clips.labels, clips.instructions, config, out, args.steps, groups=clips.groups,
@@ -103,7 +107,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
                          log_dir=args.log_dir or out.with_name(out.name + "_tensorboard"))
     summary = {"judge": str(result.path), "config": dataclasses.asdict(config) | {"threshold": result.threshold},
                "datasets": [str(d) for d in args.data], "imagined_from": args.imagined_from,
-               "clips": clips.counts(), "train_set": result.train_counts, "val_set": result.val_counts,
+               "imagined_num_steps": imagined_steps, "clips": clips.counts(), "train_set": result.train_counts, "val_set": result.val_counts,
                "threshold": result.threshold, "target_recall": train_config.target_recall, "val_auc": result.val_auc,
                "val_metrics": result.val_metrics.as_dict() if result.val_metrics else None,
                "final_train_loss": sum(result.losses[-50:]) / len(result.losses[-50:]), "seconds": result.seconds}
@@ -137,15 +141,18 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     settings = _clip_settings(args)
     episodes = load_episodes(args.data)
     clips = clips_from_episodes(episodes, settings)
+    imagined_steps = None
     if args.imagined_from:
-        clips = clips + _imagined(args, episodes, settings)
+        imagined, imagined_steps = _imagined(args, episodes, settings)
+        clips = clips + imagined
     threshold = judge.threshold if args.threshold is None else args.threshold
     metrics = evaluate_judge(judge, clips, threshold)
     backend = "ensemble" if isinstance(judge, JudgeEnsemble) else judge.config.backend
     write_json_atomic(out / "summary.json", {"judge": args.judge if len(args.judge) > 1 else args.judge[0],
                                              "backend": backend,
                                              "datasets": [str(d) for d in args.data],
-                                             "imagined_from": args.imagined_from, "threshold": threshold,
+                                             "imagined_from": args.imagined_from,
+                                             "imagined_num_steps": imagined_steps, "threshold": threshold,
                                              "clip_settings": dataclasses.asdict(settings), "metrics": metrics})
     print(format_table(f"\nreward judge {name} on {len(episodes)} episode(s)",
                        METRICS_HEADER, metrics_rows(metrics)))

@@ -428,6 +428,7 @@ def test_cli_train_and_eval_write_summaries(lift_dataset, tmp_path, capsys):
     summary = json.loads((out / "summary.json").read_text())
     n_real = len(clips_from_datasets(lift_dataset))
     assert summary["clips"]["clips"] > n_real and summary["imagined_from"] == str(prophet_dir)
+    assert summary["imagined_num_steps"] == 1  # what the imagined clips were sampled with
     assert summary["train_set"]["clips"] + summary["val_set"]["clips"] == summary["clips"]["clips"]
 
     assert main(["eval", "--judge", str(out), "--data", str(lift_dataset), "--out", str(tmp_path / "eval")]) == 0
