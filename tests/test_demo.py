@@ -91,3 +91,26 @@ def test_demo_resumes_from_an_interruption_in_any_stage_and_runs_every_stage(tmp
     second = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert second.stdout.count("(cached)") == 9, second.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("robot,task", [("ur5e_sim", "lift"), ("panda_sim", "stack")])
+def test_demo_runs_the_loop_for_another_robot_and_task(tmp_path, robot, task):
+    """`prophrl demo --robot/--task`: every stage works on that pair, and its outputs are that pair's."""
+    env = os.environ.copy()
+    isolate_ros_domain()
+    env["ROS_DOMAIN_ID"] = os.environ["ROS_DOMAIN_ID"]
+    out = tmp_path / "demo"
+    argv = [sys.executable, "-m", "prophrl.cli", "demo", "--out", str(out), "--robot", robot, "--task", task,
+            *TOY_BUDGETS]
+    run = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=540)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    episodes = json.loads((out / "dataset" / "index.json").read_text())
+    assert episodes["robot"] == robot
+    assert {e["task"] for e in episodes["episodes"]} == {task} and all(e["success"] for e in episodes["episodes"])
+    assert json.loads((out / "policy_sft" / "embodiment.json").read_text())["robot"] == robot
+    summary = json.loads((out / "report" / "summary.json").read_text())
+    assert summary["robot"] == robot
+    assert all(set(entry["tasks"]) == {task} for entry in summary["policies"].values())
+    assert f"ProphRL demo: {robot} / {task}" in run.stdout
