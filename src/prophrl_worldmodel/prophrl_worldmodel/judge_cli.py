@@ -107,7 +107,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
                          log_dir=args.log_dir or out.with_name(out.name + "_tensorboard"))
     summary = {"judge": str(result.path), "config": dataclasses.asdict(config) | {"threshold": result.threshold},
                "datasets": [str(d) for d in args.data], "imagined_from": args.imagined_from,
-               "imagined_num_steps": imagined_steps, "clips": clips.counts(), "train_set": result.train_counts, "val_set": result.val_counts,
+               "imagined_num_steps": imagined_steps, "clips": clips.counts(), "train_set": result.train_counts,
+               "val_set": result.val_counts,
                "threshold": result.threshold, "target_recall": train_config.target_recall, "val_auc": result.val_auc,
                "val_metrics": result.val_metrics.as_dict() if result.val_metrics else None,
                "final_train_loss": sum(result.losses[-50:]) / len(result.losses[-50:]), "seconds": result.seconds}
