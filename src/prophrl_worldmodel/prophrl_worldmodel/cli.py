@@ -111,6 +111,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from prophrl_worldmodel.configuration_prophet import FLOW_SOURCES
+
     parser = argparse.ArgumentParser(prog="prophrl worldmodel", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="verb", required=True)
 
@@ -124,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vae-from", metavar="CKPT", help="start from this Prophet's VAE (with --vae-steps 0: keep it)")
     p.add_argument("--residual", choices=("on", "off"), help="predict each future latent's change from the start "
                                                             "frame (default: the config's predict_residual)")
-    p.add_argument("--flow-source", choices=("noise", "start_frame"), help="where sampling starts: noise, or the "
+    p.add_argument("--flow-source", choices=FLOW_SOURCES, help="where sampling starts: noise, or the "
                    "start frame plus --source-noise (default: the config's flow_source)")
     p.add_argument("--source-noise", type=float, help="noise std added to the start frame (flow source start_frame)")
     p.add_argument("--batch-size", type=int, default=8)

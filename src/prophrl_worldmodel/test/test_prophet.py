@@ -421,9 +421,8 @@ def test_a_start_frame_flow_source_begins_sampling_at_the_start_frame_and_keeps_
     untrained = Prophet(_small_config(use_action_frames=False, flow_source="start_frame", source_noise=1e-4))
     start_latent = untrained.encode_frames(start[:, None])
     source = untrained.generate(start, None, still, num_steps=0, generator=torch.Generator().manual_seed(0))
-    torch.testing.assert_close(source, untrained.decode_latents(
-        start_latent.expand(-1, -1, untrained.config.frames_per_clip, -1, -1)),
-                               atol=0.5, rtol=0)
+    copied = untrained.decode_latents(start_latent.expand(-1, -1, untrained.config.frames_per_clip, -1, -1))
+    torch.testing.assert_close(source, copied, atol=0.5, rtol=0)
     errors = {}
     for flow_source in ("start_frame", "noise"):
         # source_noise is in normalised latent units; this untrained VAE's latents have std ~0.34, not 1
