@@ -199,7 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     collect.add_argument("--max-steps", type=int, default=300, help="episode length limit (control steps)")
     collect.add_argument("--noise-std", type=float, default=0.0, help="scripted expert action noise")
     collect.add_argument("--skill", type=float, default=1.0, help="scripted expert: 1 = no deliberate mistakes")
-    collect.add_argument("--camera", default="agentview")
+    collect.add_argument("--camera", default="", help="agentview | frontview | sideview | birdview (default: the "
+                         "task's own view, as the sim node uses)")
     collect.add_argument("--image-size", type=int, default=128)
     collect.add_argument("--direct", action="store_true",
                          help="scripted only: run sim + expert in this process (fast) instead of the live nodes")

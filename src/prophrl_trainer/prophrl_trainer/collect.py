@@ -33,7 +33,7 @@ class CollectSettings:
     replan_steps: int = 2
     noise_std: float = 0.0
     skill: float = 1.0
-    camera: str = "agentview"
+    camera: str = ""          # empty: the task's default view (ArmSim), as the sim node uses
     image_size: int = 128
     camera_jitter_m: float = 0.0
     policy: str = ""          # a policy checkpoint directory: it acts (deterministic ODE sampling), not the expert

@@ -22,7 +22,7 @@ class EvalSettings:
     first_seed: int = HELD_OUT_SEED_BASE
     max_steps: int = 200
     replan_steps: int = 2
-    camera: str = "agentview"
+    camera: str = ""             # empty: the task's default view (ArmSim), as the sim node and collection use
     image_size: int = 128
     mode: str = "ode"
     device: str = "cpu"          # where the policy runs (the sim always runs on the CPU)
