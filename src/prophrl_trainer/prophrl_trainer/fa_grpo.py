@@ -330,6 +330,11 @@ def policy_update(policy, optimizer: torch.optim.Optimizer, batch: RolloutBatch,
     totals: dict[str, float] = {"loss": 0.0, "policy_loss": 0.0, "kl": 0.0, "clip_fraction": 0.0,
                                 "ratio_mean": 0.0, "approx_kl_old": 0.0, "policy_kl": 0.0, "grad_norm": 0.0}
     count, stopped = 0, False
+    all_ref_means = None
+    if cfg.kl_beta > 0:  # the reference policy does not change: its means once per update, not per epoch
+        with torch.no_grad():
+            all_ref_means = torch.cat([ref_policy.sde_log_probs(batch.obs[idx], batch.latents[idx], sampler)[1]
+                                       for idx in torch.arange(size).split(minibatch_size)])
     policy.train()
     for _ in range(epochs):
         if stopped:
@@ -341,10 +346,7 @@ def policy_update(policy, optimizer: torch.optim.Optimizer, batch: RolloutBatch,
             obs = batch.obs[idx]
             latents = batch.latents[idx]
             new_log_probs, new_means, stds = policy.sde_log_probs(obs, latents, sampler)
-            ref_means = None
-            if cfg.kl_beta > 0:
-                with torch.no_grad():
-                    _, ref_means, _ = ref_policy.sde_log_probs(obs, latents, sampler)
+            ref_means = all_ref_means[idx] if all_ref_means is not None else None
             old_means = batch.old_means[idx] if batch.old_means is not None else None
             out = fa_grpo_loss(new_log_probs, batch.old_log_probs[idx], batch.advantages[idx], batch.mask[idx],
                                weights, cfg, new_means, ref_means, stds, element_mask,

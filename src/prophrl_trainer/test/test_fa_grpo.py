@@ -421,6 +421,26 @@ def test_target_kl_reads_the_policy_kl_not_the_flowscale_weighted_pseudo_kl():
     assert with_means["stopped_early"] == 1 and with_means["minibatches"] == 0
 
 
+def test_the_kl_anchor_pairs_every_chunk_with_its_own_reference_means_over_shuffled_minibatches():
+    """The reference policy's means are computed once per update; each minibatch (a random order, two epochs)
+    must still compare every chunk with its own: the mean KL equals the whole batch's at lr 0."""
+    torch.manual_seed(0)
+    policy, reference = ToyFlowPolicy(hidden=8), ToyFlowPolicy(hidden=8).requires_grad_(False)
+    contexts = torch.rand(32, 2)
+    sampler = SamplerConfig(num_steps=4)
+    sample = policy.predict_action_chunk(contexts, mode="sde", sampler=sampler)
+    cfg = FAGRPOConfig(group_size=4, kl_beta=1.0)
+    batch = RolloutBatch(contexts, sample.latents, sample.log_probs, torch.randn(32), torch.ones(32), sample.means)
+    stats = policy_update(policy, torch.optim.SGD(policy.parameters(), lr=0.0), batch, cfg, sampler, epochs=2,
+                          minibatch_size=8, ref_policy=reference, generator=torch.Generator().manual_seed(3))
+    _, ref_means, stds = reference.sde_log_probs(contexts, sample.latents, sampler)
+    whole = fa_grpo_loss(sample.log_probs, sample.log_probs, batch.advantages, batch.mask,
+                         flowscale_weights(sampler.step_noise_variance(), cfg.flowscale), cfg, sample.means,
+                         ref_means, stds, samples=sample.latents[:, 1:], old_means=sample.means)
+    assert stats["minibatches"] == 8 and whole.kl > 1e-3
+    assert stats["kl"] == pytest.approx(whole.kl, rel=1e-6)
+
+
 def test_rollout_means_are_the_means_sde_log_probs_recomputes():
     """policy_kl compares the stored rollout means with the recomputed ones: on-policy they agree exactly."""
     torch.manual_seed(0)
