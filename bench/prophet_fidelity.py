@@ -15,6 +15,12 @@ side-by-side videos. Full scale (hours on one CPU core):
     python bench/prophet_fidelity.py --out outputs/prophet_fidelity --episodes 20 --held-out-episodes 50 \
         --image-size 64 --vae-steps 1000 --steps 4000 --adapt-steps 500
 
+The shipped Prophet (prophrl_worldmodel.pretrained) on the corpus scripts/pretrain_shipped_prophet.sh made
+for it (its held-out combination: ur5e_sim/door/agentview):
+
+    python bench/prophet_fidelity.py --out outputs/fidelity_shipped --corpus data/worldmodel_corpus_shipped \
+        --pretrained sim_tiny_32px --adapt-steps 1000 --mode full --eval-episodes 10 --chunks 6
+
 Small scale (minutes):
 
     python bench/prophet_fidelity.py --out /tmp/fid --episodes 2 --held-out-episodes 6 --tasks lift door \
@@ -61,6 +67,15 @@ def autoencoder_ceiling(model, dataset_dirs, frames_per_episode: int = 16) -> di
             "ssim": float(np.mean([ssim(d, r) for d, r in zip(decoded, real)]))}
 
 
+def horizons_beating(report: dict, baseline: dict) -> str:
+    """'a / b / c of n': the predicted frames at which `report` beats the copy-last-frame `baseline` on PSNR and
+    SSIM (higher) and on flow EPE (lower)."""
+    h, b = report["horizon"], baseline["horizon"]
+    wins = [sum(x > y for x, y in zip(h["psnr"], b["psnr"])), sum(x > y for x, y in zip(h["ssim"], b["ssim"])),
+            sum(x < y for x, y in zip(h["flow_epe"], b["flow_epe"]))]
+    return f"{wins[0]} / {wins[1]} / {wins[2]} of {len(h['psnr'])}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
@@ -72,6 +87,8 @@ def main() -> None:
     parser.add_argument("--views", nargs="+", default=["frontview", "sideview"])
     parser.add_argument("--held-out", default="ur5e_sim/door/frontview")
     parser.add_argument("--corpus-image-size", type=int, default=64)
+    parser.add_argument("--pretrained", metavar="NAME|DIR", help="evaluate and adapt this Prophet (a shipped one's "
+                        "name, e.g. sim_tiny_32px, or a checkpoint directory) instead of pretraining one")
     parser.add_argument("--config", default="tiny")
     parser.add_argument("--image-size", type=int, default=64, help="Prophet image size")
     parser.add_argument("--vae-steps", type=int, default=1000)
@@ -92,6 +109,7 @@ def main() -> None:
     from prophrl_common.tables import format_table
     from prophrl_worldmodel.configuration_prophet import get_prophet_config
     from prophrl_worldmodel.modeling_prophet import Prophet
+    from prophrl_worldmodel.pretrained import resolve_prophet
     from prophrl_worldmodel.training import METRIC_FIELDS, SUMMARY_NAME, adapt, evaluate_fidelity, pretrain
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -113,10 +131,15 @@ def main() -> None:
     if not heldout_data:
         raise SystemExit("the corpus has no held-out combination (collect it with --held-out-episodes > 0)")
 
-    config = get_prophet_config(args.config, image_size=args.image_size)
     begin = time.perf_counter()
-    pretrained = pretrain(pretrain_data, config, args.out / "pretrained", vae_steps=args.vae_steps, steps=args.steps,
-                          batch_size=args.batch_size, lr=args.lr, seed=args.seed, log_dir=args.out / "tb_pretrain")
+    if args.pretrained:
+        pretrained = resolve_prophet(args.pretrained)
+        config = Prophet.from_pretrained(pretrained).config
+    else:
+        config = get_prophet_config(args.config, image_size=args.image_size)
+        pretrained = pretrain(pretrain_data, config, args.out / "pretrained", vae_steps=args.vae_steps,
+                              steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                              log_dir=args.out / "tb_pretrain")
     timings["pretrain"] = time.perf_counter() - begin
     pre_summary = json.loads((pretrained / SUMMARY_NAME).read_text())
 
@@ -149,11 +172,14 @@ def main() -> None:
     names = {"psnr": "PSNR dB", "ssim": "SSIM", "flow_epe": "EPE px", "flow_cos": "cos"}
     for split, title in (("heldout", f"held-out combination {manifest['held_out']}"),
                          ("pretrain_data", "pretraining combinations (held-out episodes)")):
-        rows = [[r["label"], *(r["mean"][m] for m in METRIC_FIELDS), r["num_episodes"]] for r in reports[split]]
+        baseline = reports[split][0]
+        rows = [[r["label"], *(r["mean"][m] for m in METRIC_FIELDS), r["num_episodes"],
+                 "-" if r is baseline else horizons_beating(r, baseline)] for r in reports[split]]
         rows.append(["VAE reconstruction (ceiling)", ceilings[split]["psnr"], ceilings[split]["ssim"], None, None,
-                     len(reports[split][0]["episodes"])])
+                     len(reports[split][0]["episodes"]), "-"])
         print(format_table(f"\nfidelity on the {title}: {args.chunks} chunk(s) closed loop, mean over horizons",
-                           ["model", *(names[m] for m in METRIC_FIELDS), "episodes"], rows))
+                           ["model", *(names[m] for m in METRIC_FIELDS), "episodes",
+                            "horizons beating copy: PSNR / SSIM / EPE"], rows))
         horizons = len(reports[split][0]["horizon"]["psnr"])
         print(format_table("PSNR dB per predicted frame", ["model", *(f"h{h + 1}" for h in range(horizons))],
                            [[r["label"], *r["horizon"]["psnr"]] for r in reports[split]]))

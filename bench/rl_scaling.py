@@ -2,9 +2,9 @@
 of its policy update, against group size G, initial states per update, chunks per rollout, the world
 model's image size and its Euler steps per imagined clip, one factor at a time around the demo's recipe.
 
-The base cell is `prophrl demo`'s stage 6: Prophet `tiny_32px` (2 frames x 5 actions per clip), policy
-`tiny` (96 px input, horizon 10, K = 10 SDE steps), judge `tiny` at the world model's image size, and
-DEMO_RL_CONFIG (G = 8, 2 states, 6 chunks, 3 Euler steps per clip, the KL anchor's reference policy in the
+The base cell is `prophrl demo`'s stage 6: Prophet `tiny_32px_start_frame` (2 frames x 5 actions per clip, one
+Euler step per clip, its own), policy `tiny` (96 px input, horizon 10, K = 10 SDE steps), judge `tiny` at the
+world model's image size, and DEMO_RL_CONFIG (G = 8, 2 states, 6 chunks, the KL anchor's reference policy in the
 update, no early termination, so every rollout runs all its chunks and the cost does not depend on what the
 judge says). Weights are random: the cost does not depend on them.
 A cell varies one factor; the image size changes the world model's and the judge's frames (the policy
@@ -18,7 +18,7 @@ phase started (models, optimizer, the warm-up's allocations and, for the update,
 already there), which is what a larger cell adds.
 
     python bench/rl_scaling.py [--threads 1] [--group 4 8 16 32] [--states 1 2 4] [--chunks 2 4 6 12]
-                               [--image-size 32 64 128] [--imagination-steps 10 5 3] [--out results.json]
+                               [--image-size 32 64 128] [--imagination-steps 10 3 1] [--out results.json]
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from prophrl_common.tables import print_table
 
-BASE = {"group_size": 8, "states_per_update": 2, "chunks_per_rollout": 6, "image_size": 32, "imagination_steps": 3}
+BASE = {"group_size": 8, "states_per_update": 2, "chunks_per_rollout": 6, "image_size": 32, "imagination_steps": 1}
 FACTORS = {"group": "group_size", "states": "states_per_update", "chunks": "chunks_per_rollout",
            "image_size": "image_size", "imagination_steps": "imagination_steps"}
 MIB = 1024 * 1024
@@ -66,7 +66,7 @@ def run_cell(cell: dict, threads: int) -> dict:
     """One cell in this process: build the setup, warm up, time and measure imagination and the update."""
     import torch
 
-    from prophrl.demo import DEMO_RL_CONFIG
+    from prophrl.demo import DEMO_PROPHET_CONFIG, DEMO_RL_CONFIG
     from prophrl_policy.configuration_vla import get_vla_config
     from prophrl_policy.modeling_vla import VLAPolicy
     from prophrl_trainer.rl_smoke import smoke_norm_stats, write_smoke_dataset
@@ -80,7 +80,7 @@ def run_cell(cell: dict, threads: int) -> dict:
     torch.manual_seed(0)
     root = Path(tempfile.mkdtemp(prefix="rl_scaling-"))
     size = cell["image_size"]
-    prophet = Prophet(get_prophet_config("tiny_32px", image_size=size, frames_per_clip=2, actions_per_frame=5))
+    prophet = Prophet(get_prophet_config(DEMO_PROPHET_CONFIG, image_size=size))
     prophet.eval().save_pretrained(root / "prophet")
     policy_config = get_vla_config("tiny", horizon=prophet.config.action_horizon)
     VLAPolicy(policy_config, smoke_norm_stats()).save_pretrained(root / "policy")
@@ -133,8 +133,8 @@ def main() -> None:
     parser.add_argument("--chunks", type=int, nargs="*", default=[2, 4, 6, 12], help="chunks per rollout")
     parser.add_argument("--image-size", type=int, nargs="*", default=[32, 64, 128],
                         help="world model (and judge) image sizes")
-    parser.add_argument("--imagination-steps", type=int, nargs="*", default=[10, 5, 3],
-                        help="Euler steps per imagined clip (the world model's default is 10)")
+    parser.add_argument("--imagination-steps", type=int, nargs="*", default=[10, 3, 1],
+                        help="Euler steps per imagined clip (the demo's world model samples with 1)")
     parser.add_argument("--out", default="", help="also write the rows here as JSON")
     parser.add_argument("--cell", default="", help=argparse.SUPPRESS)   # one cell, in a child process
     args = parser.parse_args()

@@ -12,6 +12,7 @@ import time
 import pytest
 
 from prophrl_common.testing import isolate_ros_domain
+from prophrl_worldmodel.pretrained import PRETRAINED_PROPHETS
 
 TOY_BUDGETS = ["--demos", "2", "--play-episodes", "2", "--sft-steps", "10", "--prophet-vae-steps", "10",
                "--prophet-steps", "10", "--judge-steps", "10", "--rl-updates", "1", "--eval-episodes", "1"]
@@ -75,10 +76,17 @@ def test_demo_resumes_from_an_interruption_in_any_stage_and_runs_every_stage(tmp
                      "prophet/model.safetensors", "judge/model.safetensors", "report/report.md"):
         assert (out / artefact).is_file(), artefact
     prophet_config = json.loads((out / "prophet" / "prophet_config.json").read_text())
-    assert prophet_config["name"] == "tiny_32px"
+    prophet_summary = json.loads((out / "prophet" / "training_summary.json").read_text())
+    # the shipped pretrained Prophet, adapted to the demo's own episodes (demonstrations and play)
+    assert prophet_summary["phase"] == "adapt" and prophet_summary["checkpoint"] == str(PRETRAINED_PROPHETS[
+        "sim_tiny_32px"].path)
+    assert prophet_summary["datasets"] == [str(out / "dataset"), str(out / "dataset_play")]
+    assert prophet_config["name"] == "tiny_32px_start_frame" and prophet_config["flow_source"] == "start_frame"
     assert prophet_config["frames_per_clip"] * prophet_config["actions_per_frame"] == 10  # the policy's horizon
     judge_summary = json.loads((out / "judge" / "summary.json").read_text())
     assert judge_summary["imagined_from"] == str(out / "prophet")  # trained on Prophet's replays too
+    # ... sampled with the Euler steps RL imagines with (the world model's own: imagination_steps 0)
+    assert judge_summary["imagined_num_steps"] == prophet_config["num_inference_steps"] == 1
     assert judge_summary["config"]["image_size"] == prophet_config["image_size"]
     progress = (out / "rl_fa_grpo_flowscale" / "progress.jsonl").read_text().splitlines()
     assert len(progress) == 1
@@ -95,15 +103,17 @@ def test_demo_resumes_from_an_interruption_in_any_stage_and_runs_every_stage(tmp
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-@pytest.mark.parametrize("robot,task", [("ur5e_sim", "lift"), ("panda_sim", "stack")])
-def test_demo_runs_the_loop_for_another_robot_and_task(tmp_path, robot, task):
-    """`prophrl demo --robot/--task`: every stage works on that pair, and its outputs are that pair's."""
+@pytest.mark.parametrize("robot,task,prophet_from", [("ur5e_sim", "lift", "sim_tiny_32px"),
+                                                     ("panda_sim", "stack", "scratch")])
+def test_demo_runs_the_loop_for_another_robot_and_task(tmp_path, robot, task, prophet_from):
+    """`prophrl demo --robot/--task`: every stage works on that pair, and its outputs are that pair's; its
+    Prophet is the shipped one adapted, or (--prophet-from scratch) one trained on the demo's episodes alone."""
     env = os.environ.copy()
     isolate_ros_domain()
     env["ROS_DOMAIN_ID"] = os.environ["ROS_DOMAIN_ID"]
     out = tmp_path / "demo"
     argv = [sys.executable, "-m", "prophrl.cli", "demo", "--out", str(out), "--robot", robot, "--task", task,
-            *TOY_BUDGETS]
+            "--prophet-from", prophet_from, *TOY_BUDGETS]
     run = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=540)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     episodes = json.loads((out / "dataset" / "index.json").read_text())
@@ -114,3 +124,23 @@ def test_demo_runs_the_loop_for_another_robot_and_task(tmp_path, robot, task):
     assert summary["robot"] == robot
     assert all(set(entry["tasks"]) == {task} for entry in summary["policies"].values())
     assert f"ProphRL demo: {robot} / {task}" in run.stdout
+    prophet_summary = json.loads((out / "prophet" / "training_summary.json").read_text())
+    assert prophet_summary["phase"] == ("pretrain" if prophet_from == "scratch" else "adapt")
+    assert json.loads((out / "prophet" / "prophet_config.json").read_text())["name"] == "tiny_32px_start_frame"
+
+
+def test_demo_checks_the_prophet_it_would_adapt_before_any_work(tmp_path):
+    """--prophet-from that is not a Prophet, or whose clip is not one policy chunk: one error line, exit 2, and
+    nothing collected (the check comes before stage 1)."""
+    from prophrl_worldmodel.configuration_prophet import get_prophet_config
+    from prophrl_worldmodel.modeling_prophet import Prophet
+
+    long_clips = Prophet(get_prophet_config("tiny_32px_start_frame", frames_per_clip=4)).save_pretrained(
+        tmp_path / "long_clips")
+    for source, message in ((tmp_path / "absent", "not a Prophet checkpoint"),
+                            (long_clips, "its clips are 20 actions long, the tiny policy's chunks 10")):
+        out = tmp_path / "demo"
+        run = subprocess.run([sys.executable, "-m", "prophrl.cli", "demo", "--out", str(out), "--prophet-from",
+                              str(source)], capture_output=True, text=True, timeout=120)
+        assert run.returncode == 2 and message in run.stderr and "Traceback" not in run.stderr, run.stderr
+        assert not out.exists()

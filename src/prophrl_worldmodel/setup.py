@@ -6,6 +6,8 @@ setup(
     name=package_name,
     version="0.1.0",
     packages=find_packages(exclude=["test"]),
+    # The shipped pretrained Prophets (prophrl_worldmodel.pretrained): safetensors + JSON config + README each.
+    package_data={package_name: ["pretrained_models/*.md", "pretrained_models/*/*"]},
     data_files=[
         ("share/ament_index/resource_index/packages", ["resource/" + package_name]),
         ("share/" + package_name, ["package.xml"]),

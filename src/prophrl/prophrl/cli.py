@@ -212,6 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     collect.add_argument("--device", default="cpu", help="with --policy: where it runs (cpu | cuda | cuda:N)")
     collect.set_defaults(func=_cmd_collect)
 
+    from prophrl.demo import (DEFAULT_PROPHET_FROM, DEMO_ADAPT_MODE, DEMO_PROPHET_CONFIG, DEMO_PROPHET_STEPS,
+                              PROPHET_FROM_SCRATCH)
+
     demo = verbs.add_parser("demo", help="the whole loop end to end on the embedded defaults (resumable)")
     demo.add_argument("--out", default="outputs/demo")
     demo.add_argument("--robot", default="panda_sim")
@@ -220,8 +223,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--play-episodes", type=int, default=40,
                       help="noisy, mistake-making expert episodes (failures included) for Prophet and the judge")
     demo.add_argument("--sft-steps", type=int, default=2000)
-    demo.add_argument("--prophet-vae-steps", type=int, default=2000)
-    demo.add_argument("--prophet-steps", type=int, default=2000)
+    demo.add_argument("--prophet-from", default=DEFAULT_PROPHET_FROM, metavar="NAME|DIR|scratch",
+                      help="the Prophet adapted to the demo's episodes: a shipped one's name "
+                           f"(prophrl_worldmodel.pretrained), a checkpoint directory, or '{PROPHET_FROM_SCRATCH}' "
+                           f"to train {DEMO_PROPHET_CONFIG} on the demo's episodes alone (default {DEFAULT_PROPHET_FROM})")
+    demo.add_argument("--prophet-adapt-mode", choices=("lora", "full"), default=DEMO_ADAPT_MODE,
+                      help="what adapting --prophet-from trains: LoRA adapters or every denoiser weight")
+    demo.add_argument("--prophet-steps", type=int, default=DEMO_PROPHET_STEPS,
+                      help="denoiser steps: of the adaptation, or of training from scratch")
+    demo.add_argument("--prophet-vae-steps", type=int, default=2000, help="VAE steps (from scratch only)")
     demo.add_argument("--judge-steps", type=int, default=400)
     demo.add_argument("--rl-updates", type=int, default=40)
     demo.add_argument("--eval-episodes", type=int, default=40,

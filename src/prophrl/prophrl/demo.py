@@ -9,8 +9,9 @@ an interrupted one again, RL continues from its newest checkpoint):
      must know, which clean demonstrations never show;
   2. bags2dataset: aligned training shards for each (`prophrl bags2dataset --lerobot` exports LeRobot v3);
   3. SFT of the tiny VLA policy (flow-matching head) on the successful demonstrations;
-  4. Prophet: pretrain the tiny_32px world model on demonstrations + play (clips of 2 frames x 5
-     actions, so one Prophet clip = one policy chunk);
+  4. Prophet: adapt the shipped pretrained world model (prophrl_worldmodel.pretrained: sim_tiny_32px, its
+     flow starting at the start frame) to the demonstrations + play episodes, or with `--prophet-from
+     scratch` train one on them alone (clips of 2 frames x 5 actions, so one Prophet clip = one policy chunk);
   5. reward judge: the video success classifier trained on the sim-labelled episodes and on Prophet's
      replays of them (imagined clips labelled by the sim, the paper's recipe), at Prophet's resolution;
   6. FA-GRPO + FlowScale inside Prophet, scored by the judge (no physics sim in the loop);
@@ -37,15 +38,23 @@ PLAY_SKILL = 0.4
 # the judge's threshold is set for high recall, and on the tiny Prophet's clips it fires after 2-3 of the
 # 6 chunks in almost every rollout, cutting rollouts before a lift can happen; the full clip is scored instead.
 # lr 1e-5 (5e-5 gives an approx KL of 3.3 on the first update) and common world-model noise within a group
-# (otherwise most of the within-group reward variance is world-model noise). 3 Euler steps per Prophet clip:
-# 1.5x the updates per hour of its default 10, with the same true success. A KL anchor to the SFT policy
-# (kl_beta 1, about 0.14 nats per chunk after 40 updates): without it, 40 updates fooled the judge and took
-# true success from 48.3 % to 40.0 +- 7.3 % (3 RL seeds, 60 held-out states); with it, 50.0 +- 1.7 % (+1.7 pts
-# [-2.3, +5.6], paired by state). Measured with `prophrl train` + `prophrl eval --episodes 60 --first-seed
-# 100040 --replan-steps 10` on a demo's outputs (bench/true_success.py runs the same).
+# (otherwise most of the within-group reward variance is world-model noise). Euler steps per Prophet clip: the
+# world model's own (imagination_steps 0; one for the start-frame Prophets the demo trains), the same number
+# the judge's imagined training clips were sampled with. A KL anchor to the SFT policy (kl_beta 1, about 0.14
+# nats per chunk after 40 updates): without it, 40 updates fooled the judge and took true success from 48.3 %
+# to 40.0 +- 7.3 % (3 RL seeds, 60 held-out states); with it, 50.0 +- 1.7 % (+1.7 pts [-2.3, +5.6], paired by
+# state). Measured with `prophrl train` + `prophrl eval --episodes 60 --first-seed 100040 --replan-steps 10`
+# on a demo's outputs (bench/true_success.py runs the same).
 DEMO_RL_CONFIG = {"group_size": 8, "states_per_update": 2, "chunks_per_rollout": 6, "checkpoint_every": 5,
                   "eval_every": 0, "learning_rate": 1e-5, "minibatch_size": 32, "early_termination": False,
-                  "shared_world_model_noise": True, "imagination_steps": 3, "fa_grpo": {"kl_beta": 1.0}}
+                  "shared_world_model_noise": True, "imagination_steps": 0, "fa_grpo": {"kl_beta": 1.0}}
+# Stage 4: the Prophet the demo adapts (a shipped name or a checkpoint directory), or this word to train the
+# DEMO_PROPHET_CONFIG from scratch on the demo's own episodes.
+DEFAULT_PROPHET_FROM = "sim_tiny_32px"
+PROPHET_FROM_SCRATCH = "scratch"
+DEMO_PROPHET_CONFIG = "tiny_32px_start_frame"
+DEMO_ADAPT_MODE = "full"
+DEMO_PROPHET_STEPS = 1000
 
 # A bag's end_reason when its episode reached an outcome (the recorder writes e.g. "shutdown" when it stops
 # mid-episode; an in-process collection writes SUCCESS / FAILURE too).
@@ -113,15 +122,32 @@ def set_aside_interrupted_bags(directory: Path, aside: Path) -> None:
             print(f"moved the bag of an interrupted episode to {aside / path.name}", flush=True)
 
 
+def prophet_to_adapt(name_or_path: str, horizon: int) -> Path:
+    """The checkpoint directory of --prophet-from, checked before any work: a Prophet whose clip is one policy
+    chunk of `horizon` actions (ConfigError otherwise)."""
+    from prophrl_common.config_io import ConfigError
+    from prophrl_worldmodel.modeling_prophet import Prophet
+    from prophrl_worldmodel.pretrained import resolve_prophet
+
+    base = resolve_prophet(name_or_path)
+    clip = Prophet.from_pretrained(base).config.action_horizon
+    if clip != horizon:
+        raise ConfigError(f"--prophet-from {name_or_path}: its clips are {clip} actions long, the tiny policy's "
+                          f"chunks {horizon}; the demo needs one clip per chunk")
+    return base
+
+
 def run_demo(args: argparse.Namespace) -> int:
     from prophrl_policy.configuration_vla import get_vla_config
     from prophrl_trainer.sft import SFTConfig, load_demonstrations, train_sft
     from prophrl_data.conversion import bags2dataset
 
+    config = get_vla_config("tiny")
+    prophet_base = None if args.prophet_from == PROPHET_FROM_SCRATCH else prophet_to_adapt(args.prophet_from,
+                                                                                         config.horizon)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
-    config = get_vla_config("tiny")
 
     def stage(name: str, done: bool, fn) -> None:
         print(f"\n== {name}{' (cached)' if done else ''}", flush=True)
@@ -171,16 +197,21 @@ def run_demo(args: argparse.Namespace) -> int:
 
     world_model = out / DEMO_PARTS["world_model"]
 
-    def pretrain_world_model():
+    def world_model_stage():
         from prophrl_worldmodel.configuration_prophet import get_prophet_config
-        from prophrl_worldmodel.training import pretrain
+        from prophrl_worldmodel.training import adapt, pretrain
 
-        # One Prophet clip per policy chunk: frames_per_clip * actions_per_frame == the policy's horizon.
-        wm_config = get_prophet_config("tiny_32px", frames_per_clip=2, actions_per_frame=config.horizon // 2)
-        pretrain(world_data, wm_config, world_model, vae_steps=args.prophet_vae_steps, steps=args.prophet_steps,
-                 log_dir=out / "tensorboard" / "prophet")
-    stage(f"4. Prophet pretrain ({args.prophet_vae_steps} VAE + {args.prophet_steps} denoiser steps)",
-          (world_model / "model.safetensors").is_file(), pretrain_world_model)
+        if prophet_base is None:
+            pretrain(world_data, get_prophet_config(DEMO_PROPHET_CONFIG), world_model,
+                     vae_steps=args.prophet_vae_steps, steps=args.prophet_steps,
+                     log_dir=out / "tensorboard" / "prophet")
+        else:
+            adapt(prophet_base, world_data, args.prophet_steps, args.prophet_adapt_mode, world_model,
+                  log_dir=out / "tensorboard" / "prophet")
+    how = (f"pretrain from scratch ({args.prophet_vae_steps} VAE + {args.prophet_steps} denoiser steps)"
+           if args.prophet_from == PROPHET_FROM_SCRATCH else
+           f"adapt {args.prophet_from} ({args.prophet_adapt_mode}, {args.prophet_steps} steps)")
+    stage(f"4. Prophet: {how}", (world_model / "model.safetensors").is_file(), world_model_stage)
 
     judge = out / DEMO_PARTS["judge"]
 

@@ -51,17 +51,19 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def _cmd_adapt(args: argparse.Namespace) -> int:
+    from prophrl_worldmodel.pretrained import resolve_prophet
     from prophrl_worldmodel.training import adapt, adapt_from_bags
 
+    checkpoint = resolve_prophet(args.checkpoint)
     common = dict(batch_size=args.batch_size, lr=args.lr, seed=args.seed, lora_rank=args.lora_rank,
                   log_dir=args.log_dir, device=args.device, overwrite=args.overwrite)
     if args.bags:
-        result = adapt_from_bags(args.checkpoint, args.bags, args.steps, args.mode, args.out, robot=args.robot,
+        result = adapt_from_bags(checkpoint, args.bags, args.steps, args.mode, args.out, robot=args.robot,
                                  dataset_dir=args.dataset_out, **common)
     else:
         if args.robot:
             raise ConfigError("--robot only applies to --bags (a dataset knows its robot)")
-        result = adapt(args.checkpoint, args.data, args.steps, args.mode, args.out, **common)
+        result = adapt(checkpoint, args.data, args.steps, args.mode, args.out, **common)
     print(format_table(f"\nadapted Prophet ({args.mode}) saved to {result.checkpoint_path}", ["metric", "value"],
                        [[k, v] for k, v in result.metrics.items()]))
     return 0
@@ -71,11 +73,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from prophrl_worldmodel.configuration_prophet import get_prophet_config
     from prophrl_worldmodel.modeling_prophet import Prophet
     from prophrl_common.atomic_io import write_json_atomic
+    from prophrl_worldmodel.pretrained import resolve_prophet
     from prophrl_worldmodel.training import METRIC_FIELDS, evaluate_fidelity
 
-    checkpoints = list(args.checkpoint or [])
+    checkpoints = [resolve_prophet(c) for c in args.checkpoint or []]
     check_run_dir(args.out, FIDELITY_OUTPUT, inputs=[*args.data, *checkpoints])
-    labels = list(args.labels or [Path(c).name for c in checkpoints])
+    labels = list(args.labels or [c.name for c in checkpoints])
     if len(labels) != len(checkpoints):
         raise ConfigError(f"--labels gives {len(labels)} names for {len(checkpoints)} checkpoint(s)")
     if "baseline" in labels or len(set(labels)) != len(labels):
@@ -94,7 +97,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     for model, label in zip(models, labels):
         reports.append(evaluate_fidelity(model, args.data, args.out, num_steps=args.num_steps, label=label, **common))
     out = Path(args.out)
-    summary = {"datasets": [str(d) for d in args.data], "checkpoints": dict(zip(labels, checkpoints)),
+    summary = {"datasets": [str(d) for d in args.data], "checkpoints": dict(zip(labels, map(str, checkpoints))),
                "split": args.split, "models": {r["label"]: r for r in reports}}
     write_json_atomic(out / "summary.json", summary)
     names = {"psnr": "PSNR dB", "ssim": "SSIM", "flow_epe": "flow EPE px", "flow_cos": "flow cos"}
@@ -138,7 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_pretrain)
 
     p = sub.add_parser("adapt", help="few-shot adaptation of a Prophet to new episodes (LoRA or full)")
-    p.add_argument("--checkpoint", required=True, help="the Prophet to adapt")
+    p.add_argument("--checkpoint", required=True,
+                   help="the Prophet to adapt: a checkpoint directory or a shipped one's name (e.g. sim_tiny_32px)")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--bags", nargs="+", metavar="BAG", help="rosbag2 episodes (converted with bags2dataset)")
     source.add_argument("--data", nargs="+", metavar="DIR", help="bags2dataset output directories")
@@ -158,7 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="closed-loop replay fidelity: copy-last-frame baseline and checkpoints")
     p.add_argument("--data", nargs="+", required=True, metavar="DIR", help="bags2dataset output directories")
-    p.add_argument("--checkpoint", nargs="*", metavar="CKPT", help="Prophet checkpoints to evaluate")
+    p.add_argument("--checkpoint", nargs="*", metavar="CKPT",
+                   help="Prophet checkpoints to evaluate: directories or shipped names (e.g. sim_tiny_32px)")
     p.add_argument("--labels", nargs="*", help="one name per checkpoint (default: the directory names)")
     p.add_argument("--out", required=True, help="directory for summary.json, fidelity_*.json and videos/")
     p.add_argument("--episodes", type=int, default=8)
