@@ -189,7 +189,7 @@ def main() -> None:
         ["pretrain loss first -> last", f"{pre_summary['loss_first']:.4f} -> {pre_summary['loss_last']:.4f}"],
         ["pretrain held-out loss", pre_summary.get("held_out_loss")],
         ["pretrain step time s (batch %d)" % args.batch_size, pre_summary["step_time_s"]],
-        ["VAE step time s", pre_summary["vae_seconds"] / max(args.vae_steps, 1)],
+        ["VAE step time s", pre_summary["vae_seconds"] / max(pre_summary["vae_steps"], 1)],
         ["adapt train episodes", adapted.metrics["train_episodes"]],
         ["adapt held-out loss before -> after",
          f"{adapted.metrics['loss_before']:.4f} -> {adapted.metrics['loss_after']:.4f}"],
