@@ -53,6 +53,8 @@ DEMO_RL_CONFIG = {"group_size": 8, "states_per_update": 2, "chunks_per_rollout":
 DEFAULT_PROPHET_FROM = "sim_tiny_32px"
 PROPHET_FROM_SCRATCH = "scratch"
 DEMO_PROPHET_CONFIG = "tiny_32px_start_frame"
+# Full adaptation, 1000 steps (about 4 min): on one demo's 18 held-out episodes (6 chunks closed loop) it took the
+# shipped Prophet from 19.1 to 19.3 dB and flow EPE 0.61 to 0.60 px, LoRA as long to 19.3 dB and 0.61 px.
 DEMO_ADAPT_MODE = "full"
 DEMO_PROPHET_STEPS = 1000
 
