@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Rebuild the shipped pretrained Prophet (prophrl_worldmodel.pretrained: sim_tiny_32px) from nothing:
-# collect the simulated corpus, pretrain tiny_32px_start_frame on it, and write its fidelity table.
+# collect the simulated corpus and pretrain tiny_32px_start_frame on it.
 #   bash scripts/pretrain_shipped_prophet.sh [CORPUS_DIR]      (. ./prophrl.env first)
 # On 2 CPU cores about 1.3 h: corpus 15 min (one core), VAE 9 min and denoiser 50 min (two threads). The result
 # replaces src/prophrl_worldmodel/prophrl_worldmodel/pretrained_models/sim_tiny_32px/; then its fidelity table:

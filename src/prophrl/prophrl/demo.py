@@ -211,7 +211,7 @@ def run_demo(args: argparse.Namespace) -> int:
             adapt(prophet_base, world_data, args.prophet_steps, args.prophet_adapt_mode, world_model,
                   log_dir=out / "tensorboard" / "prophet")
     how = (f"pretrain from scratch ({args.prophet_vae_steps} VAE + {args.prophet_steps} denoiser steps)"
-           if args.prophet_from == PROPHET_FROM_SCRATCH else
+           if prophet_base is None else
            f"adapt {args.prophet_from} ({args.prophet_adapt_mode}, {args.prophet_steps} steps)")
     stage(f"4. Prophet: {how}", (world_model / "model.safetensors").is_file(), world_model_stage)
 
