@@ -11,7 +11,9 @@ Prophet. Prints:
    imagined clip from the same start, actions and initial noise on the device vs the CPU (mean |pixel| diff);
 2. imagination frames per second for groups of G = 1 / 8 / 32 rollouts;
 3. policy latency: one ODE chunk, p50 / p95 over 50 calls;
-4. one RL update (FA-GRPO + FlowScale, 4 states x G 8, 4 chunks) on the device, float32 and bf16.
+4. one RL update (FA-GRPO + FlowScale, 4 states x G 8, 4 chunks) on the device, float32 and bf16;
+5. the training verbs' cores on the device, each a few steps on a small random dataset: Prophet pretraining
+   (tiny_32px_start_frame) and LoRA adaptation, policy SFT and judge training (seconds and steps/s).
 """
 
 from __future__ import annotations
@@ -156,6 +158,47 @@ def rl_update(device: torch.device) -> list[tuple[str, str]]:
     return rows
 
 
+def training(device: torch.device) -> list[tuple[str, str]]:
+    from prophrl_policy.configuration_vla import get_vla_config
+    from prophrl_trainer.rl_smoke import write_smoke_dataset
+    from prophrl_trainer.sft import SFTConfig, load_demonstrations, train_sft
+    from prophrl_worldmodel.configuration_judge import get_judge_config
+    from prophrl_worldmodel.configuration_prophet import get_prophet_config
+    from prophrl_worldmodel.judge_training import JudgeTrainConfig, train_judge
+    from prophrl_worldmodel.training import adapt, pretrain
+
+    rows = []
+
+    def timed(label: str, steps: int, run) -> None:
+        _sync(device)
+        t0 = time.perf_counter()
+        run()
+        _sync(device)
+        seconds = time.perf_counter() - t0
+        rows.append((f"{label}: {steps} steps, s (steps/s)", f"{seconds:.1f} ({steps / seconds:.1f})"))
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        data = write_smoke_dataset(tmp / "data", episodes=6, size=40, steps=40)
+        common = dict(device=str(device), show_progress=False)
+        timed("Prophet pretrain (VAE 20 + denoiser 40, batch 32)", 60, lambda: pretrain(
+            data, get_prophet_config("tiny_32px_start_frame"), tmp / "prophet", vae_steps=20, steps=40,
+            batch_size=32, **common))
+        timed("Prophet LoRA adaptation (batch 8)", 40, lambda: adapt(
+            tmp / "prophet", data, 40, mode="lora", out_dir=tmp / "adapted", **common))
+        policy_config = get_vla_config("tiny", image_size=32, horizon=10)
+        demos = load_demonstrations(data, policy_config.horizon, only_successful=False)
+        timed("policy SFT (batch 32)", 40, lambda: train_sft(
+            demos, policy_config, SFTConfig(steps=40, warmup_steps=5), tmp / "policy", **common))
+        rng = np.random.default_rng(0)
+        clips = rng.integers(0, 256, (16, 8, 32, 32, 3), dtype=np.uint8)
+        labels = np.arange(16) % 2
+        timed("judge training (batch 32)", 40, lambda: train_judge(
+            clips, labels, ["lift the red cube"] * 16, get_judge_config("tiny"), tmp / "judge", 40,
+            groups=[f"episode{i}" for i in range(16)], train_config=JudgeTrainConfig(eval_every=20), **common))
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", help="default: cuda when available")
@@ -169,7 +212,7 @@ def main() -> int:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"device_check on {device} ({name}), torch {torch.__version__}")
     rows: list[tuple[str, str]] = []
-    for part in (agreement, imagination_rate, policy_latency, rl_update):
+    for part in (agreement, imagination_rate, policy_latency, rl_update, training):
         t0 = time.perf_counter()
         rows += part(device)
         print(f"  {part.__name__}: {time.perf_counter() - t0:.1f} s", flush=True)

@@ -95,27 +95,37 @@ def collect_combination(robot: str, task: str, view: str, episodes: int, first_s
 def collect_corpus(out: str | Path, episodes: int, held_out_episodes: int, *, robots=ROBOTS, tasks=TASKS,
                    views=VIEWS, held_out: tuple[str, str, str] = parse_combination(HELD_OUT), image_size: int = 64,
                    max_steps: int = 300, noisy_fraction: float = 0.3, noise_std: float = 0.005,
-                   noisy_skill: float = 0.7, camera_jitter_m: float = 0.02, overwrite: bool = False) -> dict:
-    """Collect every combination (the held-out one separately); writes and returns OUT/corpus.json's content."""
+                   noisy_skill: float = 0.7, camera_jitter_m: float = 0.02, overwrite: bool = False,
+                   jobs: int = 1) -> dict:
+    """Collect every combination (the held-out one separately), `jobs` combinations at a time in worker
+    processes; writes and returns OUT/corpus.json's content. A combination's seeds depend only on its place in
+    the list of combinations, so the corpus is the same for any number of jobs."""
     out = Path(out)
     combinations = [c for c in itertools.product(robots, tasks, views) if c != tuple(held_out)]
     if not combinations:
         raise ValueError("no pretraining combination left after holding one out")
     if episodes <= 0 or held_out_episodes < 0:
         raise ValueError("--episodes must be positive and --held-out-episodes >= 0")
+    if jobs <= 0:
+        raise ValueError("--jobs must be positive")
     common = dict(image_size=image_size, max_steps=max_steps, noisy_fraction=noisy_fraction, noise_std=noise_std,
                   noisy_skill=noisy_skill, camera_jitter_m=camera_jitter_m, overwrite=overwrite)
-    rows = []
-    for number, (robot, task, view) in enumerate(combinations):
-        name = combination_name(robot, task, view)
-        rows.append({"split": "pretrain", **collect_combination(
-            robot, task, view, episodes, number * SEEDS_PER_COMBINATION, out / "bags" / name,
-            out / "pretrain" / name, **common)})
+    work = [("pretrain", (robot, task, view), episodes, number * SEEDS_PER_COMBINATION)
+            for number, (robot, task, view) in enumerate(combinations)]
     if held_out_episodes:
-        name = combination_name(*held_out)
-        rows.append({"split": "heldout", **collect_combination(
-            *held_out, held_out_episodes, HELD_OUT_FIRST_SEED, out / "bags" / name, out / "heldout" / name,
-            **common)})
+        work.append(("heldout", tuple(held_out), held_out_episodes, HELD_OUT_FIRST_SEED))
+    calls = [(*combination, count, first_seed, out / "bags" / combination_name(*combination),
+              out / split / combination_name(*combination)) for split, combination, count, first_seed in work]
+    if jobs == 1:
+        results = [collect_combination(*args, **common) for args in calls]
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = [pool.submit(collect_combination, *args, **common) for args in calls]
+            results = [future.result() for future in futures]
+    rows = [{"split": item[0], **result} for item, result in zip(work, results)]
     manifest = {"format": "prophrl-worldmodel-corpus-v1", "held_out": "/".join(held_out),
                 "pretrain_datasets": [r["dataset"] for r in rows if r["split"] == "pretrain"],
                 "heldout_datasets": [r["dataset"] for r in rows if r["split"] == "heldout"],
@@ -153,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--noisy-skill", type=float, default=0.7, help="noisy expert: 1 - P(deliberate grasp mistake)")
     parser.add_argument("--camera-jitter-m", type=float, default=0.02, help="per-episode camera position jitter")
     parser.add_argument("--overwrite", action="store_true", help="recollect combinations whose dataset exists")
+    parser.add_argument("--jobs", type=int, default=1, help="combinations collected at a time (worker processes)")
     args = parser.parse_args(argv)
     from prophrl_common.bag_error import BagError
     from prophrl_common.config_io import ConfigError
@@ -164,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
                                   image_size=args.image_size, max_steps=args.max_steps,
                                   noisy_fraction=args.noisy_fraction, noise_std=args.noise_std,
                                   noisy_skill=args.noisy_skill, camera_jitter_m=args.camera_jitter_m,
-                                  overwrite=args.overwrite)
+                                  overwrite=args.overwrite, jobs=args.jobs)
     except (BagError, ConfigError, ValueError) as exc:
         print(f"collect_worldmodel_corpus: error: {exc}", file=sys.stderr)
         return 2

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from prophrl_common.cli_errors import run_reporting_errors
 from prophrl_common.robots import load_robot_config
-from prophrl_data.alignment import DatasetTopics
+from prophrl_data.samples import DatasetTopics
 from prophrl_data.conversion import bags2dataset
 from prophrl_data.lerobot_import import lerobot2dataset
 from prophrl_data.lerobot_v3 import DEFAULT_VIDEO_CODEC, VIDEO_ENCODERS

@@ -27,7 +27,8 @@ from prophrl_common.outputs import check_output_dir
 from prophrl_common.robots import RobotConfig, load_robot_config
 from prophrl_common.bag_error import BagError
 from prophrl_data.bag_reader import discover_bags
-from prophrl_data.alignment import DatasetTopics, EpisodeSamples, load_episode, on_rate_grid
+from prophrl_data.alignment import load_episode, on_rate_grid
+from prophrl_data.samples import DatasetTopics, EpisodeSamples
 from prophrl_data.lerobot_v3 import DEFAULT_VIDEO_CODEC, LeRobotV3Writer
 from prophrl_data.shards import (DATASET_OUTPUT, DatasetSummary, action_names, write_index,
                                  write_shard)

@@ -41,7 +41,7 @@ from prophrl_common.config_io import ConfigError
 from prophrl_common.outputs import check_output_dir
 from prophrl_common.robots import RobotConfig, load_robot_config
 from prophrl_data import lerobot_v3 as fmt
-from prophrl_data.alignment import EpisodeSamples
+from prophrl_data.samples import EpisodeSamples
 from prophrl_data.shards import (DATASET_OUTPUT, DatasetSummary, episode_calibration,
                                  write_index, write_shard)
 

@@ -31,7 +31,7 @@ from prophrl_common.frames import resize_frames
 from prophrl_common.geometry import CameraCalibration
 from prophrl_common.outputs import OutputKind
 from prophrl_common.robots import RobotConfig
-from prophrl_data.alignment import DatasetTopics, EpisodeSamples
+from prophrl_data.samples import DatasetTopics, EpisodeSamples
 
 
 SHARD_FORMAT = "prophrl-samples-v1"

@@ -11,7 +11,7 @@ import pytest
 from prophrl_common.config_io import ConfigError
 from prophrl_common.geometry import CameraCalibration
 from prophrl_common.robots import load_robot_config
-from prophrl_data.alignment import DatasetTopics, EpisodeSamples
+from prophrl_data.samples import DatasetTopics, EpisodeSamples
 from prophrl_data.shards import SHARD_ARRAYS, EpisodeDataset, ShardEpisode, write_index, write_shard
 
 ROBOT = load_robot_config("panda_sim")

@@ -29,6 +29,14 @@ import torch
 LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
 
+def seeded_draw(draw, shape, generator: torch.Generator | None, device=None,
+                dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``draw`` (torch.rand or torch.randn) of `shape` on the generator's device, then moved to `device`: a CPU
+    generator keeps its seeded stream whatever device the model is on, and a CUDA generator draws on its GPU."""
+    source = generator.device if generator is not None else device
+    return draw(shape, generator=generator, device=source, dtype=dtype).to(device)
+
+
 @dataclasses.dataclass(frozen=True)
 class SDEStep:
     """One stochastic denoising step for a batch: (B, H, D) tensors and (B,) log-probabilities."""
@@ -78,8 +86,8 @@ def sigmas(num_steps: int, shift: float = 1.0, device=None, dtype=torch.float32)
 def sample_training_times(batch: int, shift: float = 1.0, generator: torch.Generator | None = None,
                           device=None) -> torch.Tensor:
     """t ~ U(0, 1), shifted: one diffusion time per sample, (B,)."""
-    t = torch.rand(batch, generator=generator, dtype=torch.float64)
-    return shift_sigmas(t, shift).to(device=device, dtype=torch.float32)
+    t = seeded_draw(torch.rand, (batch,), generator, device, torch.float64)
+    return shift_sigmas(t, shift).to(dtype=torch.float32)
 
 
 def add_noise(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -137,7 +145,7 @@ def gaussian_log_prob(sample: torch.Tensor, mean: torch.Tensor, std, mask: torch
 def sde_step(x: torch.Tensor, velocity: torch.Tensor, sigma: float, sigma_next: float, noise_level: float,
              generator: torch.Generator | None = None) -> SDEStep:
     mean, std = sde_mean(x, velocity, sigma, sigma_next, noise_level)
-    noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    noise = seeded_draw(torch.randn, x.shape, generator, x.device, x.dtype)
     sample = mean + std * noise
     std_t = torch.tensor(std, dtype=x.dtype, device=x.device)
     return SDEStep(sample, mean, std_t, gaussian_log_prob(sample, mean, std_t))

@@ -69,3 +69,21 @@ def test_step_noise_variance_is_std_squared_times_dt():
     for k, var in enumerate(variances.tolist()):
         assert var == pytest.approx(fm.sde_std(grid[k], grid[k + 1], 0.7) ** 2 * (grid[k] - grid[k + 1]))
     assert variances[0] > variances[-1], "early (high-noise) steps have the larger variance"
+
+
+def test_seeded_draws_follow_the_generator_and_land_on_the_requested_device():
+    """A CPU generator keeps its seeded stream whatever device the values go to (here 'meta', which no generator
+    can draw on), so a seed draws the same training times and noise on every device."""
+    expected = torch.randn(3, 4, generator=torch.Generator().manual_seed(7))
+    drawn = fm.seeded_draw(torch.randn, (3, 4), torch.Generator().manual_seed(7), "cpu")
+    torch.testing.assert_close(drawn, expected, rtol=0, atol=0)
+    moved = fm.seeded_draw(torch.randn, (3, 4), torch.Generator().manual_seed(7), "meta", torch.float64)
+    assert moved.device.type == "meta" and moved.dtype == torch.float64
+    times = fm.sample_training_times(5, 3.0, torch.Generator().manual_seed(1), "meta")
+    assert times.device.type == "meta" and times.dtype == torch.float32
+    reference = fm.sample_training_times(5, 3.0, torch.Generator().manual_seed(1), "cpu")
+    torch.testing.assert_close(reference, fm.shift_sigmas(
+        torch.rand(5, generator=torch.Generator().manual_seed(1), dtype=torch.float64), 3.0).float())
+    x = torch.zeros(2, 3, 4, device="meta")
+    step = fm.sde_step(x, torch.zeros_like(x), 0.8, 0.6, 0.5, generator=torch.Generator().manual_seed(2))
+    assert step.sample.device.type == "meta"

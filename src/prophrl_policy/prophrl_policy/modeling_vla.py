@@ -237,7 +237,7 @@ class VLAPolicy(nn.Module):
         """t ~ Beta(alpha, beta) scaled into (0.001, 1] (pi0)."""
         alpha, beta = self.config.time_beta_alpha, self.config.time_beta_beta
         if beta == 1.0:  # Beta(alpha, 1) has CDF x^alpha: inverse-transform sampling keeps the seeded stream
-            u = torch.rand(batch, generator=generator) ** (1.0 / alpha)
+            u = fm.seeded_draw(torch.rand, (batch,), generator, self.action_pos.device) ** (1.0 / alpha)
         else:
             u = torch.distributions.Beta(alpha, beta).sample((batch,))
         return (u * 0.999 + 0.001).to(self.action_pos.device)
@@ -248,9 +248,7 @@ class VLAPolicy(nn.Module):
             raise ValueError(f"actions must be (B, {self.config.horizon}, {self.config.robot_action_dim}), "
                              f"got {tuple(actions.shape)}")
         a = self.to_model_space(actions.to(self.action_pos.device, torch.float32))
-        # drawn where the generator lives (a CPU generator keeps a seeded stream on any device)
-        noise = torch.randn(a.shape, generator=generator, device=a.device if generator is None else generator.device)
-        noise = noise.to(a.device)
+        noise = fm.seeded_draw(torch.randn, a.shape, generator, a.device)
         t = self.sample_time(a.shape[0], generator)
         x_t = t[:, None, None] * noise + (1 - t[:, None, None]) * a
         v = self.velocity(x_t, t, self.encode_observation(obs))
@@ -276,7 +274,7 @@ class VLAPolicy(nn.Module):
         memory = self.observation_memory(obs_tokens)
         b = obs_tokens.shape[0]
         shape = (b, self.config.horizon, self.config.action_dim)
-        x = torch.randn(shape, generator=generator, device=obs_tokens.device)
+        x = fm.seeded_draw(torch.randn, shape, generator, obs_tokens.device)
         grid = fm.sigmas(k_steps).tolist()
         latents, log_probs, means, stds = [x], [], [], []
         for k in range(k_steps):

@@ -74,6 +74,7 @@ def write_smoke_dataset(root: Path, episodes: int = 3, size: int = 40, steps: in
         index.append({"shard": shard, "instruction": SMOKE_INSTRUCTIONS[i % len(SMOKE_INSTRUCTIONS)],
                       "success": True, "num_samples": steps})
     (root / "index.json").write_text(json.dumps({"format": SHARD_FORMAT, "action_space": "ee_delta_7d",
+                                                 "action_dim": ARM_ACTION_DIM,
                                                  "episodes": index}, indent=1))
     return root
 

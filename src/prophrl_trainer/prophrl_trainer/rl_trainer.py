@@ -134,11 +134,12 @@ class Trainer:
                        stop_when_done)
 
     def rollout_batch(self, imagined: Imagined, advantages: torch.Tensor, drop_masked: bool) -> RolloutBatch:
-        """Flatten (n*G, C') chunks into a RolloutBatch (only the valid chunks unless data-parallel)."""
+        """Flatten (n*G, C') chunks into a RolloutBatch on the policy's device (only the valid chunks unless
+        data-parallel)."""
         ng, c = imagined.images.shape[:2]
-        flat = (lambda x: x.reshape(ng * c, *x.shape[2:]))
-        mask = torch.from_numpy(imagined.mask.reshape(ng, c)).reshape(-1)
-        adv = advantages.reshape(ng, 1).expand(ng, c).reshape(-1)
+        flat = (lambda x: x.reshape(ng * c, *x.shape[2:]).to(self.device))
+        mask = torch.from_numpy(imagined.mask.reshape(ng, c)).reshape(-1).to(self.device)
+        adv = advantages.reshape(ng, 1).expand(ng, c).reshape(-1).to(self.device)
         instructions = [t for t in imagined.instructions for _ in range(c)]
         obs = ObservationBatch(flat(imagined.images), instructions, flat(imagined.states))
         batch = RolloutBatch(obs, flat(imagined.latents), flat(imagined.log_probs), adv.float(), mask,
@@ -148,7 +149,7 @@ class Trainer:
         keep = torch.nonzero(mask > 0).flatten()
         obs = ObservationBatch(obs.images[keep], [instructions[i] for i in keep.tolist()], obs.states[keep])
         return RolloutBatch(obs, batch.latents[keep], batch.old_log_probs[keep], batch.advantages[keep],
-                            torch.ones(len(keep)), batch.old_means[keep])
+                            torch.ones(len(keep), device=self.device), batch.old_means[keep])
 
     # ----- one update ----------------------------------------------------------------------------
     def collect_rollouts(self) -> Imagined:

@@ -63,6 +63,8 @@ def _device(name: str) -> torch.device:
         name = f"cuda:{int(os.environ['LOCAL_RANK'])}"
     device = torch_device(name)
     if device.type == "cuda":
+        if device.index is None:  # plain "cuda": the current device, named by its index from here on
+            device = torch.device("cuda", torch.cuda.current_device())
         torch.cuda.set_device(device)
     return device
 

@@ -103,7 +103,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     print(f"judge training on {clips.counts()} from {len(args.data)} dataset(s); config {config.name}")
     out = Path(args.out)
     result = train_judge(clips.clips, clips.labels, clips.instructions, config, out, args.steps, groups=clips.groups,
-                         train_config=train_config, overwrite=args.overwrite,
+                         train_config=train_config, overwrite=args.overwrite, device=args.device,
                          log_dir=args.log_dir or out.with_name(out.name + "_tensorboard"))
     summary = {"judge": str(result.path), "config": dataclasses.asdict(config) | {"threshold": result.threshold},
                "datasets": [str(d) for d in args.data], "imagined_from": args.imagined_from,

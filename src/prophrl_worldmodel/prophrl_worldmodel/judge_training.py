@@ -124,8 +124,8 @@ def _augment(frames: torch.Tensor, cfg: JudgeTrainConfig, generator: torch.Gener
         frames = torch.stack([padded[i, :, y:y + h, x:x + w] for i, (y, x) in enumerate(offsets)]).view(b, t, c, h, w)
     if cfg.brightness_jitter > 0:
         j = cfg.brightness_jitter
-        gain = 1 + (torch.rand(b, 1, 1, 1, 1, generator=generator) * 2 - 1) * j
-        bias = (torch.rand(b, 1, 1, 1, 1, generator=generator) * 2 - 1) * j / 2
+        gain = 1 + (torch.rand(b, 1, 1, 1, 1, generator=generator).to(frames.device) * 2 - 1) * j
+        bias = (torch.rand(b, 1, 1, 1, 1, generator=generator).to(frames.device) * 2 - 1) * j / 2
         frames = (frames * gain + bias).clamp(0, 1)
     return frames
 
@@ -138,8 +138,8 @@ def _batch(clips: list, indices: np.ndarray, config: JudgeConfig, rng: np.random
 def train_judge(clips, labels, instructions, config: JudgeConfig, out_dir: str | Path, steps: int, *,
                 groups: Sequence[str] | None = None, train_config: JudgeTrainConfig = JudgeTrainConfig(),
                 log_dir: str | Path | None = None, show_progress: bool = True,
-                overwrite: bool = False) -> JudgeTrainResult:
-    """Train a RewardJudge, pick its threshold on the validation split, save it to out_dir.
+                overwrite: bool = False, device: str | torch.device = "cpu") -> JudgeTrainResult:
+    """Train a RewardJudge on `device`, pick its threshold on the validation split, save it to out_dir.
 
     clips: list of (T_i, H, W, 3) uint8 arrays (or a (B, T, H, W, 3) array), labels 0/1, one instruction
     per clip; groups (episode ids) keep every episode on one side of the train / validation split
@@ -176,7 +176,7 @@ def train_judge(clips, labels, instructions, config: JudgeConfig, out_dir: str |
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    judge = RewardJudge(config)
+    judge = RewardJudge(config).to(device)
     optimizer = torch.optim.AdamW(judge.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / max(cfg.warmup_steps, 1))
@@ -206,9 +206,10 @@ def train_judge(clips, labels, instructions, config: JudgeConfig, out_dir: str |
     with tqdm(total=steps, desc="judge train", unit="step", disable=not show_progress) as bar:
         for step in range(1, steps + 1):
             batch_idx = np.concatenate([rng.choice(pos, half), rng.choice(neg, cfg.batch_size - half)])
-            frames = _augment(_batch(clips, batch_idx, config, rng), cfg, generator)
+            frames = _augment(_batch(clips, batch_idx, config, rng).to(judge.device), cfg, generator)
             logits = judge(frames, [instructions[i] for i in batch_idx])
-            targets = torch.from_numpy(labels[batch_idx]).float() * (1 - cfg.label_smoothing) + cfg.label_smoothing / 2
+            targets = torch.from_numpy(labels[batch_idx]).float().to(judge.device) * (1 - cfg.label_smoothing) \
+                + cfg.label_smoothing / 2
             loss = F.binary_cross_entropy_with_logits(logits, targets)
             require_finite_loss(loss.item(), "judge training", step)
             optimizer.zero_grad(set_to_none=True)
@@ -261,5 +262,5 @@ def train_judge(clips, labels, instructions, config: JudgeConfig, out_dir: str |
              "val_metrics": val_metrics.as_dict() if val_metrics else None,
              "train_set": train_set, "val_set": val_set, "final_train_loss": float(np.mean(losses[-cfg.eval_every:])),
              "seconds": seconds}
-    path = judge.save_pretrained(out_dir, extra=extra)
+    path = judge.to("cpu").save_pretrained(out_dir, extra=extra)
     return JudgeTrainResult(Path(path), threshold, losses, best_step, val_auc, val_metrics, train_set, val_set, seconds)
