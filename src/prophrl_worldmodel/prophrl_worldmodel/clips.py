@@ -97,6 +97,10 @@ def load_episodes(dataset_dirs: str | Path | Iterable[str | Path], image_size: i
     return episodes
 
 
+# Rendered action frames a ClipSampler keeps (every clip of a 32 px corpus of 500 episodes takes about 300 MB).
+ACTION_FRAME_CACHE_BYTES = 1 << 30
+
+
 def split_episodes(episodes: Sequence[ShardEpisode],
                    held_out_fraction: float) -> tuple[list[ShardEpisode], list[ShardEpisode]]:
     """(train, held_out): per dataset, round(fraction * n) episodes (at least 1 when the dataset has >= 2
@@ -152,12 +156,19 @@ class ClipSampler:
     ``len(sampler)`` clips: every (episode, start step) whose future frames exist. ``sample(i)`` gives
     numpy arrays, ``batch(indices)`` / ``random_batch(size, rng)`` a dict of torch tensors for
     ``Prophet.training_loss`` (frames uint8, actions float32, calibrated bool).
+
+    A clip's action frames depend only on the clip, and rendering them is most of the cost of drawing a batch
+    (a GPU waits for it), so each clip's are kept once rendered, read-only, up to ``action_frame_cache_bytes``.
     """
 
     def __init__(self, episodes: Sequence[ShardEpisode], config: ProphetConfig,
-                 style: ActionFrameStyle = ActionFrameStyle()):
+                 style: ActionFrameStyle = ActionFrameStyle(),
+                 action_frame_cache_bytes: int = ACTION_FRAME_CACHE_BYTES):
         self.config, self.style = config, style
         self.episodes = list(episodes)
+        clip_bytes = config.frames_per_clip * config.image_size ** 2 * 3
+        self._action_frame_capacity = max(action_frame_cache_bytes, 0) // clip_bytes
+        self._action_frame_cache: dict[int, np.ndarray] = {}
         span = config.frames_per_clip * config.actions_per_frame  # control steps from the start to the last frame
         for episode in self.episodes:
             if episode.frames.shape[1:] != (config.image_size, config.image_size, 3):
@@ -180,6 +191,7 @@ class ClipSampler:
     def sample(self, i: int) -> dict[str, np.ndarray]:
         if not -len(self) <= i < len(self):
             raise IndexError(f"clip {i} out of range for {len(self)} clips")
+        i %= len(self)
         e, s = (int(v) for v in self._starts[i])
         episode, cfg = self.episodes[e], self.config
         apf = cfg.actions_per_frame
@@ -189,7 +201,12 @@ class ClipSampler:
         out = {"history_frames": episode.frames[history], "current_frame": episode.frames[s], "actions": chunk,
                "future_frames": episode.frames[future]}
         if cfg.use_action_frames:
-            out["action_frames"] = _action_frames(episode, _start_pose(episode, s), chunk, cfg, self.style)
+            out["action_frames"] = self._action_frame_cache.get(i)
+            if out["action_frames"] is None:
+                out["action_frames"] = _action_frames(episode, _start_pose(episode, s), chunk, cfg, self.style)
+                if len(self._action_frame_cache) < self._action_frame_capacity:
+                    out["action_frames"].flags.writeable = False
+                    self._action_frame_cache[i] = out["action_frames"]
             out["calibrated"] = np.bool_(episode.calibration is not None)
         return out
 

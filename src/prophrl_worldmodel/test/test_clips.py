@@ -144,6 +144,24 @@ def test_action_chunk_pads_with_zero_motion_and_held_gripper():
         action_chunk(actions, 5, 6)
 
 
+def test_kept_action_frames_give_the_same_batches_within_their_budget_and_stay_read_only(tmp_path):
+    episodes = load_episodes(write_dataset(tmp_path / "d", [30, 30], cameras=[CAMERA, CAMERA]), SIZE)
+    fresh = ClipSampler(episodes, CONFIG, action_frame_cache_bytes=0)
+    clip_bytes = F * SIZE * SIZE * 3
+    kept = ClipSampler(episodes, CONFIG, action_frame_cache_bytes=3 * clip_bytes)
+    indices = [0, 5, 5, -1, 7, 0, 9]
+    for _ in range(2):
+        first, second = fresh.batch(indices), kept.batch(indices)
+        for key in first:
+            torch.testing.assert_close(first[key], second[key], rtol=0, atol=0)
+    assert len(fresh._action_frame_cache) == 0 and sorted(kept._action_frame_cache) == [0, 5, len(kept) - 1]
+    assert kept.sample(len(kept) - 1)["action_frames"] is kept.sample(-1)["action_frames"]  # one clip, one key
+    frames = kept.sample(5)["action_frames"]
+    with pytest.raises(ValueError, match="read-only"):
+        frames[0, 0, 0, 0] = 255
+    assert fresh.sample(7)["action_frames"].flags.writeable
+
+
 def test_action_frames_draw_the_integrated_pose_and_black_without_calibration(tmp_path):
     episodes = load_episodes(write_dataset(tmp_path / "d", [30, 30], cameras=[CAMERA, None]), SIZE)
     sampler = ClipSampler(episodes, CONFIG)
