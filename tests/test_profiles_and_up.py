@@ -138,8 +138,15 @@ def test_up_starts_nodes_prefixes_logs_and_sigterm_stops_all(tmp_path, graph_nod
         assert _wait_for_nodes(graph_node, ["relay_a", "relay_b"]), "nodes never appeared in the graph"
         children = _descendants(up.pid)
         assert len(children) >= 2
+        # a node is in the graph a moment before it logs: stop only once both have logged (prefixed)
+        lines = []
+        while not all(any(line.startswith(f"[{name}] ") for line in lines) for name in ("relay_a", "relay_b")):
+            line = up.stdout.readline()
+            assert line, "".join(lines)
+            lines.append(line)
         up.send_signal(signal.SIGTERM)
-        out, _ = up.communicate(timeout=20)
+        rest, _ = up.communicate(timeout=20)
+        out = "".join(lines) + rest
     finally:
         up.kill()
     assert up.returncode == 0, out
