@@ -113,7 +113,9 @@ def test_trainer_node_trains_through_imagination_servers_and_pushes_policies(set
             Parameter("out_dir", value=str(run)), Parameter("updates", value=UPDATES),
             Parameter("rl_config", value=str(config)),
             Parameter("imagination_actions", value=list(SERVERS)),
-            Parameter("progress_topic", value=PROGRESS)])
+            Parameter("progress_topic", value=PROGRESS),
+            # a lost goal or response fails the run, naming what it waited for, before the wait below ends
+            Parameter("goal_timeout_s", value=120.0)])
         executor = MultiThreadedExecutor(num_threads=4)
         executor.add_node(node)
         executor.add_node(ros)
@@ -121,7 +123,7 @@ def test_trainer_node_trains_through_imagination_servers_and_pushes_policies(set
         spinning.start()
         try:
             node.start()
-            assert node.done.wait(240), f"training did not finish: {node.status}"
+            assert node.done.wait(240), f"training did not finish: {node.status}\n" + a.output() + b.output()
             assert _wait_for(lambda: len(progress) >= UPDATES and
                              all(_closed_all(diagnostics, f"imagination_{i}:") for i in (0, 1)), 10)
         finally:
@@ -132,7 +134,7 @@ def test_trainer_node_trains_through_imagination_servers_and_pushes_policies(set
             ros.destroy_client(load)
             ros.destroy_client(score)
             node.destroy_node()
-        assert node.exit_code == 0, node.status
+        assert node.exit_code == 0, f"{node.status}\n" + a.output() + b.output() + judge_proc.output()
         trainer = node.trainer
         # progress, checkpoints, and every checkpoint's policy hot-swapped into the real policy node
         assert [m["update"] for m in progress][-UPDATES:] == list(range(1, UPDATES + 1))

@@ -12,7 +12,9 @@ ScoreRolloutClient asks a reward judge service (prophrl_msgs/ScoreRollout) about
 in flight together, and returns its probabilities and its own success decisions.
 
 Both block the calling thread (the trainer's worker thread) on futures that the node's executor,
-spinning in another thread, completes: never call them from an executor callback.
+spinning in another thread, completes: never call them from an executor callback. Goals leave through
+ThreadSafeActionClient, whose futures survive a response that the executor processes before send_goal_async
+returns.
 """
 
 from __future__ import annotations
@@ -24,9 +26,9 @@ import uuid
 from collections.abc import Sequence
 
 import numpy as np
-from rclpy.action import ActionClient
 from rclpy.callback_groups import ReentrantCallbackGroup
 
+from prophrl_common.action_client import ThreadSafeActionClient
 from prophrl_common.chunks import POLICY_STATE_DIM, array_to_chunk
 from prophrl_common.images import numpy_to_image, to_rgb8
 from prophrl_msgs.action import Imagine
@@ -49,12 +51,14 @@ class _Session:
 
 
 class _Call:
-    """One request in flight: a threading.Event set by the executor thread when it is answered."""
+    """One request in flight: a threading.Event set by the executor thread when it is answered; `waiting_for`
+    says what it waits for (named in a timeout)."""
 
-    def __init__(self):
+    def __init__(self, waiting_for: str):
         self.done = threading.Event()
         self.value = None
         self.error: str | None = None
+        self.waiting_for = waiting_for
 
     def finish(self, value=None, error: str | None = None) -> None:
         self.value, self.error = value, error
@@ -65,7 +69,7 @@ def _wait(calls: Sequence[_Call], timeout_s: float, what: str) -> None:
     deadline = time.monotonic() + timeout_s
     for call in calls:
         if not call.done.wait(max(0.0, deadline - time.monotonic())):
-            raise RemoteError(f"{what}: no answer within {timeout_s:g} s")
+            raise RemoteError(f"{what}: no answer within {timeout_s:g} s (still waiting for {call.waiting_for})")
 
 
 class ImagineClientBackend:
@@ -85,7 +89,7 @@ class ImagineClientBackend:
         self.goal_timeout_s = float(goal_timeout_s)
         self.busy_retries = int(busy_retries)
         group = ReentrantCallbackGroup()
-        self.clients = [ActionClient(node, Imagine, name, callback_group=group) for name in self.names]
+        self.clients = [ThreadSafeActionClient(node, Imagine, name, callback_group=group) for name in self.names]
         self._slots = [threading.BoundedSemaphore(max_in_flight) for _ in self.names]
         self._next_server = 0
         self.goals_sent = [0] * len(self.names)
@@ -99,7 +103,7 @@ class ImagineClientBackend:
     # ----- goals -----------------------------------------------------------------------------------
     def _send(self, server: int, goal: Imagine.Goal) -> _Call:
         """Send a goal when the server has a free slot; the call finishes with its result."""
-        call = _Call()
+        call = _Call(f"{self.names[server]}'s goal response")
         slot = self._slots[server]
         if not slot.acquire(timeout=self.goal_timeout_s):
             raise RemoteError(f"{self.names[server]}: no free goal slot within {self.goal_timeout_s:g} s")
@@ -124,6 +128,7 @@ class ImagineClientBackend:
             if not handle.accepted:
                 finish(error="goal rejected")
                 return
+            call.waiting_for = f"{self.names[server]}'s result of accepted goal {bytes(handle.goal_id.uuid).hex()}"
             handle.get_result_async().add_done_callback(on_result)
 
         self.clients[server].send_goal_async(goal).add_done_callback(on_goal)
@@ -238,7 +243,7 @@ class ScoreRolloutClient:
             raise RemoteError(f"ScoreRollout service {self.service_name} is not available (waited {timeout_s:g} s)")
 
     def _call(self, clip: np.ndarray, instruction: str) -> _Call:
-        call = _Call()
+        call = _Call(f"{self.service_name}'s response")
         if not self._slots.acquire(timeout=self.timeout_s):
             raise RemoteError(f"{self.service_name}: no free request slot within {self.timeout_s:g} s")
         request = ScoreRollout.Request(instruction=instruction,
