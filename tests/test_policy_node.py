@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import rclpy
 import torch
+from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile
@@ -30,6 +31,15 @@ def _checkpoint(path, seed, embodiment=None, camera_size=0):
     with torch.no_grad():
         policy.action_out[1].weight.normal_(0, 0.1)
     return policy.save_pretrained(path)
+
+
+def _policy_status(messages) -> dict | None:
+    """The key/values of the newest policy node status on /diagnostics."""
+    for msg in reversed(messages):
+        for status in msg.status:
+            if status.name == "policy_node: policy":
+                return {kv.key: kv.value for kv in status.values}
+    return None
 
 
 def _call(node, client, request):
@@ -57,8 +67,9 @@ def test_policy_node_publishes_chunks_and_survives_a_corrupt_checkpoint(ros, tmp
         (corrupt / name).write_text((good_v1 / name).read_text())
     (corrupt / "model.safetensors").write_bytes(b"\x00" * 100)
 
-    chunks = []
+    chunks, diagnostics = [], []
     node.create_subscription(ActionChunk, "/prophrl/action_chunk", chunks.append, 10)
+    node.create_subscription(DiagnosticArray, "/diagnostics", diagnostics.append, 10)
     image_pub = node.create_publisher(Image, "/camera/image_raw", 1)
     pose_pub = node.create_publisher(PoseStamped, "/prophrl/ee_pose", 10)
     node.create_publisher(String, "/prophrl/instruction",
@@ -76,9 +87,17 @@ def test_policy_node_publishes_chunks_and_survives_a_corrupt_checkpoint(ros, tmp
 
     feeder = node.create_timer(0.05, feed)
     argv = python_module_argv("prophrl_policy.policy_node", "-p", f"checkpoint_path:={good_v1}",
-                              "-p", "replan_period_s:=0.1", "-p", "robot:=panda_sim")
+                              "-p", "replan_period_s:=0.1", "-p", "robot:=panda_sim", "-p", "diagnostics_period_s:=0.2")
     with node_process(argv) as policy:
         assert spin_until(node, lambda: len(chunks) >= 3, 60), policy.output()
+        # /diagnostics: where each chunk's time went, per stage
+        assert spin_until(node, lambda: int((_policy_status(diagnostics) or {}).get("chunks_published", 0)) >= 3,
+                           20)
+        status = _policy_status(diagnostics)
+        for stage in ("frame_age", "prepare", "inference", "publish"):
+            p50, p95 = float(status[f"{stage}_p50_ms"]), float(status[f"{stage}_p95_ms"])
+            assert 0 <= p50 <= p95 < 60_000, (stage, status)
+        assert float(status["inference_p50_ms"]) > 0 and status["policy_version"] == "0"
         first = chunks[-1]
         actions = chunk_to_array(first)
         assert actions.shape == (5, 7) and np.isfinite(actions).all()

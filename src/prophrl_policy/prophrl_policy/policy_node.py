@@ -14,21 +14,24 @@ robot, action space (ee_delta_7d) and state layout it records (embodiment.json) 
 warning (see prophrl_policy.embodiment). LoadPolicy's `policy_version` must be higher than the version
 being served (the `checkpoint_path` one is version 0): an equal or lower version is refused, so a
 late or repeated push never replaces newer weights.
+
+Where the time of a chunk goes is measured per stage (ms, the last 1000 chunks): `frame_age` (the camera
+frame's stamp to the start of its processing: transport, and waiting for the executor or a running
+inference), `prepare` (frame -> observation), `inference` (predict_action_chunk) and `publish` (chunk message
+built and published). Their p50/p95 are logged every `latency_log_period_s` and published on ``/diagnostics``
+every `diagnostics_period_s`, with the chunk counters.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import sys
-import threading
 import time
-from collections import deque
 
 import numpy as np
 import torch
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseStamped
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.executors import MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
@@ -41,6 +44,7 @@ from prophrl_common.node_parameters import declare_parameters, parameter, read_p
 from prophrl_common.node_runtime import run_node
 from prophrl_common.images import ImageConversionError, to_rgb8
 from prophrl_common.robots import load_robot_config
+from prophrl_common.stage_latency import StageLatencies
 from prophrl_msgs.msg import ActionChunk
 from prophrl_msgs.srv import LoadPolicy
 from prophrl_policy.embodiment import check_embodiment
@@ -48,6 +52,7 @@ from prophrl_policy.modeling_vla import Observation, VLAPolicy
 from prophrl_policy.transforms import policy_state
 
 ACTION_SPACE = "ee_delta_7d"
+STAGES = ("frame_age", "prepare", "inference", "publish")
 
 SENSOR_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT, history=HistoryPolicy.KEEP_LAST)
 LATCHED = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
@@ -74,8 +79,10 @@ class PolicyNodeParameters:
                                       "cores)", minimum=1)
     max_state_age_s: float = parameter(1.0, "do not act on an end-effector pose older than this",
                                        minimum=0.0, exclusive_minimum=True)
-    latency_log_period_s: float = parameter(10.0, "period of the inference latency log line",
+    latency_log_period_s: float = parameter(10.0, "period of the per-stage latency log line",
                                             minimum=0.0, exclusive_minimum=True)
+    diagnostics_period_s: float = parameter(1.0, "period of the /diagnostics status (per-stage latencies, "
+                                                 "counters)", minimum=0.0, exclusive_minimum=True)
 
 
 class PolicyNode(LifecycleNode):
@@ -85,13 +92,12 @@ class PolicyNode(LifecycleNode):
         self.params = PolicyNodeParameters()
         self.policy: VLAPolicy | None = None
         self.policy_version = 0
-        self._policy_lock = threading.Lock()
         self._image: Image | None = None
         self._ee_pose: np.ndarray | None = None
         self._ee_stamp = 0.0
         self._gripper = 0.0
         self._entities = []
-        self.latencies_ms: deque[float] = deque(maxlen=1000)
+        self.latencies = StageLatencies(STAGES)
         self.chunks_published = 0
         self.active = False
 
@@ -115,28 +121,24 @@ class PolicyNode(LifecycleNode):
         self.generator = torch.Generator(device=self.device).manual_seed(self.params.seed)
         self.instruction = self.params.instruction
         self.chunk_pub = self.create_publisher(ActionChunk, self.params.action_chunk_topic, 10)
-        sensors = MutuallyExclusiveCallbackGroup()
+        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._entities = [
-            self.chunk_pub,
-            self.create_subscription(Image, self.params.image_topic, self._on_image, SENSOR_QOS, callback_group=sensors),
-            self.create_subscription(PoseStamped, self.robot.ee_pose_topic, self._on_ee_pose, 10,
-                                     callback_group=sensors),
-            self.create_subscription(Float64, self.robot.gripper_topic, self._on_gripper, 10,
-                                     callback_group=sensors),
-            self.create_subscription(String, self.params.instruction_topic, self._on_instruction, LATCHED,
-                                     callback_group=sensors),
-            self.create_service(LoadPolicy, "~/load_policy", self._on_load_policy,
-                                callback_group=MutuallyExclusiveCallbackGroup()),
+            self.chunk_pub, self._diag_pub,
+            self.create_subscription(Image, self.params.image_topic, self._on_image, SENSOR_QOS),
+            self.create_subscription(PoseStamped, self.robot.ee_pose_topic, self._on_ee_pose, 10),
+            self.create_subscription(Float64, self.robot.gripper_topic, self._on_gripper, 10),
+            self.create_subscription(String, self.params.instruction_topic, self._on_instruction, LATCHED),
+            self.create_service(LoadPolicy, "~/load_policy", self._on_load_policy),
         ]
         self.get_logger().info(f"configured: robot {self.robot.name}, policy {self.policy.config.name} "
                                f"from {self.params.checkpoint_path}")
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._timers = [self.create_timer(self.params.latency_log_period_s, self._log_latency)]
+        self._timers = [self.create_timer(self.params.latency_log_period_s, self._log_latency),
+                        self.create_timer(self.params.diagnostics_period_s, self._publish_diagnostics)]
         if self.params.replan_period_s > 0:
-            self._timers.append(self.create_timer(self.params.replan_period_s, self._on_timer,
-                                                  callback_group=MutuallyExclusiveCallbackGroup()))
+            self._timers.append(self.create_timer(self.params.replan_period_s, self._on_timer))
         self.active = True
         return super().on_activate(state)
 
@@ -181,6 +183,7 @@ class PolicyNode(LifecycleNode):
         image = self._image
         if image is None or self._ee_pose is None:
             return
+        begin, clock_now = time.perf_counter(), self.get_clock().now().nanoseconds * 1e-9
         if node_seconds(self) - self._ee_stamp > self.params.max_state_age_s:
             self.get_logger().warning("end-effector pose is stale: not publishing", throttle_duration_sec=5.0)
             return
@@ -189,14 +192,13 @@ class PolicyNode(LifecycleNode):
         except ImageConversionError as exc:
             self.get_logger().error(f"camera frame rejected: {exc}", throttle_duration_sec=5.0)
             return
-        with self._policy_lock:
-            policy, version = self.policy, self.policy_version
+        policy, version = self.policy, self.policy_version
         sampler = policy.sampler_with(self.params.num_steps, self.params.noise_level)
-        start = time.perf_counter()
+        prepared = time.perf_counter()
         with torch.inference_mode():
             sample = policy.predict_action_chunk(obs, mode=self.params.mode, sampler=sampler, generator=self.generator)
-        self.latencies_ms.append((time.perf_counter() - start) * 1e3)
         actions = sample.actions[0].cpu().numpy()
+        inferred = time.perf_counter()
         if not np.isfinite(actions).all():
             self.get_logger().error("policy produced NaN/inf actions: chunk dropped")
             return
@@ -204,12 +206,28 @@ class PolicyNode(LifecycleNode):
                                               policy_version=version, instruction=self.instruction,
                                               stamp=image.header.stamp, frame_id=self.robot.base_frame))
         self.chunks_published += 1
+        stages = {"prepare": (prepared - begin) * 1e3, "inference": (inferred - prepared) * 1e3,
+                  "publish": (time.perf_counter() - inferred) * 1e3}
+        stamp = image.header.stamp.sec + image.header.stamp.nanosec * 1e-9
+        if stamp > 0:  # an unstamped frame has no age; stamps are on the ROS clock (sim time under use_sim_time)
+            stages["frame_age"] = (clock_now - stamp) * 1e3
+        self.latencies.add(**stages)
 
     def _log_latency(self) -> None:
-        if self.latencies_ms:
-            lat = np.array(self.latencies_ms)
-            self.get_logger().info(f"inference latency p50 {np.percentile(lat, 50):.1f} ms, "
-                                   f"p95 {np.percentile(lat, 95):.1f} ms over {len(lat)} chunks")
+        if self.latencies.count("inference"):
+            self.get_logger().info(f"latency p50/p95 ms over the last {self.latencies.count('inference')} chunks: "
+                                   f"{self.latencies.summary()}")
+
+    def _publish_diagnostics(self) -> None:
+        status = DiagnosticStatus(name=f"{self.get_name()}: policy", level=DiagnosticStatus.OK,
+                                  hardware_id=self.params.checkpoint_path,
+                                  message=f"serving policy version {self.policy_version}")
+        values = [("chunks_published", str(self.chunks_published)), ("policy_version", str(self.policy_version)),
+                  *self.latencies.key_values()]
+        status.values = [KeyValue(key=k, value=v) for k, v in values]
+        msg = DiagnosticArray(status=[status])
+        msg.header.stamp = self.get_clock().now().to_msg()
+        self._diag_pub.publish(msg)
 
     # ---------------------------------------------------------------- hot swap
     def _load(self, path: str) -> VLAPolicy:
@@ -230,8 +248,7 @@ class PolicyNode(LifecycleNode):
         return policy
 
     def _on_load_policy(self, request: LoadPolicy.Request, response: LoadPolicy.Response) -> LoadPolicy.Response:
-        with self._policy_lock:
-            serving = self.policy_version
+        serving = self.policy_version
         if request.policy_version <= serving:
             response.success = False
             response.message = (f"kept policy version {serving}: version {request.policy_version} is not newer "
@@ -245,8 +262,7 @@ class PolicyNode(LifecycleNode):
             response.message = f"kept policy version {self.policy_version}: {exc}"
             self.get_logger().error(f"LoadPolicy failed: {exc}")
             return response
-        with self._policy_lock:
-            self.policy, self.policy_version = new_policy, int(request.policy_version)
+        self.policy, self.policy_version = new_policy, int(request.policy_version)
         response.success = True
         response.message = f"serving policy version {request.policy_version} from {request.checkpoint_path}"
         self.get_logger().info(response.message)
@@ -254,7 +270,11 @@ class PolicyNode(LifecycleNode):
 
 
 def main(args: list[str] | None = None) -> int:
-    return run_node(PolicyNode, args, executor=lambda _node: MultiThreadedExecutor(num_threads=3))
+    # One thread runs every callback, inference included (run_node's single-threaded executor). A thread pool
+    # (rclpy's MultiThreadedExecutor) added 5-6 ms to every camera -> chunk on a 2-core machine
+    # (bench/policy_latency.py) for one gain: a LoadPolicy load (about 0.1 s) next to inference. Here a load
+    # delays at most one chunk, while the executor keeps running the chunk it has.
+    return run_node(PolicyNode, args)
 
 
 if __name__ == "__main__":
