@@ -5,9 +5,11 @@ VLAPolicy.predict_action_chunk (ODE, the config's K steps, one 128x128 frame, on
 the sides alternate for `--rounds` rounds, so that a neighbour's load falls on both. Prints each side's p50 /
 p95 over all its rounds and the ratio of the p50s.
 
-    python bench/policy_inference_ab.py OLD_COMMIT [--config tiny] [--rounds 6] [--chunks 40]
+    python bench/policy_inference_ab.py OLD_COMMIT [--config tiny] [--rounds 6] [--chunks 40] [--new-num-steps K]
 e.g. issue 15's starting code:
     python bench/policy_inference_ab.py 67f5945
+--new-num-steps K times this checkout with K denoising steps (the policy node's `num_steps`) instead of the
+config's own, against the old code with its own.
 """
 
 from __future__ import annotations
@@ -34,13 +36,14 @@ from prophrl_policy.modeling_vla import Observation, VLAPolicy
 torch.set_num_threads(1)
 torch.manual_seed(0)
 policy = VLAPolicy(get_vla_config(sys.argv[1])).eval()
+sampler = policy.sampler_with(int(sys.argv[3])) if int(sys.argv[3]) else None  # only the new side sets steps
 obs = Observation(torch.rand(1, 3, 128, 128), ["lift the red cube"], torch.randn(1, 8))
 generator = torch.Generator().manual_seed(0)
 times = []
 with torch.inference_mode():
     for i in range(int(sys.argv[2]) + 5):
         start = time.perf_counter()
-        policy.predict_action_chunk(obs, generator=generator)
+        policy.predict_action_chunk(obs, sampler=sampler, generator=generator)
         if i >= 5:
             times.append((time.perf_counter() - start) * 1e3)
 print(json.dumps(times))
@@ -51,9 +54,9 @@ def _source_path(root: Path) -> str:
     return os.pathsep.join(str(p) for p in sorted((root / "src").glob("prophrl*/")) if p.name != "prophrl_msgs")
 
 
-def _time(root: Path, config: str, chunks: int) -> list[float]:
+def _time(root: Path, config: str, chunks: int, num_steps: int) -> list[float]:
     env = {**os.environ, "PYTHONPATH": _source_path(root) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    out = subprocess.run([sys.executable, "-c", TIMING, config, str(chunks)], env=env, check=True,
+    out = subprocess.run([sys.executable, "-c", TIMING, config, str(chunks), str(num_steps)], env=env, check=True,
                          capture_output=True, text=True, cwd=root)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -64,6 +67,8 @@ def main() -> None:
     parser.add_argument("--config", default="tiny")
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--chunks", type=int, default=40, help="timed chunks per side and round")
+    parser.add_argument("--new-num-steps", type=int, default=0,
+                        help="denoising steps of this checkout's side (0: the config's own)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="policy_inference_ab.") as work:
         old = Path(work) / "old"
@@ -71,13 +76,14 @@ def main() -> None:
         try:
             times = {"old": [], "new": []}
             for round_ in range(1, args.rounds + 1):
-                for side, root in (("old", old), ("new", REPO)):
-                    times[side] += _time(root, args.config, args.chunks)
+                for side, root, num_steps in (("old", old, 0), ("new", REPO, args.new_num_steps)):
+                    times[side] += _time(root, args.config, args.chunks, num_steps)
                 print(f"round {round_}/{args.rounds}: old p50 {np.percentile(times['old'], 50):.2f} ms, "
                       f"new p50 {np.percentile(times['new'], 50):.2f} ms", file=sys.stderr)
         finally:
             subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(old)], check=True)
-    print(f"\nPolicy inference in process ({args.config}, ODE, 1 thread): {args.old} vs this checkout, "
+    steps = f" with {args.new_num_steps} denoising steps" if args.new_num_steps else ""
+    print(f"\nPolicy inference in process ({args.config}, ODE, 1 thread): {args.old} vs this checkout{steps}, "
           f"{args.rounds} alternating rounds of {args.chunks} chunks")
     print(f"{'code':8s} {'p50 ms':>8s} {'p95 ms':>8s} {'n':>5s}")
     for side, values in times.items():
