@@ -124,6 +124,10 @@ def test_demo_runs_the_loop_for_another_robot_and_task(tmp_path, robot, task, pr
     assert summary["robot"] == robot
     assert all(set(entry["tasks"]) == {task} for entry in summary["policies"].values())
     assert f"ProphRL demo: {robot} / {task}" in run.stdout
+    # stage 6 trains on torch's default threads (one per physical core), not on one
+    default_threads = subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"], env=env,
+                                     capture_output=True, text=True, check=True).stdout.strip()
+    assert f"x {default_threads} torch thread(s)" in run.stdout, run.stdout[-3000:]
     prophet_summary = json.loads((out / "prophet" / "training_summary.json").read_text())
     assert prophet_summary["phase"] == ("pretrain" if prophet_from == "scratch" else "adapt")
     assert json.loads((out / "prophet" / "prophet_config.json").read_text())["name"] == "tiny_32px_start_frame"

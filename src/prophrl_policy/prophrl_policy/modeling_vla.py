@@ -302,7 +302,8 @@ class VLAPolicy(nn.Module):
         """Per-step log p(x_{k+1} | x_k) of a stored denoising path under the CURRENT weights.
 
         latents: (B, K+1, H, A) from predict_action_chunk(mode="sde", sampler=sampler). Returns (log_probs (B,K),
-        means (B,K,H,A), stds (K,)), differentiable w.r.t. the policy parameters.
+        means (B,K,H,A), stds (K,)), differentiable w.r.t. the policy parameters. The path is given, so the K
+        steps' velocities are one batch of B * K rows (sample-major) through the denoiser.
         """
         sampler = sampler or self.config.sampler
         k_steps, noise_level = latents.shape[1] - 1, sampler.noise_level
@@ -310,16 +311,19 @@ class VLAPolicy(nn.Module):
             raise ValueError(f"the path has {k_steps} denoising steps, the sampler {sampler.num_steps}")
         if obs_tokens is None:
             obs_tokens = self.encode_observation(obs)
-        memory = self.observation_memory(obs_tokens)
         b = latents.shape[0]
         grid = fm.sigmas(k_steps).tolist()
         mask = self.action_mask
+        memory = [(keys.repeat_interleave(k_steps, 0), values.repeat_interleave(k_steps, 0))
+                  for keys, values in self.observation_memory(obs_tokens)]
+        times = torch.tensor(grid[:k_steps], device=latents.device).repeat(b)
+        velocities = self.velocity(latents[:, :k_steps].flatten(0, 1), times, obs_tokens.repeat_interleave(k_steps, 0),
+                                   memory).unflatten(0, (b, k_steps))
         log_probs, means, stds = [], [], []
         for k in range(k_steps):
             sigma, sigma_next = grid[k], grid[k + 1]
             x = latents[:, k]
-            v = self.velocity(x, torch.full((b,), sigma, device=x.device), obs_tokens, memory)
-            mean, std = fm.sde_mean(x, v, sigma, sigma_next, noise_level)
+            mean, std = fm.sde_mean(x, velocities[:, k], sigma, sigma_next, noise_level)
             log_probs.append(fm.gaussian_log_prob(latents[:, k + 1], mean, std, mask))
             means.append(mean)
             stds.append(std)

@@ -53,9 +53,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", default="", help="RL config JSON (RLConfig fields; default: built-in)")
     parser.add_argument("--resume", action="store_true", help="continue the newest checkpoint in --out")
     parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (torchrun: each rank its LOCAL_RANK)")
-    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    parser.add_argument("--threads", type=_threads, default=0,
+                        help="torch intra-op threads (0: torch's default, one per physical core)")
     parser.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     return parser
+
+
+def _threads(text: str) -> int:
+    """--threads: a whole number >= 0 (anything else is a usage error, exit 2)."""
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"a whole number >= 0 (0: torch's default), got {text!r}")
+    return int(text)
 
 
 def _device(name: str) -> torch.device:
@@ -235,7 +243,8 @@ def _train(args: argparse.Namespace) -> int:
                      "KL ref", "s/update"],
                     summary_rows(history))
         rate = f"{3600 * done / elapsed:.1f} updates/hour" if done else "nothing to do"
-        print(f"\nthis session: {done} updates in {elapsed:.1f} s ({rate}) on {dist.world_size} rank(s); "
+        print(f"\nthis session: {done} updates in {elapsed:.1f} s ({rate}) on {dist.world_size} rank(s) x "
+              f"{torch.get_num_threads()} torch thread(s); "
               f"last checkpoint: {trainer.last_checkpoint}")
         if trainer.selected is not None:
             chosen = trainer.selected

@@ -239,6 +239,19 @@ def test_a_short_run_checkpoints_logs_and_pushes(setup, tmp_path, capsys):
     assert main(setup.argv(out, 6, config, "--resume")) == 0
     printed = capsys.readouterr().out
     assert "update  reward" in printed and "6 updates" in printed
+    assert "on 1 rank(s) x 1 torch thread(s)" in printed, "the session line names the threads it ran on"
+
+
+@pytest.mark.parametrize("threads", ["-1", "two"])
+def test_bad_threads_is_a_usage_error_before_any_work(setup, tmp_path, capsys, threads):
+    """Regression: --threads -1 reached torch.set_num_threads and died with a RuntimeError traceback."""
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as exit_info:
+        main(setup.argv(out, 1, setup.rl_config("bad_threads.json"), "--threads", threads))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"--threads: a whole number >= 0 (0: torch's default), got '{threads}'" in err and "Traceback" not in err
+    assert not out.exists()
 
 
 def test_checkpoint_selection_keeps_the_policy_that_scored_best_on_the_held_out_states(setup, tmp_path):
