@@ -50,8 +50,26 @@ def memory_keys_values(decoder: nn.TransformerDecoder, memory: torch.Tensor) -> 
     return out
 
 
+def _cross_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """Attention of (B * R, heads, L, head_dim) queries, R rows per memory row (sample-major), to (B, heads, N,
+    head_dim) keys and values. Every query row attends on its own, so a memory row's R x L queries are one
+    sequence of queries against its keys: the keys and values are not repeated R times."""
+    rows, heads, length, head_dim = q.shape
+    batch = keys.shape[0]
+    if rows == batch:
+        return F.scaled_dot_product_attention(q, keys, values)
+    repeats = rows // batch
+    q = q.view(batch, repeats, heads, length, head_dim).transpose(1, 2).reshape(batch, heads, repeats * length, head_dim)
+    out = F.scaled_dot_product_attention(q, keys, values)
+    return out.view(batch, heads, repeats, length, head_dim).transpose(1, 2).reshape(rows, heads, length, head_dim)
+
+
 def decode(decoder: nn.TransformerDecoder, tokens: torch.Tensor, memory: KeysValues) -> torch.Tensor:
-    """decoder(tokens, memory tokens) for (B, L, D) `tokens`, given memory_keys_values of the memory tokens."""
+    """decoder(tokens, memory tokens) for (B * R, L, D) `tokens`, R >= 1 rows per memory row (sample-major, e.g.
+    the R denoising steps of one observation), given memory_keys_values of the (B, N, D) memory tokens."""
+    rows, batch = tokens.shape[0], memory[0][0].shape[0] if memory else tokens.shape[0]
+    if rows % batch:
+        raise ValueError(f"decode: {rows} token rows are not a whole number of rows per memory row ({batch})")
     x = tokens
     d = x.shape[-1]
     for layer, (keys, values) in zip(decoder.layers, memory, strict=True):
@@ -64,7 +82,7 @@ def decode(decoder: nn.TransformerDecoder, tokens: torch.Tensor, memory: KeysVal
         attention = layer.multihead_attn
         h = F.layer_norm(x, (d,), layer.norm2.weight, layer.norm2.bias, layer.norm2.eps)
         q = _heads(F.linear(h, attention.in_proj_weight[:d], attention.in_proj_bias[:d]), attention.num_heads)
-        x = x + F.linear(_merge(F.scaled_dot_product_attention(q, keys, values)), attention.out_proj.weight,
+        x = x + F.linear(_merge(_cross_attention(q, keys, values)), attention.out_proj.weight,
                          attention.out_proj.bias)
         h = F.layer_norm(x, (d,), layer.norm3.weight, layer.norm3.bias, layer.norm3.eps)
         x = x + layer.linear2(F.gelu(layer.linear1(h)))

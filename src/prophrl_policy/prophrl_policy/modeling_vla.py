@@ -201,13 +201,14 @@ class VLAPolicy(nn.Module):
 
     def velocity(self, x_t: torch.Tensor, t: torch.Tensor, obs_tokens: torch.Tensor,
                  memory: decoder_attention.KeysValues | None = None) -> torch.Tensor:
-        """v_theta(x_t, t, obs): x_t (B,H,A) normalised actions, t (B,) in [0,1]; `memory`: observation_memory of
-        obs_tokens, when the caller has it."""
+        """v_theta(x_t, t, obs): x_t (B*R,H,A) normalised actions, R >= 1 rows per observation of obs_tokens (B,
+        N_obs, D), sample-major; t (B*R,) in [0,1]; `memory`: observation_memory of obs_tokens, when the caller
+        has it."""
         time = sinusoidal_embedding(t, self.config.hidden_dim)[:, None].expand(-1, x_t.shape[1], -1)
         with self._networks():
             tokens = self.time_mlp(torch.cat([self.action_in(x_t), time], dim=-1)) + self.action_pos
             if self.training and self.config.dropout > 0:  # decode applies no dropout
-                out = self.denoiser(tokens, obs_tokens)
+                out = self.denoiser(tokens, obs_tokens.repeat_interleave(x_t.shape[0] // obs_tokens.shape[0], 0))
             else:
                 if memory is None:
                     memory = decoder_attention.memory_keys_values(self.denoiser, obs_tokens)
@@ -314,11 +315,9 @@ class VLAPolicy(nn.Module):
         b = latents.shape[0]
         grid = fm.sigmas(k_steps).tolist()
         mask = self.action_mask
-        memory = [(keys.repeat_interleave(k_steps, 0), values.repeat_interleave(k_steps, 0))
-                  for keys, values in self.observation_memory(obs_tokens)]
         times = torch.tensor(grid[:k_steps], device=latents.device).repeat(b)
-        velocities = self.velocity(latents[:, :k_steps].flatten(0, 1), times, obs_tokens.repeat_interleave(k_steps, 0),
-                                   memory).unflatten(0, (b, k_steps))
+        velocities = self.velocity(latents[:, :k_steps].flatten(0, 1), times, obs_tokens,
+                                   self.observation_memory(obs_tokens)).unflatten(0, (b, k_steps))
         log_probs, means, stds = [], [], []
         for k in range(k_steps):
             sigma, sigma_next = grid[k], grid[k + 1]

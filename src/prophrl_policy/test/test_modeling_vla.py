@@ -89,6 +89,19 @@ def test_the_written_out_denoiser_is_the_torch_decoder_with_keys_values_computed
     post_norm = nn.TransformerDecoder(nn.TransformerDecoderLayer(32, 4, 64, 0.0, batch_first=True), 1)
     with pytest.raises(ValueError, match="pre-norm"):
         decoder_attention.check_supported(post_norm)
+    # several token rows per memory row (the K denoising steps of one observation, sample-major): the same as the
+    # decoder on the memory repeated per row, values and gradients, without repeating the keys and values
+    steps = torch.randn(3 * 4, 6, 32, requires_grad=True)
+    keys_values = decoder_attention.memory_keys_values(decoder, memory)
+    ours = decoder_attention.decode(decoder, steps, keys_values)
+    theirs = decoder(steps, memory.repeat_interleave(4, 0))
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+    grad_ours = torch.autograd.grad(ours.square().sum(), [steps, *decoder.parameters()])
+    grad_theirs = torch.autograd.grad(theirs.square().sum(), [steps, *decoder.parameters()])
+    for a, b in zip(grad_ours, grad_theirs, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="not a whole number of rows per memory row"):
+        decoder_attention.decode(decoder, torch.randn(4, 6, 32), keys_values)
 
 
 def test_dropout_training_takes_the_torch_decoder_and_evaluation_the_written_out_one():
