@@ -48,9 +48,10 @@ PLAY_SKILL = 0.4
 DEMO_RL_CONFIG = {"group_size": 8, "states_per_update": 2, "chunks_per_rollout": 6, "checkpoint_every": 5,
                   "eval_every": 0, "learning_rate": 1e-5, "minibatch_size": 32, "early_termination": False,
                   "shared_world_model_noise": True, "imagination_steps": 0, "fa_grpo": {"kl_beta": 1.0}}
-# Stage 6's torch threads (`prophrl train --threads`): 0 is torch's default, one per physical core. Every core
-# works on the update: on a 2-core machine both took the demo's update from 13.1 to 8.8 s (world model 2.5 -> 1.6 s,
-# policy update 9.1 -> 6.1 s); bench/rl_updates_ab.sh runs each side with its own demo's threads.
+# Stage 6's torch threads (`prophrl train --threads`): 0 is torch's default, one per physical core, so every core
+# works on the update. On a 2-vCPU machine, alternating 1 and 2 threads in one process over the same rollouts:
+# imagination 4.2 -> 3.4 s, policy update 9.7 -> 8.1 s (1.05x to 1.4x from one alternation to the next). The
+# arithmetic is the same; bench/rl_updates_ab.sh runs each side with its own demo's threads.
 DEMO_RL_THREADS = 0
 # Stage 4: the Prophet the demo adapts (a shipped name or a checkpoint directory), or this word to train the
 # DEMO_PROPHET_CONFIG from scratch on the demo's own episodes.
