@@ -204,9 +204,15 @@ class VLAPolicy(nn.Module):
         """v_theta(x_t, t, obs): x_t (B*R,H,A) normalised actions, R >= 1 rows per observation of obs_tokens (B,
         N_obs, D), sample-major; t (B*R,) in [0,1]; `memory`: observation_memory of obs_tokens, when the caller
         has it."""
-        time = sinusoidal_embedding(t, self.config.hidden_dim)[:, None].expand(-1, x_t.shape[1], -1)
+        d = self.config.hidden_dim
+        time = sinusoidal_embedding(t, d)
+        first = self.time_mlp[0]
         with self._networks():
-            tokens = self.time_mlp(torch.cat([self.action_in(x_t), time], dim=-1)) + self.action_pos
+            # time_mlp(cat[action_in(x_t), time]), with the time half of its first layer computed once per row
+            # (the same for all H action tokens) and added to every token
+            hidden = (nn.functional.linear(self.action_in(x_t), first.weight[:, :d])
+                      + nn.functional.linear(time, first.weight[:, d:], first.bias)[:, None])
+            tokens = self.time_mlp[2](self.time_mlp[1](hidden)) + self.action_pos
             if self.training and self.config.dropout > 0:  # decode applies no dropout
                 out = self.denoiser(tokens, obs_tokens.repeat_interleave(x_t.shape[0] // obs_tokens.shape[0], 0))
             else:
