@@ -32,15 +32,14 @@ import numpy as np
 import torch
 
 from prophrl_common.config_io import ConfigError
-from prophrl_nn.flow_matching import SamplerConfig
 from prophrl_policy.modeling_vla import Observation, VLAPolicy
 from prophrl_trainer.sft import load_demonstrations
 
 
 def _chunks(policy: VLAPolicy, obs: Observation, num_steps: int, noise_seed: int) -> torch.Tensor:
     """(B, H, robot dims) ODE chunks in the normalised action space, every row from noise seed `noise_seed`."""
-    sampler = SamplerConfig(num_steps, policy.config.sampler.noise_level)
-    sample = policy.predict_action_chunk(obs, sampler=sampler, generator=torch.Generator().manual_seed(noise_seed))
+    sample = policy.predict_action_chunk(obs, sampler=policy.sampler_with(num_steps),
+                                         generator=torch.Generator().manual_seed(noise_seed))
     return sample.latents[:, -1, :, : policy.config.robot_action_dim]
 
 
@@ -49,7 +48,7 @@ def _rms(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def _latency_ms(policy: VLAPolicy, obs: Observation, num_steps: int, repeats: int) -> float:
-    sampler = SamplerConfig(num_steps, policy.config.sampler.noise_level)
+    sampler = policy.sampler_with(num_steps)
     generator = torch.Generator().manual_seed(0)
     times = []
     for i in range(repeats + 3):
