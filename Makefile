@@ -7,8 +7,12 @@ ENV := . ./prophrl.env
 setup:
 	@bash scripts/setup.sh
 
+# The suite on TEST_WORKERS pytest-xdist workers; tests that share a built fixture (a trained policy, a collected
+# dataset) stay on one worker (prophrl_common/parallel_suite.py). TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 2
+
 test: setup
-	@$(ENV) && python -m pytest
+	@$(ENV) && python -m pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 
 demo: setup
 	@$(ENV) && prophrl demo

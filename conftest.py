@@ -13,15 +13,19 @@ from prophrl_common.threads import configure_threads  # noqa: E402
 
 configure_threads()
 
+import os  # noqa: E402
+
 from prophrl_common.testing import isolate_ros_domain  # noqa: E402
 
-isolate_ros_domain()
+isolate_ros_domain(inherit=not os.environ.get("PYTEST_XDIST_WORKER"))   # each xdist worker its own domain
 
 
 import dataclasses  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
+
+from prophrl_common import parallel_suite  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,3 +67,19 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "sft_lift_policy" in item.fixturenames:
             item.add_marker(pytest.mark.timeout(TRAINED_POLICY_TIMEOUT_S))
+    parallel_suite.order_and_record_groups(config, items)
+
+
+# `make test`'s parallel run (prophrl_common.parallel_suite)
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node):
+    parallel_suite.configure_worker(node)
+
+
+@pytest.hookimpl(optionalhook=True, tryfirst=True)
+def pytest_xdist_make_scheduler(config, log):
+    return parallel_suite.make_scheduler(config, log)
+
+
+def pytest_unconfigure(config):
+    parallel_suite.remove_groups_file(config)

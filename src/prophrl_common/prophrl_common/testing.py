@@ -20,17 +20,18 @@ _DOMAIN_LOCK_DIR = Path(tempfile.gettempdir()) / "prophrl-ros-domains"
 _held_domain_lock = None  # the open lock file of the domain this process holds
 
 
-def isolate_ros_domain(seed: int | None = None) -> int:
+def isolate_ros_domain(seed: int | None = None, inherit: bool = True) -> int:
     """Put this process (and children it starts) on a private ROS domain on loopback only.
 
     The domain is held with an exclusive lock file for the life of this process, so test and bench processes
     running side by side on one machine never share a domain (two processes on one domain see each other's
-    topics). A process that already holds one, or whose parent passed one down, keeps it. `seed` picks where the
-    search for a free domain starts (default: the process id).
+    topics). A process that already holds one keeps it; so does one whose parent passed one down, unless
+    `inherit` is False (a pytest-xdist worker: its sibling workers run their own nodes from the same parent).
+    `seed` picks where the search for a free domain starts (default: the process id).
     """
     global _held_domain_lock
     os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-    inherited = os.environ.get("PROPHRL_ISOLATED_ROS_DOMAIN")
+    inherited = os.environ.get("PROPHRL_ISOLATED_ROS_DOMAIN") if inherit else None
     if _held_domain_lock is not None or (inherited and inherited == os.environ.get("ROS_DOMAIN_ID")):
         return int(os.environ["ROS_DOMAIN_ID"])
     _DOMAIN_LOCK_DIR.mkdir(parents=True, exist_ok=True)

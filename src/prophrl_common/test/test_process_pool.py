@@ -12,15 +12,19 @@ import pytest
 
 from prophrl_common.process_pool import _children_start_with_sigint_blocked, run_in_processes
 
-# Waits for the worker pool in a child process: "started" once the parent is running our code.
+# Waits for the worker pool in a child process: "started" once the parent runs inside the error reporting (a
+# Ctrl-C between the two would be an ordinary KeyboardInterrupt of a script, not the case under test).
 _SCRIPT = textwrap.dedent("""
     import sys, time
     from prophrl_common.cli_errors import run_reporting_errors
     from prophrl_common.process_pool import _children_start_with_sigint_blocked, run_in_processes
 
-    if __name__ == "__main__":
+    def main():
         print("started", flush=True)
-        sys.exit(run_reporting_errors("pool", lambda: len(run_in_processes(time.sleep, [(60,)] * 2, 2))))
+        return len(run_in_processes(time.sleep, [(60,)] * 2, 2))
+
+    if __name__ == "__main__":
+        sys.exit(run_reporting_errors("pool", main))
 """)
 
 

@@ -44,3 +44,15 @@ def test_a_child_keeps_the_domain_its_parent_holds():
     parent, child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                                    env=_fresh_env()).stdout.split()
     assert parent == child
+
+
+def test_a_child_that_does_not_inherit_takes_its_own_domain():
+    """Regression: the suite's pytest-xdist workers kept the domain of the controller that started them, so two
+    workers' nodes saw each other's topics (a collection recorded the other worker's episodes too)."""
+    code = ("import os, subprocess, sys; from prophrl_common.testing import isolate_ros_domain as i; d = i(seed=9); "
+            "child = subprocess.run([sys.executable, '-c', 'from prophrl_common.testing import isolate_ros_domain as i;"
+            " print(i(seed=9, inherit=False))'], capture_output=True, text=True, check=True); "
+            "print(d, child.stdout.strip())")
+    parent, child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                                   env=_fresh_env()).stdout.split()
+    assert parent != child
