@@ -21,6 +21,7 @@ EPISODES = 10
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)   # 60-120 s on a loaded 2-core machine
 @pytest.mark.parametrize("robot", ["panda_sim", "ur5e_sim"])
 def test_scripted_lift_over_dds_succeeds_and_records_every_episode(robot, tmp_path):
     out = tmp_path / "bags"

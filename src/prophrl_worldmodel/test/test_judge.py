@@ -130,6 +130,7 @@ def test_clips_are_prefixes_of_the_episode_without_copies():
 
 # ----------------------------------------------------------------------------- training on real clips
 @pytest.mark.slow
+@pytest.mark.timeout(600)   # builds the module's dataset and judge (122-129 s on a loaded 2-core machine)
 def test_judge_beats_chance_on_held_out_episodes(trained_judge):
     result, held_out = trained_judge
     assert held_out.counts()["positives"] >= 6 and held_out.counts()["negatives"] >= 6
@@ -410,6 +411,7 @@ def test_vlm_judge_reads_yes_no_logits_of_a_local_model(tmp_path):
 
 # ----------------------------------------------------------------------------- CLI
 @pytest.mark.slow
+@pytest.mark.timeout(600)   # builds the module's dataset when it runs alone
 def test_cli_train_and_eval_write_summaries(lift_dataset, tmp_path, capsys):
     from prophrl_worldmodel.configuration_prophet import get_prophet_config
     from prophrl_worldmodel.judge_cli import main
