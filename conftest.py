@@ -25,7 +25,8 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-from prophrl_common import parallel_suite  # noqa: E402
+# `make test`'s split across pytest-xdist workers
+pytest_plugins = ["prophrl_common.parallel_suite"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,19 +68,3 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "sft_lift_policy" in item.fixturenames:
             item.add_marker(pytest.mark.timeout(TRAINED_POLICY_TIMEOUT_S))
-    parallel_suite.order_and_record_groups(config, items)
-
-
-# `make test`'s parallel run (prophrl_common.parallel_suite)
-@pytest.hookimpl(optionalhook=True)
-def pytest_configure_node(node):
-    parallel_suite.configure_worker(node)
-
-
-@pytest.hookimpl(optionalhook=True, tryfirst=True)
-def pytest_xdist_make_scheduler(config, log):
-    return parallel_suite.make_scheduler(config, log)
-
-
-def pytest_unconfigure(config):
-    parallel_suite.remove_groups_file(config)

@@ -12,7 +12,7 @@ and the controller's scheduler (a LoadScopeScheduling whose scopes are these gro
 worker has collected. (xdist's own loadgroup renames items by a private attribute that pytest 9 no longer
 reads, so its marks group nothing.)
 
-The root conftest.py wires the hooks below.
+This module is a pytest plugin: the root conftest.py loads it (`pytest_plugins`).
 """
 
 from __future__ import annotations
@@ -69,7 +69,8 @@ def fixture_groups(items: list, project_root: Path) -> list[list]:
     return sorted(groups.values(), key=lambda group: -sum(1 for item in group if item.get_closest_marker("slow")))
 
 
-def order_and_record_groups(config: pytest.Config, items: list) -> None:
+@pytest.hookimpl(trylast=True)   # after the conftests' own changes to the items
+def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
     """On a worker of a `--dist loadgroup` run: put `items` in group order and write the grouping to the
     controller's file. Elsewhere: nothing."""
     target = getattr(config, "workerinput", {}).get(GROUPS_FILE_KEY)
@@ -89,21 +90,22 @@ def _controller_groups_file(config: pytest.Config) -> Path:
     return config.stash[_groups_file]
 
 
-def configure_worker(node) -> None:
-    """pytest_configure_node: tell a `--dist loadgroup` worker where to write the grouping."""
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node) -> None:
+    """Tell a `--dist loadgroup` worker where to write the grouping."""
     if node.config.getvalue("dist") == "loadgroup":
         node.workerinput[GROUPS_FILE_KEY] = str(_controller_groups_file(node.config))
 
 
-def make_scheduler(config: pytest.Config, log):
-    """pytest_xdist_make_scheduler: the fixture-group scheduler for `--dist loadgroup`, else xdist's own."""
+@pytest.hookimpl(optionalhook=True, tryfirst=True)   # before xdist's own
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """The fixture-group scheduler for `--dist loadgroup`, else xdist's own."""
     if config.getvalue("dist") != "loadgroup":
         return None
     return FixtureGroupScheduling(config, log, _controller_groups_file(config))
 
 
-def remove_groups_file(config: pytest.Config) -> None:
-    """pytest_unconfigure on the controller."""
+def pytest_unconfigure(config: pytest.Config) -> None:
     if _groups_file in config.stash:
         config.stash[_groups_file].unlink(missing_ok=True)
 

@@ -9,26 +9,13 @@ import tempfile
 import textwrap
 from pathlib import Path
 
-# The root conftest.py's wiring, and a record of each worker's order of the tests.
+# The root conftest.py's plugin, and a record of each worker's order of the tests.
 CONFTEST = """
 import json, os
 from pathlib import Path
 import pytest
-from prophrl_common import parallel_suite
 
-def pytest_collection_modifyitems(config, items):
-    parallel_suite.order_and_record_groups(config, items)
-
-@pytest.hookimpl(optionalhook=True)
-def pytest_configure_node(node):
-    parallel_suite.configure_worker(node)
-
-@pytest.hookimpl(optionalhook=True, tryfirst=True)
-def pytest_xdist_make_scheduler(config, log):
-    return parallel_suite.make_scheduler(config, log)
-
-def pytest_unconfigure(config):
-    parallel_suite.remove_groups_file(config)
+pytest_plugins = ["prophrl_common.parallel_suite"]
 
 def pytest_collection_finish(session):
     Path(session.config.rootpath, "order_" + os.environ["PYTEST_XDIST_WORKER"] + ".json").write_text(
