@@ -33,6 +33,8 @@ from prophrl_policy.transforms import NormStats
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 STATS_NAME = "norm_stats.json"
+# Every file save_pretrained writes (embodiment.json when the embodiment is known).
+CHECKPOINT_FILES = frozenset({CONFIG_NAME, STATS_NAME, WEIGHTS_NAME, EMBODIMENT_NAME})
 
 
 def camera_view(frames: torch.Tensor, config: VLAConfig) -> torch.Tensor:
@@ -256,11 +258,16 @@ class VLAPolicy(nn.Module):
                              f"got {tuple(actions.shape)}")
         a = self.to_model_space(actions.to(self.action_pos.device, torch.float32))
         noise = fm.seeded_draw(torch.randn, a.shape, generator, a.device)
-        t = self.sample_time(a.shape[0], generator)
-        x_t = t[:, None, None] * noise + (1 - t[:, None, None]) * a
+        return self.flow_matching_loss(obs, a, noise, self.sample_time(a.shape[0], generator))
+
+    def flow_matching_loss(self, obs: Observation, target: torch.Tensor, noise: torch.Tensor,
+                           t: torch.Tensor) -> torch.Tensor:
+        """Mean squared error of the velocity at x_t = t noise + (1 - t) target against u = noise - target, over
+        the robot's dimensions: target and noise (B, H, action_dim) in model space, t (B,)."""
+        x_t = t[:, None, None] * noise + (1 - t[:, None, None]) * target
         v = self.velocity(x_t, t, self.encode_observation(obs))
-        err = ((v - (noise - a)) ** 2) * self.action_mask
-        return err.sum() / (self.action_mask.sum() * a.shape[0] * a.shape[1])
+        err = ((v - (noise - target)) ** 2) * self.action_mask
+        return err.sum() / (self.action_mask.sum() * target.shape[0] * target.shape[1])
 
     # ----- sampling ----------------------------------------------------------------------------
     def sampler_with(self, num_steps: int = 0, noise_level: float = 0.0) -> SamplerConfig:

@@ -27,7 +27,7 @@ from prophrl_common.weights import require_finite_loss
 from prophrl_data.shards import EpisodeDataset
 from prophrl_policy.configuration_vla import VLAConfig
 from prophrl_policy.embodiment import Embodiment
-from prophrl_policy.modeling_vla import Observation, VLAPolicy
+from prophrl_policy.modeling_vla import CHECKPOINT_FILES, Observation, VLAPolicy
 from prophrl_policy.transforms import NormStats
 
 
@@ -56,8 +56,7 @@ class SFTConfig:
 
 
 # What `prophrl policy sft --out` writes: the policy checkpoint, sft.json and the default TensorBoard log.
-SFT_OUTPUT = OutputKind("SFT policy checkpoint", frozenset({"config.json", "norm_stats.json", "model.safetensors",
-                                                             "sft.json", "tensorboard"}))
+SFT_OUTPUT = OutputKind("SFT policy checkpoint", CHECKPOINT_FILES | {"sft.json", "tensorboard"})
 
 
 @dataclasses.dataclass

@@ -138,3 +138,16 @@ def test_sft_policy_beats_an_untrained_policy_in_the_sim(sft_lift_policy):
                                 show_progress=False)
     assert sum(trained.successes) >= 2, trained
     assert sum(trained.successes) >= sum(untrained.successes) + 2, (trained, untrained)
+
+
+def test_sft_overwrite_replaces_a_previous_sft_checkpoint_that_records_its_embodiment(demo_dataset, tmp_path):
+    """embodiment.json is one of the files an SFT checkpoint holds: --overwrite of a previous SFT run replaces it."""
+    config = get_vla_config("tiny", hidden_dim=16, num_layers=1, image_size=32, horizon=6)
+    data = load_demonstrations(demo_dataset, config.horizon)
+    cfg = SFTConfig(steps=2, batch_size=4, warmup_steps=1, log_every=1)
+    first, _ = train_sft(data, config, cfg, tmp_path / "policy", show_progress=False)
+    assert (first / "embodiment.json").is_file()
+    before = VLAPolicy.from_pretrained(first).action_pos.detach().clone()
+    second, _ = train_sft(data, config, SFTConfig(steps=2, batch_size=4, warmup_steps=1, log_every=1, seed=1),
+                          tmp_path / "policy", show_progress=False, overwrite=True)
+    assert second == first and not np.allclose(VLAPolicy.from_pretrained(second).action_pos.detach(), before)
