@@ -70,6 +70,31 @@ def _cmd_policy_sft(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_policy_distill(args: argparse.Namespace) -> int:
+    from prophrl_common.devices import torch_device
+    from prophrl_policy.modeling_vla import VLAPolicy
+    from prophrl_trainer.distill import DISTILL_OUTPUT, DistillConfig, distill_policy
+    from prophrl_common.outputs import check_output_dir
+    from prophrl_trainer.sft import concatenate_demonstrations, load_demonstrations
+
+    torch_device(args.device)  # before the data is read
+    given = {"num_steps": args.num_steps, "teacher_steps": args.teacher_steps, "steps": args.steps,
+             "batch_size": args.batch_size, "learning_rate": args.lr, "seed": args.seed}
+    cfg = DistillConfig(**{key: value for key, value in given.items() if value is not None})
+    check_output_dir(args.out, DISTILL_OUTPUT, overwrite=args.overwrite, inputs=[args.checkpoint, *args.dataset])
+    horizon = VLAPolicy.from_pretrained(args.checkpoint).config.horizon
+    data = concatenate_demonstrations([load_demonstrations(d, horizon, only_successful=False) for d in args.dataset])
+    print(f"distilling {args.checkpoint} into {cfg.num_steps} steps on {len(data)} observations of "
+          f"{len(set(data.episode_index.tolist()))} episodes")
+    path, summary = distill_policy(args.checkpoint, data, cfg, args.out, overwrite=args.overwrite, device=args.device)
+    print_table(f"saved {path}: chunks vs the teacher's own ({summary['teacher_steps']} steps) for the same noise, "
+                f"{summary['validation_pairs']} observations of {summary['validation']}",
+                ["sampler", "steps", "RMS difference (normalised action units)"],
+                [["teacher", cfg.num_steps, f"{summary['teacher_at_student_steps_rms']:.4f}"],
+                 ["distilled student", cfg.num_steps, f"{summary['student_rms']:.4f}"]])
+    return 0
+
+
 def _cmd_collect(args: argparse.Namespace) -> int:
     from prophrl_trainer.collect import CollectSettings, collect_direct
 
@@ -156,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
         passthrough = verbs.add_parser(verb, add_help=False, help=f"{help_text}; --help for options")
         passthrough.add_argument("rest", nargs=argparse.REMAINDER)
 
-    policy = verbs.add_parser("policy", help="VLA policy: sft | eval").add_subparsers(dest="policy_verb", required=True)
+    policy = verbs.add_parser("policy", help="VLA policy: sft | distill | eval").add_subparsers(dest="policy_verb", required=True)
     sft = policy.add_parser("sft", help="supervised fine-tuning on a bags2dataset output")
     sft.add_argument("--dataset", required=True, help="bags2dataset output directory")
     sft.add_argument("--config", default="tiny", help="named policy config (tiny, tiny_pretrained, base)")
@@ -175,6 +200,22 @@ def build_parser() -> argparse.ArgumentParser:
                      help="replace OUT if it is a previous SFT checkpoint (never anything else)")
     sft.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     sft.set_defaults(func=_cmd_policy_sft)
+    distill = policy.add_parser("distill", help="a few-step copy of a policy's sampler (reflow): faster chunks")
+    distill.add_argument("--checkpoint", required=True, help="the teacher: a policy checkpoint (SFT or RL)")
+    distill.add_argument("--dataset", nargs="+", required=True,
+                         help="bags2dataset outputs whose observations the student learns on (failed episodes too)")
+    distill.add_argument("--out", required=True, help="checkpoint directory to write")
+    # Defaults: prophrl_trainer.distill.DistillConfig
+    distill.add_argument("--num-steps", type=int, help="the student's denoising steps per chunk (its sampler)")
+    distill.add_argument("--teacher-steps", type=int, help="the teacher's (0: its checkpoint's own)")
+    distill.add_argument("--steps", type=int, help="training steps")
+    distill.add_argument("--batch-size", type=int)
+    distill.add_argument("--lr", type=float)
+    distill.add_argument("--seed", type=int)
+    distill.add_argument("--overwrite", action="store_true",
+                         help="replace OUT if it is a previous distilled checkpoint (never anything else)")
+    distill.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    distill.set_defaults(func=_cmd_policy_distill)
     ev = policy.add_parser("eval", help="true success in the physics sim on seeded held-out initial states")
     ev.add_argument("--checkpoint", required=True)
     ev.add_argument("--robot", default="panda_sim")

@@ -277,9 +277,10 @@ class VLAPolicy(nn.Module):
 
     @torch.no_grad()
     def predict_action_chunk(self, obs: Observation, mode: str = "ode", sampler: SamplerConfig | None = None,
-                             generator: torch.Generator | None = None) -> ChunkSample:
+                             generator: torch.Generator | None = None, noise: torch.Tensor | None = None) -> ChunkSample:
         """Sample a chunk with `sampler` (default: the one this policy was trained / saved with). mode="sde" also
-        returns per-step log-probs/means (Flow-GRPO's SDE)."""
+        returns per-step log-probs/means (Flow-GRPO's SDE). `noise`: the path's start x_0 (B, H, action_dim), drawn
+        from `generator` when not given."""
         if mode not in ("ode", "sde"):
             raise ValueError(f"mode must be 'ode' or 'sde', got {mode!r}")
         sampler = sampler or self.config.sampler
@@ -288,7 +289,12 @@ class VLAPolicy(nn.Module):
         memory = self.observation_memory(obs_tokens)
         b = obs_tokens.shape[0]
         shape = (b, self.config.horizon, self.config.action_dim)
-        x = fm.seeded_draw(torch.randn, shape, generator, obs_tokens.device)
+        if noise is None:
+            x = fm.seeded_draw(torch.randn, shape, generator, obs_tokens.device)
+        elif tuple(noise.shape) != shape:
+            raise ValueError(f"noise must be {shape}, got {tuple(noise.shape)}")
+        else:
+            x = noise.to(obs_tokens.device, torch.float32)
         grid = fm.sigmas(k_steps).tolist()
         latents, log_probs, means, stds = [x], [], [], []
         for k in range(k_steps):

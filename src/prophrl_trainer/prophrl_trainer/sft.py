@@ -114,6 +114,19 @@ def load_demonstrations(dataset_dir: str | Path, horizon: int, only_successful: 
                     sources=(dataset_dir,))
 
 
+def concatenate_demonstrations(parts: list[DemoData]) -> DemoData:
+    """The samples of several datasets as one DemoData (each part's episodes keep distinct indices); they must be of
+    one robot at one control rate."""
+    robots = {(p.robot, p.control_period_s) for p in parts}
+    if len(robots) > 1:
+        raise ConfigError(f"these datasets are of different robots / control periods: {sorted(robots)}")
+    offsets = np.cumsum([0] + [int(p.episode_index.max()) + 1 for p in parts[:-1]])
+    return DemoData(np.concatenate([p.frames for p in parts]), np.concatenate([p.states for p in parts]),
+                    np.concatenate([p.chunks for p in parts]), [t for p in parts for t in p.instructions],
+                    np.concatenate([p.episode_index + o for p, o in zip(parts, offsets)]), robot=parts[0].robot,
+                    control_period_s=parts[0].control_period_s, sources=tuple(s for p in parts for s in p.sources))
+
+
 class _DemoDataset(Dataset):
     def __init__(self, data: DemoData):
         self.data = data

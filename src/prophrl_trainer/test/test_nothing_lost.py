@@ -89,6 +89,32 @@ def test_a_diverging_sft_run_stops_and_keeps_the_previous_checkpoint(dataset, tm
     assert not (tmp_path / "p2").exists()
 
 
+def _distill(teacher, dataset, out, *extra):
+    return prophrl_main(["policy", "distill", "--checkpoint", str(teacher), "--dataset", str(dataset), "--out", str(out),
+                         "--steps", "2", "--batch-size", "4", *extra])
+
+
+def test_distill_never_replaces_its_teacher_or_dataset_and_a_bad_step_count_fails_before_work(dataset, tmp_path,
+                                                                                              capsys):
+    teacher = tmp_path / "teacher"
+    assert _sft(tmp_path, dataset, teacher) == 0
+    before, data_before = _tree(teacher), _tree(dataset)
+    for out in (teacher, dataset):
+        assert _distill(teacher, dataset, out, "--overwrite") == 2
+        _one_error_line(capsys, "is the input")
+    assert _distill(teacher, dataset, tmp_path / "student", "--num-steps", "0") == 2
+    _one_error_line(capsys, "num_steps must be >= 1")
+    assert _distill(teacher, dataset, tmp_path / "student", "--num-steps", "10") == 2
+    _one_error_line(capsys, "saves nothing")
+    assert not (tmp_path / "student").exists()
+    assert _distill(teacher, dataset, tmp_path / "student", "--num-steps", "3") == 0
+    assert "distilled student" in capsys.readouterr().out
+    assert VLAPolicy.from_pretrained(tmp_path / "student").config.num_inference_steps == 3
+    summary = json.loads((tmp_path / "student" / "distill.json").read_text())
+    assert summary["validation"] == "held-out episodes" and summary["teacher_steps"] == 10
+    assert _tree(teacher) == before and _tree(dataset) == data_before
+
+
 def test_a_non_finite_policy_is_never_checkpointed_nor_rotated_in(tmp_path):
     policy = VLAPolicy(get_vla_config("tiny", hidden_dim=32, num_layers=1, num_heads=2, image_size=32))
     optimizer = torch.optim.AdamW(policy.parameters())

@@ -1,0 +1,187 @@
+"""Few-step distillation of a policy's flow-matching sampler by reflow (Liu et al., "Flow Straight and Fast", 2022).
+
+A policy's ODE carries each noise draw to an action chunk along a curved path, so its Euler sampler needs about ten
+steps (bench/denoising_steps.py). Reflow pairs noise draws with the chunks the teacher's ODE makes of them on the
+training observations, and trains a student (starting from the teacher's weights) with the flow-matching loss on the
+straight lines between the pairs. Along a straight line the velocity is the same at every time, so K Euler steps
+follow it exactly: the student, sampled with K steps, gives the chunk the teacher gives for the same noise with its
+own steps. The student is trained at the K times its sampler queries (the K-step grid) and its checkpoint records
+K as its sampler (`num_inference_steps`), which the policy node, evaluation and RL then use.
+
+Episodes are split by position: every `validation_every`-th one (at least one) only measures the student, never
+trained on, with the teacher's own K-step sampler as the baseline on the same noises.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from prophrl_common.config_io import ConfigError, require_finite_numbers
+from prophrl_common.devices import torch_device
+from prophrl_common.outputs import OutputKind, check_output_dir
+from prophrl_common.weights import require_finite_loss
+from prophrl_nn import flow_matching as fm
+from prophrl_policy.modeling_vla import CHECKPOINT_FILES, Observation, VLAPolicy
+from prophrl_trainer.sft import DemoData
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillConfig:
+    num_steps: int = 4                # the student's Euler steps per chunk
+    teacher_steps: int = 0            # the teacher's (0: its checkpoint's sampler)
+    noises_per_observation: int = 2   # noise draws paired with the teacher's chunk per training observation
+    steps: int = 1000
+    batch_size: int = 32
+    learning_rate: float = 1e-4
+    warmup_steps: int = 50
+    grad_clip: float = 1.0
+    validation_every: int = 10        # every n-th episode measures the student and is not trained on
+    seed: int = 0
+    log_every: int = 50
+
+    def __post_init__(self):
+        require_finite_numbers(self, "distill config")
+        for key in ("num_steps", "noises_per_observation", "steps", "batch_size", "validation_every", "log_every"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"distill config: {key} must be >= 1, got {getattr(self, key)}")
+        if self.teacher_steps < 0:
+            raise ConfigError(f"distill config: teacher_steps must be >= 0 (0: the teacher's own), "
+                              f"got {self.teacher_steps}")
+        if not (self.learning_rate > 0 and self.grad_clip > 0) or self.warmup_steps < 0:
+            raise ConfigError("distill config: learning_rate and grad_clip must be positive, warmup_steps >= 0")
+
+
+# What `prophrl policy distill --out` writes: the student policy checkpoint and distill.json.
+DISTILL_OUTPUT = OutputKind("distilled policy checkpoint", CHECKPOINT_FILES | {"distill.json"})
+
+
+@dataclasses.dataclass
+class ReflowPairs:
+    """Noise draws and the teacher's chunks for them (model space, (N, H, action_dim)) on observation rows of the
+    data (`rows`, (N,))."""
+
+    rows: np.ndarray
+    noise: torch.Tensor
+    chunks: torch.Tensor
+
+
+def _observations(data: DemoData, rows: np.ndarray, policy: VLAPolicy) -> Observation:
+    return Observation.from_frames(data.frames[rows], [data.instructions[i] for i in rows], data.states[rows],
+                                   policy.config, device=policy.action_pos.device)
+
+
+def reflow_pairs(teacher: VLAPolicy, data: DemoData, rows: np.ndarray, noises: int, teacher_steps: int,
+                 generator: torch.Generator, batch_size: int = 64, show_progress: bool = False) -> ReflowPairs:
+    """`noises` noise draws per observation row and the chunks the teacher's ODE (teacher_steps Euler steps, 0: its
+    own) makes of them."""
+    from tqdm import tqdm
+
+    sampler = teacher.sampler_with(teacher_steps)
+    pair_rows, noise, chunks = [], [], []
+    for start in tqdm(range(0, len(rows), batch_size), desc="teacher chunks", unit="batch", disable=not show_progress):
+        batch = rows[start:start + batch_size]
+        sample = teacher.predict_action_chunk(_observations(data, batch, teacher).repeat(noises), sampler=sampler,
+                                              generator=generator)
+        pair_rows.append(np.repeat(batch, noises))
+        noise.append(sample.latents[:, 0].cpu())
+        chunks.append(sample.latents[:, -1].cpu())
+    return ReflowPairs(np.concatenate(pair_rows), torch.cat(noise), torch.cat(chunks))
+
+
+def chunk_error(policy: VLAPolicy, data: DemoData, pairs: ReflowPairs, num_steps: int, batch_size: int = 64) -> float:
+    """RMS difference, over the robot's dimensions in normalised units, between the chunks `policy` samples with
+    `num_steps` Euler steps from the pairs' noises and the pairs' chunks."""
+    sampler = policy.sampler_with(num_steps)
+    dims = policy.config.robot_action_dim
+    total, count = 0.0, 0
+    for start in range(0, len(pairs.rows), batch_size):
+        end = start + batch_size
+        sample = policy.predict_action_chunk(_observations(data, pairs.rows[start:end], policy), sampler=sampler,
+                                             noise=pairs.noise[start:end])
+        diff = (sample.latents[:, -1].cpu() - pairs.chunks[start:end])[..., :dims]
+        total += float((diff ** 2).sum())
+        count += diff.numel()
+    return (total / count) ** 0.5
+
+
+def _split_rows(data: DemoData, every: int) -> tuple[np.ndarray, np.ndarray]:
+    """(training rows, validation rows): every `every`-th episode (by position) is validation, the last one when there
+    are fewer than `every`; with a single episode there is none."""
+    episodes = np.unique(data.episode_index)
+    held = episodes[every - 1::every] if len(episodes) > 1 else episodes[:0]
+    if len(held) == 0 and len(episodes) > 1:
+        held = episodes[-1:]
+    validation = np.isin(data.episode_index, held)
+    return np.flatnonzero(~validation), np.flatnonzero(validation)
+
+
+def distill_policy(teacher_dir: str | Path, data: DemoData, cfg: DistillConfig, out_dir: str | Path,
+                   overwrite: bool = False, device: str = "cpu", show_progress: bool = True) -> tuple[Path, dict]:
+    """Distill the policy at `teacher_dir` into a cfg.num_steps-step student on the observations of `data`; save it to
+    out_dir (checked before any work: never the teacher or a dataset) with distill.json. Returns the path and the
+    summary (also in distill.json)."""
+    from tqdm import tqdm
+
+    check_output_dir(out_dir, DISTILL_OUTPUT, overwrite=overwrite, inputs=[teacher_dir, *data.sources])
+    target = torch_device(device)
+    teacher = VLAPolicy.from_pretrained(teacher_dir).to(target).eval()
+    teacher_steps = teacher.sampler_with(cfg.teacher_steps).num_steps
+    if cfg.num_steps >= teacher_steps:
+        raise ConfigError(f"distilling to {cfg.num_steps} steps from a {teacher_steps}-step teacher saves nothing: "
+                          f"choose fewer steps than the teacher's")
+    torch.manual_seed(cfg.seed)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    train_rows, validation_rows = _split_rows(data, cfg.validation_every)
+    pairs = reflow_pairs(teacher, data, train_rows, cfg.noises_per_observation, teacher_steps, generator,
+                         show_progress=show_progress)
+    validation = reflow_pairs(teacher, data, validation_rows if len(validation_rows) else train_rows[:256], 1,
+                              teacher_steps, generator)
+
+    student = VLAPolicy(dataclasses.replace(teacher.config, num_inference_steps=cfg.num_steps), teacher.norm_stats,
+                        load_pretrained=False, embodiment=teacher.embodiment).to(target)
+    student.load_state_dict(teacher.state_dict())
+    params = [p for p in student.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / max(cfg.warmup_steps, 1)) *
+        0.5 * (1 + np.cos(np.pi * min(s, cfg.steps) / cfg.steps)))
+    grid = fm.sigmas(cfg.num_steps)[:cfg.num_steps]
+    losses: list[float] = []
+    start = time.time()
+    student.train()
+    with tqdm(total=cfg.steps, desc="policy distill", unit="step", disable=not show_progress) as bar:
+        for step in range(cfg.steps):
+            batch = torch.randint(0, len(pairs.rows), (cfg.batch_size,), generator=generator)
+            times = grid[torch.randint(0, cfg.num_steps, (cfg.batch_size,), generator=generator)].to(target)
+            obs = _observations(data, pairs.rows[batch.numpy()], student)
+            loss = student.flow_matching_loss(obs, pairs.chunks[batch].to(target), pairs.noise[batch].to(target), times)
+            require_finite_loss(loss.item(), "distillation", step)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            optimizer.step()
+            schedule.step()
+            losses.append(loss.item())
+            bar.update(1)
+            if (step + 1) % cfg.log_every == 0:
+                bar.set_postfix(loss=f"{np.mean(losses[-cfg.log_every:]):.4f}")
+    student.eval()
+    summary = {
+        "teacher": str(teacher_dir), "teacher_steps": teacher_steps, "student_steps": cfg.num_steps,
+        "distill_config": dataclasses.asdict(cfg), "training_pairs": len(pairs.rows),
+        "validation": "held-out episodes" if len(validation_rows) else "training observations (a single episode)",
+        "validation_pairs": len(validation.rows),
+        # RMS distance to the teacher's own chunk for the same noise, normalised action units
+        "teacher_at_student_steps_rms": chunk_error(teacher, data, validation, cfg.num_steps),
+        "student_rms": chunk_error(student, data, validation, cfg.num_steps),
+        "final_loss": float(np.mean(losses[-cfg.log_every:])), "wall_time_s": time.time() - start,
+    }
+    path = student.save_pretrained(out_dir)
+    (Path(path) / "distill.json").write_text(json.dumps(summary, indent=2))
+    return Path(path), summary
