@@ -88,7 +88,7 @@ def _cmd_policy_distill(args: argparse.Namespace) -> int:
           f"{len(set(data.episode_index.tolist()))} episodes")
     path, summary = distill_policy(args.checkpoint, data, cfg, args.out, overwrite=args.overwrite, device=args.device)
     print_table(f"saved {path}: chunks vs the teacher's own ({summary['teacher_steps']} steps) for the same noise, "
-                f"{summary['validation_pairs']} observations of {summary['validation']}",
+                f"{summary['validation_observations']} observations of {summary['validation']}",
                 ["sampler", "steps", "RMS difference (normalised action units)"],
                 [["teacher", cfg.num_steps, f"{summary['teacher_at_student_steps_rms']:.4f}"],
                  ["distilled student", cfg.num_steps, f"{summary['student_rms']:.4f}"]])
@@ -200,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="replace OUT if it is a previous SFT checkpoint (never anything else)")
     sft.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     sft.set_defaults(func=_cmd_policy_sft)
-    distill = policy.add_parser("distill", help="a few-step copy of a policy's sampler (reflow): faster chunks")
+    distill = policy.add_parser("distill", help="a few-step copy of a policy's sampler (progressive distillation): faster chunks")
     distill.add_argument("--checkpoint", required=True, help="the teacher: a policy checkpoint (SFT or RL)")
     distill.add_argument("--dataset", nargs="+", required=True,
                          help="bags2dataset outputs whose observations the student learns on (failed episodes too)")

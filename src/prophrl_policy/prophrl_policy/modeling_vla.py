@@ -258,15 +258,16 @@ class VLAPolicy(nn.Module):
                              f"got {tuple(actions.shape)}")
         a = self.to_model_space(actions.to(self.action_pos.device, torch.float32))
         noise = fm.seeded_draw(torch.randn, a.shape, generator, a.device)
-        return self.flow_matching_loss(obs, a, noise, self.sample_time(a.shape[0], generator))
+        t = self.sample_time(a.shape[0], generator)
+        x_t = t[:, None, None] * noise + (1 - t[:, None, None]) * a
+        return self.velocity_loss(obs, x_t, t, noise - a)
 
-    def flow_matching_loss(self, obs: Observation, target: torch.Tensor, noise: torch.Tensor,
-                           t: torch.Tensor) -> torch.Tensor:
-        """Mean squared error of the velocity at x_t = t noise + (1 - t) target against u = noise - target, over
-        the robot's dimensions: target and noise (B, H, action_dim) in model space, t (B,)."""
-        x_t = t[:, None, None] * noise + (1 - t[:, None, None]) * target
+    def velocity_loss(self, obs: Observation, x_t: torch.Tensor, t: torch.Tensor,
+                      target: torch.Tensor) -> torch.Tensor:
+        """Mean squared error of v(x_t, t, obs) against `target` (B, H, action_dim) over the robot's dimensions; x_t
+        (B, H, action_dim) in model space, t (B,)."""
         v = self.velocity(x_t, t, self.encode_observation(obs))
-        err = ((v - (noise - target)) ** 2) * self.action_mask
+        err = ((v - target) ** 2) * self.action_mask
         return err.sum() / (self.action_mask.sum() * target.shape[0] * target.shape[1])
 
     # ----- sampling ----------------------------------------------------------------------------

@@ -71,7 +71,8 @@ class PolicyNodeParameters:
                                             "0: on every camera frame", minimum=0.0)
     mode: str = parameter("ode", "ode: deterministic deployment; sde: Flow-GRPO's stochastic sampler",
                           choices=("ode", "sde"))
-    num_steps: int = parameter(0, "denoising steps per chunk (0: the checkpoint's sampler)", minimum=0)
+    num_steps: int = parameter(0, "denoising steps per chunk (0: the checkpoint's sampler; a `prophrl policy distill` "
+                                  "checkpoint samples its few steps as trained)", minimum=0)
     noise_level: float = parameter(0.0, "sde mode: the SDE noise level (0: the checkpoint's sampler)", minimum=0.0)
     seed: int = parameter(0, "seed of the sampler's noise")
     device: str = parameter("cpu", "torch device")

@@ -1,15 +1,19 @@
-"""Few-step distillation of a policy's flow-matching sampler by reflow (Liu et al., "Flow Straight and Fast", 2022).
+"""Few-step distillation of a policy's flow-matching sampler (progressive distillation, Salimans & Ho 2022, for an
+Euler flow sampler).
 
-A policy's ODE carries each noise draw to an action chunk along a curved path, so its Euler sampler needs about ten
-steps (bench/denoising_steps.py). Reflow pairs noise draws with the chunks the teacher's ODE makes of them on the
-training observations, and trains a student (starting from the teacher's weights) with the flow-matching loss on the
-straight lines between the pairs. Along a straight line the velocity is the same at every time, so K Euler steps
-follow it exactly: the student, sampled with K steps, gives the chunk the teacher gives for the same noise with its
-own steps. The student is trained at the K times its sampler queries (the K-step grid) and its checkpoint records
-K as its sampler (`num_inference_steps`), which the policy node, evaluation and RL then use.
+A policy's ODE carries noise to an action chunk along a curved path, so its Euler sampler needs about ten steps
+(bench/denoising_steps.py). A student sampled with K steps, K dividing the teacher's K_T, takes one step where the
+teacher takes m = K_T / K. It is trained so that its one Euler step from a point x at the start of one of its
+intervals [sigma, sigma_next] lands where the teacher's m steps from x land: its target velocity is
+(x after the teacher's m steps - x) / (sigma_next - sigma). The points x are those of the teacher's flow at the
+student's grid times, x = sigma eps + (1 - sigma) a, with a a chunk the teacher sampled on a training observation and
+fresh noise eps, so an RL-trained teacher is distilled on its own actions, not the demonstrations'. The student
+starts from the teacher's weights: it learns each interval's curvature, a small correction, and its checkpoint
+records K as its sampler (`num_inference_steps`), which the policy node and evaluation then use.
 
 Episodes are split by position: every `validation_every`-th one (at least one) only measures the student, never
-trained on, with the teacher's own K-step sampler as the baseline on the same noises.
+trained on: the RMS distance of its K-step chunks to the teacher's own chunks for the same noise, beside the
+teacher's K-step sampler's.
 """
 
 from __future__ import annotations
@@ -33,9 +37,8 @@ from prophrl_trainer.sft import DemoData
 
 @dataclasses.dataclass(frozen=True)
 class DistillConfig:
-    num_steps: int = 4                # the student's Euler steps per chunk
+    num_steps: int = 5                # the student's Euler steps per chunk: it must divide the teacher's
     teacher_steps: int = 0            # the teacher's (0: its checkpoint's sampler)
-    noises_per_observation: int = 2   # noise draws paired with the teacher's chunk per training observation
     steps: int = 1000
     batch_size: int = 32
     learning_rate: float = 1e-4
@@ -47,7 +50,7 @@ class DistillConfig:
 
     def __post_init__(self):
         require_finite_numbers(self, "distill config")
-        for key in ("num_steps", "noises_per_observation", "steps", "batch_size", "validation_every", "log_every"):
+        for key in ("num_steps", "steps", "batch_size", "validation_every", "log_every"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"distill config: {key} must be >= 1, got {getattr(self, key)}")
         if self.teacher_steps < 0:
@@ -62,9 +65,9 @@ DISTILL_OUTPUT = OutputKind("distilled policy checkpoint", CHECKPOINT_FILES | {"
 
 
 @dataclasses.dataclass
-class ReflowPairs:
-    """Noise draws and the teacher's chunks for them (model space, (N, H, action_dim)) on observation rows of the
-    data (`rows`, (N,))."""
+class TeacherChunks:
+    """Noise draws and the chunks the teacher's ODE makes of them (model space, (N, H, action_dim)) on observation
+    rows of the data (`rows`, (N,))."""
 
     rows: np.ndarray
     noise: torch.Tensor
@@ -76,35 +79,48 @@ def _observations(data: DemoData, rows: np.ndarray, policy: VLAPolicy) -> Observ
                                    policy.config, device=policy.action_pos.device)
 
 
-def reflow_pairs(teacher: VLAPolicy, data: DemoData, rows: np.ndarray, noises: int, teacher_steps: int,
-                 generator: torch.Generator, batch_size: int = 64, show_progress: bool = False) -> ReflowPairs:
-    """`noises` noise draws per observation row and the chunks the teacher's ODE (teacher_steps Euler steps, 0: its
-    own) makes of them."""
+def teacher_chunks(teacher: VLAPolicy, data: DemoData, rows: np.ndarray, teacher_steps: int,
+                   generator: torch.Generator, batch_size: int = 64, show_progress: bool = False) -> TeacherChunks:
+    """One noise draw per observation row and the chunk the teacher's ODE (teacher_steps Euler steps) makes of it."""
     from tqdm import tqdm
 
     sampler = teacher.sampler_with(teacher_steps)
-    pair_rows, noise, chunks = [], [], []
+    noise, chunks = [], []
     for start in tqdm(range(0, len(rows), batch_size), desc="teacher chunks", unit="batch", disable=not show_progress):
-        batch = rows[start:start + batch_size]
-        sample = teacher.predict_action_chunk(_observations(data, batch, teacher).repeat(noises), sampler=sampler,
-                                              generator=generator)
-        pair_rows.append(np.repeat(batch, noises))
+        sample = teacher.predict_action_chunk(_observations(data, rows[start:start + batch_size], teacher),
+                                              sampler=sampler, generator=generator)
         noise.append(sample.latents[:, 0].cpu())
         chunks.append(sample.latents[:, -1].cpu())
-    return ReflowPairs(np.concatenate(pair_rows), torch.cat(noise), torch.cat(chunks))
+    return TeacherChunks(np.asarray(rows), torch.cat(noise), torch.cat(chunks))
 
 
-def chunk_error(policy: VLAPolicy, data: DemoData, pairs: ReflowPairs, num_steps: int, batch_size: int = 64) -> float:
+@torch.no_grad()
+def interval_targets(teacher: VLAPolicy, obs: Observation, x: torch.Tensor, start: torch.Tensor,
+                     teacher_steps: int, per_step: int) -> torch.Tensor:
+    """The student's target velocities (B, H, action_dim) at x, whose rows sit at teacher grid indices `start` (B,):
+    the displacement of the teacher's `per_step` Euler steps from there, over the time they span."""
+    grid = fm.sigmas(teacher_steps, device=x.device)
+    tokens = teacher.encode_observation(obs)
+    memory = teacher.observation_memory(tokens)
+    y = x
+    for j in range(per_step):
+        sigma, sigma_next = grid[start + j], grid[start + j + 1]
+        y = fm.euler_step(y, teacher.velocity(y, sigma, tokens, memory), sigma[:, None, None],
+                          sigma_next[:, None, None])
+    return (y - x) / (grid[start + per_step] - grid[start])[:, None, None]
+
+
+def chunk_error(policy: VLAPolicy, data: DemoData, reference: TeacherChunks, num_steps: int, batch_size: int = 64) -> float:
     """RMS difference, over the robot's dimensions in normalised units, between the chunks `policy` samples with
-    `num_steps` Euler steps from the pairs' noises and the pairs' chunks."""
+    `num_steps` Euler steps from the reference's noises and its chunks."""
     sampler = policy.sampler_with(num_steps)
     dims = policy.config.robot_action_dim
     total, count = 0.0, 0
-    for start in range(0, len(pairs.rows), batch_size):
+    for start in range(0, len(reference.rows), batch_size):
         end = start + batch_size
-        sample = policy.predict_action_chunk(_observations(data, pairs.rows[start:end], policy), sampler=sampler,
-                                             noise=pairs.noise[start:end])
-        diff = (sample.latents[:, -1].cpu() - pairs.chunks[start:end])[..., :dims]
+        sample = policy.predict_action_chunk(_observations(data, reference.rows[start:end], policy), sampler=sampler,
+                                             noise=reference.noise[start:end])
+        diff = (sample.latents[:, -1].cpu() - reference.chunks[start:end])[..., :dims]
         total += float((diff ** 2).sum())
         count += diff.numel()
     return (total / count) ** 0.5
@@ -132,16 +148,17 @@ def distill_policy(teacher_dir: str | Path, data: DemoData, cfg: DistillConfig, 
     target = torch_device(device)
     teacher = VLAPolicy.from_pretrained(teacher_dir).to(target).eval()
     teacher_steps = teacher.sampler_with(cfg.teacher_steps).num_steps
-    if cfg.num_steps >= teacher_steps:
-        raise ConfigError(f"distilling to {cfg.num_steps} steps from a {teacher_steps}-step teacher saves nothing: "
-                          f"choose fewer steps than the teacher's")
+    if cfg.num_steps >= teacher_steps or teacher_steps % cfg.num_steps:
+        divisors = [k for k in range(1, teacher_steps) if teacher_steps % k == 0]
+        raise ConfigError(f"the student's steps must be fewer than the teacher's {teacher_steps} and divide them "
+                          f"(one student step spans whole teacher steps): one of {divisors}, got {cfg.num_steps}")
+    per_step = teacher_steps // cfg.num_steps
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
     train_rows, validation_rows = _split_rows(data, cfg.validation_every)
-    pairs = reflow_pairs(teacher, data, train_rows, cfg.noises_per_observation, teacher_steps, generator,
-                         show_progress=show_progress)
-    validation = reflow_pairs(teacher, data, validation_rows if len(validation_rows) else train_rows[:256], 1,
-                              teacher_steps, generator)
+    chunks = teacher_chunks(teacher, data, train_rows, teacher_steps, generator, show_progress=show_progress)
+    validation = teacher_chunks(teacher, data, validation_rows if len(validation_rows) else train_rows[:256],
+                                teacher_steps, generator)
 
     student = VLAPolicy(dataclasses.replace(teacher.config, num_inference_steps=cfg.num_steps), teacher.norm_stats,
                         load_pretrained=False, embodiment=teacher.embodiment).to(target)
@@ -151,16 +168,20 @@ def distill_policy(teacher_dir: str | Path, data: DemoData, cfg: DistillConfig, 
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / max(cfg.warmup_steps, 1)) *
         0.5 * (1 + np.cos(np.pi * min(s, cfg.steps) / cfg.steps)))
-    grid = fm.sigmas(cfg.num_steps)[:cfg.num_steps]
+    grid = fm.sigmas(teacher_steps, device=target)
     losses: list[float] = []
     start = time.time()
     student.train()
     with tqdm(total=cfg.steps, desc="policy distill", unit="step", disable=not show_progress) as bar:
         for step in range(cfg.steps):
-            batch = torch.randint(0, len(pairs.rows), (cfg.batch_size,), generator=generator)
-            times = grid[torch.randint(0, cfg.num_steps, (cfg.batch_size,), generator=generator)].to(target)
-            obs = _observations(data, pairs.rows[batch.numpy()], student)
-            loss = student.flow_matching_loss(obs, pairs.chunks[batch].to(target), pairs.noise[batch].to(target), times)
+            batch = torch.randint(0, len(chunks.rows), (cfg.batch_size,), generator=generator)
+            first = (torch.randint(0, cfg.num_steps, (cfg.batch_size,), generator=generator) * per_step).to(target)
+            noise = fm.seeded_draw(torch.randn, chunks.chunks[batch].shape, generator, target)
+            sigma = grid[first][:, None, None]
+            x = sigma * noise + (1 - sigma) * chunks.chunks[batch].to(target)
+            obs = _observations(data, chunks.rows[batch.numpy()], student)
+            velocity = interval_targets(teacher, obs, x, first, teacher_steps, per_step)
+            loss = student.velocity_loss(obs, x, grid[first], velocity)
             require_finite_loss(loss.item(), "distillation", step)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -174,9 +195,9 @@ def distill_policy(teacher_dir: str | Path, data: DemoData, cfg: DistillConfig, 
     student.eval()
     summary = {
         "teacher": str(teacher_dir), "teacher_steps": teacher_steps, "student_steps": cfg.num_steps,
-        "distill_config": dataclasses.asdict(cfg), "training_pairs": len(pairs.rows),
+        "distill_config": dataclasses.asdict(cfg), "training_observations": len(chunks.rows),
         "validation": "held-out episodes" if len(validation_rows) else "training observations (a single episode)",
-        "validation_pairs": len(validation.rows),
+        "validation_observations": len(validation.rows),
         # RMS distance to the teacher's own chunk for the same noise, normalised action units
         "teacher_at_student_steps_rms": chunk_error(teacher, data, validation, cfg.num_steps),
         "student_rms": chunk_error(student, data, validation, cfg.num_steps),
