@@ -13,7 +13,9 @@ inference, publish); "chunk transport back" is the end-to-end p50 minus their su
 camera -> ActionChunk p50 with in-process p50 + 2 x echo p50. Back-to-back in-process ODE and SDE rows
 (no camera pacing) close the table.
 
-    python bench/policy_latency.py [--config tiny] [--frames 100] [--rate 10]
+    python bench/policy_latency.py [--config tiny | --checkpoint DIR] [--frames 100] [--rate 10]
+--checkpoint: a saved policy (e.g. a `prophrl policy distill` output, sampled with its own few steps) instead of a
+fresh one of --config.
 """
 
 from __future__ import annotations
@@ -147,12 +149,14 @@ class Paths:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="tiny")
+    parser.add_argument("--checkpoint", default="", help="a policy checkpoint instead of a fresh --config policy")
     parser.add_argument("--frames", type=int, default=100, help="measurements per path")
     parser.add_argument("--rate", type=float, default=10.0, help="camera rate (Hz): one path per period")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
-    policy = VLAPolicy(get_vla_config(args.config)).eval()
+    policy = VLAPolicy.from_pretrained(args.checkpoint) if args.checkpoint else VLAPolicy(get_vla_config(args.config))
+    policy.eval()
     isolate_ros_domain()
     rclpy.init()
     node = Node("policy_latency_bench")
@@ -161,7 +165,7 @@ def main() -> None:
     paths = Paths(node, executor, policy)
     with tempfile.TemporaryDirectory() as tmp, \
             node_process(python_module_argv("prophrl_common.testing_nodes")) as relay:
-        checkpoint = policy.save_pretrained(f"{tmp}/policy")
+        checkpoint = args.checkpoint or policy.save_pretrained(f"{tmp}/policy")
         argv = python_module_argv("prophrl_policy.policy_node", "-p", f"checkpoint_path:={checkpoint}",
                                   "-p", "replan_period_s:=0.0", "-p", f"instruction:={INSTRUCTION}",
                                   "-p", "diagnostics_period_s:=0.5")
@@ -191,8 +195,8 @@ def main() -> None:
           f"{inference:.2f} + 2 x {echo:.2f} = {goal:.2f} ms: {'met' if end_to_end <= goal else 'NOT met'} "
           f"(the node adds {end_to_end - inference:.2f} ms to inference)")
 
-    print(f"\nPolicy latency ({args.config}, CPU, 1 thread for in-process; 128x128 rgb8 camera at {args.rate:g} Hz, "
-          f"paths taking turns)")
+    print(f"\nPolicy latency ({args.checkpoint or args.config}, CPU, 1 thread for in-process; 128x128 rgb8 camera at "
+          f"{args.rate:g} Hz, paths taking turns)")
     print(f"{'path':44s} {'p50 ms':>8s} {'p95 ms':>8s} {'mean ms':>8s} {'n':>6s}")
     for name, values in rows.items():
         print(f"{name:44s} {percentiles(values)}")
