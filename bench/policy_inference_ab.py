@@ -59,8 +59,8 @@ def _source_path(root: Path) -> str:
 
 def _time(root: Path, config: str, chunks: int, num_steps: int, checkpoint: str = "") -> list[float]:
     env = {**os.environ, "PYTHONPATH": _source_path(root) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    out = subprocess.run([sys.executable, "-c", TIMING, config, str(chunks), str(num_steps), checkpoint], env=env, check=True,
-                         capture_output=True, text=True, cwd=root)
+    out = subprocess.run([sys.executable, "-c", TIMING, config, str(chunks), str(num_steps), checkpoint], env=env,
+                         check=True, capture_output=True, text=True, cwd=root)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

@@ -181,7 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
         passthrough = verbs.add_parser(verb, add_help=False, help=f"{help_text}; --help for options")
         passthrough.add_argument("rest", nargs=argparse.REMAINDER)
 
-    policy = verbs.add_parser("policy", help="VLA policy: sft | distill | eval").add_subparsers(dest="policy_verb", required=True)
+    policy = verbs.add_parser("policy", help="VLA policy: sft | distill | eval").add_subparsers(dest="policy_verb",
+                                                                                             required=True)
     sft = policy.add_parser("sft", help="supervised fine-tuning on a bags2dataset output")
     sft.add_argument("--dataset", required=True, help="bags2dataset output directory")
     sft.add_argument("--config", default="tiny", help="named policy config (tiny, tiny_pretrained, base)")
@@ -200,7 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="replace OUT if it is a previous SFT checkpoint (never anything else)")
     sft.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     sft.set_defaults(func=_cmd_policy_sft)
-    distill = policy.add_parser("distill", help="a few-step copy of a policy's sampler (progressive distillation): faster chunks")
+    distill = policy.add_parser("distill",
+                                help="a few-step copy of a policy's sampler (progressive distillation): faster chunks")
     distill.add_argument("--checkpoint", required=True, help="the teacher: a policy checkpoint (SFT or RL)")
     distill.add_argument("--dataset", nargs="+", required=True,
                          help="bags2dataset outputs whose observations the student learns on (failed episodes too)")

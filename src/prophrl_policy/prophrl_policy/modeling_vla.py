@@ -278,7 +278,8 @@ class VLAPolicy(nn.Module):
 
     @torch.no_grad()
     def predict_action_chunk(self, obs: Observation, mode: str = "ode", sampler: SamplerConfig | None = None,
-                             generator: torch.Generator | None = None, noise: torch.Tensor | None = None) -> ChunkSample:
+                             generator: torch.Generator | None = None,
+                             noise: torch.Tensor | None = None) -> ChunkSample:
         """Sample a chunk with `sampler` (default: the one this policy was trained / saved with). mode="sde" also
         returns per-step log-probs/means (Flow-GRPO's SDE). `noise`: the path's start x_0 (B, H, action_dim), drawn
         from `generator` when not given."""
