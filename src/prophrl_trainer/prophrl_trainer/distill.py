@@ -6,12 +6,12 @@ A policy's ODE carries noise to an action chunk along a curved path, so its Eule
 teacher takes m = K_T / K. It is trained so that its one Euler step from a point x at the start of one of its
 intervals [sigma, sigma_next] lands where the teacher's m steps from x land: its target velocity is
 (x after the teacher's m steps - x) / (sigma_next - sigma). The points x are drawn at the student's grid times from
-the interpolation a flow is trained on, x = sigma eps + (1 - sigma) a, with a a chunk the teacher sampled on a training
-observation and fresh noise eps, so an RL-trained teacher is distilled on its own actions, not the demonstrations'. The student
-starts from the teacher's weights: it learns each interval's curvature, a small correction, and its checkpoint
-records K as its sampler (`num_inference_steps`), which the policy node and evaluation then use. Distil last, the
-checkpoint a robot will run: RL samples with its own config's steps (RLConfig.denoising_steps) and its checkpoints
-record those.
+the interpolation a flow is trained on, x = sigma eps + (1 - sigma) a, with a a chunk the teacher sampled on a
+training observation and fresh noise eps, so an RL-trained teacher is distilled on its own actions, not the
+demonstrations'. The student starts from the teacher's weights: it learns each interval's curvature, a small
+correction, and its checkpoint records K as its sampler (`num_inference_steps`), which the policy node and evaluation
+then use. Distil last, the checkpoint a robot will run: RL samples with its own config's steps
+(RLConfig.denoising_steps) and its checkpoints record those.
 
 Episodes are split by position: every `validation_every`-th one (at least one) only measures the student, never
 trained on: the RMS distance of its K-step chunks to the teacher's own chunks for the same noise, beside the
@@ -112,7 +112,8 @@ def interval_targets(teacher: VLAPolicy, obs: Observation, x: torch.Tensor, star
     return (y - x) / (grid[start + per_step] - grid[start])[:, None, None]
 
 
-def chunk_error(policy: VLAPolicy, data: DemoData, reference: TeacherChunks, num_steps: int, batch_size: int = 64) -> float:
+def chunk_error(policy: VLAPolicy, data: DemoData, reference: TeacherChunks, num_steps: int,
+                batch_size: int = 64) -> float:
     """RMS difference, over the robot's dimensions in normalised units, between the chunks `policy` samples with
     `num_steps` Euler steps from the reference's noises and its chunks."""
     sampler = policy.sampler_with(num_steps)

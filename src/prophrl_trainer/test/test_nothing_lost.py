@@ -90,8 +90,8 @@ def test_a_diverging_sft_run_stops_and_keeps_the_previous_checkpoint(dataset, tm
 
 
 def _distill(teacher, dataset, out, *extra):
-    return prophrl_main(["policy", "distill", "--checkpoint", str(teacher), "--dataset", str(dataset), "--out", str(out),
-                         "--steps", "2", "--batch-size", "4", *extra])
+    return prophrl_main(["policy", "distill", "--checkpoint", str(teacher), "--dataset", str(dataset),
+                         "--out", str(out), "--steps", "2", "--batch-size", "4", *extra])
 
 
 def test_distill_never_replaces_its_teacher_or_dataset_and_a_bad_step_count_fails_before_work(dataset, tmp_path,
