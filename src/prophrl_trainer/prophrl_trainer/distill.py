@@ -31,8 +31,8 @@ import torch
 from prophrl_common.config_io import ConfigError, require_finite_numbers
 from prophrl_common.devices import torch_device
 from prophrl_common.outputs import OutputKind, check_output_dir
-from prophrl_common.weights import require_finite_loss
 from prophrl_nn import flow_matching as fm
+from prophrl_nn.optimization import clipped_step, warmup_cosine
 from prophrl_policy.modeling_vla import CHECKPOINT_FILES, Observation, VLAPolicy
 from prophrl_trainer.sft import DemoData
 
@@ -168,9 +168,7 @@ def distill_policy(teacher_dir: str | Path, data: DemoData, cfg: DistillConfig, 
     student.load_state_dict(teacher.state_dict())
     params = [p for p in student.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / max(cfg.warmup_steps, 1)) *
-        0.5 * (1 + np.cos(np.pi * min(s, cfg.steps) / cfg.steps)))
+    schedule = warmup_cosine(optimizer, cfg.warmup_steps, cfg.steps)
     grid = fm.sigmas(teacher_steps, device=target)
     losses: list[float] = []
     start = time.time()
@@ -185,13 +183,7 @@ def distill_policy(teacher_dir: str | Path, data: DemoData, cfg: DistillConfig, 
             obs = _observations(data, chunks.rows[batch.numpy()], student)
             velocity = interval_targets(teacher, obs, x, first, teacher_steps, per_step)
             loss = student.velocity_loss(obs, x, grid[first], velocity)
-            require_finite_loss(loss.item(), "distillation", step)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            optimizer.step()
-            schedule.step()
-            losses.append(loss.item())
+            losses.append(clipped_step(loss, optimizer, schedule, params, cfg.grad_clip, "distillation", step))
             bar.update(1)
             if (step + 1) % cfg.log_every == 0:
                 bar.set_postfix(loss=f"{np.mean(losses[-cfg.log_every:]):.4f}")

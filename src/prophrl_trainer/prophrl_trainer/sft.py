@@ -23,8 +23,8 @@ from prophrl_common.chunks import ACTION_SPACES, POLICY_STATE_DIM, POLICY_STATE_
 from prophrl_common.devices import torch_device
 from prophrl_common.config_io import ConfigError, require_finite_numbers
 from prophrl_common.outputs import OutputKind, check_output_dir, check_writable_dir
-from prophrl_common.weights import require_finite_loss
 from prophrl_data.shards import EpisodeDataset
+from prophrl_nn.optimization import clipped_step, warmup_cosine
 from prophrl_policy.configuration_vla import VLAConfig
 from prophrl_policy.embodiment import Embodiment
 from prophrl_policy.modeling_vla import CHECKPOINT_FILES, Observation, VLAPolicy
@@ -181,9 +181,7 @@ def train_sft(data: DemoData, policy_config: VLAConfig, cfg: SFTConfig, out_dir:
     policy = VLAPolicy(policy_config, stats, embodiment=data.embodiment()).to(target)
     params = [p for p in policy.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / max(cfg.warmup_steps, 1)) *
-        0.5 * (1 + np.cos(np.pi * min(s, cfg.steps) / cfg.steps)))
+    schedule = warmup_cosine(optimizer, cfg.warmup_steps, cfg.steps)
     loader = DataLoader(_DemoDataset(data), batch_size=cfg.batch_size, shuffle=True, drop_last=len(data) > cfg.batch_size,
                         collate_fn=_collate, generator=generator)
     writer = None
@@ -200,13 +198,7 @@ def train_sft(data: DemoData, policy_config: VLAConfig, cfg: SFTConfig, out_dir:
                 obs = Observation.from_frames(frames, instructions, states, policy_config, device=target)
                 obs.images = random_shift(obs.images, cfg.max_pixel_shift, generator)
                 loss = policy.compute_loss(obs, chunks, generator=generator)
-                require_finite_loss(loss.item(), "SFT", step)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                optimizer.step()
-                schedule.step()
-                losses.append(loss.item())
+                losses.append(clipped_step(loss, optimizer, schedule, params, cfg.grad_clip, "SFT", step))
                 step += 1
                 bar.update(1)
                 if step % cfg.log_every == 0 or step == cfg.steps:

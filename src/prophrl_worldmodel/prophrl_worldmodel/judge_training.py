@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from prophrl_common.config_io import ConfigError, require_finite_numbers
 from prophrl_common.outputs import OutputKind, check_output_dir
-from prophrl_common.weights import require_finite_loss
+from prophrl_nn.optimization import clipped_step, warmup_cosine
 from prophrl_worldmodel.configuration_judge import JudgeConfig
 from prophrl_worldmodel.modeling_judge import RewardJudge, frames_at, uniform_indices
 from prophrl_worldmodel.judge_metrics import BinaryMetrics, precision_recall, recall_threshold, roc_auc
@@ -178,9 +178,7 @@ def train_judge(clips, labels, instructions, config: JudgeConfig, out_dir: str |
     rng = np.random.default_rng(cfg.seed)
     judge = RewardJudge(config).to(device)
     optimizer = torch.optim.AdamW(judge.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / max(cfg.warmup_steps, 1))
-        * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+    schedule = warmup_cosine(optimizer, cfg.warmup_steps, steps)
     writer = None
     if log_dir is not None:
         from torch.utils.tensorboard import SummaryWriter
@@ -211,13 +209,8 @@ def train_judge(clips, labels, instructions, config: JudgeConfig, out_dir: str |
             targets = torch.from_numpy(labels[batch_idx]).float().to(judge.device) * (1 - cfg.label_smoothing) \
                 + cfg.label_smoothing / 2
             loss = F.binary_cross_entropy_with_logits(logits, targets)
-            require_finite_loss(loss.item(), "judge training", step)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(judge.parameters(), cfg.grad_clip)
-            optimizer.step()
-            schedule.step()
-            losses.append(loss.item())
+            losses.append(clipped_step(loss, optimizer, schedule, judge.parameters(), cfg.grad_clip, "judge training",
+                                       step))
             bar.update(1)
             if step % cfg.eval_every == 0 or step == steps:
                 recent = float(np.mean(losses[-cfg.eval_every:]))
