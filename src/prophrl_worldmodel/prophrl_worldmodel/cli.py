@@ -37,6 +37,8 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
         overrides["flow_source"] = args.flow_source
     if args.source_noise is not None:
         overrides["source_noise"] = args.source_noise
+    if args.motion_weight is not None:
+        overrides["motion_loss_weight"] = args.motion_weight
     config = get_prophet_config(args.config, **overrides)
     out = pretrain(args.data, config, args.out, vae_steps=args.vae_steps, steps=args.steps, vae_from=args.vae_from,
                    batch_size=args.batch_size, lr=args.lr, seed=args.seed,
@@ -56,7 +58,8 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
 
     checkpoint = resolve_prophet(args.checkpoint)
     common = dict(batch_size=args.batch_size, lr=args.lr, seed=args.seed, lora_rank=args.lora_rank,
-                  log_dir=args.log_dir, device=args.device, overwrite=args.overwrite)
+                  log_dir=args.log_dir, device=args.device, overwrite=args.overwrite,
+                  motion_loss_weight=args.motion_weight)
     if args.bags:
         result = adapt_from_bags(checkpoint, args.bags, args.steps, args.mode, args.out, robot=args.robot,
                                  dataset_dir=args.dataset_out, **common)
@@ -132,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--flow-source", choices=FLOW_SOURCES, help="where sampling starts: noise, or the "
                    "start frame plus --source-noise (default: the config's flow_source)")
     p.add_argument("--source-noise", type=float, help="noise std added to the start frame (flow source start_frame)")
+    p.add_argument("--motion-weight", type=float, help="weight the loss 1 + this x each latent position's change "
+                   "from the start frame relative to the clip's mean (default: the config's motion_loss_weight)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--seed", type=int, default=0)
@@ -154,6 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, help="default 5e-3 (lora) / 5e-4 (full)")
     p.add_argument("--lora-rank", type=int, help="default: the config's lora_rank")
+    p.add_argument("--motion-weight", type=float, help="the motion-weighted loss's weight to adapt with "
+                   "(default: the checkpoint's motion_loss_weight)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--log-dir", help="TensorBoard directory")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it is a previous Prophet checkpoint")

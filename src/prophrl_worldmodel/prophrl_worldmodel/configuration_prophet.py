@@ -54,6 +54,10 @@ class ProphetConfig:
     # start frame is where sampling begins and the denoiser learns only what changes.
     flow_source: str = "noise"
     source_noise: float = 0.2
+    # Motion-weighted loss: each latent position's flow error is weighted 1 + motion_loss_weight * m, with m that
+    # position's mean absolute latent change from the start frame divided by the clip's mean change, so
+    # capacity goes where the arm and objects move rather than to the static scene. 0: the plain mean.
+    motion_loss_weight: float = 0.0
     # From-scratch VAE (diffusers AutoencoderKL), one down block per entry: spatial compression
     # 2 ** (len(vae_channels) - 1). Frames are encoded one by one (no temporal compression).
     vae_channels: tuple[int, ...] = (8, 16, 32)
@@ -105,6 +109,8 @@ class ProphetConfig:
             raise ConfigError(f"{source}: flow_source must be one of {FLOW_SOURCES}, got {self.flow_source!r}")
         if self.source_noise <= 0:
             raise ConfigError(f"{source}: source_noise must be positive")
+        if self.motion_loss_weight < 0:
+            raise ConfigError(f"{source}: motion_loss_weight must be >= 0")
         if self.vae_kl_weight < 0:
             raise ConfigError(f"{source}: vae_kl_weight must be >= 0")
         if not self.history_scales:
@@ -153,7 +159,7 @@ class ProphetConfig:
 
 
 # Fields that configs saved before them lack (they get the default: the behaviour they were saved with).
-ADDED_LATER = ("predict_residual", "flow_source", "source_noise")
+ADDED_LATER = ("predict_residual", "flow_source", "source_noise", "motion_loss_weight")
 
 
 PROPHET_CONFIGS: dict[str, ProphetConfig] = {

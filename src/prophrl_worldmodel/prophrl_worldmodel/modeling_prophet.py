@@ -154,6 +154,13 @@ class Prophet(nn.Module):
             self._attach_lora()
         return self
 
+    def configure_motion_weighting(self, motion_loss_weight: float) -> "Prophet":
+        """Set training_loss's motion_loss_weight (e.g. to adapt a trained Prophet with another weighting); the
+        saved config records it. Returns self."""
+        self.config = dataclasses.replace(self.config, motion_loss_weight=motion_loss_weight).validate()
+        self.conditioning.config = self.config
+        return self
+
     def _attach_lora(self) -> None:
         from peft import LoraConfig
 
@@ -350,10 +357,13 @@ class Prophet(nn.Module):
         return out[:, :, 1:]
 
     # ----- training --------------------------------------------------------------------------------
-    def training_loss(self, batch: ProphetBatch | Mapping, generator: torch.Generator | None = None) -> torch.Tensor:
+    def training_loss(self, batch: ProphetBatch | Mapping, generator: torch.Generator | None = None,
+                      motion_weighted: bool = True) -> torch.Tensor:
         """Rectified-flow loss on the future latents (or their change, predict_residual):
         ||v(x_t, t) - (source - x0)||^2 with x_t = t * source + (1 - t) * x0 and source the flow's start
-        (noise, or the start frame plus a little noise: flow_source). The VAE is frozen."""
+        (noise, or the start frame plus a little noise: flow_source), averaged with motion_weights where
+        motion_loss_weight > 0 and motion_weighted (False: the plain mean, which compares across weightings).
+        The VAE is frozen."""
         batch = ProphetBatch.coerce(batch)
         current = self._pixels(batch.current_frame, "current_frame", 4)
         b = current.shape[0]
@@ -381,7 +391,19 @@ class Prophet(nn.Module):
         source = self._flow_source(noise, start_latent)
         t = flow_matching.sample_training_times(b, self.config.timestep_shift, generator, self.device)
         noisy = flow_matching.add_noise(target, source, t)
-        return F.mse_loss(self.velocity(noisy, t, conditions), flow_matching.velocity_target(target, source))
+        error = (self.velocity(noisy, t, conditions) - flow_matching.velocity_target(target, source)).square()
+        if self.config.motion_loss_weight == 0 or not motion_weighted:
+            return error.mean()
+        weights = self.motion_weights(latents[:, :, length + 1:length + 1 + self.config.frames_per_clip],
+                                      start_latent)
+        return (error * weights).mean() / weights.mean()
+
+    def motion_weights(self, future_latents: torch.Tensor, start_latent: torch.Tensor) -> torch.Tensor:
+        """The motion-weighted loss's weights (B, 1, F, h, w): 1 + motion_loss_weight * m, m each latent position's
+        mean absolute change from the start frame's latent over channels, divided by its clip's mean change."""
+        change = (future_latents - start_latent).abs().mean(dim=1, keepdim=True)
+        relative = change / change.mean(dim=(2, 3, 4), keepdim=True).clamp_min(1e-6)
+        return 1 + self.config.motion_loss_weight * relative
 
     # ----- generation ------------------------------------------------------------------------------
     @torch.no_grad()

@@ -131,7 +131,8 @@ def _mean_tail(values: Sequence[float]) -> float:
 def evaluation_loss(model: Prophet, sampler: ClipSampler, max_clips: int = EVAL_MAX_CLIPS, batch_size: int = 8,
                     seed: int = 0) -> float:
     """Mean training_loss over up to max_clips evenly spaced clips with seeded noise and times: the same
-    clips, noise and times for every model with this geometry, so two models' values compare directly."""
+    clips, noise and times for every model with this geometry, and the plain mean whatever the model's
+    motion_loss_weight, so two models' values compare directly."""
     was_training = model.training
     model.eval()
     indices = np.unique(np.linspace(0, len(sampler) - 1, min(max_clips, len(sampler))).round().astype(int))
@@ -139,7 +140,7 @@ def evaluation_loss(model: Prophet, sampler: ClipSampler, max_clips: int = EVAL_
     total = 0.0
     for begin in range(0, len(indices), batch_size):
         part = indices[begin:begin + batch_size]
-        total += float(model.training_loss(sampler.batch(part), generator)) * len(part)
+        total += float(model.training_loss(sampler.batch(part), generator, motion_weighted=False)) * len(part)
     model.train(was_training)
     return total / len(indices)
 
@@ -281,14 +282,16 @@ def adapt(checkpoint: str | Path, dataset_dirs: str | Path | Iterable[str | Path
           out_dir: str | Path = "prophet_adapted", progress: Progress | None = None, *, batch_size: int = 8,
           lr: float | None = None, seed: int = 0, held_out_fraction: float = DEFAULT_HELD_OUT_FRACTION,
           lora_rank: int | None = None, log_dir: str | Path | None = None, device: str | torch.device = "cpu",
-          show_progress: bool = True, overwrite: bool = False) -> AdaptResult:
+          show_progress: bool = True, overwrite: bool = False,
+          motion_loss_weight: float | None = None) -> AdaptResult:
     """Few-shot adaptation of the Prophet at `checkpoint` to the episodes of dataset_dirs; saved to out_dir.
 
     mode "lora": LoRA adapters (rank lora_rank, default the config's) on the transformer attention are
     the only trained weights; "full": the denoiser and conditioning weights. Metrics: loss_before /
     loss_after on held-out episodes (on the training episodes when there is only one episode:
     held_out_episodes 0 says so), the first / last training losses, timings and counts. out_dir is checked
-    as in pretrain (never the input checkpoint).
+    as in pretrain (never the input checkpoint). motion_loss_weight: the loss weighting to adapt with (default:
+    the checkpoint's own); held-out losses are the plain mean either way.
     """
     if mode not in ADAPT_MODES:
         raise ConfigError(f"adapt mode must be one of {ADAPT_MODES}, got {mode!r}")
@@ -300,6 +303,8 @@ def adapt(checkpoint: str | Path, dataset_dirs: str | Path | Iterable[str | Path
     check_output_dir(out_dir, PROPHET_OUTPUT, overwrite=overwrite, inputs=[checkpoint, *_dirs(dataset_dirs)])
     begin = time.perf_counter()
     model = Prophet.from_pretrained(checkpoint, map_location=device)
+    if motion_loss_weight is not None:
+        model.configure_motion_weighting(motion_loss_weight)
     if model.config.finetune == "full":
         if mode == "lora":
             model.configure_finetuning("lora", **({"lora_rank": lora_rank, "lora_alpha": float(lora_rank)}

@@ -448,10 +448,43 @@ def test_residual_statistics_are_saved_and_old_configs_load_without_the_field(tm
 
     old = Prophet(_small_config()).save_pretrained(tmp_path / "old")
     data = json.loads((old / CONFIG_NAME).read_text())
-    for field in ("predict_residual", "flow_source", "source_noise"):  # a checkpoint saved before these fields
+    for field in ("predict_residual", "flow_source", "source_noise", "motion_loss_weight"):  # saved before these
         del data[field]
     (old / CONFIG_NAME).write_text(json.dumps(data))
     loaded = Prophet.from_pretrained(old).config
-    assert loaded.predict_residual is False and loaded.flow_source == "noise"
+    assert loaded.predict_residual is False and loaded.flow_source == "noise" and loaded.motion_loss_weight == 0
     with pytest.raises(ConfigError, match="predict_residual"):
         Prophet(_small_config()).fit_residual_statistics(_frames(2), _frames(2, 2))
+
+
+def test_motion_weights_are_one_on_a_still_clip_and_grow_where_the_latents_change():
+    m = Prophet(_small_config(motion_loss_weight=3.0))
+    start = torch.zeros(2, 4, 1, 8, 8)
+    future = torch.zeros(2, 4, 2, 8, 8)
+    future[0, :, 0, 2, 3] = 1.0          # clip 0: one latent position of the first future frame changes
+    weights = m.motion_weights(future, start)
+    assert weights.shape == (2, 1, 2, 8, 8)
+    torch.testing.assert_close(weights[1], torch.ones(1, 2, 8, 8))   # clip 1 stands still: the plain mean
+    # clip 0's mean change is 1 / (2 frames x 64 positions): the changed position weighs 1 + 3 x 128
+    assert weights[0, 0, 0, 2, 3].item() == pytest.approx(1 + 3.0 * 128)
+    assert torch.count_nonzero(weights[0] != 1.0) == 1
+    with pytest.raises(ConfigError, match="motion_loss_weight"):
+        _small_config(motion_loss_weight=-1.0)
+
+
+def test_the_motion_weighted_loss_equals_the_plain_loss_on_still_clips_and_differs_where_things_move():
+    rng = np.random.default_rng(3)
+    moving = _square_world_batch(4, rng)
+    still = {**moving, "future_frames": np.repeat(moving["current_frame"][:, None], 2, axis=1)}
+    losses = {}
+    for weight in (0.0, 4.0):
+        torch.manual_seed(0)
+        m = Prophet(_small_config(use_action_frames=False, motion_loss_weight=weight))
+        for name, batch in (("still", still), ("moving", moving)):
+            losses[weight, name] = m.training_loss(batch, generator=torch.Generator().manual_seed(1)).item()
+        plain = m.training_loss(moving, generator=torch.Generator().manual_seed(1), motion_weighted=False).item()
+        losses[weight, "moving, plain mean"] = plain
+    assert losses[4.0, "still"] == pytest.approx(losses[0.0, "still"], rel=1e-5)
+    assert losses[4.0, "moving"] != pytest.approx(losses[0.0, "moving"], rel=1e-3)
+    # what evaluation_loss reports: the same plain mean whatever the weighting, so held-out losses compare
+    assert losses[4.0, "moving, plain mean"] == pytest.approx(losses[0.0, "moving"], rel=1e-5)

@@ -154,6 +154,23 @@ def test_full_adaptation_trains_the_denoiser_and_keeps_the_vae(worlds, tmp_path)
     assert not torch.equal(before["transformer.proj_out.weight"], after["transformer.proj_out.weight"])
 
 
+def test_adapting_with_a_motion_weight_records_it_and_reports_the_plain_held_out_loss(worlds, tmp_path, capsys):
+    _, _, target, checkpoint = worlds
+    common = ["adapt", "--checkpoint", str(checkpoint), "--data", str(target), "--steps", "1", "--mode", "full",
+              "--batch-size", "2"]
+    assert main([*common, "--out", str(tmp_path / "plain")]) == 0
+    assert main([*common, "--out", str(tmp_path / "weighted"), "--motion-weight", "3"]) == 0
+    assert Prophet.from_pretrained(tmp_path / "plain").config.motion_loss_weight == 0
+    assert Prophet.from_pretrained(tmp_path / "weighted").config.motion_loss_weight == 3
+    plain, weighted = (json.loads((tmp_path / name / SUMMARY_NAME).read_text()) for name in ("plain", "weighted"))
+    # the same model on the same held-out clips, noise and times: the held-out loss ignores the training weighting
+    assert weighted["loss_before"] == pytest.approx(plain["loss_before"], rel=1e-6)
+    capsys.readouterr()
+    assert main([*common, "--out", str(tmp_path / "bad"), "--motion-weight", "-1"]) == 2
+    err = capsys.readouterr().err
+    assert "motion_loss_weight must be >= 0" in err and "Traceback" not in err and not (tmp_path / "bad").exists()
+
+
 def test_evaluate_fidelity_writes_videos_and_the_baseline_beats_noise(worlds, tmp_path):
     _, source, _, checkpoint = worlds
     baseline = evaluate_fidelity(None, [source], tmp_path, episodes=2, chunks=2, config=CONFIG, show_progress=False)
