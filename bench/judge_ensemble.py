@@ -86,7 +86,7 @@ def main() -> int:
     from prophrl_common.tables import format_table
     from prophrl_worldmodel.judge_clips import ClipSettings, imagined_clips, load_episodes
     from prophrl_worldmodel.judge_ensemble import load_judges
-    from prophrl_worldmodel.judge_metrics import precision_recall, recall_threshold, roc_auc
+    from prophrl_worldmodel.judge_metrics import operating_point
     from prophrl_worldmodel.modeling_prophet import Prophet
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -105,11 +105,10 @@ def main() -> int:
                          "positives": int(labels.sum()), "judges": {}}
     for name, judge in judges:
         probs = judge.score(clips.clips, clips.instructions).numpy()
-        at = precision_recall(probs, labels, judge.threshold)
-        best = precision_recall(probs, labels, recall_threshold(probs, labels, 0.95)).precision
-        auc = roc_auc(probs, labels)
-        summary["judges"][name] = {**at.as_dict(), "auc": auc, "best_precision_at_recall_0.95": best}
-        rows.append([name, judge.threshold, at.precision, at.recall, auc, best])
+        figures = operating_point(probs, labels, judge.threshold, 0.95)
+        summary["judges"][name] = figures
+        rows.append([name, judge.threshold, figures["precision"], figures["recall"], figures["auc"],
+                     figures["best_precision_at_recall"]])
     print(format_table("\njudge on imagined clips of held-out episodes", ["judge", "threshold", "precision",
                                                                           "recall", "AUC", "precision @ recall>=0.95"],
                        rows, float_format=".3f"))

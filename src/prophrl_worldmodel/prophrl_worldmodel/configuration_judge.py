@@ -23,6 +23,9 @@ from prophrl_common.config_io import (ConfigError, dataclass_from_json_file, dat
                                       require_finite_numbers)
 
 BACKENDS = ("classifier", "vlm")
+# The validation clips a trained judge's threshold may be picked on (judge_training.JudgeTrainConfig.threshold_on):
+# all of them, or those of one source of judge_clips.ClipSet ("real" recorded, "imagined" by Prophet).
+THRESHOLD_SOURCES = ("all", "real", "imagined")
 
 # (keyword, template): the first keyword found as a word of the instruction picks the template;
 # `{instruction}` is replaced by the instruction. Prompts ask about the final state only: the judge

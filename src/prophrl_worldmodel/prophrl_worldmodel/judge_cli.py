@@ -32,6 +32,7 @@ from prophrl_common.config_io import ConfigError
 from prophrl_common.outputs import OutputKind, check_run_dir
 from prophrl_common.tables import format_table as _format_table
 from prophrl_worldmodel.judge_ensemble import DEFAULT_DISAGREEMENT
+from prophrl_worldmodel.configuration_judge import THRESHOLD_SOURCES
 
 
 
@@ -92,7 +93,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         overrides["num_frames"] = args.num_frames
     config = get_judge_config(args.config, **overrides)
     train_config = JudgeTrainConfig(batch_size=args.batch_size, learning_rate=args.lr, val_fraction=args.val_fraction,
-                                    target_recall=args.target_recall, seed=args.seed).validate()
+                                    target_recall=args.target_recall, threshold_on=args.threshold_on,
+                                    seed=args.seed).validate()
+    if args.threshold_on == "imagined" and not args.imagined_from:
+        raise ConfigError("--threshold-on imagined needs --imagined-from (there are no imagined clips without it)")
     settings = _clip_settings(args)
     episodes = load_episodes(args.data)
     clips = clips_from_episodes(episodes, settings)
@@ -103,7 +107,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     print(f"judge training on {clips.counts()} from {len(args.data)} dataset(s); config {config.name}")
     out = Path(args.out)
     result = train_judge(clips.clips, clips.labels, clips.instructions, config, out, args.steps, groups=clips.groups,
-                         train_config=train_config, overwrite=args.overwrite, device=args.device,
+                         sources=clips.sources, train_config=train_config, overwrite=args.overwrite, device=args.device,
                          log_dir=args.log_dir or out.with_name(out.name + "_tensorboard"))
     summary = {"judge": str(result.path), "config": dataclasses.asdict(config) | {"threshold": result.threshold},
                "datasets": [str(d) for d in args.data], "imagined_from": args.imagined_from,
@@ -111,6 +115,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
                "val_set": result.val_counts,
                "threshold": result.threshold, "target_recall": train_config.target_recall, "val_auc": result.val_auc,
                "val_metrics": result.val_metrics.as_dict() if result.val_metrics else None,
+               "threshold_on": train_config.threshold_on, "val_by_source": result.val_by_source,
                "final_train_loss": sum(result.losses[-50:]) / len(result.losses[-50:]), "seconds": result.seconds}
     write_json_atomic(result.path / "summary.json", summary)
     rows = [["steps", args.steps], ["train clips (success / failure)",
@@ -121,9 +126,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
             ["validation AUC", result.val_auc]]
     if result.val_metrics:
         rows += [[f"validation {k}", getattr(result.val_metrics, k)] for k in METRIC_COLUMNS[:-1]]
+    if len(result.val_by_source) > 1:
+        for source, m in result.val_by_source.items():
+            rows += [[f"validation {source}: AUC / precision / recall", f"{m['auc']:.3f} / {m['precision']:.3f} / "
+                      f"{m['recall']:.3f}"]]
     rows.append(["seconds", result.seconds])
+    on = "" if train_config.threshold_on == "all" else f" on its {train_config.threshold_on} clips"
     print(format_table(f"\nreward judge saved to {result.path} (threshold for validation recall >= "
-                       f"{train_config.target_recall})", ["metric", "value"], rows))
+                       f"{train_config.target_recall}{on})", ["metric", "value"], rows))
     return 0
 
 
@@ -189,6 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--val-fraction", type=float, default=0.25, help="episodes held out for validation")
     p.add_argument("--target-recall", type=float, default=0.9, help="validation recall the threshold must keep")
+    p.add_argument("--threshold-on", choices=THRESHOLD_SOURCES, default="all",
+                   help="validation clips the threshold is picked on: all, or only the real / the imagined ones "
+                        "(those RL's reward scores)")
     p.add_argument("--log-dir", help="TensorBoard directory (default OUT_tensorboard)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it is a previous judge")
     p.set_defaults(func=_cmd_train)

@@ -1,5 +1,5 @@
 """How a reward judge is measured: precision / recall at a threshold, ROC AUC, the threshold that keeps a
-target recall, and the figures of a judge on a clip set."""
+target recall, a judge's operating point, and the figures of a judge on a clip set."""
 
 from __future__ import annotations
 
@@ -83,6 +83,17 @@ def recall_threshold(probs, labels, target_recall: float) -> float:
     lower_logit = logit(float(below.max())) if len(below) else logit(upper) - 4.0
     threshold = 1.0 / (1.0 + math.exp(-(logit(upper) + lower_logit) / 2))
     return float(min(threshold, upper))
+
+
+def operating_point(probs, labels, threshold: float, target_recall: float = 0.95) -> dict:
+    """A judge's figures on labelled clips: precision / recall / ... at `threshold`, AUC, and the best precision
+    that any threshold keeping recall >= `target_recall` reaches on these clips (picked on them: an upper
+    bound of what a calibrated threshold could give), as "best_precision_at_recall"."""
+    p = np.asarray(probs, np.float64).reshape(-1)
+    y = np.asarray(labels).reshape(-1)
+    best = (precision_recall(p, y, recall_threshold(p, y, target_recall)).precision if y.any() else float("nan"))
+    return {**precision_recall(p, y, threshold).as_dict(), "auc": roc_auc(p, y), "best_precision_at_recall": best,
+            "target_recall": float(target_recall)}
 
 
 def evaluate_judge(judge, clip_set: ClipSet, threshold: float | None = None) -> dict:

@@ -4,7 +4,10 @@ Threshold: after training (optionally keeping the weights with the lowest valida
 threshold is chosen on the validation split so that validation recall >= ``target_recall`` (default
 0.9) with the best precision that allows (RL needs a reward with high recall and stable precision,
 PAPER.md); within the range of thresholds that give those same figures, the logit midpoint is taken
-(see :func:`recall_threshold`). The rule and the validation figures are saved in
+(see :func:`recall_threshold`). ``threshold_on`` names the validation clips the threshold is picked on:
+all of them, or only those of one source ("imagined": the clips RL's reward is computed on, which a
+judge scores lower than real ones when Prophet blurs the success state). The rule and the validation
+figures (overall and per source, each with the threshold that source alone would give) are saved in
 ``judge_training.json`` beside the weights, the threshold in ``config.json``.
 """
 
@@ -23,7 +26,7 @@ import torch.nn.functional as F
 from prophrl_common.config_io import ConfigError, require_finite_numbers
 from prophrl_common.outputs import OutputKind, check_output_dir
 from prophrl_nn.optimization import clipped_step, warmup_cosine
-from prophrl_worldmodel.configuration_judge import JudgeConfig
+from prophrl_worldmodel.configuration_judge import THRESHOLD_SOURCES, JudgeConfig
 from prophrl_worldmodel.modeling_judge import RewardJudge, frames_at, uniform_indices
 from prophrl_worldmodel.judge_metrics import BinaryMetrics, precision_recall, recall_threshold, roc_auc
 
@@ -47,6 +50,8 @@ class JudgeTrainConfig:
     # Targets 1 - s/2 and s/2 instead of 1 and 0: bounded logits keep scores on unseen episodes from
     # collapsing to ~0 / ~1, so a threshold picked on a few validation episodes transfers.
     label_smoothing: float = 0.1
+    # The validation clips the threshold is picked on: "all", or one source ("real" / "imagined").
+    threshold_on: str = "all"
     seed: int = 0
 
     def validate(self) -> "JudgeTrainConfig":
@@ -59,6 +64,8 @@ class JudgeTrainConfig:
             raise ConfigError("target_recall must be in (0, 1]")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ConfigError("label_smoothing must be in [0, 1)")
+        if self.threshold_on not in THRESHOLD_SOURCES:
+            raise ConfigError(f"threshold_on must be one of {', '.join(THRESHOLD_SOURCES)}, got {self.threshold_on!r}")
         if self.learning_rate <= 0 or self.eval_every <= 0 or self.max_pixel_shift < 0:
             raise ConfigError("learning_rate and eval_every must be positive, max_pixel_shift >= 0")
         if self.weight_decay < 0 or self.grad_clip <= 0 or self.warmup_steps < 0 or self.brightness_jitter < 0:
@@ -82,6 +89,8 @@ class JudgeTrainResult:
     train_counts: dict
     val_counts: dict
     seconds: float
+    # Per validation source: AUC, the figures at the chosen threshold, and the threshold that source alone gives.
+    val_by_source: dict = dataclasses.field(default_factory=dict)
 
 
 def split_by_group(labels: np.ndarray, groups: Sequence[str], val_fraction: float,
@@ -102,6 +111,28 @@ def split_by_group(labels: np.ndarray, groups: Sequence[str], val_fraction: floa
                 val_groups |= set(rng.choice(stratum, size=k, replace=False).tolist())
     is_val = np.array([g in val_groups for g in groups])
     return np.flatnonzero(~is_val), np.flatnonzero(is_val)
+
+
+def pick_threshold(probs: np.ndarray, labels: np.ndarray, sources: np.ndarray, threshold_on: str,
+                   target_recall: float) -> float:
+    """The threshold for `target_recall` (judge_metrics.recall_threshold) on the validation clips that
+    `threshold_on` names: all of them, or those whose source it is."""
+    on = np.ones(len(labels), bool) if threshold_on == "all" else np.asarray(sources) == threshold_on
+    return recall_threshold(probs[on], labels[on], target_recall)
+
+
+def validation_by_source(probs: np.ndarray, labels: np.ndarray, sources: np.ndarray, threshold: float,
+                         target_recall: float) -> dict[str, dict]:
+    """Per source of the validation clips: AUC, the figures at `threshold`, and the threshold that this
+    source's clips alone would give for `target_recall` (None without a successful clip)."""
+    out = {}
+    for source in sorted(set(sources.tolist())):
+        mask = sources == source
+        p, y = probs[mask], labels[mask]
+        own = recall_threshold(p, y, target_recall) if y.any() else None
+        out[source] = {"auc": roc_auc(p, y), **precision_recall(p, y, threshold).as_dict(),
+                       "own_threshold": own, "clips": int(mask.sum()), "positives": int(y.sum())}
+    return out
 
 
 def _jittered_indices(length: int, num_frames: int, rng: np.random.Generator) -> np.ndarray:
@@ -136,14 +167,16 @@ def _batch(clips: list, indices: np.ndarray, config: JudgeConfig, rng: np.random
 
 
 def train_judge(clips, labels, instructions, config: JudgeConfig, out_dir: str | Path, steps: int, *,
-                groups: Sequence[str] | None = None, train_config: JudgeTrainConfig = JudgeTrainConfig(),
+                groups: Sequence[str] | None = None, sources: Sequence[str] | None = None,
+                train_config: JudgeTrainConfig = JudgeTrainConfig(),
                 log_dir: str | Path | None = None, show_progress: bool = True,
                 overwrite: bool = False, device: str | torch.device = "cpu") -> JudgeTrainResult:
     """Train a RewardJudge on `device`, pick its threshold on the validation split, save it to out_dir.
 
     clips: list of (T_i, H, W, 3) uint8 arrays (or a (B, T, H, W, 3) array), labels 0/1, one instruction
     per clip; groups (episode ids) keep every episode on one side of the train / validation split
-    (without groups, clips are split one by one). TensorBoard scalars go to log_dir when given. An
+    (without groups, clips are split one by one); sources ("real" / "imagined" per clip, default all
+    "real") give the per-source validation figures and the clips ``threshold_on`` picks. TensorBoard scalars go to log_dir when given. An
     existing out_dir is replaced only with ``overwrite`` and only when it is a previous judge
     (prophrl_common.outputs); a loss that becomes NaN / inf stops training (NonFiniteError) with nothing saved.
     """
@@ -166,12 +199,19 @@ def train_judge(clips, labels, instructions, config: JudgeConfig, out_dir: str |
     groups = [str(i) for i in range(len(clips))] if groups is None else list(groups)
     if len(groups) != len(clips):
         raise ConfigError(f"{len(groups)} groups for {len(clips)} clips")
+    sources = ["real"] * len(clips) if sources is None else [str(x) for x in sources]
+    if len(sources) != len(clips):
+        raise ConfigError(f"{len(sources)} sources for {len(clips)} clips")
     train_idx, val_idx = split_by_group(labels, groups, cfg.val_fraction, cfg.seed)
     pos, neg = train_idx[labels[train_idx] == 1], train_idx[labels[train_idx] == 0]
     if not len(pos) or not len(neg):
         raise ConfigError(f"training needs successful and unsuccessful clips; the training split has "
                           f"{len(pos)} successful and {len(neg)} unsuccessful")
     has_val = len(val_idx) > 0 and 0 < labels[val_idx].sum() < len(val_idx)
+    val_sources = np.array([sources[i] for i in val_idx], dtype=object)
+    if cfg.threshold_on != "all" and has_val and not labels[val_idx][val_sources == cfg.threshold_on].any():
+        raise ConfigError(f"threshold_on={cfg.threshold_on!r}: the validation split has no successful "
+                          f"{cfg.threshold_on} clip to pick the threshold on (sources: {sorted(set(sources))})")
 
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -235,11 +275,12 @@ def train_judge(clips, labels, instructions, config: JudgeConfig, out_dir: str |
     else:
         best_step = steps
     judge.eval()
-    val_metrics, val_auc, threshold = None, float("nan"), config.threshold
+    val_metrics, val_auc, threshold, by_source = None, float("nan"), config.threshold, {}
     if has_val:
         val_auc, _, probs = validate()
-        threshold = recall_threshold(probs, val_labels, cfg.target_recall)
+        threshold = pick_threshold(probs, val_labels, val_sources, cfg.threshold_on, cfg.target_recall)
         val_metrics = precision_recall(probs, val_labels, threshold)
+        by_source = validation_by_source(probs, val_labels, val_sources, threshold, cfg.target_recall)
     judge.with_threshold(threshold)
     seconds = time.time() - start
     if writer is not None:
@@ -252,8 +293,9 @@ def train_judge(clips, labels, instructions, config: JudgeConfig, out_dir: str |
     extra = {"train_config": dataclasses.asdict(cfg), "steps": steps, "best_step": best_step,
              "threshold_rule": f"validation recall >= {cfg.target_recall}, best precision, logit midpoint of the gap",
              "threshold": threshold, "val_auc": val_auc,
-             "val_metrics": val_metrics.as_dict() if val_metrics else None,
+             "val_metrics": val_metrics.as_dict() if val_metrics else None, "val_by_source": by_source,
              "train_set": train_set, "val_set": val_set, "final_train_loss": float(np.mean(losses[-cfg.eval_every:])),
              "seconds": seconds}
     path = judge.to("cpu").save_pretrained(out_dir, extra=extra)
-    return JudgeTrainResult(Path(path), threshold, losses, best_step, val_auc, val_metrics, train_set, val_set, seconds)
+    return JudgeTrainResult(Path(path), threshold, losses, best_step, val_auc, val_metrics, train_set, val_set, seconds,
+                            by_source)

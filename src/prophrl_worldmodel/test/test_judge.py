@@ -17,8 +17,10 @@ from prophrl_data.shards import ShardEpisode
 from prophrl_worldmodel.configuration_judge import get_judge_config
 from prophrl_worldmodel.judge_clips import (ClipSettings, clip_ends, clips_from_datasets, clips_from_episodes,
                                             imagined_clips, load_episodes, replay_chunks)
-from prophrl_worldmodel.judge_metrics import evaluate_judge, precision_recall, recall_threshold, roc_auc
-from prophrl_worldmodel.judge_training import JudgeTrainConfig, train_judge
+from prophrl_worldmodel.judge_metrics import (evaluate_judge, operating_point, precision_recall, recall_threshold,
+                                             roc_auc)
+from prophrl_worldmodel.judge_training import (JudgeTrainConfig, pick_threshold, split_by_group, train_judge,
+                                               validation_by_source)
 from prophrl_worldmodel.modeling_judge import (CONFIG_NAME, WEIGHTS_NAME, RewardJudge, VLMJudge, load_judge,
                                                uniform_indices)
 
@@ -327,6 +329,64 @@ def test_precision_recall_and_threshold_against_hand_computed_values():
         precision_recall([0.5, 0.2], [1])
     with pytest.raises(ConfigError, match="no positive"):
         recall_threshold([0.2], [0], 0.9)
+    # a judge's operating point: the figures at its threshold, and the best precision at recall >= target
+    point = operating_point(probs, labels, 0.5, target_recall=1.0)
+    assert point["precision"] == pytest.approx(2 / 3) and point["recall"] == pytest.approx(2 / 3)
+    assert point["auc"] == pytest.approx(8 / 9) and point["best_precision_at_recall"] == pytest.approx(0.75)
+    assert operating_point(probs, labels, 0.5, target_recall=0.6)["best_precision_at_recall"] == 1.0
+    assert math.isnan(operating_point([0.2, 0.1], [0, 0], 0.5)["best_precision_at_recall"])
+
+
+def test_the_threshold_is_picked_on_the_validation_clips_of_the_named_source():
+    # Real successes score high, imagined ones lower (Prophet blurs the success state).
+    probs = np.array([0.95, 0.9, 0.85, 0.8, 0.6, 0.5, 0.3, 0.1, 0.55, 0.2])
+    labels = np.array([1, 1, 1, 1, 1, 1, 0, 0, 0, 0])
+    sources = np.array(["real"] * 4 + ["imagined"] * 2 + ["real"] * 2 + ["imagined"] * 2, dtype=object)
+    logit_mid = lambda a, b: 1 / (1 + math.exp(-(math.log(a / (1 - a)) + math.log(b / (1 - b))) / 2))  # noqa: E731
+    # all clips, recall >= 0.75 of 6 positives: the 5th highest positive (0.6) over the negative below it (0.55)
+    on_all = pick_threshold(probs, labels, sources, "all", 0.75)
+    assert on_all == pytest.approx(logit_mid(0.6, 0.55))
+    # imagined clips only: both imagined positives (down to 0.5) over the imagined negative below (0.2)
+    on_imagined = pick_threshold(probs, labels, sources, "imagined", 0.75)
+    assert on_imagined == pytest.approx(logit_mid(0.5, 0.2)) == pytest.approx(1 / 3)
+    by_source = validation_by_source(probs, labels, sources, on_all, 0.75)
+    assert by_source["imagined"]["recall"] == 0.5 and by_source["real"]["recall"] == 1.0
+    assert by_source["imagined"]["own_threshold"] == pytest.approx(on_imagined)
+    assert by_source["imagined"]["auc"] == pytest.approx(0.75) and by_source["real"]["auc"] == 1.0
+    at_imagined = validation_by_source(probs, labels, sources, on_imagined, 0.75)["imagined"]
+    assert at_imagined["recall"] == 1.0 and at_imagined["precision"] == pytest.approx(2 / 3)
+
+
+def test_train_judge_picks_the_threshold_on_imagined_validation_clips(tmp_path):
+    rng = np.random.default_rng(0)
+    n = 24
+    labels = np.array([i % 2 for i in range(n)])
+    sources = ["real" if i % 4 < 2 else "imagined" for i in range(n)]
+    # Successes are brighter, imagined clips dimmer: the judge can tell success, and scores the sources apart.
+    clips = [np.clip(rng.normal(60 + 120 * y - 30 * (s == "imagined"), 20, (4, 16, 16, 3)), 0, 255).astype(np.uint8)
+             for y, s in zip(labels, sources)]
+    groups = [f"episode_{i // 2}" for i in range(n)]
+    config = get_judge_config("tiny", image_size=16, num_frames=4, cnn_channels=(8, 8))
+    train_config = JudgeTrainConfig(batch_size=8, eval_every=5, threshold_on="imagined", target_recall=1.0)
+    result = train_judge(clips, labels, ["lift"] * n, config, tmp_path / "j", 10, groups=groups, sources=sources,
+                         train_config=train_config, show_progress=False)
+    _, val_idx = split_by_group(labels, groups, train_config.val_fraction, train_config.seed)
+    judge = RewardJudge.from_pretrained(result.path)
+    probs = judge.score([clips[i] for i in val_idx], ["lift"] * len(val_idx)).numpy()
+    val_sources = np.array([sources[i] for i in val_idx], dtype=object)
+    expected = pick_threshold(probs, labels[val_idx], val_sources, "imagined", 1.0)
+    assert judge.threshold == pytest.approx(expected, abs=1e-6)
+    assert result.val_by_source["imagined"]["recall"] == 1.0
+    assert set(result.val_by_source) == {"real", "imagined"}
+    saved = json.loads((result.path / "judge_training.json").read_text())
+    assert saved["train_config"]["threshold_on"] == "imagined" and set(saved["val_by_source"]) == {"real", "imagined"}
+    # no imagined clip: nothing to pick on, one error and nothing written
+    with pytest.raises(ConfigError, match="no successful imagined clip"):
+        train_judge(clips, labels, ["lift"] * n, config, tmp_path / "j2", 2, groups=groups,
+                    sources=["real"] * n, train_config=train_config, show_progress=False)
+    assert not (tmp_path / "j2").exists()
+    with pytest.raises(ConfigError, match="threshold_on"):
+        JudgeTrainConfig(threshold_on="sim").validate()
 
 
 # ----------------------------------------------------------------------------- VLM backend
@@ -432,6 +492,7 @@ def test_cli_train_and_eval_write_summaries(lift_dataset, tmp_path, capsys):
     assert summary["clips"]["clips"] > n_real and summary["imagined_from"] == str(prophet_dir)
     assert summary["imagined_num_steps"] == 1  # what the imagined clips were sampled with
     assert summary["train_set"]["clips"] + summary["val_set"]["clips"] == summary["clips"]["clips"]
+    assert summary["threshold_on"] == "all" and "real" in summary["val_by_source"]
 
     assert main(["eval", "--judge", str(out), "--data", str(lift_dataset), "--out", str(tmp_path / "eval")]) == 0
     table = capsys.readouterr().out
@@ -453,3 +514,6 @@ def test_cli_train_and_eval_write_summaries(lift_dataset, tmp_path, capsys):
     assert main(["eval", "--judge", str(tmp_path / "nowhere"), "--data", str(lift_dataset)]) == 2
     assert main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "j2"), "--steps", "2"]) == 2
     assert "not a bags2dataset output" in capsys.readouterr().err
+    assert main(["train", "--data", str(lift_dataset), "--out", str(tmp_path / "j3"), "--steps", "2",
+                 "--threshold-on", "imagined"]) == 2
+    assert "needs --imagined-from" in capsys.readouterr().err and not (tmp_path / "j3").exists()
