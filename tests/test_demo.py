@@ -14,9 +14,9 @@ import pytest
 from prophrl_common.testing import isolate_ros_domain
 from prophrl_worldmodel.pretrained import PRETRAINED_PROPHETS
 
-TOY_BUDGETS = ["--demos", "2", "--play-episodes", "2", "--sft-steps", "10", "--prophet-vae-steps", "10",
+TOY_BUDGETS = ["--demos", "2", "--play-episodes", "2", "--sft-steps", "10", "--policy-episodes", "1", "--prophet-vae-steps", "10",
                "--prophet-steps", "10", "--judge-steps", "10", "--rl-updates", "1", "--eval-episodes", "1"]
-STAGES = ("1.", "1b.", "2.", "2b.", "3.", "4.", "5.", "6.", "7.")
+STAGES = ("1.", "1b.", "2.", "2b.", "3.", "3b.", "3c.", "4.", "5.", "6.", "7.")
 
 
 def _bag_started(directory):
@@ -61,7 +61,8 @@ def test_demo_resumes_from_an_interruption_in_any_stage_and_runs_every_stage(tmp
     env["ROS_DOMAIN_ID"] = os.environ["ROS_DOMAIN_ID"]
     out = tmp_path / "demo"
     argv = [sys.executable, "-m", "prophrl.cli", "demo", "--out", str(out), *TOY_BUDGETS]
-    ready = {"1.": _bag_started(out / "bags"), "1b.": _bag_started(out / "play_bags")}
+    ready = {"1.": _bag_started(out / "bags"), "1b.": _bag_started(out / "play_bags"),
+             "3b.": _bag_started(out / "policy_bags")}
     for stage in STAGES:
         code, output = _interrupt_in_stage(argv, env, stage, ready.get(stage, lambda: True))
         # 130, or killed by the SIGINT itself (a shell shows 130 for both): a Ctrl-C'd process, one line, no traceback
@@ -72,7 +73,9 @@ def test_demo_resumes_from_an_interruption_in_any_stage_and_runs_every_stage(tmp
 
     assert len([p for p in (out / "bags").iterdir() if p.is_dir()]) == 2
     assert len([p for p in (out / "play_bags").iterdir() if p.is_dir()]) == 2
-    for artefact in ("dataset/index.json", "dataset_play/index.json", "policy_sft/model.safetensors",
+    assert len([p for p in (out / "policy_bags").iterdir() if p.is_dir()]) == 1
+    for artefact in ("dataset/index.json", "dataset_play/index.json", "dataset_policy/index.json",
+                     "policy_sft/model.safetensors",
                      "prophet/model.safetensors", "judge/model.safetensors", "report/report.md"):
         assert (out / artefact).is_file(), artefact
     prophet_config = json.loads((out / "prophet" / "prophet_config.json").read_text())
@@ -85,6 +88,10 @@ def test_demo_resumes_from_an_interruption_in_any_stage_and_runs_every_stage(tmp
     assert prophet_config["frames_per_clip"] * prophet_config["actions_per_frame"] == 10  # the policy's horizon
     judge_summary = json.loads((out / "judge" / "summary.json").read_text())
     assert judge_summary["imagined_from"] == str(out / "prophet")  # trained on Prophet's replays too
+    # ... and on the SFT policy's own sim episodes (hard negatives), which the Prophet does not train on
+    assert judge_summary["datasets"] == [str(out / d) for d in ("dataset", "dataset_play", "dataset_policy")]
+    policy_episodes = json.loads((out / "dataset_policy" / "index.json").read_text())["episodes"]
+    assert len(policy_episodes) == 1 and policy_episodes[0]["success"] in (True, False)
     # ... sampled with the Euler steps RL imagines with (the world model's own: imagination_steps 0)
     assert judge_summary["imagined_num_steps"] == prophet_config["num_inference_steps"] == 1
     assert judge_summary["config"]["image_size"] == prophet_config["image_size"]
@@ -98,7 +105,7 @@ def test_demo_resumes_from_an_interruption_in_any_stage_and_runs_every_stage(tmp
     # A rerun finds every stage's output and redoes none of them.
     second = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    assert second.stdout.count("(cached)") == 9, second.stdout
+    assert second.stdout.count("(cached)") == len(STAGES), second.stdout
 
 
 @pytest.mark.slow

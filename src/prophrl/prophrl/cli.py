@@ -266,6 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--play-episodes", type=int, default=40,
                       help="noisy, mistake-making expert episodes (failures included) for Prophet and the judge")
     demo.add_argument("--sft-steps", type=int, default=2000)
+    demo.add_argument("--policy-episodes", type=int, default=30,
+                      help="the SFT policy's own sim episodes, added to the judge's training clips (its failures are "
+                           "what RL's rollouts look like at first); 0: none")
     demo.add_argument("--prophet-from", default=DEFAULT_PROPHET_FROM, metavar="NAME|DIR|scratch",
                       help="the Prophet adapted to the demo's episodes: a shipped one's name "
                            f"(prophrl_worldmodel.pretrained), a checkpoint directory, or '{PROPHET_FROM_SCRATCH}' "
