@@ -14,8 +14,9 @@ import pytest
 from prophrl_common.testing import isolate_ros_domain
 from prophrl_worldmodel.pretrained import PRETRAINED_PROPHETS
 
-TOY_BUDGETS = ["--demos", "2", "--play-episodes", "2", "--sft-steps", "10", "--policy-episodes", "1", "--prophet-vae-steps", "10",
-               "--prophet-steps", "10", "--judge-steps", "10", "--rl-updates", "1", "--eval-episodes", "1"]
+TOY_BUDGETS = ["--demos", "2", "--play-episodes", "2", "--sft-steps", "10", "--policy-episodes", "1",
+               "--prophet-vae-steps", "10", "--prophet-steps", "10", "--judge-steps", "10", "--rl-updates", "1",
+               "--eval-episodes", "1"]
 STAGES = ("1.", "1b.", "2.", "2b.", "3.", "3b.", "3c.", "4.", "5.", "6.", "7.")
 
 

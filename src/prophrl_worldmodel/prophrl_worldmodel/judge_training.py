@@ -176,9 +176,10 @@ def train_judge(clips, labels, instructions, config: JudgeConfig, out_dir: str |
     clips: list of (T_i, H, W, 3) uint8 arrays (or a (B, T, H, W, 3) array), labels 0/1, one instruction
     per clip; groups (episode ids) keep every episode on one side of the train / validation split
     (without groups, clips are split one by one); sources ("real" / "imagined" per clip, default all
-    "real") give the per-source validation figures and the clips ``threshold_on`` picks. TensorBoard scalars go to log_dir when given. An
-    existing out_dir is replaced only with ``overwrite`` and only when it is a previous judge
-    (prophrl_common.outputs); a loss that becomes NaN / inf stops training (NonFiniteError) with nothing saved.
+    "real") give the per-source validation figures and the clips ``threshold_on`` picks. TensorBoard
+    scalars go to log_dir when given. An existing out_dir is replaced only with ``overwrite`` and only
+    when it is a previous judge (prophrl_common.outputs); a loss that becomes NaN / inf stops training
+    (NonFiniteError) with nothing saved.
     """
     from tqdm import tqdm
 
