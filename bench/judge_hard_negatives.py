@@ -31,18 +31,16 @@ CONDITIONS = ("without the policy's episodes", "with the policy's episodes")
 
 def policy_episodes(out: Path, name: str, policy: Path, episodes: int, first_seed: int, robot: str,
                     task: str) -> Path:
-    """`episodes` sim episodes of `policy` from `first_seed` on, as shards (OUT/NAME), collected once."""
-    from prophrl.demo import PLAY_MAX_STEPS
+    """`episodes` sim episodes of `policy` from `first_seed` on (as the demo's stage 3b collects them), as shards
+    (OUT/NAME), collected once."""
+    from prophrl.demo import collect_policy_episodes
     from prophrl_data.conversion import bags2dataset
     from prophrl_policy.modeling_vla import VLAPolicy
-    from prophrl_trainer.collect import CollectSettings, collect_direct
 
     dataset = out / name
     if not (dataset / "index.json").is_file():
-        horizon = VLAPolicy.from_pretrained(policy).config.horizon
-        collect_direct(CollectSettings(robot=robot, task=task, episodes=episodes, first_seed=first_seed,
-                                       max_steps=PLAY_MAX_STEPS, replan_steps=horizon, policy=str(policy)),
-                       out / f"{name}_bags")
+        collect_policy_episodes(policy, robot, task, episodes, first_seed, out / f"{name}_bags",
+                                VLAPolicy.from_pretrained(policy).config.horizon)
         bags2dataset([out / f"{name}_bags"], dataset, robot, show_progress=True)
     return dataset
 

@@ -105,6 +105,16 @@ def _verb(code: int) -> None:
         raise SystemExit(code)
 
 
+def collect_policy_episodes(policy: Path, robot: str, task: str, episodes: int, first_seed: int, out: Path,
+                            horizon: int) -> None:
+    """`episodes` sim episodes of `policy` from `first_seed` on, into bags under `out` (resumable): as long as the
+    play episodes, a new chunk every `horizon` steps (whole chunks, as RL in imagination executes them)."""
+    from prophrl_trainer.collect import CollectSettings, collect_direct
+
+    collect_direct(CollectSettings(robot=robot, task=task, episodes=episodes, first_seed=first_seed,
+                                   max_steps=PLAY_MAX_STEPS, replan_steps=horizon, policy=str(policy)), out)
+
+
 def finished_bags(directory: Path) -> list[Path]:
     """The bags under `directory` whose episode was recorded to its outcome (an interrupted run leaves one
     that was not: truncated, or closed by a recorder shutting down)."""
@@ -217,11 +227,8 @@ def run_demo(args: argparse.Namespace) -> int:
     policy_bags = out / "policy_bags"
 
     def collect_policy():
-        from prophrl_trainer.collect import CollectSettings, collect_direct
-
-        collect_direct(CollectSettings(robot=args.robot, task=args.task, episodes=args.policy_episodes,
-                                       first_seed=POLICY_EPISODES_FIRST_SEED, max_steps=PLAY_MAX_STEPS,
-                                       replan_steps=config.horizon, policy=str(checkpoint)), policy_bags)
+        collect_policy_episodes(checkpoint, args.robot, args.task, args.policy_episodes, POLICY_EPISODES_FIRST_SEED,
+                                policy_bags, config.horizon)
     policy_dataset = out / "dataset_policy"
     judge_data = list(world_data)
     if args.policy_episodes:

@@ -382,7 +382,8 @@ class Prophet(nn.Module):
             latents = self._encode_pixels(torch.cat(frames, dim=1))
         history_latents = latents[:, :, :length]
         start_latent = latents[:, :, length:length + 1]
-        target = self._to_residual(latents[:, :, length + 1:length + 1 + self.config.frames_per_clip], start_latent)
+        future_latents = latents[:, :, length + 1:length + 1 + self.config.frames_per_clip]
+        target = self._to_residual(future_latents, start_latent)
         action_frame_latents = latents[:, :, length + 1 + self.config.frames_per_clip:] if action_pixels is not None \
             else None
 
@@ -394,8 +395,7 @@ class Prophet(nn.Module):
         error = (self.velocity(noisy, t, conditions) - flow_matching.velocity_target(target, source)).square()
         if self.config.motion_loss_weight == 0 or not motion_weighted:
             return error.mean()
-        weights = self.motion_weights(latents[:, :, length + 1:length + 1 + self.config.frames_per_clip],
-                                      start_latent)
+        weights = self.motion_weights(future_latents, start_latent)
         return (error * weights).mean() / weights.mean()
 
     def motion_weights(self, future_latents: torch.Tensor, start_latent: torch.Tensor) -> torch.Tensor:
