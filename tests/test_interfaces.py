@@ -67,9 +67,12 @@ def ros_node():
 def test_action_chunk_crosses_processes(ros_node):
     node, server = ros_node
     received = []
-    node.create_subscription(ActionChunk, "/prophrl/test/chunk_out", received.append, QOS)
+    sub = node.create_subscription(ActionChunk, "/prophrl/test/chunk_out", received.append, QOS)
     pub = node.create_publisher(ActionChunk, "/prophrl/test/chunk_in", QOS)
-    assert spin_until(node, lambda: pub.get_subscription_count() > 0, 20), server.output()
+    # Both directions matched before the first publish: the relay's echo of a chunk sent while this node's
+    # subscription was still unmatched would be lost (volatile QoS).
+    assert spin_until(node, lambda: pub.get_subscription_count() > 0 and sub.get_publisher_count() > 0, 20), \
+        server.output()
     rng = np.random.default_rng(0)
     sent = [rng.normal(size=(20, 7)).astype(np.float32) for _ in range(5)]
     for i, actions in enumerate(sent):
@@ -127,9 +130,10 @@ def test_imagine_action_with_feedback(ros_node):
 def test_image_crosses_processes_unchanged(ros_node):
     node, server = ros_node
     received = []
-    node.create_subscription(Image, "/prophrl/test/image_out", received.append, QOS)
+    sub = node.create_subscription(Image, "/prophrl/test/image_out", received.append, QOS)
     pub = node.create_publisher(Image, "/prophrl/test/image_in", QOS)
-    assert spin_until(node, lambda: pub.get_subscription_count() > 0, 20), server.output()
+    assert spin_until(node, lambda: pub.get_subscription_count() > 0 and sub.get_publisher_count() > 0, 20), \
+        server.output()
     pixels = np.random.default_rng(1).integers(0, 255, (128, 128, 3), dtype=np.uint8)
     pub.publish(Image(height=128, width=128, encoding="rgb8", step=384, data=pixels.tobytes()))
     assert spin_until(node, lambda: len(received) == 1, 10)
