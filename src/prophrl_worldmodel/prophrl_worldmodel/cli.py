@@ -39,6 +39,8 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
         overrides["source_noise"] = args.source_noise
     if args.motion_weight is not None:
         overrides["motion_loss_weight"] = args.motion_weight
+    if args.vae_colour_weight is not None:
+        overrides["vae_colour_weight"] = args.vae_colour_weight
     config = get_prophet_config(args.config, **overrides)
     out = pretrain(args.data, config, args.out, vae_steps=args.vae_steps, steps=args.steps, vae_from=args.vae_from,
                    batch_size=args.batch_size, lr=args.lr, seed=args.seed,
@@ -137,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source-noise", type=float, help="noise std added to the start frame (flow source start_frame)")
     p.add_argument("--motion-weight", type=float, help="weight the loss 1 + this x each latent position's change "
                    "from the start frame relative to the clip's mean (default: the config's motion_loss_weight)")
+    p.add_argument("--vae-colour-weight", type=float, help="weight the VAE's L1 1 + this on saturated, bright pixels "
+                   "(small coloured objects; default: the config's vae_colour_weight)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--seed", type=int, default=0)

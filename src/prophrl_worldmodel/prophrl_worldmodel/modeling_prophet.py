@@ -57,6 +57,8 @@ ADAPTER_NAME = "adapter.safetensors"
 TIMESTEP_SCALE = 1000.0  # Wan embeds timesteps in [0, 1000]
 ArrayLike = np.ndarray | torch.Tensor
 MIN_ACTION_STD = 1e-3    # action dimensions that never move must not blow up when normalised
+COLOUR_MIN_SATURATION = 0.45  # vae_colour_weight's coloured pixels: HSV saturation and value above these
+COLOUR_MIN_VALUE = 0.25
 
 
 @dataclasses.dataclass
@@ -91,8 +93,8 @@ class ProphetBatch:
 
 @dataclasses.dataclass(frozen=True)
 class VAELoss:
-    loss: torch.Tensor            # reconstruction + kl_weight * kl, what to backpropagate
-    reconstruction: torch.Tensor  # mean absolute error in [-1, 1] pixel units
+    loss: torch.Tensor            # (colour-weighted) reconstruction + kl_weight * kl, what to backpropagate
+    reconstruction: torch.Tensor  # plain mean absolute error in [-1, 1] pixel units
     kl: torch.Tensor              # mean KL to N(0, I) per latent element
 
 
@@ -239,15 +241,21 @@ class Prophet(nn.Module):
         return frames.unflatten(0, (b, t))
 
     def vae_loss(self, frames, generator: torch.Generator | None = None) -> VAELoss:
-        """Autoencoder loss on frames (..., H, W, 3): L1 reconstruction of a posterior sample + small KL."""
+        """Autoencoder loss on frames (..., H, W, 3): L1 reconstruction of a posterior sample (colour-weighted
+        with vae_colour_weight > 0) + small KL; ``reconstruction`` is the plain L1, comparable across weightings."""
         x = self._pixels(frames, "frames")
         x = x.reshape(-1, *x.shape[-3:])
         posterior = self._posterior(x)
         sample = posterior.sample(generator)
         reconstruction = self._vae_decode(sample.squeeze(2) if self.is_wan_vae else sample)
-        recon = (reconstruction - x).abs().mean()
+        error = (reconstruction - x).abs()
+        recon = error.mean()
         kl = posterior.kl().sum() / posterior.mean.numel()
-        return VAELoss(recon + self.config.vae_kl_weight * kl, recon, kl)
+        weighted = recon
+        if self.config.vae_colour_weight:
+            weights = 1 + self.config.vae_colour_weight * colour_mask(x)
+            weighted = (error * weights).mean() / weights.mean()
+        return VAELoss(weighted + self.config.vae_kl_weight * kl, recon, kl)
 
     @torch.no_grad()
     def fit_latent_statistics(self, frames) -> None:
@@ -544,6 +552,15 @@ class Prophet(nn.Module):
         except RuntimeError as exc:  # shape mismatches
             raise ConfigError(f"{weights}: weights do not match the config: {exc}") from exc
         return model.to(map_location)
+
+
+def colour_mask(pixels: torch.Tensor) -> torch.Tensor:
+    """1 where a pixel of (N, 3, H, W) images in [-1, 1] is saturated and bright (HSV saturation >
+    COLOUR_MIN_SATURATION, value > COLOUR_MIN_VALUE), else 0; shape (N, 1, H, W)."""
+    rgb = (pixels + 1) / 2
+    value = rgb.amax(dim=1, keepdim=True)
+    saturation = (value - rgb.amin(dim=1, keepdim=True)) / value.clamp_min(1e-6)
+    return ((saturation > COLOUR_MIN_SATURATION) & (value > COLOUR_MIN_VALUE)).to(pixels.dtype)
 
 
 def _as_tensor(x) -> torch.Tensor:

@@ -8,7 +8,8 @@ from diffusers import AutoencoderKL, AutoencoderKLWan, WanTransformer3DModel
 
 from prophrl_common.config_io import ConfigError
 from prophrl_worldmodel.configuration_prophet import ProphetConfig, get_prophet_config
-from prophrl_worldmodel.modeling_prophet import ADAPTER_NAME, CONFIG_NAME, WEIGHTS_NAME, Prophet, ProphetBatch
+from prophrl_worldmodel.modeling_prophet import (ADAPTER_NAME, CONFIG_NAME, WEIGHTS_NAME, Prophet, ProphetBatch,
+                                                 colour_mask)
 
 SIZE = 32
 # 32 px, 4x VAE -> 8x8 latents; 2 frames per clip from 2 x 2 actions; 4 history frames at two scales.
@@ -195,6 +196,54 @@ def test_vae_training_reduces_reconstruction_error():
     with torch.no_grad():
         latents = m.encode_frames(frames)
     assert latents.mean().abs() < 0.1 and latents.std() == pytest.approx(1.0, abs=0.1)
+
+
+def test_the_colour_mask_marks_saturated_bright_pixels_only():
+    pixels = np.array([[128, 128, 128], [255, 255, 255], [0, 0, 0], [40, 10, 50], [150, 40, 200], [200, 40, 40]],
+                      np.float32)
+    mask = colour_mask(torch.as_tensor(pixels / 127.5 - 1).T[None, :, :, None])
+    assert mask.flatten().tolist() == [0, 0, 0, 0, 1, 1]  # grey, white, black, dark purple | purple, red
+
+
+def _cube_on_grey_frames(count: int, rng: np.random.Generator) -> np.ndarray:
+    """Noisy grey backgrounds, each with one 3x3 purple cube: the demo's scene in miniature."""
+    frames = rng.integers(70, 130, size=(count, 1, 1, 1)) + rng.integers(0, 10, size=(count, SIZE, SIZE, 1))
+    frames = np.repeat(frames, 3, axis=-1).astype(np.uint8)
+    for frame in frames:
+        x, y = rng.integers(2, SIZE - 5, size=2)
+        frame[y:y + 3, x:x + 3] = (150, 40, 200)
+    return frames
+
+
+def test_a_colour_weighted_vae_keeps_a_small_cubes_colour_that_the_plain_l1_erases():
+    errors, kept = {}, {}
+    for weight in (0.0, 50.0):
+        torch.manual_seed(0)
+        m = Prophet(_small_config(vae_channels=(8, 16), vae_colour_weight=weight))
+        opt = torch.optim.AdamW(m.vae_parameters(), lr=3e-3)
+        rng, generator = np.random.default_rng(0), torch.Generator().manual_seed(0)
+        for _ in range(50):
+            loss = m.vae_loss(_cube_on_grey_frames(8, rng), generator).loss
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            x = m._pixels(_cube_on_grey_frames(32, np.random.default_rng(1)), "frames")
+            reconstruction = m._vae_decode(m._posterior(x).mean)
+        cube = colour_mask(x).bool()
+        errors[weight] = (reconstruction - x).abs().mean(1, keepdim=True)[cube].mean().item() * 127.5
+        kept[weight] = colour_mask(reconstruction).bool()[cube].float().mean().item()
+    assert errors[50.0] < 0.5 * errors[0.0], errors
+    assert kept[50.0] > 0.8 and kept[0.0] < 0.5, kept
+
+    grey = np.full((2, SIZE, SIZE, 3), 100, np.uint8)
+    result = m.vae_loss(grey, torch.Generator().manual_seed(0))
+    assert result.loss.item() == pytest.approx((result.reconstruction + m.config.vae_kl_weight * result.kl).item())
+    result = m.vae_loss(_cube_on_grey_frames(2, rng), torch.Generator().manual_seed(0))
+    assert result.loss.item() != pytest.approx((result.reconstruction + m.config.vae_kl_weight * result.kl).item()), \
+        "with a cube in view the loss is weighted; reconstruction stays the plain L1"
+    with pytest.raises(ConfigError, match="vae_colour_weight"):
+        _small_config(vae_colour_weight=-1.0)
 
 
 def test_denoiser_training_reduces_the_loss_and_actions_steer_the_clip():
@@ -448,11 +497,12 @@ def test_residual_statistics_are_saved_and_old_configs_load_without_the_field(tm
 
     old = Prophet(_small_config()).save_pretrained(tmp_path / "old")
     data = json.loads((old / CONFIG_NAME).read_text())
-    for field in ("predict_residual", "flow_source", "source_noise", "motion_loss_weight"):  # saved before these
-        del data[field]
+    for field in ("predict_residual", "flow_source", "source_noise", "motion_loss_weight", "vae_colour_weight"):
+        del data[field]  # saved before these fields existed
     (old / CONFIG_NAME).write_text(json.dumps(data))
     loaded = Prophet.from_pretrained(old).config
     assert loaded.predict_residual is False and loaded.flow_source == "noise" and loaded.motion_loss_weight == 0
+    assert loaded.vae_colour_weight == 0
     with pytest.raises(ConfigError, match="predict_residual"):
         Prophet(_small_config()).fit_residual_statistics(_frames(2), _frames(2, 2))
 

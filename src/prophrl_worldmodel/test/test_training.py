@@ -110,6 +110,18 @@ def test_pretrain_from_another_prophets_vae_keeps_it_and_fits_residual_statistic
     assert not (tmp_path / "bad").exists()
 
 
+def test_pretrain_records_the_vae_colour_weight_and_rejects_a_negative_one(worlds, tmp_path, capsys):
+    root, source, _, checkpoint = worlds
+    common = ["pretrain", "--data", str(source), "--config", "tiny", "--image-size", str(SIZE), "--vae-from",
+              str(checkpoint), "--vae-steps", "2", "--steps", "1", "--batch-size", "2"]
+    assert main([*common, "--out", str(tmp_path / "colour"), "--vae-colour-weight", "20"]) == 0
+    assert Prophet.from_pretrained(tmp_path / "colour").config.vae_colour_weight == 20
+    capsys.readouterr()
+    assert main([*common, "--out", str(tmp_path / "bad"), "--vae-colour-weight", "-1"]) == 2
+    err = capsys.readouterr().err
+    assert "vae_colour_weight must be >= 0" in err and "Traceback" not in err and not (tmp_path / "bad").exists()
+
+
 def test_worldmodel_and_judge_verbs_refuse_a_device_this_machine_lacks(worlds, tmp_path, capsys):
     from prophrl_worldmodel.judge_cli import main as judge_main
 
