@@ -22,8 +22,10 @@ Every prefix is at least ``min_clip_frames`` long. Episodes too short for a vali
 contribute positives only.
 
 Imagined clips (:func:`imagined_clips`): each recorded episode's actions are replayed through
-Prophet from the episode's first frame (``Prophet.rollout``, chunks of ``action_horizon`` actions; the
-last chunk is padded with "hold still" actions: zero motion, the last gripper command). Imagined
+Prophet from the episode's first frame by the closed-loop imagination RL's reward scores
+(``imagination.ImaginedRollouts``: the same history buffer, end-effector pose integrated from the actions, and
+action frames where the episode's camera is calibrated), in chunks of ``action_horizon`` actions; the
+last chunk is padded with "hold still" actions: zero motion, the last gripper command. Imagined
 frame k (frame 0 = the real first frame) stands for real frame k * actions_per_frame. A real clip
 end e becomes imagined end floor(e / apf) for negatives (an earlier state, so still not successful)
 and ceil(e / apf) for positives (a later state: the success state persists while the arm holds).
@@ -115,7 +117,7 @@ def load_episodes(dataset_dirs: str | Path | Sequence[str | Path]) -> list[Shard
     if isinstance(dataset_dirs, (str, Path)):
         dataset_dirs = [dataset_dirs]
     episodes = [episode for directory in map(Path, dataset_dirs)
-                for episode in EpisodeDataset(directory).episodes(("frames", "actions"),
+                for episode in EpisodeDataset(directory).episodes(("frames", "actions", "ee_pose"),
                                                                   known_outcome_for="judge training")]
     if not episodes:
         raise ConfigError(f"no episodes in {[str(d) for d in dataset_dirs]}")
@@ -184,13 +186,26 @@ def replay_chunks(actions: np.ndarray, horizon: int) -> np.ndarray:
     return out.reshape(n, horizon, ARM_ACTION_DIM)
 
 
+def replay_start(episode: ShardEpisode):
+    """Where Prophet's replay of a recorded episode begins, as RL's imagination starts do: its first frame,
+    instruction, end-effector pose (when the shard has one; gripper open) and camera calibration."""
+    from prophrl_worldmodel.imagination import ImaginationStart
+
+    pose = episode.arrays.get("ee_pose")
+    return ImaginationStart(episode.frames[:1], episode.instruction, None if pose is None else pose[0], 0.0,
+                            episode.calibration)
+
+
 def imagined_clips(prophet, dataset_dirs=None, settings: ClipSettings = ClipSettings(), *,
                    episodes: Sequence[ShardEpisode] | None = None, max_episodes: int | None = None,
                    num_steps: int | None = None, batch_size: int = 4, seed: int = 0,
                    show_progress: bool = False) -> ClipSet:
     """Replay recorded episodes' actions through Prophet from their first frame; label every imagined
-    clip with that episode's ground truth (see the module docstring). Pass dataset_dirs or episodes."""
+    clip with that episode's ground truth (see the module docstring). Pass dataset_dirs or episodes.
+    Episode i of the list draws its world-model noise from seed + i."""
     from tqdm import tqdm
+
+    from prophrl_worldmodel.imagination import ImaginedRollouts, step_together
 
     settings.validate()
     if episodes is None:
@@ -200,7 +215,6 @@ def imagined_clips(prophet, dataset_dirs=None, settings: ClipSettings = ClipSett
     episodes = list(episodes)[:max_episodes]
     config = prophet.config
     horizon, apf = config.action_horizon, config.actions_per_frame
-    generator = torch.Generator(device=prophet.device).manual_seed(seed)
     # Episodes with the same number of chunks roll out together.
     by_chunks: dict[int, list[int]] = {}
     for i, ep in enumerate(episodes):
@@ -212,15 +226,17 @@ def imagined_clips(prophet, dataset_dirs=None, settings: ClipSettings = ClipSett
     prophet.eval()
     try:
         for _, members in tqdm(batches, desc="imagine episodes", unit="batch", disable=not show_progress):
+            groups = [ImaginedRollouts(prophet, replay_start(episodes[i]), 1, num_steps=num_steps, seed=seed + i)
+                      for i in members]
+            chunks = [replay_chunks(episodes[i].actions, horizon) for i in members]
+            for step in range(len(chunks[0])):
+                step_together(groups, [episode_chunks[step][None] for episode_chunks in chunks])
+            # The real first frames at Prophet's size lead each imagined video.
             start = np.stack([episodes[i].frames[0] for i in members])
-            chunks = np.stack([replay_chunks(episodes[i].actions, horizon) for i in members])
-            frames = prophet.rollout(start, torch.from_numpy(chunks), None, num_steps, generator)
-            size = frames.shape[2]
-            # The real first frames at Prophet's size, (B, 1, S, S, 3) in [0, 255], lead each imagined video.
-            first = frames_at(start, np.arange(len(members)), size).mul(255).permute(0, 2, 3, 1)[:, None]
-            video = torch.cat([first, frames.cpu().float()], dim=1).round().clamp(0, 255).to(torch.uint8).numpy()
-            for row, i in enumerate(members):
-                videos[i] = video[row]
+            first = frames_at(start, np.arange(len(members)), config.image_size).mul(255).permute(0, 2, 3, 1)
+            first = first.round().clamp(0, 255).to(torch.uint8).numpy()
+            for row, (i, group) in enumerate(zip(members, groups)):
+                videos[i] = np.concatenate([first[row:row + 1], group.frames[0]])
     finally:
         prophet.train(was_training)
     clips, labels, instructions, groups = [], [], [], []

@@ -195,6 +195,37 @@ def test_imagined_clips_replay_the_episode_and_keep_its_labels():
     assert np.abs(imagined.clips[0][0].astype(int) - first[0].astype(int)).max() <= 1
 
 
+def test_imagined_clips_are_the_frames_rls_imagination_makes_with_action_frames(lift_dataset):
+    """One owner for imagining an episode: the judge's imagined clips come from the closed-loop imagination RL's
+    reward scores (history, integrated pose, action frames from the recorded camera), from the episode's start."""
+    from prophrl_worldmodel.configuration_prophet import get_prophet_config
+    from prophrl_worldmodel.imagination import ImaginationStart, ImaginedRollouts
+    from prophrl_worldmodel.modeling_prophet import Prophet
+
+    torch.manual_seed(0)
+    prophet = Prophet(get_prophet_config("tiny", image_size=32, frames_per_clip=2, actions_per_frame=3,
+                                         history_scales=((2, 1, 2, 2), (2, 2, 4, 4)), num_layers=1)).eval()
+    with torch.no_grad():  # the action-frame MLP ends at zero in a fresh model: give it a say
+        prophet.conditioning.action_frame_embedding[2].weight.normal_(0, 0.5)
+    episodes = load_episodes(lift_dataset)[:2]
+    assert all(e.calibration is not None for e in episodes), "the sim records its camera"
+    imagined = imagined_clips(prophet, episodes=episodes, num_steps=1, seed=5, settings=ClipSettings(seed=3))
+    longest = max((c for c, g in zip(imagined.clips, imagined.groups) if g == episodes[1].name), key=len)
+
+    def replay(calibration):
+        e = episodes[1]
+        rollouts = ImaginedRollouts(prophet, ImaginationStart(e.frames[:1], e.instruction, e.ee_pose[0], 0.0,
+                                                              calibration), 1, num_steps=1, seed=5 + 1)
+        for chunk in replay_chunks(e.actions, prophet.config.action_horizon):
+            rollouts.step(chunk[None])
+        return rollouts.frames[0]
+
+    with_frames = replay(episodes[1].calibration)
+    np.testing.assert_array_equal(longest[1:], with_frames[:len(longest) - 1])
+    assert np.abs(replay(None)[:len(longest) - 1].astype(int) - longest[1:].astype(int)).max() > 10, \
+        "the action frames change what is imagined"
+
+
 def test_replay_chunks_pad_with_hold_still_actions():
     actions = np.arange(11 * 7, dtype=np.float32).reshape(11, 7)
     chunks = replay_chunks(actions, 4)
