@@ -68,7 +68,7 @@ class ProphetConfig:
     # Colour-weighted VAE reconstruction: each pixel's L1 is weighted 1 + vae_colour_weight * c, c = 1 where the
     # pixel is saturated and bright (HSV saturation > 0.45 and value > 0.25: the small coloured objects a task is
     # about, against grey tables, walls and arms) and 0 elsewhere, divided by the mean weight. 0: the plain mean,
-    # under which a small 4-channel VAE reconstructs a coloured cube as a grey dot (README, the judge's ceiling).
+    # under which a small 4-channel VAE reconstructs a coloured cube as a grey dot (README: what W = 50 changes).
     vae_colour_weight: float = 0.0
     # From-scratch denoiser (diffusers WanTransformer3DModel).
     patch_size: tuple[int, ...] = (1, 2, 2)
