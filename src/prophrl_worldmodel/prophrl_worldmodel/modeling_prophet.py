@@ -425,10 +425,12 @@ class Prophet(nn.Module):
                                 dtype=torch.float32).expand(shape).contiguous()
         return randn_tensor(shape, generator=generator, device=self.device, dtype=torch.float32)
 
+    @torch.no_grad()
     def generate(self, start_frame, history_frames, actions, num_steps: int | None = None,
                  generator: torch.Generator | None = None, *, action_frames=None, calibrated=None,
                  shared_noise: bool = False, noise: torch.Tensor | None = None) -> torch.Tensor:
-        """Predict the next clip: (B, F, S, S, 3) float frames in [0, 255].
+        """Predict the next clip: (B, F, S, S, 3) float frames in [0, 255], without autograd (sampling is never
+        trained through; a graph kept in a rollout's history buffer would chain every chunk's).
 
         start_frame (B, H, W, 3); history_frames (B, T, H, W, 3) oldest first, or None; actions
         (B, horizon, action_dim); num_steps Euler steps (default config.num_inference_steps; 0 decodes
