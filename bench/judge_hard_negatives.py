@@ -12,7 +12,9 @@ precision and recall at the judge's threshold, and the best precision any thresh
 
     python bench/judge_hard_negatives.py --demo outputs/demo --out outputs/judge_hard_negatives --seeds 2
 
-Resumable: collected episodes and trained judges are reused. Writes OUT/summary.json.
+`--train-episodes 60 300` trains one "with" judge per pool size, on the first N episodes of one collection (how the
+judge scales with the policy's own episodes). Resumable: collected episodes and trained judges are reused; a pool's
+dataset holds exactly its first N episodes (OUT/policy_train_N). Writes OUT/summary.json.
 """
 
 from __future__ import annotations
@@ -26,23 +28,26 @@ from pathlib import Path
 import numpy as np
 
 HELD_OUT_FIRST_SEED = 80_000     # above every training seed of the demo and the benches, below the evaluation seeds
-CONDITIONS = ("without the policy's episodes", "with the policy's episodes")
+WITHOUT = "without the policy's episodes"
 
 
-def policy_episodes(out: Path, name: str, policy: Path, episodes: int, first_seed: int, robot: str,
-                    task: str) -> Path:
-    """`episodes` sim episodes of `policy` from `first_seed` on (as the demo's stage 3b collects them), as shards
-    (OUT/NAME), collected once."""
+def policy_episodes(out: Path, name: str, policy: Path, counts: list[int], first_seed: int, robot: str,
+                    task: str) -> dict[int, Path]:
+    """max(counts) sim episodes of `policy` from `first_seed` on (as the demo's stage 3b collects them), collected
+    once into OUT/NAME_bags; for each N of `counts` a dataset of the first N of them (OUT/NAME_N)."""
     from prophrl.demo import collect_policy_episodes
     from prophrl_data.conversion import bags2dataset
     from prophrl_policy.modeling_vla import VLAPolicy
 
-    dataset = out / name
-    if not (dataset / "index.json").is_file():
-        collect_policy_episodes(policy, robot, task, episodes, first_seed, out / f"{name}_bags",
-                                VLAPolicy.from_pretrained(policy).config.horizon)
-        bags2dataset([out / f"{name}_bags"], dataset, robot, show_progress=True)
-    return dataset
+    datasets = {n: out / f"{name}_{n}" for n in counts}
+    if all((d / "index.json").is_file() for d in datasets.values()):
+        return datasets
+    bags = collect_policy_episodes(policy, robot, task, max(counts), first_seed, out / f"{name}_bags",
+                                   VLAPolicy.from_pretrained(policy).config.horizon)
+    for n, dataset in datasets.items():
+        if not (dataset / "index.json").is_file():
+            bags2dataset(bags[:n], dataset, robot, show_progress=True)
+    return datasets
 
 
 def train(out: Path, name: str, data: list[Path], world_model: Path, steps: int, seed: int) -> Path:
@@ -68,7 +73,8 @@ def main() -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--robot", default="panda_sim")
     parser.add_argument("--task", default="lift")
-    parser.add_argument("--train-episodes", type=int, default=60, help="the policy's episodes the judge trains on")
+    parser.add_argument("--train-episodes", type=int, nargs="+", default=[60],
+                        help="the policy's episodes a 'with' judge trains on (several sizes: one judge each)")
     parser.add_argument("--held-out-episodes", type=int, default=30, help="the policy's episodes it is scored on")
     parser.add_argument("--seeds", type=int, default=2, help="judge seeds per condition")
     parser.add_argument("--steps", type=int, default=400, help="judge training steps (the demo's)")
@@ -87,25 +93,30 @@ def main() -> int:
     from prophrl_worldmodel.modeling_judge import load_judge
     from prophrl_worldmodel.modeling_prophet import Prophet
 
+    if min(args.train_episodes) <= 0 or args.held_out_episodes <= 0:
+        parser.error("--train-episodes and --held-out-episodes must be positive")
     args.out.mkdir(parents=True, exist_ok=True)
-    pool = policy_episodes(args.out, "policy_train", args.policy, args.train_episodes, POLICY_EPISODES_FIRST_SEED,
-                           args.robot, args.task)
-    held_out = policy_episodes(args.out, "policy_held_out", args.policy, args.held_out_episodes,
-                               HELD_OUT_FIRST_SEED, args.robot, args.task)
-    judges = {CONDITIONS[0]: [train(args.out, f"judge_without_seed{s}", list(args.data), args.world_model, args.steps,
-                                    s) for s in range(args.seeds)],
-              CONDITIONS[1]: [train(args.out, f"judge_with_seed{s}", [*args.data, pool], args.world_model, args.steps,
-                                    s) for s in range(args.seeds)]}
+    pools = policy_episodes(args.out, "policy_train", args.policy, sorted(set(args.train_episodes)),
+                            POLICY_EPISODES_FIRST_SEED, args.robot, args.task)
+    held_out = policy_episodes(args.out, "policy_held_out", args.policy, [args.held_out_episodes],
+                               HELD_OUT_FIRST_SEED, args.robot, args.task)[args.held_out_episodes]
+    judges = {WITHOUT: [train(args.out, f"judge_without_seed{s}", list(args.data), args.world_model, args.steps, s)
+                        for s in range(args.seeds)]}
+    for n, pool in pools.items():
+        judges[f"with {n} of the policy's episodes"] = [
+            train(args.out, f"judge_with{n}_seed{s}", [*args.data, pool], args.world_model, args.steps, s)
+            for s in range(args.seeds)]
 
     episodes = load_episodes(held_out)
     clip_sets = {"real": clips_from_episodes(episodes),
                  "imagined": imagined_clips(Prophet.from_pretrained(args.world_model), episodes=episodes, seed=0,
                                             show_progress=True)}
     successes = sum(bool(e.success) for e in episodes)
-    print(f"{len(episodes)} held-out episodes of {args.policy} ({successes} successful); "
-          f"{len(load_episodes(pool))} training episodes of it")
+    print(f"{len(episodes)} held-out episodes of {args.policy} ({successes} successful, {len(clip_sets['real'])} "
+          f"clips, {int(clip_sets['real'].labels.sum())} positive); training pools of {sorted(pools)} episodes")
     summary = {"policy": str(args.policy), "world_model": str(args.world_model), "data": list(map(str, args.data)),
-               "train_pool": str(pool), "held_out": str(held_out), "held_out_successes": successes,
+               "train_pools": {str(n): str(p) for n, p in pools.items()}, "held_out": str(held_out),
+               "held_out_successes": successes,
                "held_out_episodes": len(episodes), "figures": {}}
     rows = []
     keys = ("auc", "precision", "recall", "best_precision_at_recall")
@@ -116,6 +127,15 @@ def main() -> int:
             summary["figures"][f"{condition} / {source}"] = figures
             rows.append([condition, source, *(f"{np.mean([f[k] for f in figures]):.3f} +- "
                                                f"{np.std([f[k] for f in figures]):.3f}" for k in keys)])
+    # What the end-effector's height alone tells (no image): its rise from the lowest point of the clip to its end.
+    by_name = {e.name: e for e in episodes}
+    real = clip_sets["real"]
+    lift = np.array([by_name[name].ee_pose[len(clip) - 1, 2] - by_name[name].ee_pose[:len(clip), 2].min()
+                     for clip, name in zip(real.clips, real.groups)])   # metres, so a score in [0, 1]
+    height = operating_point(lift, real.labels, 0.5, 0.95)
+    summary["figures"]["end-effector lift, no image / real"] = [height]
+    rows.append(["end-effector lift, no image", "real", f"{height['auc']:.3f}", "-", "-",
+                 f"{height['best_precision_at_recall']:.3f}"])
     print(format_table(f"\njudge on the held-out clips of the policy's episodes ({args.seeds} judge seeds)",
                        ["judge trained", "clips", "AUC", "precision", "recall", "precision @ recall>=0.95"], rows))
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2))

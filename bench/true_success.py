@@ -41,6 +41,11 @@ def _progress(run: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
 
 
+def _mean(rows: list[dict], key: str) -> float:
+    values = [r[key] for r in rows if key in r]
+    return statistics.fmean(values) if values else float("nan")
+
+
 def _window_mean(rows: list[dict], key: str, first: bool, width: int = 3) -> float:
     part = rows[:width] if first else rows[-width:]
     values = [r[key] for r in part if key in r]
@@ -156,10 +161,14 @@ def main() -> int:
                          _window_mean(progress, "rollout/reward_mean", False),
                          _window_mean(progress, "rollout/success_rate", True),
                          _window_mean(progress, "rollout/success_rate", False),
+                         _mean(progress, "train/policy_kl"), _mean(progress, "train/clip_fraction"),
+                         _mean(progress, "train/stopped_early"),
                          100 * seed_entry["success_rate"], 3600 * len(progress) / max(seconds, 1e-9)])
-    print_table("imagination side (judge reward / judged success, mean of the first and last 3 updates) and true "
-                "success of each run", ["policy", "run", "updates", "reward first", "reward last", "judged first",
-                                        "judged last", "true success %", "updates/h"], rows)
+    print_table("imagination side (judge reward / judged success, mean of the first and last 3 updates), trust region "
+                "(per update: policy KL to the rollout policy in nats per chunk and clip fraction, mean over its "
+                "minibatches; the fraction of updates target_kl stopped) and true success of each run",
+                ["policy", "run", "updates", "reward first", "reward last", "judged first", "judged last",
+                 "policy KL", "clip frac", "stopped", "true success %", "updates/h"], rows)
     table = [["SFT", 100 * sft_mean, 0.0, "-", "-"]]
     evaluated = [name for label in runs for name in ([label, f"{label} selected"] if args.select_on else [label])]
     for label in evaluated:

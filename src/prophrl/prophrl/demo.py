@@ -106,13 +106,15 @@ def _verb(code: int) -> None:
 
 
 def collect_policy_episodes(policy: Path, robot: str, task: str, episodes: int, first_seed: int, out: Path,
-                            horizon: int) -> None:
+                            horizon: int) -> list[Path]:
     """`episodes` sim episodes of `policy` from `first_seed` on, into bags under `out` (resumable): as long as the
-    play episodes, a new chunk every `horizon` steps (whole chunks, as RL in imagination executes them)."""
+    play episodes, a new chunk every `horizon` steps (whole chunks, as RL in imagination executes them). Returns
+    the bags in seed order."""
     from prophrl_trainer.collect import CollectSettings, collect_direct
 
-    collect_direct(CollectSettings(robot=robot, task=task, episodes=episodes, first_seed=first_seed,
-                                   max_steps=PLAY_MAX_STEPS, replan_steps=horizon, policy=str(policy)), out)
+    rows = collect_direct(CollectSettings(robot=robot, task=task, episodes=episodes, first_seed=first_seed,
+                                          max_steps=PLAY_MAX_STEPS, replan_steps=horizon, policy=str(policy)), out)
+    return [Path(row["bag"]) for row in rows]
 
 
 def finished_bags(directory: Path) -> list[Path]:
