@@ -131,6 +131,7 @@ def main() -> int:
 
     from prophrl_common.tables import print_table
     from prophrl_trainer.report import gain_text, main as report_main
+    from prophrl_trainer.success_statistics import paired_gain
 
     report_args = ["--policy", f"SFT={args.policy}"]
     for label, paths in runs.items():
@@ -179,6 +180,12 @@ def main() -> int:
                 f"{len(args.seeds)} RL seeds, {args.updates} updates, {args.replan_steps} action(s) per chunk",
                 ["policy", "success %", "std over seeds", "gain vs SFT", "paired gain (95 % CI)"], table,
                 float_format=".1f")
+    if len(args.variants) > 1:
+        first = args.variants[0]
+        base_states = summary["policies"][first]["tasks"][args.task]["per_state"]
+        print_table(f"each variant against {first} (paired by state, 95 % interval)", ["policy", f"gain vs {first}"],
+                    [[label, paired_gain(base_states, summary["policies"][label]["tasks"][args.task]["per_state"])
+                      .percent(signed=True)] for label in args.variants[1:]])
     print(f"\nRL wall time {rl_wall / 60:.1f} min ({args.jobs} at a time); report in {args.out / 'report'}")
     return 0
 
