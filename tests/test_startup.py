@@ -3,6 +3,7 @@ node that never comes up is named. The sim is made slower to start than any fixe
 PROPHRL_TEST_SIM_STARTUP_DELAY_S (seconds it sleeps before its first reset, its services already visible)."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -90,7 +91,9 @@ def test_prophrl_collect_names_the_node_that_never_came_up(tmp_path):
     assert proc.returncode == 1, f"exit {proc.returncode}\n{err[-3000:]}\n{log[-3000:]}"
     errors = [line for line in err.splitlines() if "error" in line.lower()]
     assert len(errors) == 1 and errors[0].startswith("prophrl collect: error:"), err[-3000:]
-    assert "node sim did not come up within 8 s" in errors[0] and STARTUP_TIMEOUT_ENV in errors[0], errors[0]
+    # The sim never comes up; on a loaded machine another node of the profile can miss the 8 s deadline as well.
+    named = re.search(r"nodes? (.+) did not come up within 8 s", errors[0])
+    assert named and "sim" in named.group(1).split(", ") and STARTUP_TIMEOUT_ENV in errors[0], errors[0]
     assert "Traceback" not in err + out, err[-3000:]
     _gone, alive = psutil.wait_procs(children, timeout=30)
     assert not alive, f"left running: {[p.pid for p in alive]}"
