@@ -30,6 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 VARIANTS = {  # label -> RLConfig overrides
     "FA-GRPO": {"variant": "fa_grpo", "use_flowscale": False},
     "FA-GRPO+FlowScale": {"variant": "fa_grpo", "use_flowscale": True},
+    "FA-GRPO+FlowScale+target_kl": {"variant": "fa_grpo", "use_flowscale": True, "target_kl": 0.05},
     "FA-GRPO-element+FlowScale": {"variant": "fa_grpo_element", "use_flowscale": True},
     "FA-GRPO-chunk-mean+FlowScale": {"variant": "fa_grpo_chunk_mean", "use_flowscale": True},
     "Flow-GRPO": {"variant": "flow_grpo", "use_flowscale": False},
@@ -47,9 +48,7 @@ def _mean(rows: list[dict], key: str) -> float:
 
 
 def _window_mean(rows: list[dict], key: str, first: bool, width: int = 3) -> float:
-    part = rows[:width] if first else rows[-width:]
-    values = [r[key] for r in part if key in r]
-    return statistics.fmean(values) if values else float("nan")
+    return _mean(rows[:width] if first else rows[-width:], key)
 
 
 def main() -> int:
