@@ -103,8 +103,13 @@ def test_ctrl_c_stops_every_node_with_exit_0_and_no_traceback(tmp_path):
         escalated = [name for name, (proc, _) in procs.items() if proc.poll() is None]
         for name in escalated:                    # launch: SIGTERM after sigterm_timeout
             procs[name][0].send_signal(signal.SIGTERM)
-        for proc, _ in procs.values():
-            proc.wait(60)
+        for name, (proc, _) in procs.items():
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.send_signal(signal.SIGUSR1)   # run_node: every thread's stack to the log
+                time.sleep(2.0)
+                pytest.fail(f"{name} still runs 60 s after SIGTERM; its output and stacks:\n{output(name)[-8000:]}")
     finally:
         for proc, _ in procs.values():
             if proc.poll() is None:

@@ -25,6 +25,7 @@ from typing import Callable, TextIO
 from prophrl.profiles import NodeSpec, Profile, required_node_exit
 from prophrl_common.config_io import ConfigError
 from prophrl_common.startup import ReadyWatcher, StartupTimeout, not_ready_message, startup_timeout_s
+from prophrl_common.stop_request import StopRequest
 
 _PR_SET_PDEATHSIG = 1
 
@@ -89,8 +90,7 @@ class Supervisor:
         self.grace_s = grace_s
         self.children: list[_Child] = []
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._stop_reason = ""
+        self._stop = StopRequest()  # requested from signal handlers too: it takes no lock
 
     def _say(self, text: str) -> None:
         with self._lock:
@@ -113,9 +113,7 @@ class Supervisor:
             self._say(f"started {spec.name} ({spec.package}/{spec.executable}) pid {proc.pid}")
 
     def request_stop(self, reason: str) -> None:
-        if not self._stop.is_set():
-            self._stop_reason = reason
-            self._stop.set()
+        self._stop.request(reason)
 
     def exited_required(self) -> list[tuple[str, int]]:
         """(name, exit code) of the required nodes that have exited."""
@@ -161,7 +159,7 @@ class Supervisor:
             if all(c.proc.poll() is not None for c in self.children):
                 self.request_stop("all nodes exited")
             self._stop.wait(0.1)
-        self._say(f"stopping: {self._stop_reason}")
+        self._say(f"stopping: {self._stop.reason}")
         self.shutdown()
         return status
 

@@ -11,6 +11,9 @@ When run_node returns, SIGINT and SIGTERM are ignored: the process is on its way
 interpreter's finalisation (torch, DDS; seconds on a busy machine) must not be turned into a death
 by signal when launch's SIGTERM arrives during it. SIGKILL still ends it.
 
+SIGUSR1 prints every thread's Python stack to stderr (`kill -USR1 <pid>`: where a node that does
+not answer or does not exit is waiting); the node goes on.
+
 Exit codes: 0 after a stop (signal, context shutdown or keep_running() turning false; exit_code()
 when given), 2 when the node cannot start (construction raised, or a lifecycle node with `autostart`
 failed to configure or activate; one line on stderr / in the node's log).
@@ -18,9 +21,9 @@ failed to configure or activate; one line on stderr / in the node's log).
 
 from __future__ import annotations
 
+import faulthandler
 import signal
 import sys
-import threading
 import traceback
 from typing import Callable
 
@@ -30,22 +33,24 @@ from rclpy.signals import SignalHandlerOptions
 
 from prophrl_common.config_io import ConfigError
 from prophrl_common.startup import announce_ready
+from prophrl_common.stop_request import StopRequest
 
 EXIT_CANNOT_START = 2
 
 
 class _Signals:
-    """SIGINT/SIGTERM: KeyboardInterrupt once while starting, afterwards a stop request."""
+    """SIGINT/SIGTERM: KeyboardInterrupt once while starting, afterwards a stop request (StopRequest:
+    the handler takes no lock, so a signal landing inside another's handling cannot deadlock it)."""
 
     def __init__(self):
-        self.stop = threading.Event()
+        self.stop = StopRequest()
         self.started = False
         self._interrupted = False
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self._handle)
 
     def _handle(self, signum, _frame) -> None:
-        self.stop.set()
+        self.stop.request(f"signal {signum}")
         if not self.started and not self._interrupted:
             self._interrupted = True
             raise KeyboardInterrupt(signal.Signals(signum).name)
@@ -107,6 +112,7 @@ def run_node(make_node: Callable[[], object], args: list[str] | None = None, *,
     from prophrl_common.threads import configure_threads
 
     configure_threads()
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     rclpy.init(args=sys.argv if args is None else args, signal_handler_options=SignalHandlerOptions.NO)
     signals = _Signals()
     node = spinner = None
