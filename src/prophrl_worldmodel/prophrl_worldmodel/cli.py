@@ -24,6 +24,13 @@ from prophrl_common.tables import format_table
 FIDELITY_OUTPUT = OutputKind("fidelity evaluation", frozenset({"summary.json", "videos"}), ("fidelity_",))
 
 
+def _add_guidance_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--action-dropout", type=float, help="share of training clips conditioned on no actions, which "
+                   "classifier-free guidance on the actions needs (default: the config's action_dropout)")
+    p.add_argument("--action-guidance", type=float, help="sampling follows v_none + this x (v_actions - v_none); "
+                   "1: the plain action-conditioned velocity (default: the config's action_guidance)")
+
+
 def _cmd_pretrain(args: argparse.Namespace) -> int:
     import json
 
@@ -41,6 +48,10 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
         overrides["motion_loss_weight"] = args.motion_weight
     if args.vae_colour_weight is not None:
         overrides["vae_colour_weight"] = args.vae_colour_weight
+    if args.action_dropout is not None:
+        overrides["action_dropout"] = args.action_dropout
+    if args.action_guidance is not None:
+        overrides["action_guidance"] = args.action_guidance
     config = get_prophet_config(args.config, **overrides)
     out = pretrain(args.data, config, args.out, vae_steps=args.vae_steps, steps=args.steps, vae_from=args.vae_from,
                    batch_size=args.batch_size, lr=args.lr, seed=args.seed,
@@ -61,7 +72,8 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
     checkpoint = resolve_prophet(args.checkpoint)
     common = dict(batch_size=args.batch_size, lr=args.lr, seed=args.seed, lora_rank=args.lora_rank,
                   log_dir=args.log_dir, device=args.device, overwrite=args.overwrite,
-                  motion_loss_weight=args.motion_weight)
+                  motion_loss_weight=args.motion_weight, action_dropout=args.action_dropout,
+                  action_guidance=args.action_guidance)
     if args.bags:
         result = adapt_from_bags(checkpoint, args.bags, args.steps, args.mode, args.out, robot=args.robot,
                                  dataset_dir=args.dataset_out, **common)
@@ -141,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "from the start frame relative to the clip's mean (default: the config's motion_loss_weight)")
     p.add_argument("--vae-colour-weight", type=float, help="weight the VAE's L1 1 + this on saturated, bright pixels "
                    "(small coloured objects; default: the config's vae_colour_weight)")
+    _add_guidance_arguments(p)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--seed", type=int, default=0)
@@ -165,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lora-rank", type=int, help="default: the config's lora_rank")
     p.add_argument("--motion-weight", type=float, help="the motion-weighted loss's weight to adapt with "
                    "(default: the checkpoint's motion_loss_weight)")
+    _add_guidance_arguments(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--log-dir", help="TensorBoard directory")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it is a previous Prophet checkpoint")

@@ -58,6 +58,13 @@ class ProphetConfig:
     # position's mean absolute latent change from the start frame divided by the clip's mean change, so
     # capacity goes where the arm and objects move rather than to the static scene. 0: the plain mean.
     motion_loss_weight: float = 0.0
+    # Classifier-free guidance on the actions. action_dropout: the share of training clips conditioned on no
+    # actions (normalised actions zeroed, action frames masked as uncalibrated), so the model also learns the
+    # clip that the start frame and history predict whatever the actions. action_guidance g: sampling follows
+    # v_none + g * (v_actions - v_none), which for g > 1 makes the commanded motion count for more than the
+    # motion the scene suggests; 1 is the plain action-conditioned velocity (one pass per step, not two).
+    action_dropout: float = 0.0
+    action_guidance: float = 1.0
     # From-scratch VAE (diffusers AutoencoderKL), one down block per entry: spatial compression
     # 2 ** (len(vae_channels) - 1). Frames are encoded one by one (no temporal compression).
     vae_channels: tuple[int, ...] = (8, 16, 32)
@@ -116,6 +123,10 @@ class ProphetConfig:
             raise ConfigError(f"{source}: source_noise must be positive")
         if self.motion_loss_weight < 0:
             raise ConfigError(f"{source}: motion_loss_weight must be >= 0")
+        if not 0 <= self.action_dropout < 1:
+            raise ConfigError(f"{source}: action_dropout must be in [0, 1)")
+        if self.action_guidance < 0:
+            raise ConfigError(f"{source}: action_guidance must be >= 0")
         if self.vae_kl_weight < 0:
             raise ConfigError(f"{source}: vae_kl_weight must be >= 0")
         if self.vae_colour_weight < 0:
@@ -166,7 +177,8 @@ class ProphetConfig:
 
 
 # Fields that configs saved before them lack (they get the default: the behaviour they were saved with).
-ADDED_LATER = ("predict_residual", "flow_source", "source_noise", "motion_loss_weight", "vae_colour_weight")
+ADDED_LATER = ("predict_residual", "flow_source", "source_noise", "motion_loss_weight", "vae_colour_weight",
+               "action_dropout", "action_guidance")
 
 
 PROPHET_CONFIGS: dict[str, ProphetConfig] = {
@@ -185,6 +197,11 @@ PROPHET_CONFIGS: dict[str, ProphetConfig] = {
     "tiny_32px_start_frame": ProphetConfig(name="tiny_32px_start_frame", image_size=32, frames_per_clip=2,
                                            actions_per_frame=5, vae_channels=(8, 16), flow_source="start_frame",
                                            source_noise=0.5, num_inference_steps=1),
+    # tiny_32px_start_frame at 64 px: a 4x VAE with 8 latent channels keeps the 16x16 latent grid (8x8 tokens
+    # per frame), so the denoiser costs what the 32 px one does, while the cube covers 4-6 pixels instead of 1-2.
+    "tiny_64px_start_frame": ProphetConfig(name="tiny_64px_start_frame", image_size=64, frames_per_clip=2,
+                                           actions_per_frame=5, vae_channels=(8, 16, 32), vae_latent_channels=8,
+                                           flow_source="start_frame", source_noise=0.5, num_inference_steps=1),
     # A local diffusers Wan checkpoint (e.g. Wan2.1-T2V-1.3B-Diffusers: AutoencoderKLWan 8x spatial,
     # 16 latent channels; WanTransformer3DModel) adapted with LoRA. pretrained_path must be given.
     "base": ProphetConfig(name="base", image_size=256, frames_per_clip=10, actions_per_frame=2,

@@ -163,6 +163,16 @@ class Prophet(nn.Module):
         self.conditioning.config = self.config
         return self
 
+    def configure_action_guidance(self, action_dropout: float | None = None,
+                                  action_guidance: float | None = None) -> "Prophet":
+        """Set the training share of clips without actions and/or the sampling guidance on the actions
+        (ProphetConfig.action_dropout / action_guidance); the saved config records them. Returns self."""
+        changes = {name: value for name, value in (("action_dropout", action_dropout),
+                                                   ("action_guidance", action_guidance)) if value is not None}
+        self.config = dataclasses.replace(self.config, **changes).validate()
+        self.conditioning.config = self.config
+        return self
+
     def _attach_lora(self) -> None:
         from peft import LoraConfig
 
@@ -364,6 +374,29 @@ class Prophet(nn.Module):
         out = self.transformer(model_input, t * TIMESTEP_SCALE, conditions.context, conditions.time_embedding)
         return out[:, :, 1:]
 
+    @staticmethod
+    def _without_actions(actions: torch.Tensor, calibrated: torch.Tensor | None,
+                         keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The action inputs of the samples where keep (B,) is False replaced by "no actions": zero normalised
+        actions, action frames masked as uncalibrated (action_dropout's and action_guidance's null condition)."""
+        actions = actions * keep[:, None, None].to(actions.dtype)
+        if calibrated is not None:
+            calibrated = calibrated * keep.to(calibrated.dtype)
+        return actions, calibrated
+
+    def guided_velocity(self, noisy_latents: torch.Tensor, t: torch.Tensor, conditions: _Conditions,
+                        unconditioned: _Conditions | None, guidance: float) -> torch.Tensor:
+        """v_none + guidance * (v_actions - v_none), both in one batched pass; the plain velocity without
+        `unconditioned` or at guidance 1."""
+        if unconditioned is None or guidance == 1.0:
+            return self.velocity(noisy_latents, t, conditions)
+        both = _Conditions(torch.cat([conditions.start_latent, unconditioned.start_latent]),
+                           torch.cat([conditions.context, unconditioned.context]),
+                           torch.cat([conditions.time_embedding, unconditioned.time_embedding]))
+        v = self.velocity(torch.cat([noisy_latents, noisy_latents]), torch.cat([t, t]), both)
+        v_actions, v_none = v.chunk(2)
+        return v_none + guidance * (v_actions - v_none)
+
     # ----- training --------------------------------------------------------------------------------
     def training_loss(self, batch: ProphetBatch | Mapping, generator: torch.Generator | None = None,
                       motion_weighted: bool = True) -> torch.Tensor:
@@ -382,6 +415,9 @@ class Prophet(nn.Module):
                              f"({b}, {self.config.frames_per_clip}, H, W, 3)")
         actions = self._actions(batch.actions, b)
         action_pixels, calibrated = self._action_frame_inputs(batch.action_frames, batch.calibrated, b)
+        if self.training and self.config.action_dropout > 0:
+            keep = torch.rand(b, generator=generator, device=self.device) >= self.config.action_dropout
+            actions, calibrated = self._without_actions(actions, calibrated, keep)
         length = self.config.history_length
         with torch.no_grad():
             frames = [self._history_window(history, current), current[:, None], future]
@@ -452,6 +488,13 @@ class Prophet(nn.Module):
         action_frame_latents = self._encode_pixels(action_pixels) if action_pixels is not None else None
         conditions = self._conditions(latents[:, :, length:], latents[:, :, :length], actions,
                                       action_frame_latents, calibrated)
+        guidance = self.config.action_guidance
+        unconditioned = None
+        if guidance != 1.0:
+            no_actions, no_calibration = self._without_actions(
+                actions, calibrated, torch.zeros(b, dtype=torch.bool, device=self.device))
+            unconditioned = self._conditions(latents[:, :, length:], latents[:, :, :length], no_actions,
+                                             action_frame_latents, no_calibration)
 
         if noise is None:
             x = self.initial_noise(b, generator, shared_noise)
@@ -464,7 +507,8 @@ class Prophet(nn.Module):
         steps = self.config.num_inference_steps if num_steps is None else num_steps
         sigmas = flow_matching.sigmas(steps, self.config.timestep_shift, dtype=torch.float64).tolist()
         for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
-            v = self.velocity(x, torch.full((b,), sigma, device=self.device), conditions)
+            v = self.guided_velocity(x, torch.full((b,), sigma, device=self.device), conditions, unconditioned,
+                                     guidance)
             x = flow_matching.euler_step(x, v, sigma, sigma_next)
         return self.decode_latents(self._from_residual(x, conditions.start_latent))
 

@@ -283,7 +283,8 @@ def adapt(checkpoint: str | Path, dataset_dirs: str | Path | Iterable[str | Path
           lr: float | None = None, seed: int = 0, held_out_fraction: float = DEFAULT_HELD_OUT_FRACTION,
           lora_rank: int | None = None, log_dir: str | Path | None = None, device: str | torch.device = "cpu",
           show_progress: bool = True, overwrite: bool = False,
-          motion_loss_weight: float | None = None) -> AdaptResult:
+          motion_loss_weight: float | None = None, action_dropout: float | None = None,
+          action_guidance: float | None = None) -> AdaptResult:
     """Few-shot adaptation of the Prophet at `checkpoint` to the episodes of dataset_dirs; saved to out_dir.
 
     mode "lora": LoRA adapters (rank lora_rank, default the config's) on the transformer attention are
@@ -291,7 +292,8 @@ def adapt(checkpoint: str | Path, dataset_dirs: str | Path | Iterable[str | Path
     loss_after on held-out episodes (on the training episodes when there is only one episode:
     held_out_episodes 0 says so), the first / last training losses, timings and counts. out_dir is checked
     as in pretrain (never the input checkpoint). motion_loss_weight: the loss weighting to adapt with (default:
-    the checkpoint's own); held-out losses are the plain mean either way.
+    the checkpoint's own); held-out losses are the plain mean either way. action_dropout / action_guidance:
+    classifier-free guidance on the actions to adapt with / to save (default: the checkpoint's own).
     """
     if mode not in ADAPT_MODES:
         raise ConfigError(f"adapt mode must be one of {ADAPT_MODES}, got {mode!r}")
@@ -305,6 +307,7 @@ def adapt(checkpoint: str | Path, dataset_dirs: str | Path | Iterable[str | Path
     model = Prophet.from_pretrained(checkpoint, map_location=device)
     if motion_loss_weight is not None:
         model.configure_motion_weighting(motion_loss_weight)
+    model.configure_action_guidance(action_dropout, action_guidance)
     if model.config.finetune == "full":
         if mode == "lora":
             model.configure_finetuning("lora", **({"lora_rank": lora_rank, "lora_alpha": float(lora_rank)}

@@ -77,6 +77,9 @@ def _square_world_batch(batch: int, rng: np.random.Generator) -> dict:
 
 # ----- config -----------------------------------------------------------------------------------------
 def test_named_configs_and_validation():
+    small, large = get_prophet_config("tiny_32px_start_frame"), get_prophet_config("tiny_64px_start_frame")
+    assert large.image_size == 2 * small.image_size
+    assert large.image_size // large.vae_compression == small.image_size // small.vae_compression  # same tokens
     tiny = get_prophet_config("tiny")
     assert tiny.action_horizon == 20 and tiny.history_length == 8 and tiny.vae_compression == 4
     assert get_prophet_config("base").finetune == "lora+conditioning"
@@ -176,6 +179,52 @@ def test_action_frames_count_only_where_calibration_is_known(model):
     without = Prophet(_small_config(use_action_frames=False))
     with pytest.raises(ValueError, match="use_action_frames"):
         without.generate(start, history, actions, action_frames=frames_a)
+
+
+def _guided(model: Prophet, guidance: float) -> Prophet:
+    guided = Prophet(dataclasses.replace(model.config, action_guidance=guidance))
+    guided.load_state_dict(model.state_dict())
+    return guided.eval()
+
+
+def test_action_guidance_scales_the_actions_effect_from_the_no_action_clip(model):
+    start, history, actions = _frames(2), _frames(2, 2), _actions(2, seed=3) * 100   # about 1 action std
+    frames = _frames(2, 2, seed=4)
+
+    def clip(m, a, **kwargs):
+        return m.generate(start, history, a, generator=torch.Generator().manual_seed(0), action_frames=frames,
+                          **kwargs)
+    plain = clip(model, actions)
+    torch.testing.assert_close(clip(_guided(model, 1.0), actions), plain)
+    # guidance 0 is the clip without actions: zero normalised actions, action frames ignored
+    no_actions = clip(model, torch.zeros_like(actions), calibrated=torch.tensor([False, False]))
+    torch.testing.assert_close(clip(_guided(model, 0.0), actions), no_actions, atol=1e-3, rtol=0)
+    # beyond 1 the commanded part counts for more: the clip moves further from the no-action one
+    distance = {g: (clip(_guided(model, g), actions) - no_actions).abs().mean().item() for g in (1.0, 3.0)}
+    assert distance[3.0] > 1.2 * distance[1.0] > 0      # (pixels saturate: not 3x)
+
+
+def test_action_dropout_conditions_a_share_of_training_clips_on_no_actions():
+    torch.manual_seed(0)
+    m = Prophet(_small_config(action_dropout=0.999))
+    _give_action_heads_weights(m)
+    rng = np.random.default_rng(0)
+    batch = _square_world_batch(2, rng)
+    zeroed = dict(batch, actions=np.zeros_like(batch["actions"]))
+
+    def loss(b, train=True, **changes):
+        m.configure_action_guidance(**changes)
+        m.train(train)
+        return m.training_loss(b, torch.Generator().manual_seed(5)).item()
+    # this seed drops both clips' actions: the actions given no longer matter
+    assert loss(batch) == pytest.approx(loss(zeroed), abs=1e-6)
+    assert loss(batch, action_dropout=0.0) != pytest.approx(loss(zeroed, action_dropout=0.0), abs=1e-6)
+    # outside training nothing is dropped
+    assert loss(batch, train=False, action_dropout=0.999) == pytest.approx(loss(batch, train=False, action_dropout=0.0))
+    with pytest.raises(ConfigError, match="action_dropout"):
+        m.configure_action_guidance(action_dropout=1.0)
+    with pytest.raises(ConfigError, match="action_guidance"):
+        m.configure_action_guidance(action_guidance=-1.0)
 
 
 # ----- training --------------------------------------------------------------------------------------
