@@ -9,6 +9,13 @@ states (`prophrl eval --in-imagination`). Prints the table and the Pearson corre
         --budgets 20 150 400 1000 --episodes 40 --jobs 2
 
 Writes OUT/sft_<steps>/ (the SFT checkpoints) and OUT/report (report.md, summary.json).
+
+Another world model and judge on the same policies and states, without running the sim again: --from-report
+takes an existing `prophrl eval` report's true success (per policy and state) and recomputes only the imagined
+success, writing OUT/report/summary.json:
+
+    python bench/imagined_ranking.py --from-report outputs/imagined_ranking/report --world-model OTHER_PROPHET \
+        --judge OTHER_JUDGE --out outputs/imagined_ranking_other
 """
 
 from __future__ import annotations
@@ -24,7 +31,11 @@ from pathlib import Path
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--demo", type=Path, required=True, help="a `prophrl demo` output directory")
+    parser.add_argument("--demo", type=Path, help="a `prophrl demo` output directory")
+    parser.add_argument("--from-report", type=Path, help="reuse this `prophrl eval` report's policies, states and "
+                                                         "true success; evaluate only in imagination")
+    parser.add_argument("--world-model", type=Path, help="Prophet checkpoint (default: the demo's)")
+    parser.add_argument("--judge", type=Path, nargs="+", help="judge checkpoint(s) (default: the demo's)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--budgets", type=int, nargs="+", default=[20, 150, 400, 1000], help="SFT steps per extra "
                                                                                              "checkpoint")
@@ -36,7 +47,13 @@ def main() -> int:
 
     from prophrl_trainer import report
 
+    if args.from_report is not None:
+        return reimagine(args)
+    if args.demo is None:
+        parser.error("--demo or --from-report is required")
     demo = args.demo
+    world_model = args.world_model or demo / "prophet"
+    judges = args.judge or [demo / "judge"]
     args.out.mkdir(parents=True, exist_ok=True)
     policies = []
     for steps in args.budgets:
@@ -52,13 +69,42 @@ def main() -> int:
         policies += ["--policy", f"demo FA-GRPO+FlowScale={rl}"]
     code = report.main([*policies, "--episodes", str(args.episodes), "--max-steps", "150",
                         "--replan-steps", "10", "--jobs", str(args.jobs), "--in-imagination",
-                        "--world-model", str(demo / "prophet"), "--judge", str(demo / "judge"),
+                        "--world-model", str(world_model), "--judge", *map(str, judges),
                         "--imagined-chunks", str(args.imagined_chunks),
                         "--imagined-rollouts", str(args.imagined_rollouts), "--out", str(args.out / "report")])
     if code == 0:
         summary = json.loads((args.out / "report" / "summary.json").read_text())
         print(report.imagined_table(summary))
     return code
+
+
+def reimagine(args: argparse.Namespace) -> int:
+    """Imagined success of a report's policies on its states with --world-model / --judge; true success reused."""
+    from prophrl_common.config_io import ConfigError
+    from prophrl_trainer import report
+    from prophrl_trainer.evaluation import EvalSettings
+    from prophrl_trainer.imagined_evaluation import ImaginedEvalSettings
+
+    if args.world_model is None or not args.judge:
+        raise ConfigError("--from-report needs --world-model and --judge")
+    summary_path = args.from_report / "summary.json"
+    if not summary_path.is_file():
+        raise ConfigError(f"--from-report {args.from_report}: no summary.json (not a `prophrl eval` report)")
+    summary = json.loads(summary_path.read_text())
+    summary.pop("imagined_vs_true", None)
+    policies = {label: [report.PolicySource(label, Path(c)) for c in entry["checkpoints"]]
+                for label, entry in summary["policies"].items()}
+    tasks = sorted({task for entry in summary["policies"].values() for task in entry["tasks"]})
+    settings = EvalSettings(robot=summary["robot"], episodes=summary["episodes"], first_seed=summary["first_seed"],
+                            max_steps=summary["max_steps"], replan_steps=summary["replan_steps"])
+    imagined = ImaginedEvalSettings(str(args.world_model), tuple(map(str, args.judge)), args.imagined_chunks,
+                                    args.imagined_rollouts).validate()
+    report.add_imagined_success(summary, policies, tasks, settings, imagined)
+    out = args.out / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    print(report.imagined_table(summary))
+    return 0
 
 
 if __name__ == "__main__":

@@ -9,6 +9,16 @@ the commanded axis by at least half the true displacement. Also prints PSNR/SSIM
 the predictions against the true clips, and train-step / generation timings.
 
     python bench/prophet_action_following.py [--image-size 32] [--vae-steps 300] [--steps 600] [--patch 1] [--threads 1]
+
+Where the scene predicts the motion, as in demonstrations (the arm keeps going where it was going), a model
+can learn the scene's prediction and ignore the actions; a policy that does something else is then imagined
+doing what the demonstrations did. --predictable-share P makes the history drift the commanded way in a share P
+of the training clips, and the evaluation then starts every direction from a history drifting right: the
+actions must overrule the scene. --action-dropout trains with classifier-free guidance on the actions and
+--guidance G [G ...] evaluates the same model at each guidance:
+
+    python bench/prophet_action_following.py --threads 1 --predictable-share 0.9 --action-dropout 0.15 \
+        --guidance 1 2 4
 """
 
 from __future__ import annotations
@@ -31,8 +41,10 @@ ACTION_STEP_M = 0.01   # dpos per action step; its sign is the direction
 
 
 class MovingSquareWorld:
-    def __init__(self, config, square: int, speed: int, background: int = 30, rng_seed: int = 0):
+    def __init__(self, config, square: int, speed: int, background: int = 30, rng_seed: int = 0,
+                 predictable_share: float = 0.0):
         self.config, self.square, self.speed, self.background = config, square, speed, background
+        self.predictable_share = predictable_share
         self.rng = np.random.default_rng(rng_seed)
 
     def frame(self, x: float, y: float) -> np.ndarray:
@@ -57,10 +69,17 @@ class MovingSquareWorld:
         reach = self.speed * max(cfg.frames_per_clip, cfg.history_length)
         x, y = rng.integers(reach, cfg.image_size - self.square - reach + 1, size=2)
         direction = list(DIRECTIONS.values())[rng.integers(4)]
-        drift = rng.uniform(-1, 1, size=2) * self.speed
-        history = np.stack([self.frame(x - drift[0] * k, y - drift[1] * k) for k in range(cfg.history_length, 0, -1)])
-        return dict(history_frames=history, current_frame=self.frame(x, y), actions=self.actions(direction),
-                    future_frames=self.clip((x, y), direction))
+        if rng.random() < self.predictable_share:
+            drift = np.asarray(direction, np.float64) * self.speed     # the scene predicts the motion
+        else:
+            drift = rng.uniform(-1, 1, size=2) * self.speed
+        return dict(history_frames=self.history((x, y), drift), current_frame=self.frame(x, y),
+                    actions=self.actions(direction), future_frames=self.clip((x, y), direction))
+
+    def history(self, start_xy, drift) -> np.ndarray:
+        """The history frames, oldest first, of a square that drifted `drift` pixels per frame to start_xy."""
+        (x, y), count = start_xy, self.config.history_length
+        return np.stack([self.frame(x - drift[0] * k, y - drift[1] * k) for k in range(count, 0, -1)])
 
     def batch(self, size: int) -> dict:
         samples = [self.sample() for _ in range(size)]
@@ -102,14 +121,19 @@ def train(model: Prophet, world: MovingSquareWorld, vae_steps: int, steps: int, 
     return dict(vae_s=vae_time, denoiser_s=time.perf_counter() - start, losses=losses)
 
 
-def evaluate(model: Prophet, world: MovingSquareWorld, num_steps: int, seed: int) -> dict:
+def evaluate(model: Prophet, world: MovingSquareWorld, num_steps: int, seed: int, drift: str = "") -> dict:
+    """Each direction commanded from the centre; with `drift` (a direction's name), from a history of the square
+    drifting that way (no history otherwise)."""
     size = model.config.image_size
     start_xy = ((size - world.square) / 2,) * 2
     start = world.frame(*start_xy)
     names = list(DIRECTIONS)
     actions = np.stack([world.actions(DIRECTIONS[n]) for n in names])
+    history = None
+    if drift:
+        history = np.repeat(world.history(start_xy, np.asarray(DIRECTIONS[drift]) * world.speed)[None], 4, 0)
     begin = time.perf_counter()
-    clips = model.generate(np.repeat(start[None], 4, 0), None, actions, num_steps,
+    clips = model.generate(np.repeat(start[None], 4, 0), history, actions, num_steps,
                            torch.Generator().manual_seed(seed)).numpy()
     generate_s = time.perf_counter() - begin
     expected = world.speed * model.config.frames_per_clip
@@ -147,33 +171,49 @@ def main() -> None:
     parser.add_argument("--save-grid", default="", help="PNG of the start frame + predicted clip per direction")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch threads (0: torch's default; 1 is far faster on a shared, busy CPU)")
+    parser.add_argument("--predictable-share", type=float, default=0.0,
+                        help="share of training clips whose history drifts the commanded way; > 0 also evaluates "
+                             "from a history drifting right")
+    parser.add_argument("--action-dropout", type=float, default=0.0, help="share of training clips without actions")
+    parser.add_argument("--guidance", type=float, nargs="+", default=[1.0], help="action guidance(s) to evaluate")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     config = get_prophet_config("tiny", image_size=args.image_size, frames_per_clip=4, actions_per_frame=2,
                                 history_scales=((2, 1, 2, 2), (2, 2, 4, 4)), use_action_frames=False,
-                                patch_size=(1, args.patch, args.patch))
+                                patch_size=(1, args.patch, args.patch), action_dropout=args.action_dropout)
     model = Prophet(config)
     world = MovingSquareWorld(config, square=max(4, args.image_size // 5), speed=max(1, args.image_size // 16),
-                              rng_seed=args.seed)
+                              rng_seed=args.seed, predictable_share=args.predictable_share)
     stats = train(model, world, args.vae_steps, args.steps, args.batch, args.seed)
     model.eval()
-    result = evaluate(model, world, args.num_steps, args.seed)
+    drift = "right" if args.predictable_share > 0 else ""
+    rows = []
+    for guidance in args.guidance:
+        model.configure_action_guidance(action_guidance=guidance)
+        result = evaluate(model, world, args.num_steps, args.seed, drift)
+        rows.append((guidance, result))
     losses = stats["losses"]
     print(f"VAE: {args.vae_steps} steps in {stats['vae_s']:.1f} s; denoiser: {args.steps} steps in "
           f"{stats['denoiser_s']:.1f} s ({stats['denoiser_s'] / max(args.steps, 1):.3f} s/step, batch {args.batch})")
     print(f"loss: first 10 mean {np.mean(losses[:10]):.3f}, last 10 mean {np.mean(losses[-10:]):.3f}")
-    print(f"generate (4 clips, {args.num_steps} steps): {result['generate_s']:.2f} s")
-    for name in DIRECTIONS:
-        verdict = "followed" if result["followed"][name] else "NOT followed"
-        print(f"  {name:5s} centroid moved {result['moves'][name]} -> {verdict}")
-    psnr = np.mean([m.psnr[1:].mean() for m in result["metrics"]])
-    ssim = np.mean([m.ssim[1:].mean() for m in result["metrics"]])
-    epe = np.mean([np.nanmean(m.flow_epe) for m in result["metrics"]])
-    cos = np.mean([np.nanmean(m.flow_cos) for m in result["metrics"]])
-    print(f"vs. true clips: PSNR {psnr:.2f} dB, SSIM {ssim:.3f}, flow EPE {epe:.2f} px, flow cos {cos:.2f}")
-    print(f"followed {sum(result['followed'].values())}/4 directions")
+    for guidance, result in rows:
+        print(f"\naction guidance {guidance:g}" + (f", history drifting {drift}" if drift else "") +
+              f": generate (4 clips, {args.num_steps} steps) {result['generate_s']:.2f} s")
+        for name in DIRECTIONS:
+            verdict = "followed" if result["followed"][name] else "NOT followed"
+            print(f"  {name:5s} centroid moved {result['moves'][name]} -> {verdict}")
+        psnr = np.mean([m.psnr[1:].mean() for m in result["metrics"]])
+        ssim = np.mean([m.ssim[1:].mean() for m in result["metrics"]])
+        epe = np.mean([np.nanmean(m.flow_epe) for m in result["metrics"]])
+        cos = np.mean([np.nanmean(m.flow_cos) for m in result["metrics"]])
+        print(f"  vs. true clips: PSNR {psnr:.2f} dB, SSIM {ssim:.3f}, flow EPE {epe:.2f} px, flow cos {cos:.2f}")
+    print("\n| action guidance | directions followed | PSNR dB | flow cos |\n|---|---|---|---|")
+    for guidance, result in rows:
+        psnr = np.mean([m.psnr[1:].mean() for m in result["metrics"]])
+        cos = np.mean([np.nanmean(m.flow_cos) for m in result["metrics"]])
+        print(f"| {guidance:g} | {sum(result['followed'].values())}/4 | {psnr:.2f} | {cos:.2f} |")
     if args.save_grid:
         save_grid(args.save_grid, result["start"], result["clips"])
 
