@@ -151,6 +151,14 @@ def evaluate(model: Prophet, world: MovingSquareWorld, num_steps: int, seed: int
     return dict(followed=followed, moves=moves, generate_s=generate_s, metrics=metrics, start=start, clips=clips)
 
 
+def clip_metrics(metrics: list) -> dict:
+    """Mean PSNR / SSIM over the predicted frames and flow EPE / cosine over the four directions' clips."""
+    return dict(psnr=np.mean([m.psnr[1:].mean() for m in metrics]),
+                ssim=np.mean([m.ssim[1:].mean() for m in metrics]),
+                epe=np.mean([np.nanmean(m.flow_epe) for m in metrics]),
+                cos=np.mean([np.nanmean(m.flow_cos) for m in metrics]))
+
+
 def save_grid(path: str, start: np.ndarray, clips: np.ndarray, scale: int = 4) -> None:
     """One row per direction: the start frame, then the predicted clip."""
     rows = [np.concatenate([start, *clip], axis=1) for clip in clips]
@@ -204,16 +212,13 @@ def main() -> None:
         for name in DIRECTIONS:
             verdict = "followed" if result["followed"][name] else "NOT followed"
             print(f"  {name:5s} centroid moved {result['moves'][name]} -> {verdict}")
-        psnr = np.mean([m.psnr[1:].mean() for m in result["metrics"]])
-        ssim = np.mean([m.ssim[1:].mean() for m in result["metrics"]])
-        epe = np.mean([np.nanmean(m.flow_epe) for m in result["metrics"]])
-        cos = np.mean([np.nanmean(m.flow_cos) for m in result["metrics"]])
-        print(f"  vs. true clips: PSNR {psnr:.2f} dB, SSIM {ssim:.3f}, flow EPE {epe:.2f} px, flow cos {cos:.2f}")
+        m = result["summary"] = clip_metrics(result["metrics"])
+        print(f"  vs. true clips: PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.3f}, flow EPE {m['epe']:.2f} px, "
+              f"flow cos {m['cos']:.2f}")
     print("\n| action guidance | directions followed | PSNR dB | flow cos |\n|---|---|---|---|")
     for guidance, result in rows:
-        psnr = np.mean([m.psnr[1:].mean() for m in result["metrics"]])
-        cos = np.mean([np.nanmean(m.flow_cos) for m in result["metrics"]])
-        print(f"| {guidance:g} | {sum(result['followed'].values())}/4 | {psnr:.2f} | {cos:.2f} |")
+        m = result["summary"]
+        print(f"| {guidance:g} | {sum(result['followed'].values())}/4 | {m['psnr']:.2f} | {m['cos']:.2f} |")
     if args.save_grid:
         save_grid(args.save_grid, result["start"], result["clips"])
 
