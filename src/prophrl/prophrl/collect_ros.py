@@ -30,6 +30,7 @@ def collect_over_ros(args: argparse.Namespace) -> list[dict]:
     from rclpy.signals import SignalHandlerOptions
     from tqdm import tqdm
 
+    from prophrl_common.node_runtime import shutdown_rclpy
     from prophrl_common.startup import ReadyWatcher, startup_timeout_s
     from prophrl_msgs.action import CollectEpisode
 
@@ -101,6 +102,6 @@ def collect_over_ros(args: argparse.Namespace) -> list[dict]:
         supervisor.shutdown()
         executor.shutdown()
         node.destroy_node()
-        rclpy.try_shutdown()
+        shutdown_rclpy()
         log.close()
     return rows

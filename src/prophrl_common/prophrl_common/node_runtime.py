@@ -75,6 +75,17 @@ def _shutdown_executor(executor: Executor) -> None:
     executor.shutdown()
 
 
+def shutdown_rclpy(context=None) -> None:
+    """rclpy.try_shutdown() for a process that owns SIGINT/SIGTERM (rclpy.init with SignalHandlerOptions.NO).
+
+    Shutting the default context down also runs rclpy's uninstall_signal_handlers(), which sets SIGINT
+    and SIGTERM to the handler rclpy saved when it installed its own, and only then, seeing that the
+    handler it replaced was not its own, puts that one back. With no rclpy handler installed, the
+    saved one is the default action: for those few instructions a SIGTERM kills the process by signal
+    (exit -15) instead of reaching this process's handler. Here the handlers stay untouched."""
+    rclpy.try_shutdown(context=context, uninstall_handlers=False)
+
+
 def _program_name() -> str:
     return sys.argv[0].rsplit("/", 1)[-1].removesuffix(".py") or "node"
 
@@ -154,5 +165,5 @@ def run_node(make_node: Callable[[], object], args: list[str] | None = None, *,
                 _shutdown_executor(spinner)
         if node is not None:
             node.destroy_node()
-        rclpy.try_shutdown()
+        shutdown_rclpy()
         signals.ignore()

@@ -48,6 +48,45 @@ def test_a_burst_of_sigint_and_sigterm_stops_a_node_with_exit_0():
     assert not problems, "\n".join(problems)
 
 
+SHUTDOWN_LOOP = """
+import signal, time, rclpy
+from rclpy.signals import SignalHandlerOptions
+from prophrl_common.node_runtime import shutdown_rclpy
+received = []
+signal.signal(signal.SIGTERM, lambda signum, _frame: received.append(signum))
+rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
+print("ready", flush=True)
+calls, end = 0, time.monotonic() + 1.5
+while time.monotonic() < end:
+    shutdown_rclpy()
+    calls += 1
+print(f"{calls} shutdowns, {len(received)} SIGTERM handled", flush=True)
+signal.signal(signal.SIGTERM, signal.SIG_IGN)  # as run_node does: the interpreter's exit restores the default
+"""
+
+
+def test_shutting_rclpy_down_never_hands_sigterm_to_its_default_action():
+    # rclpy.try_shutdown() of the default context briefly set SIGTERM to its default action although
+    # rclpy had installed no handler: a SIGTERM in that window killed run_node's process (exit -15).
+    # Shutting down in a tight loop under a SIGTERM burst hit the window after about 13 signals.
+    proc = subprocess.Popen([sys.executable, "-c", SHUTDOWN_LOOP], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    guard = threading.Timer(60.0, proc.kill)
+    guard.start()
+    try:
+        assert "ready" in proc.stdout.readline()
+        sent = 0
+        while proc.poll() is None:
+            os.kill(proc.pid, signal.SIGTERM)
+            sent += 1
+            time.sleep(0.0001)
+        out = proc.stdout.read()
+    finally:
+        guard.cancel()
+    assert proc.wait() == 0, f"exit {proc.returncode} after {sent} SIGTERM\n{out}"
+    assert "SIGTERM handled" in out and sent > 100
+
+
 def test_a_stop_request_keeps_its_first_reason_and_wakes_a_waiter():
     stop = StopRequest()
     assert not stop.is_set() and stop.reason == ""
