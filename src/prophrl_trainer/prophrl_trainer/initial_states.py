@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from prophrl_common import training_state
 from prophrl_common.config_io import ConfigError
-from prophrl_trainer import checkpointing as ckpt
 from prophrl_data.shards import EpisodeDataset
 from prophrl_worldmodel.imagination import ImaginationStart
 
@@ -62,10 +62,10 @@ class InitialStateSampler:
         return [self.states[i] for i in index]
 
     def get_state(self) -> dict:
-        return ckpt.numpy_rng_state(self.rng)
+        return training_state.numpy_rng_state(self.rng)
 
     def set_state(self, state: dict) -> None:
-        ckpt.set_numpy_rng_state(self.rng, state)
+        training_state.set_numpy_rng_state(self.rng, state)
 
 
 def _load_starts(dataset_dir: Path, context_frames: int) -> list[ImaginationStart]:

@@ -45,6 +45,7 @@ import numpy as np
 import torch
 
 from prophrl_common.chunks import ACTION_SPACES, POLICY_STATE_DIM
+from prophrl_common import training_state
 from prophrl_common.config_io import ConfigError
 from prophrl_common.weights import NonFiniteError, require_finite
 from prophrl_policy.modeling_vla import Observation, VLAPolicy
@@ -226,7 +227,7 @@ class Trainer:
         return {"generator": self.generator.get_state().cpu().numpy().tolist(),
                 "order_generator": self.order_generator.get_state().numpy().tolist(),
                 "torch_global": torch.get_rng_state().numpy().tolist(),
-                "numpy": self.sampler.get_state(), "python": ckpt.python_rng_state()}
+                "numpy": self.sampler.get_state(), "python": training_state.python_rng_state()}
 
     def save_checkpoint(self) -> Path | None:
         """Collective under data parallelism (every rank's RNG state is gathered); rank 0 writes."""
@@ -261,7 +262,7 @@ class Trainer:
             self.order_generator.set_state(tensors[f"rank{rank}.order_generator"])
             torch.set_rng_state(tensors[f"rank{rank}.torch_global"])
             self.sampler.set_state(state["rng"][rank]["numpy"])
-            ckpt.set_python_rng_state(state["rng"][rank]["python"])
+            training_state.set_python_rng_state(state["rng"][rank]["python"])
         else:  # a different number of ranks: the streams cannot continue; reseed them from the update count
             self.generator.manual_seed(derived_seed(self.config.seed, rank, 1, state["update"]))
             self.order_generator.manual_seed(derived_seed(self.config.seed, rank, 2, state["update"]))

@@ -12,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from prophrl_common import training_state
 from prophrl_common.config_io import ConfigError
 from prophrl_policy.configuration_vla import get_vla_config
 from prophrl_policy.modeling_vla import VLAPolicy
@@ -45,7 +46,7 @@ def test_optimizer_state_round_trips_exactly_without_pickle(tmp_path):
     _train_steps(policy, optimizer, 3, seed=1)
     path = ckpt.save_checkpoint(tmp_path / "ckpts", 3, policy, optimizer,
                                 {"gen": torch.Generator().manual_seed(5).get_state()},
-                                {"history": [{"update": 1}], "rng": [{"python": ckpt.python_rng_state()}]},
+                                {"history": [{"update": 1}], "rng": [{"python": training_state.python_rng_state()}]},
                                 '{"seed": 0}')
     assert path.name == "update_000003"
     files = {p.suffix for p in path.rglob("*") if p.is_file()}

@@ -1,6 +1,7 @@
 """`prophrl worldmodel pretrain|adapt|eval`: Prophet pretraining, few-shot adaptation and fidelity evaluation.
 
     prophrl worldmodel pretrain --data DIR [DIR ...] --out CKPT [--config tiny] [--steps N] [--vae-steps N]
+        [--state-dir DIR]   (an interrupted run, started again with the same arguments, continues from DIR)
     prophrl worldmodel adapt --checkpoint CKPT (--bags BAG ... | --data DIR ...) --steps N [--mode lora|full] --out CKPT
     prophrl worldmodel eval --data DIR ... [--checkpoint CKPT ...] [--labels NAME ...] --out DIR
 
@@ -56,7 +57,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     out = pretrain(args.data, config, args.out, vae_steps=args.vae_steps, steps=args.steps, vae_from=args.vae_from,
                    batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                    log_dir=args.log_dir or Path(args.out).with_name(Path(args.out).name + "_tensorboard"),
-                   device=args.device, overwrite=args.overwrite)
+                   device=args.device, overwrite=args.overwrite, state_dir=args.state_dir, save_every=args.save_every)
     summary = json.loads((out / SUMMARY_NAME).read_text())
     keys = ("train_episodes", "held_out_episodes", "train_clips", "vae_steps", "vae_l1_first", "vae_l1_last", "steps",
             "loss_first", "loss_last", "held_out_loss", "step_time_s", "vae_seconds", "denoiser_seconds")
@@ -132,6 +133,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from prophrl_worldmodel.configuration_prophet import FLOW_SOURCES
+    from prophrl_worldmodel.training import DEFAULT_SAVE_EVERY
 
     parser = argparse.ArgumentParser(prog="prophrl worldmodel", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="verb", required=True)
@@ -160,6 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-dir", help="TensorBoard directory (default OUT_tensorboard)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it is a previous Prophet checkpoint")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--state-dir", metavar="DIR", help="save the training state here every --save-every steps; the "
+                   "same command run again after an interruption continues from it")
+    p.add_argument("--save-every", type=int, default=DEFAULT_SAVE_EVERY, help="steps between two saved training "
+                   f"states (default {DEFAULT_SAVE_EVERY})")
     p.set_defaults(func=_cmd_pretrain)
 
     p = sub.add_parser("adapt", help="few-shot adaptation of a Prophet to new episodes (LoRA or full)")

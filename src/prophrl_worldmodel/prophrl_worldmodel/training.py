@@ -26,6 +26,7 @@ directories (safetensors + JSON, written atomically) with a ``training_summary.j
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import tempfile
 import time
@@ -44,12 +45,16 @@ from prophrl_worldmodel.clips import ClipSampler, load_episodes, replay_chunks, 
 from prophrl_worldmodel.configuration_prophet import ProphetConfig
 from prophrl_worldmodel.metrics import VideoMetrics, aggregate_by_horizon, video_metrics
 from prophrl_worldmodel.modeling_prophet import Prophet
+from prophrl_worldmodel.pretrain_state import PHASES, PretrainState, resume_into
+from prophrl_worldmodel.pretrain_state import Progress as PretrainProgress
+from prophrl_worldmodel.pretrain_state import Restored as PretrainRestored
 
 DEFAULT_HELD_OUT_FRACTION = 0.2
 SUMMARY_NAME = "training_summary.json"
 ADAPT_MODES = ("lora", "full")
 DEFAULT_ADAPT_LR = {"lora": 5e-3, "full": 5e-4}
 PSNR_CAP_DB = 100.0          # identical frames (inf dB) count as this, so means stay finite
+DEFAULT_SAVE_EVERY = 500    # pretraining steps between two saved training states (with a state_dir)
 EVAL_MAX_CLIPS = 64          # held-out clips in loss_before / loss_after
 METRIC_FIELDS = ("psnr", "ssim", "flow_epe", "flow_cos")
 Progress = Callable[[int, int, float], None]
@@ -147,7 +152,8 @@ def evaluation_loss(model: Prophet, sampler: ClipSampler, max_clips: int = EVAL_
 
 def _train_denoiser(model: Prophet, sampler: ClipSampler, steps: int, batch_size: int, lr: float, rng, generator,
                     logger: _Logger, tag: str, progress: Progress | None, show_progress: bool,
-                    grad_clip: float = 1.0, warmup_steps: int | None = None) -> tuple[list[float], float]:
+                    grad_clip: float = 1.0, warmup_steps: int | None = None,
+                    resume: _Resume | None = None) -> tuple[list[float], float]:
     from tqdm import tqdm
 
     parameters = model.denoiser_parameters()
@@ -158,8 +164,11 @@ def _train_denoiser(model: Prophet, sampler: ClipSampler, steps: int, batch_size
     scheduler = _schedule(optimizer, steps, warmup)
     model.train()
     losses: list[float] = []
-    start = time.perf_counter()
-    bar = tqdm(range(steps), desc=tag, unit="step", disable=not show_progress)
+    first, seconds = 0, 0.0
+    if resume is not None:
+        first, losses, seconds = resume.enter("denoiser", optimizer, scheduler)
+    start = time.perf_counter() - seconds
+    bar = tqdm(range(first, steps), desc=tag, unit="step", disable=not show_progress, initial=first, total=steps)
     for step in bar:
         loss = model.training_loss(sampler.random_batch(batch_size, rng), generator)
         require_finite_loss(loss.item(), tag, step)
@@ -174,7 +183,49 @@ def _train_denoiser(model: Prophet, sampler: ClipSampler, steps: int, batch_size
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
         if progress is not None:
             progress(step + 1, steps, losses[-1])
+        if resume is not None and resume.state.due(step + 1, steps):
+            resume.save("denoiser", step + 1, losses, time.perf_counter() - start, optimizer, scheduler)
     return losses, time.perf_counter() - start
+
+
+class _Resume:
+    """A pretraining run's PretrainState and what it restored, shared by the VAE and the denoiser phases."""
+
+    def __init__(self, state: PretrainState, restored: PretrainRestored | None, model: Prophet, rng, generator):
+        self.state, self.restored, self.model, self.rng, self.generator = state, restored, model, rng, generator
+        self.done = self.restored.progress if self.restored is not None else PretrainProgress()
+
+    def skips(self, phase: str) -> bool:
+        """The state is past this phase (the VAE phase, when it was saved in the denoiser phase)."""
+        return PHASES.index(self.done.phase) > PHASES.index(phase)
+
+    def load_model(self) -> None:
+        """The saved weights and statistics, for a phase that is skipped (nothing else to restore)."""
+        if self.restored is not None:
+            try:
+                self.model.load_state_dict(self.restored.model)
+            except RuntimeError as exc:
+                raise ConfigError(f"{self.state.directory}: the saved model does not fit this config ({exc})") from exc
+
+    def enter(self, phase: str, optimizer, scheduler) -> tuple[int, list[float], float]:
+        """Restore a state saved in this phase (first step, losses, seconds so far); else save its start."""
+        if self.restored is not None and self.done.phase == phase:
+            resume_into(self.restored, self.model, optimizer, scheduler, self.rng, self.generator, self.state.directory)
+            self.restored = None
+            losses = self.done.vae_losses if phase == "vae" else self.done.losses
+            seconds = self.done.vae_seconds if phase == "vae" else self.done.denoiser_seconds
+            return self.done.step, list(losses), seconds
+        self.restored = None
+        self.save(phase, 0, [], 0.0, optimizer, scheduler)
+        return 0, [], 0.0
+
+    def save(self, phase: str, step: int, losses: list[float], seconds: float, optimizer, scheduler) -> None:
+        if phase == "vae":
+            self.done = PretrainProgress("vae", step, list(losses), [], seconds, 0.0)
+        else:
+            self.done = PretrainProgress("denoiser", step, self.done.vae_losses, list(losses), self.done.vae_seconds,
+                                         seconds)
+        self.state.save(self.done, self.model, optimizer, scheduler, self.rng, self.generator)
 
 
 # ----- pretraining ---------------------------------------------------------------------------------------
@@ -183,8 +234,12 @@ def pretrain(dataset_dirs: str | Path | Iterable[str | Path], config: ProphetCon
              log_dir: str | Path | None = None, *, vae_lr: float = 2e-3,
              held_out_fraction: float = DEFAULT_HELD_OUT_FRACTION, device: str | torch.device = "cpu",
              progress: Progress | None = None, show_progress: bool = True, overwrite: bool = False,
-             vae_from: str | Path | None = None) -> Path:
+             vae_from: str | Path | None = None, state_dir: str | Path | None = None,
+             save_every: int = DEFAULT_SAVE_EVERY) -> Path:
     """Train a Prophet on bags2dataset directories and save it to out_dir; returns out_dir.
+
+    state_dir: where the training state is saved every `save_every` steps (prophrl_worldmodel.pretrain_state);
+    when it holds this run's state, training continues from it, exactly as an uninterrupted run would.
 
     vae_from: a Prophet checkpoint whose VAE (and latent normalisation) this one starts from, so denoiser
     variants can be compared on one autoencoder; vae_steps then fine-tune it (0: keep it as it is).
@@ -201,10 +256,18 @@ def pretrain(dataset_dirs: str | Path | Iterable[str | Path], config: ProphetCon
         raise ConfigError("batch_size must be positive")
     config = config.validate()
     check_output_dir(out_dir, PROPHET_OUTPUT, overwrite=overwrite, inputs=_dirs(dataset_dirs))
+    dirs = _dirs(dataset_dirs)
+    state = restored = None
+    if state_dir is not None:   # a state of another run, or a foreign directory, is refused before any work
+        run = {"config": json.loads(config.to_json()), "datasets": [str(d.resolve()) for d in dirs],
+               "vae_steps": vae_steps, "steps": steps, "batch_size": batch_size, "lr": lr, "vae_lr": vae_lr,
+               "seed": seed, "held_out_fraction": held_out_fraction,
+               "vae_from": None if vae_from is None else str(Path(vae_from).resolve())}
+        state = PretrainState(state_dir, run, save_every)
+        restored = state.restore()
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     generator = torch.Generator(device=device).manual_seed(seed)
-    dirs = _dirs(dataset_dirs)
     episodes = load_episodes(dirs, config.image_size, show_progress=show_progress)
     train, held_out = split_episodes(episodes, held_out_fraction)
     sampler = ClipSampler(train, config)
@@ -217,40 +280,55 @@ def pretrain(dataset_dirs: str | Path | Iterable[str | Path], config: ProphetCon
                      "train_episodes": len(train), "held_out_episodes": len(held_out), "train_clips": len(sampler),
                      "vae_steps": vae_steps, "steps": steps, "batch_size": batch_size, "lr": lr, "vae_lr": vae_lr,
                      "seed": seed}
+    resume = None if state is None else _Resume(state, restored, model, rng, generator)
     try:
         vae_losses: list[float] = []
         vae_parameters = model.vae_parameters()
         start = time.perf_counter()
-        if vae_steps and vae_parameters:
-            from tqdm import tqdm
+        if resume is not None and resume.skips("vae"):
+            resume.load_model()
+            vae_losses, vae_seconds = resume.done.vae_losses, resume.done.vae_seconds
+        else:
+            if vae_steps and vae_parameters:
+                from tqdm import tqdm
 
-            optimizer = torch.optim.AdamW(vae_parameters, lr=vae_lr)
-            scheduler = _schedule(optimizer, vae_steps, min(50, max(vae_steps // 10, 1)))
-            model.train()
-            bar = tqdm(range(vae_steps), desc="pretrain vae", unit="step", disable=not show_progress)
-            for step in bar:
-                result = model.vae_loss(sampler.frames(batch_size * config.frames_per_clip, rng), generator)
-                require_finite_loss(result.loss.item(), "pretrain vae", step)
-                optimizer.zero_grad(set_to_none=True)
-                result.loss.backward()
-                torch.nn.utils.clip_grad_norm_(vae_parameters, 1.0)
-                optimizer.step()
-                scheduler.step()
-                vae_losses.append(result.reconstruction.item())
-                logger.scalar("vae/loss", result.loss.item(), step)
-                logger.scalar("vae/reconstruction_l1", vae_losses[-1], step)
-                bar.set_postfix(l1=f"{vae_losses[-1]:.4f}")
-        summary.update(vae_seconds=time.perf_counter() - start, vae_l1_first=_mean_head(vae_losses),
+                optimizer = torch.optim.AdamW(vae_parameters, lr=vae_lr)
+                scheduler = _schedule(optimizer, vae_steps, min(50, max(vae_steps // 10, 1)))
+                model.train()
+                first, seconds = 0, 0.0
+                if resume is not None:
+                    first, vae_losses, seconds = resume.enter("vae", optimizer, scheduler)
+                start = time.perf_counter() - seconds
+                bar = tqdm(range(first, vae_steps), desc="pretrain vae", unit="step", disable=not show_progress,
+                           initial=first, total=vae_steps)
+                for step in bar:
+                    result = model.vae_loss(sampler.frames(batch_size * config.frames_per_clip, rng), generator)
+                    require_finite_loss(result.loss.item(), "pretrain vae", step)
+                    optimizer.zero_grad(set_to_none=True)
+                    result.loss.backward()
+                    torch.nn.utils.clip_grad_norm_(vae_parameters, 1.0)
+                    optimizer.step()
+                    scheduler.step()
+                    vae_losses.append(result.reconstruction.item())
+                    logger.scalar("vae/loss", result.loss.item(), step)
+                    logger.scalar("vae/reconstruction_l1", vae_losses[-1], step)
+                    bar.set_postfix(l1=f"{vae_losses[-1]:.4f}")
+                    if resume is not None and resume.state.due(step + 1, vae_steps):
+                        resume.save("vae", step + 1, vae_losses, time.perf_counter() - start, optimizer, scheduler)
+            vae_seconds = time.perf_counter() - start
+            if resume is not None:
+                resume.done = PretrainProgress("vae", vae_steps, list(vae_losses), [], vae_seconds, 0.0)
+            model.eval()
+            if vae_from is None or vae_steps:
+                model.fit_latent_statistics(sampler.frames(min(512, max(64, len(sampler))), rng))
+            model.fit_action_statistics(sampler.all_actions())
+            if config.predict_residual:
+                clips = sampler.batch(rng.integers(0, len(sampler), size=min(256, len(sampler))))
+                model.fit_residual_statistics(clips["current_frame"], clips["future_frames"])
+        summary.update(vae_seconds=vae_seconds, vae_l1_first=_mean_head(vae_losses),
                        vae_l1_last=_mean_tail(vae_losses))
-        model.eval()
-        if vae_from is None or vae_steps:
-            model.fit_latent_statistics(sampler.frames(min(512, max(64, len(sampler))), rng))
-        model.fit_action_statistics(sampler.all_actions())
-        if config.predict_residual:
-            clips = sampler.batch(rng.integers(0, len(sampler), size=min(256, len(sampler))))
-            model.fit_residual_statistics(clips["current_frame"], clips["future_frames"])
         losses, seconds = _train_denoiser(model, sampler, steps, batch_size, lr, rng, generator, logger, "denoiser",
-                                          progress, show_progress)
+                                          progress, show_progress, resume=resume)
         summary.update(denoiser_seconds=seconds, step_time_s=seconds / max(steps, 1),
                        loss_first=_mean_head(losses), loss_last=_mean_tail(losses))
         if held_sampler is not None:

@@ -244,3 +244,98 @@ def test_adapt_from_bags_reads_the_robot_from_the_bags(worlds, tmp_path):
     index = json.loads((tmp_path / "data" / "dataset_ur5e_sim" / "index.json").read_text())
     assert index["robot"] == "ur5e_sim" and index["episodes"][0]["camera"] is not None
     assert Prophet.from_pretrained(result.checkpoint_path).config.finetune == "lora"
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def _crash_at(step_to_crash):
+    def progress(step, _steps, _loss):
+        if step == step_to_crash:
+            raise _Interrupt(f"interrupted after denoiser step {step}")
+    return progress
+
+
+def _weights(checkpoint):
+    return load_file(str(checkpoint / WEIGHTS_NAME))
+
+
+def test_an_interrupted_pretraining_continues_from_its_state_as_if_never_stopped(worlds, tmp_path):
+    _, source, _, _ = worlds
+    common = dict(vae_steps=4, steps=6, batch_size=2, seed=3, show_progress=False)
+    reference = pretrain([source], CONFIG, tmp_path / "reference", **common)
+    state = tmp_path / "state"
+    with pytest.raises(_Interrupt):
+        pretrain([source], CONFIG, tmp_path / "resumed", state_dir=state, save_every=2, progress=_crash_at(5),
+                 **common)
+    assert not (tmp_path / "resumed").exists()
+    saved = json.loads((state / "state.json").read_text())
+    assert (saved["phase"], saved["step"], len(saved["vae_losses"]), len(saved["losses"])) == ("denoiser", 4, 4, 4)
+    resumed = pretrain([source], CONFIG, tmp_path / "resumed", state_dir=state, save_every=2, **common)
+    expected, got = _weights(reference), _weights(resumed)
+    assert expected.keys() == got.keys()
+    assert all(torch.equal(expected[k], got[k]) for k in expected), "the resumed run's weights differ"
+    first, second = (json.loads((c / SUMMARY_NAME).read_text()) for c in (reference, resumed))
+    for key in ("vae_l1_first", "vae_l1_last", "loss_first", "loss_last", "held_out_loss"):
+        assert first[key] == second[key], key
+
+
+def test_a_pretraining_killed_in_its_vae_phase_resumes_from_the_cli(worlds, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    _, source, _, _ = worlds
+    args = ["pretrain", "--data", str(source), "--config", "tiny", "--image-size", str(SIZE), "--vae-steps", "30",
+            "--steps", "3", "--batch-size", "2", "--seed", "1"]
+    cli = [sys.executable, "-m", "prophrl_worldmodel.cli"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    subprocess.run([*cli, *args, "--out", str(tmp_path / "reference")], env=env, check=True, capture_output=True)
+    state = tmp_path / "state"
+    resumed = [*cli, *args, "--out", str(tmp_path / "resumed"), "--state-dir", str(state), "--save-every", "1"]
+    proc = subprocess.Popen(resumed, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                saved = json.loads((state / "state.json").read_text())
+            except (OSError, json.JSONDecodeError):
+                saved = {}
+            if saved.get("phase") == "vae" and saved.get("step", 0) >= 3:
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, "the run ended before it could be killed in its VAE phase"
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    saved = json.loads((state / "state.json").read_text())
+    assert saved["phase"] == "vae" and 3 <= saved["step"] < 30, saved["step"]
+    assert not (tmp_path / "resumed").exists()
+    subprocess.run(resumed, env=env, check=True, capture_output=True)
+    expected, got = _weights(tmp_path / "reference"), _weights(tmp_path / "resumed")
+    assert all(torch.equal(expected[k], got[k]) for k in expected), "the resumed run's weights differ"
+
+
+def test_a_state_of_another_run_or_a_foreign_directory_is_refused_and_left_alone(worlds, tmp_path, capsys):
+    _, source, _, _ = worlds
+    state = tmp_path / "state"
+    common = ["pretrain", "--data", str(source), "--config", "tiny", "--image-size", str(SIZE), "--vae-steps", "2",
+              "--batch-size", "2", "--state-dir", str(state), "--save-every", "1"]
+    assert main([*common, "--steps", "2", "--out", str(tmp_path / "first")]) == 0
+    before = (state / "state.json").read_text()
+    capsys.readouterr()
+    assert main([*common, "--steps", "3", "--out", str(tmp_path / "second")]) == 2
+    err = capsys.readouterr().err
+    assert "holds the state of another pretraining run (its steps differ)" in err and "Traceback" not in err
+    assert (state / "state.json").read_text() == before and not (tmp_path / "second").exists()
+
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    assert main([*common[:-4], "--state-dir", str(foreign), "--steps", "2", "--out", str(tmp_path / "third")]) == 2
+    assert "not a Prophet pretraining state" in capsys.readouterr().err
+    assert [p.name for p in foreign.iterdir()] == ["notes.txt"] and not (tmp_path / "third").exists()
