@@ -3,7 +3,8 @@
 # collect the simulated corpus and pretrain tiny_32px_start_frame on it.
 #   bash scripts/pretrain_shipped_prophet.sh [CORPUS_DIR]      (. ./prophrl.env first)
 # Interrupted, the same command goes on where it stopped (the corpus per combination, the training from
-# CORPUS_DIR/pretrain_state, saved every 500 steps). On 2 CPU cores about 1.3 h: corpus 15-25 min (JOBS=2), VAE 9 min and denoiser 50 min (two threads). The result
+# CORPUS_DIR/pretrain_state, saved every 500 steps).
+# On 2 CPU cores about 1.3 h: corpus 15-25 min (JOBS=2), VAE 9 min and denoiser 50 min (two threads). The result
 # replaces src/prophrl_worldmodel/prophrl_worldmodel/pretrained_models/sim_tiny_32px/; then its fidelity table:
 #   python bench/prophet_fidelity.py --out outputs/fidelity_shipped --corpus CORPUS_DIR --pretrained sim_tiny_32px \
 #       --adapt-steps 1000 --mode full --eval-episodes 10 --chunks 6
