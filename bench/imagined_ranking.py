@@ -11,8 +11,8 @@ states (`prophrl eval --in-imagination`). Prints the table and the Pearson corre
 Writes OUT/sft_<steps>/ (the SFT checkpoints) and OUT/report (report.md, summary.json).
 
 Another world model and judge on the same policies and states, without running the sim again: --from-report
-takes an existing `prophrl eval` report's true success (per policy and state) and recomputes only the imagined
-success, writing OUT/report/summary.json:
+takes existing `prophrl eval` reports' true success (per policy and state; several reports on the same states
+are merged) and recomputes only the imagined success, writing OUT/report/summary.json:
 
     python bench/imagined_ranking.py --from-report outputs/imagined_ranking/report --world-model OTHER_PROPHET \
         --judge OTHER_JUDGE --out outputs/imagined_ranking_other
@@ -32,8 +32,9 @@ from pathlib import Path
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--demo", type=Path, help="a `prophrl demo` output directory")
-    parser.add_argument("--from-report", type=Path, help="reuse this `prophrl eval` report's policies, states and "
-                                                         "true success; evaluate only in imagination")
+    parser.add_argument("--from-report", type=Path, nargs="+", help="reuse these `prophrl eval` reports' policies, "
+                        "states and true success (several: evaluated on the same states, merged); evaluate only in "
+                        "imagination")
     parser.add_argument("--world-model", type=Path, help="Prophet checkpoint (default: the demo's)")
     parser.add_argument("--judge", type=Path, nargs="+", help="judge checkpoint(s) (default: the demo's)")
     parser.add_argument("--out", type=Path, required=True)
@@ -78,8 +79,39 @@ def main() -> int:
     return code
 
 
+SAME_STATES = ("robot", "episodes", "first_seed", "max_steps", "replan_steps", "num_steps")
+
+
+def merged_reports(paths: list[Path]) -> dict:
+    """One summary holding every policy of these `prophrl eval` reports, which must share their states and
+    settings (SAME_STATES); a label in several reports must name the same checkpoints."""
+    from prophrl_common.config_io import ConfigError
+
+    merged: dict | None = None
+    for path in paths:
+        summary_path = path / "summary.json"
+        if not summary_path.is_file():
+            raise ConfigError(f"--from-report {path}: no summary.json (not a `prophrl eval` report)")
+        summary = json.loads(summary_path.read_text())
+        summary.pop("imagined_vs_true", None)
+        if merged is None:
+            merged = summary
+            continue
+        differ = [k for k in SAME_STATES if summary.get(k) != merged.get(k)]
+        if differ:
+            raise ConfigError(f"--from-report {path}: its {', '.join(differ)} differ from {paths[0]}'s; the "
+                              "reports must be evaluated on the same states")
+        for label, entry in summary["policies"].items():
+            known = merged["policies"].get(label)
+            if known is not None and known["checkpoints"] != entry["checkpoints"]:
+                raise ConfigError(f"--from-report {path}: policy {label!r} names other checkpoints than in an "
+                                  "earlier report")
+            merged["policies"].setdefault(label, entry)
+    return merged
+
+
 def reimagine(args: argparse.Namespace) -> int:
-    """Imagined success of a report's policies on its states with --world-model / --judge; true success reused."""
+    """Imagined success of the reports' policies on their states with --world-model / --judge; true success reused."""
     from prophrl_common.config_io import ConfigError
     from prophrl_trainer import report
     from prophrl_trainer.evaluation import EvalSettings
@@ -87,11 +119,7 @@ def reimagine(args: argparse.Namespace) -> int:
 
     if args.world_model is None or not args.judge:
         raise ConfigError("--from-report needs --world-model and --judge")
-    summary_path = args.from_report / "summary.json"
-    if not summary_path.is_file():
-        raise ConfigError(f"--from-report {args.from_report}: no summary.json (not a `prophrl eval` report)")
-    summary = json.loads(summary_path.read_text())
-    summary.pop("imagined_vs_true", None)
+    summary = merged_reports(args.from_report)
     policies = {label: [report.PolicySource(label, Path(c)) for c in entry["checkpoints"]]
                 for label, entry in summary["policies"].items()}
     tasks = sorted({task for entry in summary["policies"].values() for task in entry["tasks"]})
