@@ -43,6 +43,7 @@ def main() -> int:
     parser.add_argument("--episodes", type=int, default=40, help="held-out states")
     parser.add_argument("--imagined-chunks", type=int, default=8)
     parser.add_argument("--imagined-rollouts", type=int, default=2)
+    parser.add_argument("--imagined-judging", choices=("every_chunk", "final"), default="every_chunk")
     parser.add_argument("--jobs", type=int, default=2)
     args = parser.parse_args()
 
@@ -72,7 +73,8 @@ def main() -> int:
                         "--replan-steps", "10", "--jobs", str(args.jobs), "--in-imagination",
                         "--world-model", str(world_model), "--judge", *map(str, judges),
                         "--imagined-chunks", str(args.imagined_chunks),
-                        "--imagined-rollouts", str(args.imagined_rollouts), "--out", str(args.out / "report")])
+                        "--imagined-rollouts", str(args.imagined_rollouts),
+                        "--imagined-judging", args.imagined_judging, "--out", str(args.out / "report")])
     if code == 0:
         summary = json.loads((args.out / "report" / "summary.json").read_text())
         print(report.imagined_table(summary))
@@ -126,7 +128,7 @@ def reimagine(args: argparse.Namespace) -> int:
     settings = EvalSettings(robot=summary["robot"], episodes=summary["episodes"], first_seed=summary["first_seed"],
                             max_steps=summary["max_steps"], replan_steps=summary["replan_steps"])
     imagined = ImaginedEvalSettings(str(args.world_model), tuple(map(str, args.judge)), args.imagined_chunks,
-                                    args.imagined_rollouts).validate()
+                                    args.imagined_rollouts, judging=args.imagined_judging).validate()
     report.add_imagined_success(summary, policies, tasks, settings, imagined)
     out = args.out / "report"
     out.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,9 @@ the sim is reset to each seed and only its first camera frame, instruction, end-
 calibration are kept); from there the policy acts closed loop on Prophet's frames for `chunks` chunks
 (deterministic ODE sampling, as in the sim), `rollouts` world-model seeds per state, and the reward judge
 decides success (prophrl_trainer.imagined_rollouts). The imagined success of a state is the fraction of its
-rollouts judged successful. `prophrl eval --in-imagination` puts it beside the true success of the same
+rollouts judged successful. Judging "every_chunk" (the RL collector's rule) scores the clip so far after each
+chunk and counts the first success; "final" scores only the whole clip after the last chunk, so a judge's
+false positive has one chance per rollout instead of `chunks`. `prophrl eval --in-imagination` puts it beside the true success of the same
 states and reports how well one predicts the other across policies.
 """
 
@@ -25,6 +27,9 @@ from prophrl_trainer.evaluation import EvalSettings
 from prophrl_worldmodel.imagination import ImaginationStart
 
 
+JUDGING = ("every_chunk", "final")
+
+
 @dataclasses.dataclass(frozen=True)
 class ImaginedEvalSettings:
     world_model: str                 # Prophet checkpoint directory
@@ -34,8 +39,11 @@ class ImaginedEvalSettings:
     num_steps: int | None = None     # Prophet Euler steps per clip (default: its config's)
     seed: int = 0                    # world-model and policy sampling seeds derive from it
     device: str = "cpu"              # where Prophet, the policy and the judge run
+    judging: str = "every_chunk"     # JUDGING: when the judge decides (module docstring)
 
     def validate(self) -> "ImaginedEvalSettings":
+        if self.judging not in JUDGING:
+            raise ConfigError(f"imagined judging must be one of {', '.join(JUDGING)}, got {self.judging!r}")
         if self.chunks < 1 or self.rollouts < 1 or (self.num_steps is not None and self.num_steps < 1):
             raise ConfigError("imagined evaluation needs chunks, rollouts and num_steps >= 1")
         if not (Path(self.world_model) / "prophet_config.json").is_file():
@@ -102,7 +110,8 @@ def evaluate_in_imagination(policy_dirs: list[str | Path], starts: list[Imaginat
             warnings.warn(f"{policy_dir}: {mismatch}", stacklevel=2)
         generator = torch.Generator(device=device).manual_seed(policy_seed)
         imagined = imagine(policy, backend, scorer, starts, seeds, settings.rollouts, "ode", generator,
-                           ImaginationSettings(settings.chunks, policy.config.sampler))
+                           ImaginationSettings(settings.chunks, policy.config.sampler,
+                                               early_termination=settings.judging == "every_chunk"))
         results.append(imagined.success.mean(axis=1).astype(float).tolist())
     return results
 

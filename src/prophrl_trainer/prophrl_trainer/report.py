@@ -49,8 +49,8 @@ from prophrl_common.config_io import ConfigError
 from prophrl_common.devices import torch_device
 from prophrl_common.outputs import OutputKind, check_run_dir
 from prophrl_trainer.evaluation import HELD_OUT_SEED_BASE, EvalSettings, evaluate_jobs
-from prophrl_trainer.imagined_evaluation import (ImaginedEvalSettings, evaluate_in_imagination, held_out_starts,
-                                                 pearson)
+from prophrl_trainer.imagined_evaluation import (JUDGING, ImaginedEvalSettings, evaluate_in_imagination,
+                                                 held_out_starts, pearson)
 from prophrl_trainer.success_statistics import Interval, paired_gain, per_state_success, wilson_interval
 from prophrl_trainer.training_curves import (curve_table, evaluate_over_training, plot_imagined_vs_true,
                                              read_progress, run_checkpoints)
@@ -171,7 +171,8 @@ def add_imagined_success(summary: dict, policies: dict[str, list[PolicySource]],
     """Each policy's imagined success on the summary's held-out states (mean over its checkpoints) and, per
     task, its Pearson correlation with the true success across policies and across (policy, state) pairs."""
     summary["imagined_vs_true"] = {"world_model": imagined.world_model, "judge": list(imagined.judges),
-                                   "chunks": imagined.chunks, "rollouts": imagined.rollouts, "tasks": {}}
+                                   "chunks": imagined.chunks, "rollouts": imagined.rollouts,
+                                   "judging": imagined.judging, "tasks": {}}
     sources = [(label, source) for label, group in policies.items() for source in group]
     for task in tasks:
         starts = held_out_starts(dataclasses.replace(settings, task=task))
@@ -196,7 +197,8 @@ def imagined_table(summary: dict) -> str:
         return ""
     info = summary["imagined_vs_true"]
     lines = [f"## Imagined vs true success (Prophet {info['world_model']}, judge {', '.join(info['judge'])}, "
-             f"{info['chunks']} chunks, {info['rollouts']} world-model seed(s) per state)", "",
+             f"{info['chunks']} chunks, {info['rollouts']} world-model seed(s) per state, judged "
+             f"{info.get('judging', 'every_chunk').replace('_', ' ')})", "",
              "| policy | task | imagined % | true % |", "|---|---|---|---|"]
     for label, entry in summary["policies"].items():
         for task, t in entry["tasks"].items():
@@ -382,6 +384,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="reward judge checkpoint (with --in-imagination); several: their ensemble")
     parser.add_argument("--imagined-chunks", type=int, default=8, help="policy chunks per imagined rollout")
     parser.add_argument("--imagined-rollouts", type=int, default=2, help="world-model seeds per held-out state")
+    parser.add_argument("--imagined-judging", choices=JUDGING, default="every_chunk",
+                        help="every_chunk: the judge scores the clip so far after each chunk, the first success "
+                             "counts (as in RL); final: only the whole clip after the last chunk")
     parser.add_argument("--jobs", type=int, default=1,
                         help="checkpoints evaluated in parallel processes (one torch thread each; same results)")
     parser.add_argument("--device", default="cpu", help="where the policies (and, in imagination, Prophet and the judge) run: "
@@ -426,7 +431,8 @@ def _report(args: argparse.Namespace) -> int:
         if not args.world_model or not judges:
             raise ConfigError("--in-imagination needs --world-model and --judge")
         imagined = ImaginedEvalSettings(args.world_model, judges, args.imagined_chunks,
-                                        args.imagined_rollouts, device=args.device).validate()
+                                        args.imagined_rollouts, device=args.device,
+                                        judging=args.imagined_judging).validate()
     out = check_run_dir(args.out, REPORT_OUTPUT, inputs=[
         args.world_model, *(source.policy_dir for sources in policies.values() for source in sources),
         *(run for runs in over_training.values() for run in runs)])

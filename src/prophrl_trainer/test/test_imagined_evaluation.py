@@ -68,6 +68,26 @@ def test_imagined_success_follows_the_judge_and_is_reproducible(setup, starts):
     assert half[0] == half[1] == run("half")[0], "same policy, same states, same seeds: same imagined success"
 
 
+def test_judging_only_the_final_clip_never_counts_more_successes_than_judging_every_chunk(setup, starts, tmp_path):
+    # The same rollouts either way (the world model and the policy are stepped for every rollout each chunk);
+    # every_chunk also counts a success the judge saw in an earlier, shorter clip.
+    smoke, _ = setup
+    torch.manual_seed(0)
+    judge = RewardJudge(get_judge_config("tiny", image_size=32, cnn_channels=(8, 16), hidden_dim=32,
+                                         num_frames=4)).eval()
+    differs = False
+    for threshold in np.linspace(0.3, 0.7, 9):
+        path = judge.with_threshold(float(threshold)).save_pretrained(tmp_path / f"judge_{threshold:.2f}")
+        every, final = (evaluate_in_imagination([smoke.policy], starts, ImaginedEvalSettings(
+            str(smoke.prophet), (str(path),), chunks=3, rollouts=2, judging=judging), show_progress=False)[0]
+            for judging in ("every_chunk", "final"))
+        assert all(f <= e for f, e in zip(final, every)), (threshold, final, every)
+        differs |= final != every
+    assert differs, "no threshold where an earlier clip was judged successful and the final one not"
+    with pytest.raises(ConfigError, match="judging must be one of every_chunk, final"):
+        ImaginedEvalSettings(str(smoke.prophet), (str(path),), judging="last").validate()
+
+
 def test_bad_imagined_settings_are_one_clear_error(setup, tmp_path):
     smoke, judges = setup
     with pytest.raises(ConfigError, match="not a Prophet checkpoint"):
