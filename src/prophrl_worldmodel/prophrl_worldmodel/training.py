@@ -219,6 +219,9 @@ class _Resume:
         self.save(phase, 0, [], 0.0, optimizer, scheduler)
         return 0, [], 0.0
 
+    def vae_finished(self, steps: int, losses: list[float], seconds: float) -> None:
+        self.done = PretrainProgress("vae", steps, list(losses), [], seconds, 0.0)
+
     def save(self, phase: str, step: int, losses: list[float], seconds: float, optimizer, scheduler) -> None:
         if phase == "vae":
             self.done = PretrainProgress("vae", step, list(losses), [], seconds, 0.0)
@@ -229,6 +232,55 @@ class _Resume:
 
 
 # ----- pretraining ---------------------------------------------------------------------------------------
+def _train_vae(model: Prophet, sampler: ClipSampler, steps: int, batch_size: int, lr: float, rng, generator,
+               logger: _Logger, show_progress: bool, resume: _Resume | None) -> tuple[list[float], float]:
+    """Phase 1: the VAE on single frames (nothing when it has no trainable weights or steps is 0)."""
+    from tqdm import tqdm
+
+    losses: list[float] = []
+    start = time.perf_counter()
+    parameters = model.vae_parameters()
+    if steps and parameters:
+        optimizer = torch.optim.AdamW(parameters, lr=lr)
+        scheduler = _schedule(optimizer, steps, min(50, max(steps // 10, 1)))
+        model.train()
+        first, seconds = 0, 0.0
+        if resume is not None:
+            first, losses, seconds = resume.enter("vae", optimizer, scheduler)
+        start = time.perf_counter() - seconds
+        bar = tqdm(range(first, steps), desc="pretrain vae", unit="step", disable=not show_progress, initial=first,
+                   total=steps)
+        for step in bar:
+            result = model.vae_loss(sampler.frames(batch_size * model.config.frames_per_clip, rng), generator)
+            require_finite_loss(result.loss.item(), "pretrain vae", step)
+            optimizer.zero_grad(set_to_none=True)
+            result.loss.backward()
+            torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+            optimizer.step()
+            scheduler.step()
+            losses.append(result.reconstruction.item())
+            logger.scalar("vae/loss", result.loss.item(), step)
+            logger.scalar("vae/reconstruction_l1", losses[-1], step)
+            bar.set_postfix(l1=f"{losses[-1]:.4f}")
+            if resume is not None and resume.state.due(step + 1, steps):
+                resume.save("vae", step + 1, losses, time.perf_counter() - start, optimizer, scheduler)
+    seconds = time.perf_counter() - start
+    if resume is not None:
+        resume.vae_finished(steps, losses, seconds)
+    return losses, seconds
+
+
+def _fit_statistics(model: Prophet, sampler: ClipSampler, rng, refit_latents: bool) -> None:
+    """Between the phases: the latent (unless the VAE is kept as it came), action and residual normalisation."""
+    model.eval()
+    if refit_latents:
+        model.fit_latent_statistics(sampler.frames(min(512, max(64, len(sampler))), rng))
+    model.fit_action_statistics(sampler.all_actions())
+    if model.config.predict_residual:
+        clips = sampler.batch(rng.integers(0, len(sampler), size=min(256, len(sampler))))
+        model.fit_residual_statistics(clips["current_frame"], clips["future_frames"])
+
+
 def pretrain(dataset_dirs: str | Path | Iterable[str | Path], config: ProphetConfig, out_dir: str | Path,
              vae_steps: int = 500, steps: int = 2000, batch_size: int = 8, lr: float = 2e-3, seed: int = 0,
              log_dir: str | Path | None = None, *, vae_lr: float = 2e-3,
@@ -282,49 +334,13 @@ def pretrain(dataset_dirs: str | Path | Iterable[str | Path], config: ProphetCon
                      "seed": seed}
     resume = None if state is None else _Resume(state, restored, model, rng, generator)
     try:
-        vae_losses: list[float] = []
-        vae_parameters = model.vae_parameters()
-        start = time.perf_counter()
         if resume is not None and resume.skips("vae"):
             resume.load_model()
             vae_losses, vae_seconds = resume.done.vae_losses, resume.done.vae_seconds
         else:
-            if vae_steps and vae_parameters:
-                from tqdm import tqdm
-
-                optimizer = torch.optim.AdamW(vae_parameters, lr=vae_lr)
-                scheduler = _schedule(optimizer, vae_steps, min(50, max(vae_steps // 10, 1)))
-                model.train()
-                first, seconds = 0, 0.0
-                if resume is not None:
-                    first, vae_losses, seconds = resume.enter("vae", optimizer, scheduler)
-                start = time.perf_counter() - seconds
-                bar = tqdm(range(first, vae_steps), desc="pretrain vae", unit="step", disable=not show_progress,
-                           initial=first, total=vae_steps)
-                for step in bar:
-                    result = model.vae_loss(sampler.frames(batch_size * config.frames_per_clip, rng), generator)
-                    require_finite_loss(result.loss.item(), "pretrain vae", step)
-                    optimizer.zero_grad(set_to_none=True)
-                    result.loss.backward()
-                    torch.nn.utils.clip_grad_norm_(vae_parameters, 1.0)
-                    optimizer.step()
-                    scheduler.step()
-                    vae_losses.append(result.reconstruction.item())
-                    logger.scalar("vae/loss", result.loss.item(), step)
-                    logger.scalar("vae/reconstruction_l1", vae_losses[-1], step)
-                    bar.set_postfix(l1=f"{vae_losses[-1]:.4f}")
-                    if resume is not None and resume.state.due(step + 1, vae_steps):
-                        resume.save("vae", step + 1, vae_losses, time.perf_counter() - start, optimizer, scheduler)
-            vae_seconds = time.perf_counter() - start
-            if resume is not None:
-                resume.done = PretrainProgress("vae", vae_steps, list(vae_losses), [], vae_seconds, 0.0)
-            model.eval()
-            if vae_from is None or vae_steps:
-                model.fit_latent_statistics(sampler.frames(min(512, max(64, len(sampler))), rng))
-            model.fit_action_statistics(sampler.all_actions())
-            if config.predict_residual:
-                clips = sampler.batch(rng.integers(0, len(sampler), size=min(256, len(sampler))))
-                model.fit_residual_statistics(clips["current_frame"], clips["future_frames"])
+            vae_losses, vae_seconds = _train_vae(model, sampler, vae_steps, batch_size, vae_lr, rng, generator, logger,
+                                                 show_progress, resume)
+            _fit_statistics(model, sampler, rng, refit_latents=vae_from is None or vae_steps > 0)
         summary.update(vae_seconds=vae_seconds, vae_l1_first=_mean_head(vae_losses),
                        vae_l1_last=_mean_tail(vae_losses))
         losses, seconds = _train_denoiser(model, sampler, steps, batch_size, lr, rng, generator, logger, "denoiser",
