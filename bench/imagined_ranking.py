@@ -28,6 +28,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from prophrl_trainer.imagined_evaluation import JUDGING
+
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -43,7 +45,7 @@ def main() -> int:
     parser.add_argument("--episodes", type=int, default=40, help="held-out states")
     parser.add_argument("--imagined-chunks", type=int, default=8)
     parser.add_argument("--imagined-rollouts", type=int, default=2)
-    parser.add_argument("--imagined-judging", choices=("every_chunk", "final"), default="every_chunk")
+    parser.add_argument("--imagined-judging", choices=JUDGING, default=JUDGING[0])
     parser.add_argument("--jobs", type=int, default=2)
     args = parser.parse_args()
 

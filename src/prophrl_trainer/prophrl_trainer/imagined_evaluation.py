@@ -7,8 +7,8 @@ calibration are kept); from there the policy acts closed loop on Prophet's frame
 decides success (prophrl_trainer.imagined_rollouts). The imagined success of a state is the fraction of its
 rollouts judged successful. Judging "every_chunk" (the RL collector's rule) scores the clip so far after each
 chunk and counts the first success; "final" scores only the whole clip after the last chunk, so a judge's
-false positive has one chance per rollout instead of `chunks`. `prophrl eval --in-imagination` puts it beside the true success of the same
-states and reports how well one predicts the other across policies.
+false positive has one chance per rollout instead of `chunks`. `prophrl eval --in-imagination` puts it beside
+the true success of the same states and reports how well one predicts the other across policies.
 """
 
 from __future__ import annotations

@@ -130,14 +130,19 @@ class PretrainState:
         return Restored(progress, model, optimizer, state["optimizer"], state["scheduler"], rng, state["numpy_rng"])
 
 
-def resume_into(restored: Restored, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                scheduler: torch.optim.lr_scheduler.LRScheduler, rng: np.random.Generator,
-                generator: torch.Generator, where: Path) -> None:
-    """Load a restored state into the run's freshly built model, optimizer, scheduler and generators."""
+def load_model_into(restored: Restored, model: torch.nn.Module, where: Path) -> None:
+    """The saved weights and statistics alone (a phase the resumed run skips has nothing else to restore)."""
     try:
         model.load_state_dict(restored.model)
     except RuntimeError as exc:
         raise ConfigError(f"{where}: the saved model does not fit this config ({exc})") from exc
+
+
+def resume_into(restored: Restored, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                scheduler: torch.optim.lr_scheduler.LRScheduler, rng: np.random.Generator,
+                generator: torch.Generator, where: Path) -> None:
+    """Load a restored state into the run's freshly built model, optimizer, scheduler and generators."""
+    load_model_into(restored, model, where)
     optimizer_state_from_files(optimizer, restored.optimizer_tensors, restored.optimizer_meta)
     scheduler.load_state_dict(restored.scheduler)
     set_numpy_rng_state(rng, restored.numpy_rng)

@@ -45,7 +45,7 @@ from prophrl_worldmodel.clips import ClipSampler, load_episodes, replay_chunks, 
 from prophrl_worldmodel.configuration_prophet import ProphetConfig
 from prophrl_worldmodel.metrics import VideoMetrics, aggregate_by_horizon, video_metrics
 from prophrl_worldmodel.modeling_prophet import Prophet
-from prophrl_worldmodel.pretrain_state import PHASES, PretrainState, resume_into
+from prophrl_worldmodel.pretrain_state import PHASES, PretrainState, load_model_into, resume_into
 from prophrl_worldmodel.pretrain_state import Progress as PretrainProgress
 from prophrl_worldmodel.pretrain_state import Restored as PretrainRestored
 
@@ -202,10 +202,7 @@ class _Resume:
     def load_model(self) -> None:
         """The saved weights and statistics, for a phase that is skipped (nothing else to restore)."""
         if self.restored is not None:
-            try:
-                self.model.load_state_dict(self.restored.model)
-            except RuntimeError as exc:
-                raise ConfigError(f"{self.state.directory}: the saved model does not fit this config ({exc})") from exc
+            load_model_into(self.restored, self.model, self.state.directory)
 
     def enter(self, phase: str, optimizer, scheduler) -> tuple[int, list[float], float]:
         """Restore a state saved in this phase (first step, losses, seconds so far); else save its start."""
