@@ -53,6 +53,30 @@ def _interrupt_in_stage(argv, env, stage, ready, timeout=240):
     return proc.returncode, "".join(lines)
 
 
+def test_a_ctrl_c_swallowed_inside_a_stage_stops_the_demo_before_the_next_stage(capsys):
+    """Regression (CI): a Ctrl-C in stage 3 landed while torch's C start-up imported numpy, which swallowed it;
+    the demo ran every later stage and exited 0."""
+    from prophrl.demo import run_stage
+    from prophrl_common.cli_errors import EXIT_INTERRUPTED, run_reporting_errors
+
+    def swallowing_stage():
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            signal.sigtimedwait([], 0.5)
+        except KeyboardInterrupt:
+            return
+        raise AssertionError("the SIGINT raised no KeyboardInterrupt")
+    ran = []
+
+    def demo():
+        run_stage(lambda: ran.append("1."))
+        run_stage(swallowing_stage)
+        run_stage(lambda: ran.append("4."))
+        return 0
+    assert run_reporting_errors("prophrl demo", demo) == EXIT_INTERRUPTED
+    assert ran == ["1."] and capsys.readouterr().err == "prophrl demo: interrupted\n"
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_demo_resumes_from_an_interruption_in_any_stage_and_runs_every_stage(tmp_path):

@@ -105,6 +105,17 @@ def _verb(code: int) -> None:
         raise SystemExit(code)
 
 
+def run_stage(fn) -> None:
+    """fn(), and a KeyboardInterrupt after it when a Ctrl-C came during it but never surfaced (a library
+    swallowed it: prophrl_common.cli_errors), so the next stage does not start."""
+    from prophrl_common.cli_errors import sigint_count
+
+    before = sigint_count()
+    fn()
+    if sigint_count() > before:
+        raise KeyboardInterrupt
+
+
 def collect_policy_episodes(policy: Path, robot: str, task: str, episodes: int, first_seed: int, out: Path,
                             horizon: int) -> list[Path]:
     """`episodes` sim episodes of `policy` from `first_seed` on, into bags under `out` (resumable): as long as the
@@ -184,7 +195,7 @@ def run_demo(args: argparse.Namespace) -> int:
         print(f"\n== {name}{' (cached)' if done else ''}", flush=True)
         start = time.time()
         if not done:
-            fn()
+            run_stage(fn)
         timings[name] = time.time() - start
 
     bags = out / "bags"

@@ -5,7 +5,10 @@ output directories; BagError: bags), OSError on the paths a user gives (missing,
 file, a full disk) and a training run that diverged (FloatingPointError, e.g. NonFiniteError). A
 Ctrl-C is one line and exit status 130, whatever error it surfaced as: a KeyboardInterrupt raised inside
 C code is often turned into another exception (an extension module's import fails with "initialization
-failed", torch reports a shape error). Anything else is a bug and keeps its traceback.
+failed", torch reports a shape error), and library code sometimes swallows it whole (torch's C start-up
+imports numpy and, when that import is interrupted, carries on without numpy): a verb whose SIGINT counter
+counted a Ctrl-C is interrupted even when its command returned. Anything else is a bug and keeps its
+traceback.
 """
 
 from __future__ import annotations
@@ -59,6 +62,15 @@ def _install_sigint_counter() -> tuple[SigintCounter | None, bool]:
     return counter, True
 
 
+def sigint_count() -> int:
+    """How many SIGINTs the running verb's counter has counted (0 where none counts). A count that grew while
+    work ran is a Ctrl-C, even when no KeyboardInterrupt came out of that work."""
+    if threading.current_thread() is not threading.main_thread():
+        return 0
+    current = signal.getsignal(signal.SIGINT)
+    return current.count if isinstance(current, SigintCounter) else 0
+
+
 def run_reporting_errors(prog: str, command: Callable[[], int],
                          also: tuple[type[BaseException], ...] = ()) -> int:
     """command()'s exit status, or 2 after printing `prog: error: <one line>` for a user error (or one of
@@ -67,7 +79,10 @@ def run_reporting_errors(prog: str, command: Callable[[], int],
     try:
         counter, installed = _install_sigint_counter()
         before = counter.count if counter is not None else 0
-        return command()
+        code = command()
+        if counter is not None and counter.count > before:
+            raise KeyboardInterrupt  # a Ctrl-C that the command's libraries swallowed
+        return code
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
