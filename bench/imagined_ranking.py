@@ -28,7 +28,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from prophrl_trainer.imagined_evaluation import JUDGING
+from prophrl_worldmodel.judge_episodes import JUDGING
 
 
 def main() -> int:

@@ -25,9 +25,7 @@ from prophrl_common.devices import torch_device
 from prophrl_common.geometry import CameraCalibration
 from prophrl_trainer.evaluation import EvalSettings
 from prophrl_worldmodel.imagination import ImaginationStart
-
-
-JUDGING = ("every_chunk", "final")
+from prophrl_worldmodel.judge_episodes import JUDGING
 
 
 @dataclasses.dataclass(frozen=True)

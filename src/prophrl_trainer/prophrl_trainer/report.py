@@ -49,8 +49,8 @@ from prophrl_common.config_io import ConfigError
 from prophrl_common.devices import torch_device
 from prophrl_common.outputs import OutputKind, check_run_dir
 from prophrl_trainer.evaluation import HELD_OUT_SEED_BASE, EvalSettings, evaluate_jobs
-from prophrl_trainer.imagined_evaluation import (JUDGING, ImaginedEvalSettings, evaluate_in_imagination,
-                                                 held_out_starts, pearson)
+from prophrl_trainer.imagined_evaluation import ImaginedEvalSettings, evaluate_in_imagination, held_out_starts, pearson
+from prophrl_worldmodel.judge_episodes import JUDGING
 from prophrl_trainer.success_statistics import Interval, paired_gain, per_state_success, wilson_interval
 from prophrl_trainer.training_curves import (curve_table, evaluate_over_training, plot_imagined_vs_true,
                                              read_progress, run_checkpoints)
@@ -384,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="reward judge checkpoint (with --in-imagination); several: their ensemble")
     parser.add_argument("--imagined-chunks", type=int, default=8, help="policy chunks per imagined rollout")
     parser.add_argument("--imagined-rollouts", type=int, default=2, help="world-model seeds per held-out state")
-    parser.add_argument("--imagined-judging", choices=JUDGING, default="every_chunk",
+    parser.add_argument("--imagined-judging", choices=JUDGING, default=JUDGING[0],
                         help="every_chunk: the judge scores the clip so far after each chunk, the first success "
                              "counts (as in RL); final: only the whole clip after the last chunk")
     parser.add_argument("--jobs", type=int, default=1,

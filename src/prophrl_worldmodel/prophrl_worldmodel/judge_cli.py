@@ -3,7 +3,7 @@
     prophrl judge train --data DIR [DIR ...] --out JUDGE --steps N [--config tiny]
                         [--imagined-from PROPHET [--imagined-episodes K]] [--log-dir DIR]
     prophrl judge eval --judge JUDGE [JUDGE ...] --data DIR [DIR ...] [--backend auto|classifier|vlm]
-                       [--imagined-from PROPHET] [--threshold T] [--disagreement W] [--out DIR]
+                       [--imagined-from PROPHET] [--chunk N] [--threshold T] [--disagreement W] [--out DIR]
 
 train: clips are cut from the bags2dataset episodes and labelled by the sim's ground truth
 (judge_clips module docstring); with --imagined-from, the same episodes are also replayed
@@ -14,7 +14,9 @@ judge_training.json) and JUDGE/summary.json.
 
 eval: accuracy / precision / recall / balanced accuracy / AUC of a judge (or, given several, of their
 ensemble: judge_ensemble) on the clips of the given datasets (real, and imagined with --imagined-from),
-printed as a table and written to OUT/summary.json (default JUDGE_eval/summary.json).
+and per episode, judged after every chunk of N actions as RL and the imagined evaluation judge (judge_episodes:
+each judging rule's precision / recall / AUC over the episodes; N is the Prophet's clip with --imagined-from,
+else --chunk), printed as tables and written to OUT/summary.json (default JUDGE_eval/summary.json).
 
 Bad input (a missing dataset or checkpoint, a malformed config) is one error line and exit status 2.
 """
@@ -48,6 +50,18 @@ def metrics_rows(metrics: dict[str, dict]) -> list[list]:
 
 METRICS_HEADER = ["clips of", "clips", "success", "failure", "threshold", "accuracy", "precision", "recall",
                   "bal. acc", "AUC"]
+EPISODE_HEADER = ["frames", "judged", "episodes", "success", "precision", "recall", "failures judged success",
+                  "AUC", "best precision at recall 0.95"]
+
+
+def episode_rows(per_episode: dict[str, dict[str, dict]]) -> list[list]:
+    rows = []
+    for source, by_rule in per_episode.items():
+        for judging, m in by_rule.items():
+            false_positive_rate = m["fp"] / (m["fp"] + m["tn"]) if m["fp"] + m["tn"] else float("nan")
+            rows.append([source, judging.replace("_", " "), m["episodes"], m["successes"], m["precision"],
+                         m["recall"], false_positive_rate, m["auc"], m["best_precision_at_recall"]])
+    return rows
 
 
 
@@ -69,15 +83,25 @@ def _clip_settings(args):
                         seed=args.seed).validate()
 
 
-def _imagined(args, episodes, settings):
-    """-> (the episodes' imagined clips, the Euler steps per Prophet clip they were sampled with)."""
-    from prophrl_worldmodel.judge_clips import imagined_clips
+def _imagined_videos(args, episodes):
+    """-> (the --imagined-from Prophet, its replays of the first --imagined-episodes episodes, the Euler steps per
+    Prophet clip they were sampled with)."""
+    from prophrl_worldmodel.judge_clips import imagined_videos
     from prophrl_worldmodel.modeling_prophet import Prophet
 
     prophet = Prophet.from_pretrained(args.imagined_from, map_location=args.device)
     steps = prophet.config.num_inference_steps if args.num_steps is None else args.num_steps
-    return imagined_clips(prophet, settings=settings, episodes=episodes, max_episodes=args.imagined_episodes,
-                          num_steps=steps, seed=args.seed, show_progress=True), steps
+    videos = imagined_videos(prophet, episodes[:args.imagined_episodes], num_steps=steps, seed=args.seed,
+                             show_progress=True)
+    return prophet, videos, steps
+
+
+def _imagined(args, episodes, settings):
+    """-> (the episodes' imagined clips, the Euler steps per Prophet clip they were sampled with)."""
+    from prophrl_worldmodel.judge_clips import imagined_clips
+
+    prophet, videos, steps = _imagined_videos(args, episodes)
+    return imagined_clips(prophet, settings=settings, episodes=episodes[:len(videos)], videos=videos), steps
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -138,7 +162,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from prophrl_worldmodel.judge_clips import clips_from_episodes, load_episodes
+    from prophrl_worldmodel.judge_clips import clips_from_episodes, imagined_clips, load_episodes
     from prophrl_worldmodel.judge_ensemble import JudgeEnsemble, load_judges
     from prophrl_worldmodel.judge_metrics import evaluate_judge
 
@@ -152,23 +176,56 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     settings = _clip_settings(args)
     episodes = load_episodes(args.data)
     clips = clips_from_episodes(episodes, settings)
-    imagined_steps = None
+    imagined_steps, prophet, videos = None, None, None
     if args.imagined_from:
-        imagined, imagined_steps = _imagined(args, episodes, settings)
-        clips = clips + imagined
+        prophet, videos, imagined_steps = _imagined_videos(args, episodes)
+        clips = clips + imagined_clips(prophet, settings=settings, episodes=episodes[:len(videos)], videos=videos)
+    chunk = _episode_chunk(args, prophet)
     threshold = judge.threshold if args.threshold is None else args.threshold
     metrics = evaluate_judge(judge, clips, threshold)
+    per_episode = {}
+    if chunk is not None:
+        per_episode["real"] = _per_episode(judge, [ep.frames for ep in episodes], episodes, chunk, threshold)
+    if videos is not None:
+        per_episode["imagined"] = _per_episode(judge, videos, episodes, prophet.config.frames_per_clip, threshold)
     backend = "ensemble" if isinstance(judge, JudgeEnsemble) else judge.config.backend
     write_json_atomic(out / "summary.json", {"judge": args.judge if len(args.judge) > 1 else args.judge[0],
                                              "backend": backend,
                                              "datasets": [str(d) for d in args.data],
                                              "imagined_from": args.imagined_from,
                                              "imagined_num_steps": imagined_steps, "threshold": threshold,
-                                             "clip_settings": dataclasses.asdict(settings), "metrics": metrics})
+                                             "clip_settings": dataclasses.asdict(settings), "metrics": metrics,
+                                             "chunk_actions": chunk, "per_episode": per_episode})
     print(format_table(f"\nreward judge {name} on {len(episodes)} episode(s)",
                        METRICS_HEADER, metrics_rows(metrics)))
+    if per_episode:
+        print(format_table(f"\nper episode, judged after every chunk of {chunk} actions (threshold {threshold:.3f})",
+                           EPISODE_HEADER, episode_rows(per_episode)))
+    else:
+        print("\n(no per-episode figures: give --chunk, the actions per policy chunk, or --imagined-from)")
     print(f"\nwrote {out / 'summary.json'}")
     return 0
+
+
+def _episode_chunk(args, prophet) -> int | None:
+    """Actions per judged chunk: --chunk, which must be the Prophet's clip when there is one, else that clip."""
+    if args.chunk is not None and args.chunk < 1:
+        raise ConfigError(f"--chunk must be >= 1, got {args.chunk}")
+    if prophet is None:
+        return args.chunk
+    clip = prophet.config.action_horizon
+    if args.chunk is not None and args.chunk != clip:
+        raise ConfigError(f"--chunk {args.chunk}: the --imagined-from Prophet imagines {clip} actions per clip, "
+                          f"and its replays are judged after each clip")
+    return clip
+
+
+def _per_episode(judge, videos, episodes, frames_per_chunk: int, threshold: float) -> dict:
+    from prophrl_worldmodel.judge_episodes import episode_metrics, episode_scores
+
+    episodes = episodes[:len(videos)]
+    scores = episode_scores(judge, videos, [ep.instruction for ep in episodes], frames_per_chunk)
+    return episode_metrics(scores, [bool(ep.success) for ep in episodes], threshold)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -215,6 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ensemble score = mean probability - this x the judges' standard deviation")
     p.add_argument("--backend", default="auto", choices=("auto", "classifier", "vlm"))
     p.add_argument("--threshold", type=float, help="override the judge's threshold")
+    p.add_argument("--chunk", type=int, metavar="N",
+                   help="actions per policy chunk: per-episode figures judge the clip so far after each chunk "
+                        "(default: the --imagined-from Prophet's clip)")
     p.add_argument("--out", help="directory for summary.json (default JUDGE_eval)")
     p.set_defaults(func=_cmd_eval)
     return parser

@@ -196,25 +196,18 @@ def replay_start(episode: ShardEpisode):
                             episode.calibration)
 
 
-def imagined_clips(prophet, dataset_dirs=None, settings: ClipSettings = ClipSettings(), *,
-                   episodes: Sequence[ShardEpisode] | None = None, max_episodes: int | None = None,
-                   num_steps: int | None = None, batch_size: int = 4, seed: int = 0,
-                   show_progress: bool = False) -> ClipSet:
-    """Replay recorded episodes' actions through Prophet from their first frame; label every imagined
-    clip with that episode's ground truth (see the module docstring). Pass dataset_dirs or episodes.
+def imagined_videos(prophet, episodes: Sequence[ShardEpisode], *, num_steps: int | None = None,
+                    batch_size: int = 4, seed: int = 0, show_progress: bool = False) -> list[np.ndarray]:
+    """Prophet's replay of each recorded episode's actions from its first frame (replay_start, replay_chunks):
+    (1 + chunks x frames_per_clip, H, W, 3) uint8 videos at Prophet's size, led by the real first frame.
     Episode i of the list draws its world-model noise from seed + i."""
     from tqdm import tqdm
 
     from prophrl_worldmodel.imagination import ImaginedRollouts, step_together
 
-    settings.validate()
-    if episodes is None:
-        if dataset_dirs is None:
-            raise ValueError("imagined_clips needs dataset_dirs or episodes")
-        episodes = load_episodes(dataset_dirs)
-    episodes = list(episodes)[:max_episodes]
+    episodes = list(episodes)
     config = prophet.config
-    horizon, apf = config.action_horizon, config.actions_per_frame
+    horizon = config.action_horizon
     # Episodes with the same number of chunks roll out together.
     by_chunks: dict[int, list[int]] = {}
     for i, ep in enumerate(episodes):
@@ -231,7 +224,6 @@ def imagined_clips(prophet, dataset_dirs=None, settings: ClipSettings = ClipSett
             chunks = [replay_chunks(episodes[i].actions, horizon) for i in members]
             for step in range(len(chunks[0])):
                 step_together(groups, [episode_chunks[step][None] for episode_chunks in chunks])
-            # The real first frames at Prophet's size lead each imagined video.
             start = np.stack([episodes[i].frames[0] for i in members])
             first = frames_at(start, np.arange(len(members)), config.image_size).mul(255).permute(0, 2, 3, 1)
             first = first.round().clamp(0, 255).to(torch.uint8).numpy()
@@ -239,9 +231,30 @@ def imagined_clips(prophet, dataset_dirs=None, settings: ClipSettings = ClipSett
                 videos[i] = np.concatenate([first[row:row + 1], group.frames[0]])
     finally:
         prophet.train(was_training)
+    return [videos[i] for i in range(len(episodes))]
+
+
+def imagined_clips(prophet, dataset_dirs=None, settings: ClipSettings = ClipSettings(), *,
+                   episodes: Sequence[ShardEpisode] | None = None, max_episodes: int | None = None,
+                   num_steps: int | None = None, batch_size: int = 4, seed: int = 0,
+                   show_progress: bool = False, videos: Sequence[np.ndarray] | None = None) -> ClipSet:
+    """Replay recorded episodes' actions through Prophet from their first frame (imagined_videos, or the
+    `videos` already made of the same episodes); label every imagined clip with that episode's ground truth
+    (see the module docstring). Pass dataset_dirs or episodes."""
+    settings.validate()
+    if episodes is None:
+        if dataset_dirs is None:
+            raise ValueError("imagined_clips needs dataset_dirs or episodes")
+        episodes = load_episodes(dataset_dirs)
+    episodes = list(episodes)[:max_episodes]
+    if videos is None:
+        videos = imagined_videos(prophet, episodes, num_steps=num_steps, batch_size=batch_size, seed=seed,
+                                 show_progress=show_progress)
+    elif len(videos) != len(episodes):
+        raise ValueError(f"{len(videos)} imagined videos for {len(episodes)} episodes")
+    apf = prophet.config.actions_per_frame
     clips, labels, instructions, groups = [], [], [], []
-    for i, ep in enumerate(episodes):
-        video = videos[i]
+    for video, ep in zip(videos, episodes):
         last = len(video) - 1
         for end, label in clip_ends(len(ep.frames), _outcome(ep), settings, _rng(settings, ep.name)):
             k = math.ceil(end / apf) if label else end // apf

@@ -17,6 +17,7 @@ from prophrl_data.shards import ShardEpisode
 from prophrl_worldmodel.configuration_judge import get_judge_config
 from prophrl_worldmodel.judge_clips import (ClipSettings, clip_ends, clips_from_datasets, clips_from_episodes,
                                             imagined_clips, load_episodes, replay_chunks)
+from prophrl_worldmodel.judge_episodes import chunk_ends, episode_metrics, episode_scores, episode_statistic
 from prophrl_worldmodel.judge_metrics import (evaluate_judge, operating_point, precision_recall, recall_threshold,
                                              roc_auc)
 from prophrl_worldmodel.judge_training import (JudgeTrainConfig, pick_threshold, split_by_group, train_judge,
@@ -368,6 +369,38 @@ def test_precision_recall_and_threshold_against_hand_computed_values():
     assert math.isnan(operating_point([0.2, 0.1], [0, 0], 0.5)["best_precision_at_recall"])
 
 
+def test_per_episode_judging_rules_against_hand_computed_values():
+    """Every chunk: an episode is judged successful at its highest score; final: at its last one."""
+    assert chunk_ends(21, 10) == [11, 21] and chunk_ends(25, 10) == [11, 21, 25] and chunk_ends(5, 10) == [5]
+    with pytest.raises(ValueError):
+        chunk_ends(1, 10)
+    scores = [np.array([0.2, 0.9, 0.8]),   # success, judged so from the second chunk on
+              np.array([0.1, 0.3, 0.7]),   # success, judged so only at the end
+              np.array([0.1, 0.8, 0.2]),   # failure with a false positive on a prefix
+              np.array([0.1, 0.2, 0.3])]   # failure
+    m = episode_metrics(scores, [True, True, False, False], threshold=0.5)
+    every, final = m["every_chunk"], m["final"]
+    assert (every["tp"], every["fp"], every["tn"], every["fn"]) == (2, 1, 1, 0)
+    assert (final["tp"], final["fp"], final["tn"], final["fn"]) == (2, 0, 2, 0)
+    assert every["precision"] == pytest.approx(2 / 3) and final["precision"] == 1.0
+    assert every["auc"] == pytest.approx(0.75)   # highest scores 0.9, 0.7 against 0.8, 0.3
+    assert final["auc"] == 1.0 and final["episodes"] == 4 and final["successes"] == 2
+    assert episode_statistic(scores[2], "every_chunk") == 0.8 and episode_statistic(scores[2], "final") == 0.2
+    with pytest.raises(ValueError, match="judging"):
+        episode_statistic(scores[0], "best")
+
+
+def test_episode_scores_are_the_judges_scores_of_the_clip_so_far_after_each_chunk():
+    judge = _small_judge()
+    rng = np.random.default_rng(0)
+    videos = [rng.integers(0, 255, (n, 32, 32, 3), dtype=np.uint8) for n in (7, 4, 10)]
+    scores = episode_scores(judge, videos, ["lift the cube"] * 3, frames_per_chunk=3)
+    assert [len(s) for s in scores] == [2, 1, 3]
+    for video, s in zip(videos, scores):
+        alone = judge.score([video[:end] for end in chunk_ends(len(video), 3)], "lift the cube").numpy()
+        assert np.allclose(s, alone, atol=1e-6)
+
+
 def test_the_threshold_is_picked_on_the_validation_clips_of_the_named_source():
     # Real successes score high, imagined ones lower (Prophet blurs the success state).
     probs = np.array([0.95, 0.9, 0.85, 0.8, 0.6, 0.5, 0.3, 0.1, 0.55, 0.2])
@@ -527,9 +560,29 @@ def test_cli_train_and_eval_write_summaries(lift_dataset, tmp_path, capsys):
 
     assert main(["eval", "--judge", str(out), "--data", str(lift_dataset), "--out", str(tmp_path / "eval")]) == 0
     table = capsys.readouterr().out
-    assert "precision" in table and "recall" in table and "real" in table
+    assert "precision" in table and "recall" in table and "real" in table and "no per-episode figures" in table
     result = json.loads((tmp_path / "eval" / "summary.json").read_text())
     assert result["metrics"]["all"]["clips"] == n_real and 0.0 <= result["metrics"]["real"]["recall"] <= 1.0
+    assert result["per_episode"] == {}
+
+    # per episode: the recorded frames and the Prophet's replays judged after every clip of the Prophet (20
+    # actions), under both judging rules
+    assert main(["eval", "--judge", str(out), "--data", str(lift_dataset), "--imagined-from", str(prophet_dir),
+                 "--imagined-episodes", "3", "--num-steps", "1", "--out", str(tmp_path / "eval_episodes")]) == 0
+    printed = capsys.readouterr().out
+    assert "per episode, judged after every chunk of 20 actions" in printed, printed
+    per_episode = json.loads((tmp_path / "eval_episodes" / "summary.json").read_text())["per_episode"]
+    episodes = load_episodes(lift_dataset)
+    assert set(per_episode) == {"real", "imagined"} and set(per_episode["real"]) == {"every_chunk", "final"}
+    assert per_episode["real"]["final"]["episodes"] == len(episodes)
+    assert per_episode["real"]["final"]["successes"] == sum(bool(ep.success) for ep in episodes)
+    assert per_episode["imagined"]["every_chunk"]["episodes"] == 3
+    # judged after every chunk, no episode is a success that the final clip alone calls one and not the others
+    for source in per_episode.values():
+        assert source["every_chunk"]["tp"] + source["every_chunk"]["fp"] >= source["final"]["tp"] + source["final"]["fp"]
+    assert main(["eval", "--judge", str(out), "--data", str(lift_dataset), "--imagined-from", str(prophet_dir),
+                 "--chunk", "7", "--out", str(tmp_path / "eval_bad_chunk")]) == 2
+    assert "imagines 20 actions per clip" in capsys.readouterr().err
 
     # an ensemble of two copies of one judge agrees with itself everywhere: the same metrics as the judge alone
     shutil.copytree(out, tmp_path / "judge_copy")
