@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from prophrl_common.testing import isolate_ros_domain
+from prophrl_common.testing import isolate_ros_domain, swallowed_ctrl_c
 from prophrl_worldmodel.pretrained import PRETRAINED_PROPHETS
 
 TOY_BUDGETS = ["--demos", "2", "--play-episodes", "2", "--sft-steps", "10", "--policy-episodes", "1",
@@ -59,18 +59,11 @@ def test_a_ctrl_c_swallowed_inside_a_stage_stops_the_demo_before_the_next_stage(
     from prophrl.demo import run_stage
     from prophrl_common.cli_errors import EXIT_INTERRUPTED, run_reporting_errors
 
-    def swallowing_stage():
-        try:
-            os.kill(os.getpid(), signal.SIGINT)
-            signal.sigtimedwait([], 0.5)
-        except KeyboardInterrupt:
-            return
-        raise AssertionError("the SIGINT raised no KeyboardInterrupt")
     ran = []
 
     def demo():
         run_stage(lambda: ran.append("1."))
-        run_stage(swallowing_stage)
+        run_stage(swallowed_ctrl_c)
         run_stage(lambda: ran.append("4."))
         return 0
     assert run_reporting_errors("prophrl demo", demo) == EXIT_INTERRUPTED

@@ -251,3 +251,14 @@ def decode_bag_with_third_party_readers(bag_path) -> dict[str, int]:
     assert mcap_counts == rosbags_counts, f"{bag_path}: mcap read {mcap_counts}, rosbags {rosbags_counts}"
     return rosbags_counts
 
+
+
+def swallowed_ctrl_c() -> None:
+    """A real SIGINT to this process inside code that catches the KeyboardInterrupt and carries on, as torch's
+    C start-up does when the numpy import it runs is interrupted. Main thread only."""
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        signal.sigtimedwait([], 0.5)   # lets Python run the handler if the kill did not already
+    except KeyboardInterrupt:
+        return
+    raise AssertionError("the SIGINT raised no KeyboardInterrupt")

@@ -7,6 +7,7 @@ import pytest
 
 from prophrl_common.cli_errors import EXIT_INTERRUPTED, EXIT_USAGE, run_reporting_errors
 from prophrl_common.config_io import ConfigError
+from prophrl_common.testing import swallowed_ctrl_c
 
 
 def _ctrl_c_turned_into(error: Exception):
@@ -29,21 +30,10 @@ def test_a_ctrl_c_that_surfaced_as_another_error_is_reported_as_an_interruption(
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
-def _ctrl_c_swallowed() -> None:
-    """A real SIGINT inside code that catches the KeyboardInterrupt and carries on, as torch's C start-up does
-    when the numpy import it runs is interrupted."""
-    try:
-        os.kill(os.getpid(), signal.SIGINT)
-        signal.sigtimedwait([], 0.5)
-    except KeyboardInterrupt:
-        return
-    raise AssertionError("the SIGINT raised no KeyboardInterrupt")
-
-
 def test_a_ctrl_c_that_a_library_swallowed_still_interrupts_the_verb(capsys):
     """Regression: `prophrl demo` Ctrl-C'd while its SFT stage imported torch ran every later stage and exited 0."""
     def command():
-        _ctrl_c_swallowed()
+        swallowed_ctrl_c()
         return 0
     assert run_reporting_errors("verb", command) == EXIT_INTERRUPTED
     assert capsys.readouterr().err == "verb: interrupted\n"
