@@ -53,21 +53,27 @@ def _interrupt_in_stage(argv, env, stage, ready, timeout=240):
     return proc.returncode, "".join(lines)
 
 
-def test_a_ctrl_c_swallowed_inside_a_stage_stops_the_demo_before_the_next_stage(capsys):
+def test_a_swallowed_ctrl_c_stops_the_demo_before_its_next_stage(capsys):
     """Regression (CI): a Ctrl-C in stage 3 landed while torch's C start-up imported numpy, which swallowed it;
     the demo ran every later stage and exited 0."""
     from prophrl.demo import run_stage
-    from prophrl_common.cli_errors import EXIT_INTERRUPTED, run_reporting_errors
+    from prophrl_common.cli_errors import EXIT_INTERRUPTED, run_reporting_errors, sigint_count
 
     ran = []
 
-    def demo():
-        run_stage(lambda: ran.append("1."))
-        run_stage(swallowed_ctrl_c)
-        run_stage(lambda: ran.append("4."))
+    def demo(swallow_before_a_stage=False):
+        seen = sigint_count()
+        if swallow_before_a_stage:
+            swallowed_ctrl_c()
+        run_stage(lambda: ran.append("1."), seen)
+        run_stage(swallowed_ctrl_c, seen)
+        run_stage(lambda: ran.append("4."), seen)
         return 0
     assert run_reporting_errors("prophrl demo", demo) == EXIT_INTERRUPTED
     assert ran == ["1."] and capsys.readouterr().err == "prophrl demo: interrupted\n"
+    ran.clear()   # one swallowed between stages: the next stage does not start
+    assert run_reporting_errors("prophrl demo", lambda: demo(swallow_before_a_stage=True)) == EXIT_INTERRUPTED
+    assert ran == []
 
 
 @pytest.mark.slow

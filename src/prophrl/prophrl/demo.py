@@ -105,14 +105,16 @@ def _verb(code: int) -> None:
         raise SystemExit(code)
 
 
-def run_stage(fn) -> None:
-    """fn(), and a KeyboardInterrupt after it when a Ctrl-C came during it but never surfaced (a library
-    swallowed it: prophrl_common.cli_errors), so the next stage does not start."""
+def run_stage(fn, since: int) -> None:
+    """fn(), unless the verb's SIGINT counter (prophrl_common.cli_errors) has counted more than `since` Ctrl-Cs: a
+    KeyboardInterrupt then, before fn or after it, also for a Ctrl-C that never surfaced because a library
+    swallowed it, so no further stage starts."""
     from prophrl_common.cli_errors import sigint_count
 
-    before = sigint_count()
+    if sigint_count() > since:
+        raise KeyboardInterrupt
     fn()
-    if sigint_count() > before:
+    if sigint_count() > since:
         raise KeyboardInterrupt
 
 
@@ -180,6 +182,7 @@ def prophet_to_adapt(name_or_path: str, horizon: int) -> Path:
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    from prophrl_common.cli_errors import sigint_count
     from prophrl_policy.configuration_vla import get_vla_config
     from prophrl_trainer.sft import SFTConfig, load_demonstrations, train_sft
     from prophrl_data.conversion import bags2dataset
@@ -190,12 +193,13 @@ def run_demo(args: argparse.Namespace) -> int:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
+    ctrl_c_seen = sigint_count()
 
     def stage(name: str, done: bool, fn) -> None:
         print(f"\n== {name}{' (cached)' if done else ''}", flush=True)
         start = time.time()
         if not done:
-            run_stage(fn)
+            run_stage(fn, ctrl_c_seen)
         timings[name] = time.time() - start
 
     bags = out / "bags"
