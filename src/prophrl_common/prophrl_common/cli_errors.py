@@ -46,13 +46,19 @@ class SigintCounter:
         self.previous(signum, frame)
 
 
+def _sigint_handler():
+    """This process's SIGINT handler as Python sees it; None outside the main thread, which alone may see or
+    change it."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.getsignal(signal.SIGINT)
+
+
 def _install_sigint_counter() -> tuple[SigintCounter | None, bool]:
     """The SIGINT counter in place (installed now when a Python handler is there and none counts yet) and
     whether this call installed it. None where Python cannot see a SIGINT (not the main thread, SIGINT
     ignored or left to the OS)."""
-    if threading.current_thread() is not threading.main_thread():
-        return None, False
-    current = signal.getsignal(signal.SIGINT)
+    current = _sigint_handler()
     if isinstance(current, SigintCounter):
         return current, False
     if not callable(current):
@@ -65,9 +71,7 @@ def _install_sigint_counter() -> tuple[SigintCounter | None, bool]:
 def sigint_count() -> int:
     """How many SIGINTs the running verb's counter has counted (0 where none counts). A count that grew while
     work ran is a Ctrl-C, even when no KeyboardInterrupt came out of that work."""
-    if threading.current_thread() is not threading.main_thread():
-        return 0
-    current = signal.getsignal(signal.SIGINT)
+    current = _sigint_handler()
     return current.count if isinstance(current, SigintCounter) else 0
 
 

@@ -97,11 +97,13 @@ def _imagined_videos(args, episodes):
 
 
 def _imagined(args, episodes, settings):
-    """-> (the episodes' imagined clips, the Euler steps per Prophet clip they were sampled with)."""
+    """-> (the --imagined-from Prophet, its replays of the episodes, their labelled imagined clips, the Euler steps
+    per Prophet clip they were sampled with)."""
     from prophrl_worldmodel.judge_clips import imagined_clips
 
     prophet, videos, steps = _imagined_videos(args, episodes)
-    return imagined_clips(prophet, settings=settings, episodes=episodes[:len(videos)], videos=videos), steps
+    clips = imagined_clips(prophet, settings=settings, episodes=episodes[:len(videos)], videos=videos)
+    return prophet, videos, clips, steps
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -126,7 +128,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     clips = clips_from_episodes(episodes, settings)
     imagined_steps = None
     if args.imagined_from:
-        imagined, imagined_steps = _imagined(args, episodes, settings)
+        _, _, imagined, imagined_steps = _imagined(args, episodes, settings)
         clips = clips + imagined
     print(f"judge training on {clips.counts()} from {len(args.data)} dataset(s); config {config.name}")
     out = Path(args.out)
@@ -162,7 +164,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from prophrl_worldmodel.judge_clips import clips_from_episodes, imagined_clips, load_episodes
+    from prophrl_worldmodel.judge_clips import clips_from_episodes, load_episodes
     from prophrl_worldmodel.judge_ensemble import JudgeEnsemble, load_judges
     from prophrl_worldmodel.judge_metrics import evaluate_judge
 
@@ -178,8 +180,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     clips = clips_from_episodes(episodes, settings)
     imagined_steps, prophet, videos = None, None, None
     if args.imagined_from:
-        prophet, videos, imagined_steps = _imagined_videos(args, episodes)
-        clips = clips + imagined_clips(prophet, settings=settings, episodes=episodes[:len(videos)], videos=videos)
+        prophet, videos, imagined, imagined_steps = _imagined(args, episodes, settings)
+        clips = clips + imagined
     chunk = _episode_chunk(args, prophet)
     threshold = judge.threshold if args.threshold is None else args.threshold
     metrics = evaluate_judge(judge, clips, threshold)
