@@ -6,7 +6,10 @@ initial states (`prophrl eval`). Typical use, on the outputs of `prophrl demo`:
 
     python bench/true_success.py --demo outputs/demo --out outputs/true_success --seeds 0 1 2 --updates 20
 
-or with explicit parts (--policy, --world-model, --judge, --data). RL runs are `prophrl train`
+or with explicit parts (--policy, --world-model, --judge, --data). With --in-sim the RL runs roll out in the
+physics sim instead, rewarded by its own success (`prophrl train --sim ROBOT/TASK --sim-reward`; only the
+policy is needed): the same recipe with a perfect world model and judge, the ceiling of RL in imagination.
+RL runs are `prophrl train`
 subprocesses (--jobs of them at a time, one torch thread each) and resume when rerun. Prints, and writes
 to OUT/report (report.md, summary.json, learning curves): the true-success table (mean +- std over
 training seeds; with --select-on N also each run's policy selected on N held-out imagined starts), and
@@ -79,10 +82,20 @@ def main() -> int:
     parser.add_argument("--select-every", type=int, default=5)
     parser.add_argument("--jobs", type=int, default=2,
                         help="RL runs, then sim evaluations, at a time (one torch thread each)")
+    parser.add_argument("--in-sim", action="store_true",
+                        help="RL in the physics sim (--robot/--task), rewarded by its own success, instead of inside "
+                             "the world model with the judge")
     args = parser.parse_args()
-    from prophrl.demo import DEMO_RL_CONFIG, fill_parts_from_demo
+    from prophrl.demo import DEMO_PARTS, DEMO_RL_CONFIG, fill_parts_from_demo
 
-    fill_parts_from_demo(args, parser)
+    if not args.in_sim:
+        fill_parts_from_demo(args, parser)
+    elif args.policy is None:
+        if args.demo is None:
+            parser.error("--in-sim needs --policy or --demo")
+        args.policy = args.demo / DEMO_PARTS["policy"]
+    world = (["--sim", f"{args.robot}/{args.task}", "--sim-reward"] if args.in_sim else
+             ["--world-model", str(args.world_model), "--judge", str(args.judge), "--data", *map(str, args.data)])
 
     args.out.mkdir(parents=True, exist_ok=True)
 
@@ -101,8 +114,7 @@ def main() -> int:
             config_path = args.out / f"{run.name}.rl_config.json"
             config_path.write_text(json.dumps(config, indent=1))
             commands.append((run, [sys.executable, "-m", "prophrl_trainer.train_cli", "--policy", str(args.policy),
-                                   "--world-model", str(args.world_model), "--judge", str(args.judge), "--data",
-                                   *map(str, args.data), "--out", str(run), "--updates", str(args.updates),
+                                   *world, "--out", str(run), "--updates", str(args.updates),
                                    "--config", str(config_path), "--threads", "1", "--resume", "--no-progress"]))
 
     start = time.time()
@@ -144,7 +156,8 @@ def main() -> int:
     code = report_main([*report_args, "--robot", args.robot, "--task", args.task, "--episodes", str(args.episodes),
                         "--replan-steps", str(args.replan_steps), "--max-steps", str(args.max_steps),
                         "--jobs", str(args.jobs),
-                        "--world-model", str(args.world_model), "--out", str(args.out / "report")])
+                        *(["--world-model", str(args.world_model)] if args.world_model else []),
+                        "--out", str(args.out / "report")])
     if code:
         return code
     summary = json.loads((args.out / "report" / "summary.json").read_text())
@@ -164,7 +177,8 @@ def main() -> int:
                          _mean(progress, "train/policy_kl"), _mean(progress, "train/clip_fraction"),
                          _mean(progress, "train/stopped_early"),
                          100 * seed_entry["success_rate"], 3600 * len(progress) / max(seconds, 1e-9)])
-    print_table("imagination side (judge reward / judged success, mean of the first and last 3 updates), trust region "
+    side = "sim side (the sim's success as reward" if args.in_sim else "imagination side (judge reward / judged success"
+    print_table(f"{side}, mean of the first and last 3 updates), trust region "
                 "(per update: policy KL to the rollout policy in nats per chunk and clip fraction, mean over its "
                 "minibatches; the fraction of updates target_kl stopped) and true success of each run",
                 ["policy", "run", "updates", "reward first", "reward last", "judged first", "judged last",

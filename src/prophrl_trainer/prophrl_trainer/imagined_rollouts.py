@@ -7,7 +7,8 @@ deterministic policy), the backend turns the chunks into the next clips, and a R
 With early termination the scorer judges every live rollout's clip-so-far after each chunk and the first
 chunk judged successful ends it (its later chunks get mask 0); otherwise, and for a rollout never judged
 successful, the full clip is scored after the last chunk. The RL trainer (rl_trainer) learns from what it
-returns; `prophrl eval --in-imagination` (imagined_evaluation) reads only its success.
+returns; `prophrl eval --in-imagination` (imagined_evaluation) reads only its success. The backend may also be
+the physics sim (sim_backend.SimRollouts), with a scorer that reads its ground truth (SimSuccessScorer).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from prophrl_common.config_io import ConfigError
 from prophrl_nn.flow_matching import SamplerConfig
 from prophrl_policy.modeling_vla import Observation, VLAPolicy
 from prophrl_trainer.rollouts import RolloutBackend, RolloutScorer
@@ -34,6 +36,14 @@ def evaluation_seeds(seed: int, starts: int) -> tuple[list[int], int]:
     the policy's generator. Every evaluation from the same seed and starts (the RL trainer's, every policy
     of `prophrl eval --in-imagination`) imagines with the same noise."""
     return [derived_seed(seed, 7_777, i) for i in range(starts)], derived_seed(seed, 7_778)
+
+
+def ground_truth(group, j: int) -> bool:
+    """Rollout j's success by the world's own task check (a scorer that reads it: sim_backend.SimSuccessScorer)."""
+    if group.success is None:
+        raise ConfigError("this reward reads the world's own success, which only rollouts in the sim know "
+                          "(prophrl train --sim ROBOT/TASK)")
+    return bool(group.success[j])
 
 
 def eyes_mismatch(policy: VLAPolicy, world_model_image_size: int) -> str | None:
@@ -114,9 +124,12 @@ def imagine(policy: VLAPolicy, backend: RolloutBackend, scorer: RolloutScorer,
             if settings.early_termination or last:
                 live = np.argwhere(alive)
                 if len(live):
-                    probs, decisions = scorer.score(
-                        [groups[i].frames[j] for i, j in live], [groups[i].instruction for i, _ in live],
-                        [groups[i].state_history[j] for i, j in live])
+                    inputs = ([groups[i].frames[j] for i, j in live], [groups[i].instruction for i, _ in live],
+                              [groups[i].state_history[j] for i, j in live])
+                    if getattr(scorer, "reads_ground_truth", False):
+                        probs, decisions = scorer.score(*inputs, truth=[ground_truth(groups[i], j) for i, j in live])
+                    else:
+                        probs, decisions = scorer.score(*inputs)
                     probs = np.asarray(probs, np.float32).reshape(len(live))
                     decisions = np.asarray(decisions, bool).reshape(len(live))
                     if not np.isfinite(probs).all():

@@ -33,15 +33,29 @@ class InitialStateSampler:
             raise ConfigError("no dataset directories given")
         if context_frames < 1:
             raise ConfigError(f"context_frames must be >= 1, got {context_frames}")
-        self.states: list[ImaginationStart] = []
+        states: list[ImaginationStart] = []
         for directory in dataset_dirs:
-            self.states += _load_starts(Path(directory), context_frames)
+            states += _load_starts(Path(directory), context_frames)
+        self._split(states, seed, rank, held_out)
+
+    @classmethod
+    def from_starts(cls, starts: Sequence[ImaginationStart], seed: int = 0, rank: int = 0,
+                    held_out: int = 0) -> "InitialStateSampler":
+        """A sampler over given starts (e.g. sim_backend.sim_starts) instead of recorded episodes'."""
+        if not starts:
+            raise ConfigError("no initial states given")
+        sampler = cls.__new__(cls)
+        sampler._split(list(starts), seed, rank, held_out)
+        return sampler
+
+    def _split(self, states: list[ImaginationStart], seed: int, rank: int, held_out: int) -> None:
+        self.states = states
         self.seed = int(seed)
         self.validation: list[ImaginationStart] = []
         if held_out:
             if not 0 < held_out < len(self.states):
-                raise ConfigError(f"cannot hold out {held_out} of {len(self.states)} recorded episodes as validation "
-                                  "states: at least one must be left for training")
+                raise ConfigError(f"cannot hold out {held_out} of {len(self.states)} initial states for "
+                                  "validation: at least one must be left for training")
             order = np.random.default_rng([self.seed, 2_000_003]).permutation(len(self.states))
             self.validation = [self.states[i] for i in sorted(order[:held_out])]
             self.states = [self.states[i] for i in sorted(order[held_out:])]

@@ -94,6 +94,9 @@ class Trainer:
                               f"{ACTION_SPACES['ee_delta_7d']}, state_dim {POLICY_STATE_DIM})")
         if config.algorithm.kl_beta > 0 and ref_policy is None:
             raise ConfigError("kl_beta > 0 needs the SFT policy as reference (ref_policy)")
+        if getattr(scorer, "reads_ground_truth", False) and not getattr(backend, "knows_ground_truth", False):
+            raise ConfigError(f"the reward reads the world's own success, which {type(backend).__name__} does not "
+                              "know (the sim's success reward needs rollouts in the sim: prophrl train --sim)")
         if config.shared_world_model_noise and not getattr(backend, "supports_shared_noise", False):
             raise ConfigError("shared_world_model_noise needs in-process imagination (`prophrl train`); "
                               f"{type(backend).__name__} does not share noise within a group")

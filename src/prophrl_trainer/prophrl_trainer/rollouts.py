@@ -26,7 +26,9 @@ class RolloutGroup:
     """G rollouts from one start, as the trainer sees them; a backend advances them.
 
     current_frames (G, H, W, 3) uint8: what each rollout's camera shows now; states: the policy's
-    proprio (G, 8) after each executed chunk, states[0] at the start; clips: (G, F, H, W, 3) per chunk.
+    proprio (G, 8) after each executed chunk, states[0] at the start; clips: (G, F, H, W, 3) per chunk;
+    success (G,) bool: whether each rollout has succeeded so far by the world's own task check, where the world
+    knows it (the physics sim, sim_backend), else None.
     """
 
     instruction: str
@@ -34,6 +36,7 @@ class RolloutGroup:
     states: list[np.ndarray]
     clips: list[np.ndarray] = dataclasses.field(default_factory=list)
     handle: object = None
+    success: np.ndarray | None = None
 
     @property
     def num_rollouts(self) -> int:

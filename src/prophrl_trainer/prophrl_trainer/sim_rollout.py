@@ -70,36 +70,67 @@ class PolicyController:
         return sample.actions[0].cpu().numpy()
 
 
+class ChunkExecution:
+    """One sim episode taking ee_delta_7d rows as the executor node takes them: each row through the SafetyFilter
+    (a held row moves nothing and keeps the gripper command in force), then one control period of the arm.
+    The one rule of executing actions in the in-process sim (episodes here, rollouts in sim_backend)."""
+
+    def __init__(self, sim):
+        self.sim = sim
+        self.safety = SafetyFilter(sim.robot)
+        self.gripper = 0.0              # the gripper command in force (0 open .. 1 closed)
+        self.holds = 0                  # rows the safety filter held
+        self.observation = None
+
+    def reset(self, seed: int):
+        self.observation = self.sim.reset(seed)
+        self.gripper, self.holds = 0.0, 0
+        return self.observation
+
+    def filter(self, commanded: np.ndarray) -> np.ndarray:
+        """The row the arm applies for a commanded row: the safety filter's output, or a hold."""
+        result = self.safety.filter_ee_delta(commanded, self.observation.ee_pose.position)
+        if result.hold:
+            self.holds += 1
+            return np.array([0, 0, 0, 0, 0, 0, self.gripper], np.float32)
+        applied = np.asarray(result.command, np.float32)
+        self.gripper = float(applied[6])
+        return applied
+
+    def step(self, applied: np.ndarray) -> None:
+        """One control period of the arm under a filtered row."""
+        self.sim.step_ee_delta(applied[:3], applied[3:6], float(applied[6]))
+        self.observation = self.sim.observe()
+
+    def apply(self, commanded: np.ndarray) -> np.ndarray:
+        """filter, then step; returns the row applied."""
+        applied = self.filter(commanded)
+        self.step(applied)
+        return applied
+
+
 def run_episode(sim, controller: Controller, seed: int, *, max_steps: int = 200, replan_steps: int = 2,
                 steps_after_success: int = 5, on_step: Callable[[StepRecord], None] | None = None) -> EpisodeOutcome:
     """Reset the sim to `seed` and run the controller until success (+ a few steps) or max_steps."""
-    safety = SafetyFilter(sim.robot)
-    observation = sim.reset(seed)
+    arm = ChunkExecution(sim)
+    arm.reset(seed)
     controller.reset(seed)
     stepper = ChunkStepper()
-    gripper = 0.0
     success_step = None
-    holds = 0
     for step in range(max_steps):
         image = sim.render()
+        observation = arm.observation
         new_chunk = None
         if not stepper.active or stepper.rows_taken >= replan_steps:
-            new_chunk = np.asarray(controller.chunk(image, sim.instruction, observation, gripper), np.float32)
+            new_chunk = np.asarray(controller.chunk(image, sim.instruction, observation, arm.gripper), np.float32)
             stepper.start(new_chunk, "ee_delta_7d", sim.robot.control_period_s)
         commanded, _last = stepper.take()
-        result = safety.filter_ee_delta(commanded, observation.ee_pose.position)
-        if result.hold:
-            holds += 1
-            applied = np.array([0, 0, 0, 0, 0, 0, gripper], np.float32)
-        else:
-            applied = np.asarray(result.command, np.float32)
-            gripper = float(applied[6])
+        applied = arm.filter(commanded)
         if on_step is not None:
             on_step(StepRecord(sim.time_s, image, observation, new_chunk, applied, commanded))
-        sim.step_ee_delta(applied[:3], applied[3:6], float(applied[6]))
-        observation = sim.observe()
-        if observation.success and success_step is None:
+        arm.step(applied)
+        if arm.observation.success and success_step is None:
             success_step = step
         if success_step is not None and step - success_step >= steps_after_success:
             break
-    return EpisodeOutcome(seed, success_step is not None, step + 1, success_step, sim.instruction, holds)
+    return EpisodeOutcome(seed, success_step is not None, step + 1, success_step, sim.instruction, arm.holds)

@@ -31,6 +31,11 @@ from prophrl_trainer.rl_config import RL_RUN_OUTPUT, RLConfig
 from prophrl_trainer.rl_trainer import Trainer
 from prophrl_trainer.rollouts import (EndEffectorDisplacementReward, InProcessImagination, JudgeScorer,
                                       RolloutBackend, RolloutScorer)
+from prophrl_trainer.sim_backend import SimRollouts, SimSuccessScorer, parse_sim, sim_starts
+
+# `prophrl train --sim`: the sim seeds RL's starts are drawn from (the demo's imagination draws from its ~90
+# recorded episodes' starts).
+SIM_STATES = 200
 
 
 
@@ -39,15 +44,24 @@ def build_parser() -> argparse.ArgumentParser:
         prog="prophrl train",
         description="FA-GRPO + FlowScale RL of an SFT policy inside a Prophet world model, rewarded by a judge.")
     parser.add_argument("--policy", required=True, help="SFT policy checkpoint directory (prophrl policy sft)")
-    parser.add_argument("--world-model", required=True, help="Prophet checkpoint directory")
+    world = parser.add_mutually_exclusive_group(required=True)
+    world.add_argument("--world-model", help="Prophet checkpoint directory")
+    world.add_argument("--sim", metavar="ROBOT/TASK",
+                       help="roll out in the physics sim instead of a world model (e.g. panda_sim/lift; starts: sim "
+                            "seeds, --sim-states of them): the ceiling of RL in imagination")
+    parser.add_argument("--sim-states", type=int, default=SIM_STATES,
+                        help=f"with --sim: how many sim seeds the starts are drawn from (default {SIM_STATES})")
     reward = parser.add_mutually_exclusive_group(required=True)
     reward.add_argument("--judge", nargs="+", metavar="JUDGE",
                         help="reward judge checkpoint directory; several: their ensemble, penalised by their "
                              "disagreement (RLConfig.judge_disagreement)")
+    reward.add_argument("--sim-reward", action="store_true",
+                        help="with --sim: the sim's own task success as the reward (what the true evaluation counts)")
     reward.add_argument("--test-reward", choices=sorted(EndEffectorDisplacementReward.DIRECTIONS),
                         help="FOR TESTS ONLY: a programmatic reward on the integrated end-effector motion")
     parser.add_argument("--test-reward-scale", type=float, default=0.02, help="metres (with --test-reward)")
-    parser.add_argument("--data", nargs="+", required=True, help="bags2dataset output(s): the initial states")
+    parser.add_argument("--data", nargs="+", default=[],
+                        help="bags2dataset output(s): the initial states (with --world-model)")
     parser.add_argument("--out", required=True, help="run directory (checkpoints, tensorboard, progress.jsonl)")
     parser.add_argument("--updates", type=int, default=0, help="total number of updates (default: the config's)")
     parser.add_argument("--config", default="", help="RL config JSON (RLConfig fields; default: built-in)")
@@ -86,6 +100,9 @@ class TrainSettings:
     data: tuple[str, ...]              # bags2dataset outputs: the initial states
     out: str                           # run directory
     world_model: str = ""              # Prophet checkpoint (in-process imagination)
+    sim: str = ""                      # ROBOT/TASK: rollouts in the physics sim instead (sim_backend)
+    sim_states: int = SIM_STATES       # with sim: the number of sim seeds the starts are drawn from
+    sim_reward: bool = False           # with sim: the sim's own success as the reward
     judges: tuple[str, ...] = ()       # judge checkpoint(s) (in-process scoring; several: an ensemble)
     test_reward: str = ""              # FOR TESTS ONLY: EndEffectorDisplacementReward direction
     test_reward_scale: float = 0.02    # metres (with test_reward)
@@ -96,7 +113,8 @@ class TrainSettings:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "TrainSettings":
-        return cls(policy=args.policy, data=tuple(args.data), out=args.out, world_model=args.world_model,
+        return cls(policy=args.policy, data=tuple(args.data), out=args.out, world_model=args.world_model or "",
+                   sim=args.sim or "", sim_states=args.sim_states, sim_reward=args.sim_reward,
                    judges=tuple(args.judge or ()), test_reward=args.test_reward or "",
                    test_reward_scale=args.test_reward_scale, updates=args.updates, config=args.config,
                    resume=args.resume, device=args.device)
@@ -108,6 +126,13 @@ def build_trainer(settings: TrainSettings, dist: DistContext | None = None, show
     """Everything a run of `prophrl train` sets up; returns (trainer, total updates). backend / scorer replace
     the in-process world model / judge (the ROS node passes its clients)."""
     dist = dist or DistContext()
+    sim = parse_sim(settings.sim) if settings.sim else None
+    if sim is None and backend is None and not settings.data:
+        raise ConfigError("--data is needed: the recorded episodes whose starts RL imagines from")
+    if sim is not None and settings.data:
+        raise ConfigError("--sim draws its starts from sim seeds; --data is for --world-model")
+    if settings.sim_reward and sim is None:
+        raise ConfigError("--sim-reward is the sim's own success: it needs --sim ROBOT/TASK")
     device = _device(settings.device)
     inputs = [p for p in (settings.policy, settings.world_model, *settings.judges, *settings.data) if p]
     out = check_run_dir(settings.out, RL_RUN_OUTPUT, inputs=inputs)
@@ -130,6 +155,8 @@ def build_trainer(settings: TrainSettings, dist: DistContext | None = None, show
     random.seed(config.seed)
     policy = VLAPolicy.from_pretrained(settings.policy).to(device)
     ref_policy = VLAPolicy.from_pretrained(settings.policy).to(device) if config.fa_grpo.kl_beta > 0 else None
+    if backend is None and sim is not None:
+        backend = SimRollouts(*sim, policy.config.horizon, every_frame=not settings.sim_reward)
     if backend is None:
         from prophrl_worldmodel.modeling_prophet import Prophet
 
@@ -139,14 +166,22 @@ def build_trainer(settings: TrainSettings, dist: DistContext | None = None, show
         if mismatch:
             warnings.warn(mismatch, stacklevel=2)
     if scorer is None:
-        scorer = (JudgeScorer.from_pretrained(settings.judges, str(device), config.judge_disagreement)
-                  if settings.judges else
-                  EndEffectorDisplacementReward.named(settings.test_reward, settings.test_reward_scale))
-    sampler = InitialStateSampler(settings.data, seed=config.seed, context_frames=config.context_frames, rank=dist.rank,
-                                  held_out=config.validation_states)
-    run_info = {"policy": str(settings.policy), "world_model": settings.world_model or type(backend).__name__,
-                "reward": (f"judge:{','.join(settings.judges)}" if settings.judges else
-                           f"test:{settings.test_reward}"),
+        if settings.sim_reward:
+            scorer = SimSuccessScorer()
+        elif settings.judges:
+            scorer = JudgeScorer.from_pretrained(settings.judges, str(device), config.judge_disagreement)
+        else:
+            scorer = EndEffectorDisplacementReward.named(settings.test_reward, settings.test_reward_scale)
+    if sim is not None:
+        sampler = InitialStateSampler.from_starts(sim_starts(*sim, settings.sim_states), seed=config.seed,
+                                                  rank=dist.rank, held_out=config.validation_states)
+    else:
+        sampler = InitialStateSampler(settings.data, seed=config.seed, context_frames=config.context_frames,
+                                      rank=dist.rank, held_out=config.validation_states)
+    run_info = {"policy": str(settings.policy),
+                "world_model": (f"sim:{settings.sim}" if sim else settings.world_model or type(backend).__name__),
+                "reward": ("sim:success" if settings.sim_reward else
+                           f"judge:{','.join(settings.judges)}" if settings.judges else f"test:{settings.test_reward}"),
                 "data": [str(d) for d in settings.data], "world_size": dist.world_size}
     trainer = Trainer(policy, backend, scorer, sampler, config, out, ref_policy=ref_policy,
                       on_checkpoint=on_checkpoint, on_update=on_update, show_progress=show_progress, dist=dist,
@@ -228,7 +263,11 @@ def _train(args: argparse.Namespace) -> int:
         dist = DistContext.from_env(args.device)
         trainer, updates = build_trainer(TrainSettings.from_args(args), dist, show_progress=not args.no_progress)
         start_update, start = trainer.update, time.perf_counter()
-        history = trainer.run(updates)
+        try:
+            history = trainer.run(updates)
+        finally:
+            if hasattr(trainer.backend, "shutdown"):  # the sims of --sim
+                trainer.backend.shutdown()
         elapsed = time.perf_counter() - start
     finally:
         if dist is not None and dist.enabled:

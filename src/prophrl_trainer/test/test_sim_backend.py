@@ -1,0 +1,135 @@
+"""RL with the physics sim in Prophet's place (`prophrl train --sim`): real robosuite arms executing the policy's
+chunks, the sim's own success as the reward."""
+
+import json
+
+import numpy as np
+import pytest
+
+from prophrl_common.config_io import ConfigError
+from prophrl_sim.arm_sim import ArmSim
+from prophrl_trainer.imagined_rollouts import ground_truth
+from prophrl_trainer.initial_states import InitialStateSampler
+from prophrl_trainer.rl_smoke import make_smoke_setup
+from prophrl_trainer.sim_backend import SimRollouts, SimSuccessScorer, sim_starts
+from prophrl_trainer.sim_rollout import ExpertController
+from prophrl_trainer.train_cli import TrainSettings, build_parser, build_trainer, main
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    return make_smoke_setup(tmp_path_factory.mktemp("sim_rl_setup"))
+
+
+def _rows(direction_y: float, horizon: int) -> np.ndarray:
+    rows = np.zeros((horizon, 7), np.float32)
+    rows[:, 1] = direction_y
+    return rows
+
+
+def test_sim_starts_are_the_sim_seeds_first_frames():
+    starts = sim_starts("panda_sim", "lift", 2, first_seed=900_010)
+    with ArmSim("panda_sim", "lift") as sim:
+        for start, seed in zip(starts, (900_010, 900_011)):
+            pose = sim.reset(seed).ee_pose
+            assert start.seed == seed and start.instruction == sim.instruction
+            np.testing.assert_array_equal(start.context_frames[-1], sim.render())
+            np.testing.assert_allclose(start.ee_pose, np.concatenate([pose.position, pose.quaternion]))
+    assert not np.array_equal(starts[0].context_frames, starts[1].context_frames), "two seeds, two scenes"
+    sampler = InitialStateSampler.from_starts(starts, seed=1, held_out=1)
+    assert len(sampler.validation) == 1 and len(sampler) == 1 and sampler.validation[0] is not sampler.states[0]
+    with pytest.raises(ConfigError, match="no initial states"):
+        InitialStateSampler.from_starts([])
+
+
+def test_sim_rollouts_follow_their_actions_deterministically_and_reset_for_the_next_group():
+    starts = sim_starts("panda_sim", "lift", 1)
+    backend = SimRollouts("panda_sim", "lift", 4)
+    try:
+        (group,) = backend.open(starts, 3, [0])
+        y0 = group.state[0, 1]
+        np.testing.assert_array_equal(group.current_frames[0], starts[0].context_frames[-1])
+        chunk = np.stack([_rows(0.005, 4), _rows(-0.005, 4), _rows(0.005, 4)])
+        for _ in range(2):
+            backend.step([group], [chunk])
+        assert group.clips[0].shape == (3, 4, 128, 128, 3) and len(group.states) == 3
+        moved = group.state[:, 1] - y0
+        assert moved[0] > 0.015 and moved[1] < -0.015, f"the arm did not follow +y / -y: {moved}"
+        np.testing.assert_array_equal(group.state[0], group.state[2])
+        np.testing.assert_array_equal(group.frames[0], group.frames[2])
+        np.testing.assert_array_equal(group.current_frames, group.clips[-1][:, -1])
+        assert not group.success.any(), "moving sideways does not lift the cube"
+        backend.close([group])
+        (again,) = backend.open(starts, 3, [0])
+        assert len(backend._all) == 3, "the sims are reused, not created again"
+        np.testing.assert_allclose(again.state[:, :7], np.repeat(starts[0].ee_pose[None], 3, 0), atol=1e-6)
+        np.testing.assert_array_equal(again.current_frames[1], starts[0].context_frames[-1])
+        backend.close([again])
+    finally:
+        backend.shutdown()
+
+
+def test_the_sim_success_reward_is_the_sim_task_check():
+    """The scripted expert's chunks lift the cube in one rollout, zeros do nothing in the other: the reward is
+    the sim's own success, 1 and 0, and only the last frame of each chunk is rendered without a judge."""
+    starts = sim_starts("panda_sim", "lift", 1)
+    backend = SimRollouts("panda_sim", "lift", 10, every_frame=False)
+    try:
+        (group,) = backend.open(starts, 2, [0])
+        expert = ExpertController("lift", backend._all[0].sim.control_period_s)
+        expert.reset(starts[0].seed)
+        for _ in range(30):
+            arm = group.handle[0]
+            lift = expert.chunk(None, "", arm.observation, arm.gripper)
+            backend.step([group], [np.stack([lift, np.zeros_like(lift)])])
+            if group.success[0]:
+                break
+        assert group.clips[0].shape == (2, 1, 128, 128, 3)
+        truth = [ground_truth(group, j) for j in range(2)]
+        assert truth == [True, False], f"the expert should lift within 300 steps, zeros should not: {truth}"
+        probs, decisions = SimSuccessScorer().score(list(group.frames), ["", ""], list(group.state_history), truth=truth)
+        np.testing.assert_array_equal(probs, [1.0, 0.0])
+        np.testing.assert_array_equal(decisions, [True, False])
+        with pytest.raises(ConfigError, match="--sim"):
+            SimSuccessScorer().score(list(group.frames), ["", ""], list(group.state_history))
+        group.success = None
+        with pytest.raises(ConfigError, match="only rollouts in the sim know"):
+            ground_truth(group, 0)
+        backend.close([group])
+    finally:
+        backend.shutdown()
+
+
+def test_the_sim_reward_is_refused_where_the_world_cannot_know_success(setup, tmp_path):
+    args = build_parser().parse_args(setup.argv(tmp_path / "run", 1, setup.rl_config()))
+    with pytest.raises(ConfigError, match="does not know"):
+        build_trainer(TrainSettings.from_args(args), show_progress=False, scorer=SimSuccessScorer())
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--world-model", "W", "--sim-reward", "--data", "D"], "--sim-reward is the sim's own success"),
+    (["--sim", "panda_sim/fly", "--sim-reward"], "--sim wants ROBOT/TASK"),
+    (["--sim", "franka_fr3/lift", "--sim-reward"], "--sim wants ROBOT/TASK"),
+    (["--sim", "panda_sim/lift", "--sim-reward", "--data", "D"], "--data is for --world-model"),
+    (["--world-model", "W", "--test-reward", "ee_right"], "--data is needed"),
+])
+def test_bad_sim_arguments_get_one_line_and_exit_2(setup, tmp_path, capsys, argv, message):
+    assert main(["--policy", str(setup.policy), "--out", str(tmp_path / "run"), *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists(), "nothing written on a usage error"
+
+
+def test_prophrl_train_in_the_sim_rewards_the_sim_success(setup, tmp_path):
+    """An untrained policy never lifts the cube in 4 steps: every reward is the sim's 0, so no group carries a
+    learning signal (a judge on random frames would still reward it)."""
+    out = tmp_path / "run"
+    config = setup.rl_config("sim_rl.json", group_size=2, states_per_update=1, chunks_per_rollout=1,
+                             shared_world_model_noise=True)
+    assert main(["--policy", str(setup.policy), "--sim", "panda_sim/lift", "--sim-reward", "--sim-states", "2",
+                 "--out", str(out), "--updates", "1", "--config", str(config), "--threads", "1", "--no-progress"]) == 0
+    (row,) = [json.loads(line) for line in (out / "progress.jsonl").read_text().splitlines()]
+    assert row["rollout/success_rate"] == 0.0 and row["rollout/reward_mean"] == 0.0
+    assert row["rollout/groups_without_signal"] == 1.0
+    state = json.loads((out / "checkpoints" / "update_000001" / "trainer_state.json").read_text())
+    assert state["run"]["world_model"] == "sim:panda_sim/lift" and state["run"]["reward"] == "sim:success"
