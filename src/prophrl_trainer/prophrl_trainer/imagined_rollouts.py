@@ -87,7 +87,14 @@ def imagine(policy: VLAPolicy, backend: RolloutBackend, scorer: RolloutScorer,
             starts: Sequence[ImaginationStart], seeds: Sequence[int], num_rollouts: int, mode: str,
             generator: torch.Generator, settings: ImaginationSettings, stop_when_done: bool = True) -> Imagined:
     """Imagine a group of `num_rollouts` rollouts from each start (world-model seed per start); see the
-    module docstring. stop_when_done: stop stepping once every rollout has ended."""
+    module docstring. stop_when_done: stop stepping once every rollout has ended. A backend with `max_rollouts`
+    (how many rollouts it can hold at once, e.g. sims in memory) gets the starts a few groups at a time."""
+    limit = getattr(backend, "max_rollouts", 0)
+    if limit and len(starts) > 1 and len(starts) * num_rollouts > limit:
+        per_call = max(1, limit // num_rollouts)
+        return concatenate([imagine(policy, backend, scorer, starts[i:i + per_call], seeds[i:i + per_call], num_rollouts,
+                                    mode, generator, settings, stop_when_done)
+                            for i in range(0, len(starts), per_call)])
     n, g, chunks = len(starts), num_rollouts, settings.chunks
     timings = {"policy_s": 0.0, "world_model_s": 0.0, "judge_s": 0.0}
     groups = backend.open(starts, g, seeds)
@@ -147,3 +154,28 @@ def imagine(policy: VLAPolicy, backend: RolloutBackend, scorer: RolloutScorer,
     stack = (lambda xs: torch.stack(xs, 1) if xs else None)
     return Imagined(stack(images), stack(states), stack(latents), stack(log_probs), stack(means), instructions,
                     np.stack(masks, axis=2), rewards, success, length, timings)
+
+
+def concatenate(parts: Sequence[Imagined]) -> Imagined:
+    """One Imagined of several imagined one after another (groups in order); a part that stopped after fewer chunks
+    is padded with masked chunks (mask 0, zeros)."""
+    chunks = max(part.mask.shape[2] for part in parts)
+
+    def tensors(name: str) -> torch.Tensor | None:
+        values = [getattr(part, name) for part in parts]
+        if values[0] is None:
+            return None
+        padded = []
+        for value in values:
+            missing = chunks - value.shape[1]
+            if missing:
+                value = torch.cat([value, value.new_zeros((value.shape[0], missing, *value.shape[2:]))], dim=1)
+            padded.append(value)
+        return torch.cat(padded)
+
+    mask = np.concatenate([np.pad(part.mask, ((0, 0), (0, 0), (0, chunks - part.mask.shape[2]))) for part in parts])
+    return Imagined(tensors("images"), tensors("states"), tensors("latents"), tensors("log_probs"), tensors("means"),
+                    [t for part in parts for t in part.instructions], mask,
+                    np.concatenate([part.rewards for part in parts]), np.concatenate([part.success for part in parts]),
+                    np.concatenate([part.length for part in parts]),
+                    {key: sum(part.timings[key] for part in parts) for key in parts[0].timings})

@@ -29,6 +29,10 @@ from prophrl_trainer.rollouts import RolloutGroup
 from prophrl_trainer.sim_rollout import ChunkExecution
 from prophrl_worldmodel.imagination import ImaginationStart
 
+# How many rollouts (one ArmSim each, about 0.37 GB with its renderer) SimRollouts holds at once; an update's
+# groups beyond it are rolled out a few at a time (imagined_rollouts.imagine).
+SIM_MAX_ROLLOUTS = 16
+
 # The sim seeds RL draws its starts from: [SIM_RL_FIRST_SEED, + pool). No demonstration, play, held-out
 # evaluation (evaluation.HELD_OUT_SEED_BASE and up, a few hundred at most) or judge episode uses them.
 SIM_RL_FIRST_SEED = 900_000
@@ -77,9 +81,10 @@ class SimRollouts:
     knows_ground_truth = True       # RolloutGroup.success is the sim's own task check
 
     def __init__(self, robot: str, task: str, action_horizon: int, *, camera: str = "", image_size: int = 128,
-                 every_frame: bool = True):
+                 every_frame: bool = True, max_rollouts: int = SIM_MAX_ROLLOUTS):
         self.robot, self.task, self.camera, self.image_size = robot, task, camera, image_size
         self.every_frame = every_frame
+        self.max_rollouts = max_rollouts
         self.action_horizon = int(action_horizon)
         self._idle: list[ChunkExecution] = []
         self._all: list[ChunkExecution] = []
@@ -87,6 +92,8 @@ class SimRollouts:
     def _take(self, count: int) -> list[ChunkExecution]:
         from prophrl_sim.arm_sim import ArmSim
 
+        if len(self._all) - len(self._idle) + count > max(self.max_rollouts, count):
+            raise RuntimeError(f"SimRollouts holds at most {self.max_rollouts} rollouts at once")
         while len(self._idle) < count:
             arm = ChunkExecution(ArmSim(self.robot, self.task, camera=self.camera, image_width=self.image_size,
                                         image_height=self.image_size))

@@ -133,3 +133,55 @@ def test_prophrl_train_in_the_sim_rewards_the_sim_success(setup, tmp_path):
     assert row["rollout/groups_without_signal"] == 1.0
     state = json.loads((out / "checkpoints" / "update_000001" / "trainer_state.json").read_text())
     assert state["run"]["world_model"] == "sim:panda_sim/lift" and state["run"]["reward"] == "sim:success"
+
+
+def test_groups_beyond_the_sims_in_memory_are_rolled_out_a_few_at_a_time(setup):
+    """With room for 2 sims, 2 groups of 2 rollouts run one after the other on 2 sims. The first group is what 4 sims
+    at once give it (the policy's noise is drawn in another order for the second)."""
+    import torch
+
+    from prophrl_nn.flow_matching import SamplerConfig
+    from prophrl_policy.modeling_vla import VLAPolicy
+    from prophrl_trainer.imagined_rollouts import ImaginationSettings, imagine
+
+    policy = VLAPolicy.from_pretrained(setup.policy)
+    starts = sim_starts("panda_sim", "lift", 2)
+    settings = ImaginationSettings(chunks=2, sampler=SamplerConfig(3, 0.7), early_termination=False)
+    results = {}
+    for room in (2, 4):
+        backend = SimRollouts("panda_sim", "lift", policy.config.horizon, every_frame=False, max_rollouts=room)
+        try:
+            results[room] = imagine(policy, backend, SimSuccessScorer(), starts, [0, 1], 2, "ode",
+                                    torch.Generator().manual_seed(0), settings)
+            assert len(backend._all) == room
+        finally:
+            backend.shutdown()
+    few, all_at_once = results[2], results[4]
+    assert few.images.shape[:2] == (4, 2) and few.mask.shape == (2, 2, 2) and few.rewards.shape == (2, 2)
+    torch.testing.assert_close(few.states[:2], all_at_once.states[:2])
+    torch.testing.assert_close(few.images[:2], all_at_once.images[:2])
+    torch.testing.assert_close(few.states[:, 0], all_at_once.states[:, 0])
+    np.testing.assert_allclose(few.states[2:, 0, :7].numpy(), np.repeat(starts[1].ee_pose[None], 2, 0), atol=1e-6)
+    assert few.instructions == all_at_once.instructions == [starts[0].instruction] * 2 + [starts[1].instruction] * 2
+
+
+def test_concatenated_rollouts_pad_the_shorter_part_with_masked_chunks():
+    import torch
+
+    from prophrl_trainer.imagined_rollouts import Imagined, concatenate
+
+    def part(groups, chunks, value):
+        ng = groups * 2
+        return Imagined(torch.full((ng, chunks, 3, 4, 4), value), torch.full((ng, chunks, 8), value), None, None, None,
+                        ["i"] * ng, np.ones((groups, 2, chunks), np.float32), np.full((groups, 2), value),
+                        np.ones((groups, 2), bool), np.full((groups, 2), chunks), {"policy_s": 1.0})
+
+    both = concatenate([part(1, 3, 1.0), part(2, 1, 2.0)])
+    assert both.images.shape == (6, 3, 3, 4, 4) and both.latents is None and len(both.instructions) == 6
+    assert both.mask.shape == (3, 2, 3)
+    np.testing.assert_array_equal(both.mask[0], 1)
+    np.testing.assert_array_equal(both.mask[1:, :, 0], 1)
+    np.testing.assert_array_equal(both.mask[1:, :, 1:], 0)
+    assert float(both.states[2:, 1:].abs().sum()) == 0 and float(both.states[2:, 0].min()) == 2.0
+    np.testing.assert_array_equal(both.rewards[:, 0], [1.0, 2.0, 2.0])
+    assert both.timings["policy_s"] == 2.0
