@@ -71,6 +71,11 @@ class Pose:
     position: np.ndarray  # (3,) metres
     quaternion: np.ndarray  # (4,) x, y, z, w
 
+    @property
+    def vector(self) -> np.ndarray:
+        """(7,) x y z qx qy qz qw: the pose as ImaginationStart.ee_pose and transforms.policy_state take it."""
+        return np.concatenate([self.position, self.quaternion])
+
 
 @dataclasses.dataclass(frozen=True)
 class CameraModel:

@@ -63,8 +63,7 @@ def sim_start(sim, seed: int) -> ImaginationStart:
     world_to_camera[:3, :3] = rotation.T
     world_to_camera[:3, 3] = -rotation.T @ np.asarray(camera.pose.position, np.float64)
     calibration = CameraCalibration.from_camera_info(camera.k, world_to_camera, camera.width, camera.height)
-    pose = observation.ee_pose
-    return ImaginationStart(sim.render()[None], sim.instruction, np.concatenate([pose.position, pose.quaternion]),
+    return ImaginationStart(sim.render()[None], sim.instruction, observation.ee_pose.vector,
                             0.0, calibration)
 
 

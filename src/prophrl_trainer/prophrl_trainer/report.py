@@ -279,12 +279,14 @@ def plot_learning_curves(policies: dict[str, list[PolicySource]], path: Path) ->
 def real_vs_imagined_video(policy_dir: Path, world_model_dir: Path, robot: str, task: str, seed: int, chunks: int,
                            path: Path, image_size: int = 128) -> Path:
     """The same policy from the same start: sim frames | Prophet frames, one chunk executed per replan."""
+    from types import SimpleNamespace
+
     import cv2
 
     from prophrl_common.frames import resize_frames
     from prophrl_policy.modeling_vla import VLAPolicy
+    from prophrl_sim.arm_sim import ArmSim, Pose
     from prophrl_trainer.sim_rollout import PolicyController, run_episode
-    from prophrl_sim.arm_sim import ArmSim
     from prophrl_worldmodel.imagination import ImaginationStart, ImaginedRollouts
     from prophrl_worldmodel.modeling_prophet import Prophet
 
@@ -297,8 +299,7 @@ def real_vs_imagined_video(policy_dir: Path, world_model_dir: Path, robot: str, 
     try:
         def on_step(record):
             if not starts:
-                pose = record.observation.ee_pose
-                starts.append((record.image.copy(), np.concatenate([pose.position, pose.quaternion])))
+                starts.append((record.image.copy(), record.observation.ee_pose.vector))
             real.append(record.image)
         outcome = run_episode(sim, PolicyController(policy, seed=seed), seed, max_steps=chunks * horizon,
                               replan_steps=horizon, steps_after_success=chunks * horizon, on_step=on_step)
@@ -310,7 +311,7 @@ def real_vs_imagined_video(policy_dir: Path, world_model_dir: Path, robot: str, 
     for _ in range(chunks):
         frame = rollouts.current_frames[0]
         state_pose = rollouts.ee_poses[0]
-        observation = _ImaginedObservation(state_pose)
+        observation = SimpleNamespace(ee_pose=Pose(state_pose[:3], state_pose[3:]))
         # Prophet's frame as it is: the policy sees it as in RL's imagination (Observation.from_frames).
         chunk = controller.chunk(frame, outcome.instruction, observation, float(rollouts.grippers[0]))
         rollouts.step(_fit_chunk(chunk, horizon)[None])
@@ -326,23 +327,6 @@ def real_vs_imagined_video(policy_dir: Path, world_model_dir: Path, robot: str, 
                                   cv2.COLOR_RGB2BGR))
     writer.release()
     return path
-
-
-@dataclasses.dataclass
-class _ImaginedObservation:
-    """What PolicyController reads from an observation (ee_pose.position / .quaternion), from a pose vector."""
-
-    pose: np.ndarray
-
-    @property
-    def ee_pose(self):
-        return _Pose(self.pose[:3], self.pose[3:])
-
-
-@dataclasses.dataclass
-class _Pose:
-    position: np.ndarray
-    quaternion: np.ndarray
 
 
 def _fit_chunk(chunk: np.ndarray, horizon: int) -> np.ndarray:

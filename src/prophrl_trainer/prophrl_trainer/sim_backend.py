@@ -68,9 +68,9 @@ def sim_starts(robot: str, task: str, count: int, first_seed: int = SIM_RL_FIRST
     starts = []
     with ArmSim(robot, task, camera=camera, image_width=image_size, image_height=image_size) as sim:
         for seed in range(first_seed, first_seed + count):
-            pose = sim.reset(seed).ee_pose
+            pose = sim.reset(seed).ee_pose.vector
             starts.append(SimStart(sim.render()[None], sim.instruction,
-                                   np.concatenate([pose.position, pose.quaternion]), 0.0, seed=seed))
+                                   pose, 0.0, seed=seed))
     return starts
 
 
@@ -150,8 +150,7 @@ class SimRollouts:
 
 
 def _state(observation, gripper: float) -> np.ndarray:
-    pose = observation.ee_pose
-    return policy_state(np.concatenate([pose.position, pose.quaternion]), gripper)
+    return policy_state(observation.ee_pose.vector, gripper)
 
 
 class SimSuccessScorer:

@@ -61,8 +61,7 @@ class PolicyController:
         from prophrl_policy.modeling_vla import Observation
         from prophrl_policy.transforms import policy_state
 
-        pose = observation.ee_pose
-        state = policy_state(np.concatenate([pose.position, pose.quaternion]), gripper_command)
+        state = policy_state(observation.ee_pose.vector, gripper_command)
         obs = Observation.from_frames(image[None], [instruction], state[None], self.policy.config, device=self.device)
         with torch.inference_mode():
             sample = self.policy.predict_action_chunk(obs, mode=self.mode, sampler=self.sampler,

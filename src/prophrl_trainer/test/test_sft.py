@@ -95,9 +95,7 @@ def test_the_sim_controller_samples_with_the_requested_number_of_denoising_steps
     with ArmSim("panda_sim", "lift", image_width=64, image_height=64) as sim:
         observation = sim.reset(3)
         image = sim.render()
-    pose = observation.ee_pose
-    obs = Observation.from_frames(image[None], [sim.instruction], policy_state(
-        np.concatenate([pose.position, pose.quaternion]), 0.0)[None])
+    obs = Observation.from_frames(image[None], [sim.instruction], policy_state(observation.ee_pose.vector, 0.0)[None])
 
     def expected(sampler):
         return policy.predict_action_chunk(obs, sampler=sampler, generator=torch.Generator().manual_seed(7)).actions[0]

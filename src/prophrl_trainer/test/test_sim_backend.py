@@ -34,7 +34,7 @@ def test_sim_starts_are_the_sim_seeds_first_frames():
             pose = sim.reset(seed).ee_pose
             assert start.seed == seed and start.instruction == sim.instruction
             np.testing.assert_array_equal(start.context_frames[-1], sim.render())
-            np.testing.assert_allclose(start.ee_pose, np.concatenate([pose.position, pose.quaternion]))
+            np.testing.assert_allclose(start.ee_pose, pose.vector)
     assert not np.array_equal(starts[0].context_frames, starts[1].context_frames), "two seeds, two scenes"
     sampler = InitialStateSampler.from_starts(starts, seed=1, held_out=1)
     assert len(sampler.validation) == 1 and len(sampler) == 1 and sampler.validation[0] is not sampler.states[0]
