@@ -8,7 +8,9 @@ With early termination the scorer judges every live rollout's clip-so-far after 
 chunk judged successful ends it (its later chunks get mask 0); otherwise, and for a rollout never judged
 successful, the full clip is scored after the last chunk. The RL trainer (rl_trainer) learns from what it
 returns; `prophrl eval --in-imagination` (imagined_evaluation) reads only its success. The backend may also be
-the physics sim (sim_backend.SimRollouts), with a scorer that reads its ground truth (SimSuccessScorer).
+the physics sim (sim_backend.SimRollouts), with a scorer that reads its ground truth (SimSuccessScorer). A backend
+that knows the ground truth also gives each rollout's true success where it ended (Imagined.true_success), so a
+judge's decisions on RL's own rollouts can be checked against the world's.
 """
 
 from __future__ import annotations
@@ -78,9 +80,10 @@ class Imagined:
     instructions: list[str]       # (n*G,)
     mask: np.ndarray              # (n, G, C') 1 = the chunk counts
     rewards: np.ndarray           # (n, G)
-    success: np.ndarray           # (n, G) bool
+    success: np.ndarray           # (n, G) bool, the scorer's decision
     length: np.ndarray            # (n, G) chunks until termination
     timings: dict[str, float]
+    true_success: np.ndarray | None = None  # (n, G) bool, the world's own check where the rollout ended (sim only)
 
 
 def imagine(policy: VLAPolicy, backend: RolloutBackend, scorer: RolloutScorer,
@@ -104,6 +107,8 @@ def imagine(policy: VLAPolicy, backend: RolloutBackend, scorer: RolloutScorer,
     masks = []
     rewards = np.zeros((n, g), np.float32)
     success = np.zeros((n, g), bool)
+    knows_truth = bool(getattr(backend, "knows_ground_truth", False))
+    true_success = np.zeros((n, g), bool) if knows_truth else None
     length = np.full((n, g), chunks, np.int64)
     try:
         for c in range(chunks):
@@ -146,6 +151,8 @@ def imagine(policy: VLAPolicy, backend: RolloutBackend, scorer: RolloutScorer,
                         if ok or last:
                             rewards[i, j] = p if settings.reward == "probability" else float(ok)
                             success[i, j], alive[i, j], length[i, j] = ok, False, c + 1
+                            if knows_truth:
+                                true_success[i, j] = ground_truth(groups[i], j)
                 timings["judge_s"] += time.perf_counter() - t2
             if stop_when_done and not alive.any():
                 break
@@ -153,7 +160,17 @@ def imagine(policy: VLAPolicy, backend: RolloutBackend, scorer: RolloutScorer,
         backend.close(groups)
     stack = (lambda xs: torch.stack(xs, 1) if xs else None)
     return Imagined(stack(images), stack(states), stack(latents), stack(log_probs), stack(means), instructions,
-                    np.stack(masks, axis=2), rewards, success, length, timings)
+                    np.stack(masks, axis=2), rewards, success, length, timings, true_success)
+
+
+def truth_metrics(imagined: Imagined, prefix: str) -> dict[str, float]:
+    """Where the world knows the ground truth (the sim): the share of rollouts that truly succeeded, and the share
+    the scorer called successful that had not (the scorer's precision on them: 1 - false / success rate).
+    Empty for a world model."""
+    if imagined.true_success is None:
+        return {}
+    return {f"{prefix}/true_success_rate": float(imagined.true_success.mean()),
+            f"{prefix}/false_success_rate": float((imagined.success & ~imagined.true_success).mean())}
 
 
 def concatenate(parts: Sequence[Imagined]) -> Imagined:
@@ -178,4 +195,5 @@ def concatenate(parts: Sequence[Imagined]) -> Imagined:
                     [t for part in parts for t in part.instructions], mask,
                     np.concatenate([part.rewards for part in parts]), np.concatenate([part.success for part in parts]),
                     np.concatenate([part.length for part in parts]),
-                    {key: sum(part.timings[key] for part in parts) for key in parts[0].timings})
+                    {key: sum(part.timings[key] for part in parts) for key in parts[0].timings},
+                    None if parts[0].true_success is None else np.concatenate([part.true_success for part in parts]))

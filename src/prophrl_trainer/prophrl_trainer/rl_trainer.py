@@ -52,7 +52,7 @@ from prophrl_policy.modeling_vla import Observation, VLAPolicy
 from prophrl_trainer import checkpointing as ckpt
 from prophrl_trainer.distributed import DataParallelPolicy, DistContext
 from prophrl_trainer.imagined_rollouts import (Imagined, ImaginationSettings, derived_seed, evaluation_seeds,
-                                               imagine)
+                                               imagine, truth_metrics)
 from prophrl_trainer.initial_states import InitialStateSampler
 from prophrl_trainer.rl_config import RLConfig
 from prophrl_trainer.rollouts import RolloutBackend, RolloutScorer
@@ -197,6 +197,7 @@ class Trainer:
             **{f"train/{k}": float(v) for k, v in stats.items()},
             "time/rollout_s": t1 - t0, "time/update_s": t2 - t1,
             **{f"time/{k}": v for k, v in imagined.timings.items()},
+            **truth_metrics(imagined, "rollout"),
         }
         self.local_rewards.append(metrics["rollout/reward_mean"])  # this rank's own, before averaging
         return self.dist.mean(metrics)
@@ -211,7 +212,7 @@ class Trainer:
         generator = torch.Generator(device=self.device).manual_seed(policy_seed)
         imagined = self.imagine(starts, seeds, cfg.eval_rollouts, "ode", generator)
         return {"eval/reward_mean": float(imagined.rewards.mean()), "eval/success_rate": float(imagined.success.mean()),
-                "eval/length_chunks": float(imagined.length.mean())}
+                "eval/length_chunks": float(imagined.length.mean()), **truth_metrics(imagined, "eval")}
 
     def select(self, metrics: dict[str, float]) -> bool:
         """Keep the current policy as RUN_DIR/best_policy when its validation `metrics` beat the selected one's

@@ -191,16 +191,28 @@ def build_trainer(settings: TrainSettings, dist: DistContext | None = None, show
     return trainer, config.updates
 
 
+SUMMARY_HEADER = ["update", "reward", "success", "eval success", "clip frac", "policy KL", "ratio pseudo-KL", "KL ref",
+                  "s/update"]
+TRUE_SUCCESS_HEADER = "true success"   # the world's own check beside the reward's, where the sim knows it
+
+
+def summary_header(history: list[dict]) -> list[str]:
+    knows_truth = any("rollout/true_success_rate" in m for m in history)
+    return SUMMARY_HEADER[:3] + [TRUE_SUCCESS_HEADER] * knows_truth + SUMMARY_HEADER[3:]
+
+
 def summary_rows(history: list[dict], max_rows: int = 10) -> list[list[str]]:
     if not history:
         return []
+    knows_truth = TRUE_SUCCESS_HEADER in summary_header(history)
     picks = sorted({round(i * (len(history) - 1) / max(max_rows - 1, 1)) for i in range(max_rows)})
     rows = []
     for i in picks:
         m = history[i]
         ev = f"{m['eval/success_rate']:.2f}" if "eval/success_rate" in m else "-"
-        rows.append([str(m["update"]), f"{m['rollout/reward_mean']:.3f}", f"{m['rollout/success_rate']:.2f}", ev,
-                     f"{m['train/clip_fraction']:.3f}", f"{m.get('train/policy_kl', math.nan):.2e}",
+        truth = [f"{m['rollout/true_success_rate']:.2f}" if "rollout/true_success_rate" in m else "-"] * knows_truth
+        rows.append([str(m["update"]), f"{m['rollout/reward_mean']:.3f}", f"{m['rollout/success_rate']:.2f}", *truth,
+                     ev, f"{m['train/clip_fraction']:.3f}", f"{m.get('train/policy_kl', math.nan):.2e}",
                      f"{m['train/approx_kl_old']:.2e}", f"{m['train/kl']:.2e}",
                      f"{m['time/update_total_s']:.1f}"])
     return rows
@@ -278,9 +290,7 @@ def _train(args: argparse.Namespace) -> int:
         done = trainer.update - start_update
         print_table(f"FA-GRPO ({trainer.config.variant}, FlowScale {'on' if trainer.config.use_flowscale else 'off'}) "
                     f"in {args.out}: {trainer.update} updates",
-                    ["update", "reward", "success", "eval success", "clip frac", "policy KL", "ratio pseudo-KL",
-                     "KL ref", "s/update"],
-                    summary_rows(history))
+                    summary_header(history), summary_rows(history))
         rate = f"{3600 * done / elapsed:.1f} updates/hour" if done else "nothing to do"
         print(f"\nthis session: {done} updates in {elapsed:.1f} s ({rate}) on {dist.world_size} rank(s) x "
               f"{torch.get_num_threads()} torch thread(s); "

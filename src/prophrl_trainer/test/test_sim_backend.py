@@ -120,7 +120,7 @@ def test_bad_sim_arguments_get_one_line_and_exit_2(setup, tmp_path, capsys, argv
     assert not (tmp_path / "run").exists(), "nothing written on a usage error"
 
 
-def test_prophrl_train_in_the_sim_rewards_the_sim_success(setup, tmp_path):
+def test_prophrl_train_in_the_sim_rewards_the_sim_success(setup, tmp_path, capsys):
     """An untrained policy never lifts the cube in 4 steps: every reward is the sim's 0, so no group carries a
     learning signal (a judge on random frames would still reward it)."""
     out = tmp_path / "run"
@@ -131,6 +131,8 @@ def test_prophrl_train_in_the_sim_rewards_the_sim_success(setup, tmp_path):
     (row,) = [json.loads(line) for line in (out / "progress.jsonl").read_text().splitlines()]
     assert row["rollout/success_rate"] == 0.0 and row["rollout/reward_mean"] == 0.0
     assert row["rollout/groups_without_signal"] == 1.0
+    assert row["rollout/true_success_rate"] == 0.0 and row["rollout/false_success_rate"] == 0.0
+    assert "true success" in capsys.readouterr().out, "the summary table shows the sim's own success"
     state = json.loads((out / "checkpoints" / "update_000001" / "trainer_state.json").read_text())
     assert state["run"]["world_model"] == "sim:panda_sim/lift" and state["run"]["reward"] == "sim:success"
 
@@ -163,6 +165,41 @@ def test_groups_beyond_the_sims_in_memory_are_rolled_out_a_few_at_a_time(setup):
     torch.testing.assert_close(few.states[:, 0], all_at_once.states[:, 0])
     np.testing.assert_allclose(few.states[2:, 0, :7].numpy(), np.repeat(starts[1].ee_pose[None], 2, 0), atol=1e-6)
     assert few.instructions == all_at_once.instructions == [starts[0].instruction] * 2 + [starts[1].instruction] * 2
+    assert few.true_success.shape == (2, 2)
+    np.testing.assert_array_equal(few.true_success, few.success)
+
+
+class _FooledJudge:
+    """A judge that calls every clip a success: what RL's exploitation drives a real judge towards."""
+
+    def score(self, frames, instructions, states):
+        return np.ones(len(frames), np.float32), np.ones(len(frames), bool)
+
+
+def test_a_judge_s_decisions_are_checked_against_the_sim_s_own_success(setup):
+    """In the sim, each rollout also carries its true success where it ended: a judge that calls every clip of an
+    untrained policy successful has false_success_rate 1 (precision 0), and the imagined metrics in a world model,
+    which cannot know the truth, carry none."""
+    import torch
+
+    from prophrl_nn.flow_matching import SamplerConfig
+    from prophrl_policy.modeling_vla import VLAPolicy
+    from prophrl_trainer.imagined_rollouts import ImaginationSettings, imagine, truth_metrics
+
+    policy = VLAPolicy.from_pretrained(setup.policy)
+    starts = sim_starts("panda_sim", "lift", 1)
+    settings = ImaginationSettings(chunks=2, sampler=SamplerConfig(3, 0.7))
+    backend = SimRollouts("panda_sim", "lift", policy.config.horizon)
+    try:
+        imagined = imagine(policy, backend, _FooledJudge(), starts, [0], 3, "sde", torch.Generator().manual_seed(0),
+                           settings)
+    finally:
+        backend.shutdown()
+    assert imagined.success.all() and (imagined.length == 1).all(), "the first judged success ends each rollout"
+    assert not imagined.true_success.any()
+    assert truth_metrics(imagined, "rollout") == {"rollout/true_success_rate": 0.0, "rollout/false_success_rate": 1.0}
+    imagined.true_success = None
+    assert truth_metrics(imagined, "rollout") == {}
 
 
 def test_concatenated_rollouts_pad_the_shorter_part_with_masked_chunks():
