@@ -28,6 +28,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from prophrl_trainer.held_out import EVAL_MAX_STEPS
 from prophrl_worldmodel.judge_episodes import JUDGING
 
 
@@ -71,7 +72,7 @@ def main() -> int:
     rl = demo / "rl_fa_grpo_flowscale"
     if (rl / "checkpoints").is_dir():
         policies += ["--policy", f"demo FA-GRPO+FlowScale={rl}"]
-    code = report.main([*policies, "--episodes", str(args.episodes), "--max-steps", "150",
+    code = report.main([*policies, "--episodes", str(args.episodes), "--max-steps", str(EVAL_MAX_STEPS),
                         "--replan-steps", "10", "--jobs", str(args.jobs), "--in-imagination",
                         "--world-model", str(world_model), "--judge", *map(str, judges),
                         "--imagined-chunks", str(args.imagined_chunks),

@@ -19,6 +19,7 @@ from pathlib import Path
 from prophrl_trainer.collect import CollectSettings, collect_direct
 from prophrl_policy.configuration_vla import get_vla_config
 from prophrl_trainer.evaluation import EvalSettings, evaluate_policy, mean_std
+from prophrl_trainer.held_out import EVAL_MAX_STEPS
 from prophrl_trainer.sft import SFTConfig, load_demonstrations, train_sft
 from prophrl_data.conversion import bags2dataset
 
@@ -33,7 +34,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--eval-episodes", type=int, default=20)
     parser.add_argument("--policy-seeds", type=int, default=1)
-    parser.add_argument("--max-steps", type=int, default=150)
+    parser.add_argument("--max-steps", type=int, default=EVAL_MAX_STEPS)
     parser.add_argument("--work", default="outputs/sft_budget")
     args = parser.parse_args()
 

@@ -29,6 +29,8 @@ import sys
 import time
 from pathlib import Path
 
+from prophrl_trainer.held_out import EVAL_MAX_STEPS
+
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS = {  # label -> RLConfig overrides
     "FA-GRPO": {"variant": "fa_grpo", "use_flowscale": False},
@@ -71,7 +73,7 @@ def main() -> int:
     parser.add_argument("--episodes", type=int, default=20, help="held-out initial states in the sim")
     parser.add_argument("--replan-steps", type=int, default=2,
                         help="actions executed per chunk in the sim evaluation (same for every policy)")
-    parser.add_argument("--max-steps", type=int, default=150)
+    parser.add_argument("--max-steps", type=int, default=EVAL_MAX_STEPS)
     parser.add_argument("--over-training", action="store_true",
                         help="also evaluate every retained checkpoint of every run (RLConfig.milestone_every) and "
                              "plot true beside imagined success along training (OUT/report/over_training/)")

@@ -8,6 +8,7 @@ import sys
 
 from prophrl_common.cli_errors import one_line, run_reporting_errors
 from prophrl_common.tables import print_table
+from prophrl_trainer.held_out import EVAL_MAX_STEPS, HELD_OUT_SEED_BASE
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
@@ -224,8 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--task", nargs="+", default=["lift"])
     ev.add_argument("--episodes", type=int, default=20)
     ev.add_argument("--policy-seeds", type=int, default=3, help="sampling seeds: mean +- std is over these")
-    ev.add_argument("--first-seed", type=int, default=100_000, help="first held-out initial-state seed")
-    ev.add_argument("--max-steps", type=int, default=200)
+    ev.add_argument("--first-seed", type=int, default=HELD_OUT_SEED_BASE, help="first held-out initial-state seed")
+    ev.add_argument("--max-steps", type=int, default=EVAL_MAX_STEPS, help="a held-out episode's step limit")
     ev.add_argument("--mode", choices=("ode", "sde"), default="ode")
     ev.add_argument("--num-steps", type=int, default=0,
                     help="denoising steps per chunk (0: the checkpoint's own; the policy node's num_steps)")

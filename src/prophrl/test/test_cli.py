@@ -17,3 +17,17 @@ def test_passthrough_verbs_show_their_own_help(verb, capsys):
         main([verb, "--help"])
     assert exit_info.value.code == 0
     assert "usage:" in capsys.readouterr().out
+
+
+def test_every_evaluation_command_runs_the_same_held_out_episodes_by_default():
+    """`prophrl policy eval` once stopped episodes at 200 steps where `prophrl eval` stopped them at 150: the same
+    policy got two different true success rates. Both now default to the one held-out protocol."""
+    from prophrl.cli import build_parser
+    from prophrl_trainer import report
+    from prophrl_trainer.evaluation import EvalSettings
+
+    policy_eval = build_parser().parse_args(["policy", "eval", "--checkpoint", "C"])
+    eval_report = report.build_parser().parse_args(["--policy", "A=B", "--out", "O"])
+    defaults = EvalSettings()
+    assert policy_eval.max_steps == eval_report.max_steps == defaults.max_steps
+    assert policy_eval.first_seed == eval_report.first_seed == defaults.first_seed

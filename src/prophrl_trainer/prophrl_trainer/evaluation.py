@@ -8,10 +8,9 @@ from pathlib import Path
 
 from prophrl_common.devices import torch_device
 from prophrl_policy.modeling_vla import VLAPolicy
+from prophrl_trainer.held_out import EVAL_MAX_STEPS, HELD_OUT_SEED_BASE
 from prophrl_trainer.sim_rollout import PolicyController, run_episode
 
-# Seeds at or above this are never used for demonstrations: evaluation states are held out.
-HELD_OUT_SEED_BASE = 100_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -20,7 +19,7 @@ class EvalSettings:
     task: str = "lift"
     episodes: int = 20
     first_seed: int = HELD_OUT_SEED_BASE
-    max_steps: int = 200
+    max_steps: int = EVAL_MAX_STEPS
     replan_steps: int = 2
     camera: str = ""             # empty: the task's default view (ArmSim), as the sim node and collection use
     image_size: int = 128

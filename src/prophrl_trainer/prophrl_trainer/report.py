@@ -48,7 +48,8 @@ import numpy as np
 from prophrl_common.config_io import ConfigError
 from prophrl_common.devices import torch_device
 from prophrl_common.outputs import OutputKind, check_run_dir
-from prophrl_trainer.evaluation import HELD_OUT_SEED_BASE, EvalSettings, evaluate_jobs
+from prophrl_trainer.evaluation import EvalSettings, evaluate_jobs
+from prophrl_trainer.held_out import EVAL_MAX_STEPS, HELD_OUT_SEED_BASE
 from prophrl_trainer.imagined_evaluation import ImaginedEvalSettings, evaluate_in_imagination, held_out_starts, pearson
 from prophrl_worldmodel.judge_episodes import JUDGING
 from prophrl_trainer.success_statistics import Interval, paired_gain, per_state_success, wilson_interval
@@ -347,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--task", nargs="+", default=["lift"])
     parser.add_argument("--episodes", type=int, default=20, help="held-out initial states per task")
     parser.add_argument("--first-seed", type=int, default=HELD_OUT_SEED_BASE)
-    parser.add_argument("--max-steps", type=int, default=150)
+    parser.add_argument("--max-steps", type=int, default=EVAL_MAX_STEPS, help="a held-out episode's step limit")
     parser.add_argument("--replan-steps", type=int, default=EvalSettings.replan_steps,
                         help="actions executed from each chunk before the policy is queried again (RL in "
                              "imagination executes whole chunks: pass the policy's horizon to evaluate that way)")

@@ -34,7 +34,7 @@ from prophrl_worldmodel.imagination import ImaginationStart
 SIM_MAX_ROLLOUTS = 16
 
 # The sim seeds RL draws its starts from: [SIM_RL_FIRST_SEED, + pool). No demonstration, play, held-out
-# evaluation (evaluation.HELD_OUT_SEED_BASE and up, a few hundred at most) or judge episode uses them.
+# evaluation (held_out.HELD_OUT_SEED_BASE and up, a few hundred at most) or judge episode uses them.
 SIM_RL_FIRST_SEED = 900_000
 
 
