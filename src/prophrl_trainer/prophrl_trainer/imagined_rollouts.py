@@ -108,6 +108,7 @@ def imagine(policy: VLAPolicy, backend: RolloutBackend, scorer: RolloutScorer,
     rewards = np.zeros((n, g), np.float32)
     success = np.zeros((n, g), bool)
     knows_truth = bool(getattr(backend, "knows_ground_truth", False))
+    reads_truth = bool(getattr(scorer, "reads_ground_truth", False))
     true_success = np.zeros((n, g), bool) if knows_truth else None
     length = np.full((n, g), chunks, np.int64)
     try:
@@ -138,21 +139,22 @@ def imagine(policy: VLAPolicy, backend: RolloutBackend, scorer: RolloutScorer,
                 if len(live):
                     inputs = ([groups[i].frames[j] for i, j in live], [groups[i].instruction for i, _ in live],
                               [groups[i].state_history[j] for i, j in live])
-                    if getattr(scorer, "reads_ground_truth", False):
-                        probs, decisions = scorer.score(*inputs, truth=[ground_truth(groups[i], j) for i, j in live])
+                    truth = [ground_truth(groups[i], j) for i, j in live] if knows_truth or reads_truth else None
+                    if reads_truth:
+                        probs, decisions = scorer.score(*inputs, truth=truth)
                     else:
                         probs, decisions = scorer.score(*inputs)
                     probs = np.asarray(probs, np.float32).reshape(len(live))
                     decisions = np.asarray(decisions, bool).reshape(len(live))
                     if not np.isfinite(probs).all():
                         raise RuntimeError("the reward scorer returned NaN/inf")
-                    for (i, j), p, ok in zip(live, probs, decisions):
+                    for k, ((i, j), p, ok) in enumerate(zip(live, probs, decisions)):
                         ok = bool(ok)
                         if ok or last:
                             rewards[i, j] = p if settings.reward == "probability" else float(ok)
                             success[i, j], alive[i, j], length[i, j] = ok, False, c + 1
                             if knows_truth:
-                                true_success[i, j] = ground_truth(groups[i], j)
+                                true_success[i, j] = truth[k]
                 timings["judge_s"] += time.perf_counter() - t2
             if stop_when_done and not alive.any():
                 break

@@ -196,15 +196,18 @@ SUMMARY_HEADER = ["update", "reward", "success", "eval success", "clip frac", "p
 TRUE_SUCCESS_HEADER = "true success"   # the world's own check beside the reward's, where the sim knows it
 
 
+def _knows_truth(history: list[dict]) -> bool:
+    return any("rollout/true_success_rate" in m for m in history)
+
+
 def summary_header(history: list[dict]) -> list[str]:
-    knows_truth = any("rollout/true_success_rate" in m for m in history)
-    return SUMMARY_HEADER[:3] + [TRUE_SUCCESS_HEADER] * knows_truth + SUMMARY_HEADER[3:]
+    return SUMMARY_HEADER[:3] + [TRUE_SUCCESS_HEADER] * _knows_truth(history) + SUMMARY_HEADER[3:]
 
 
 def summary_rows(history: list[dict], max_rows: int = 10) -> list[list[str]]:
     if not history:
         return []
-    knows_truth = TRUE_SUCCESS_HEADER in summary_header(history)
+    knows_truth = _knows_truth(history)
     picks = sorted({round(i * (len(history) - 1) / max(max_rows - 1, 1)) for i in range(max_rows)})
     rows = []
     for i in picks:
