@@ -52,6 +52,7 @@ STATE_JSON = "trainer_state.json"
 CONFIG_JSON = "rl_config.json"
 SELECTED_POLICY_DIR = "best_policy"
 SELECTION_JSON = "selection.json"
+MINED_CLIPS_DIR = "mined_clips"   # RUN_DIR/mined_clips: the rollouts' judged clips (Trainer mine_clips)
 
 
 def checkpoint_name(update: int) -> str:

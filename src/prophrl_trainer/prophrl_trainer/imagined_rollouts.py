@@ -66,6 +66,7 @@ class ImaginationSettings:
     sampler: SamplerConfig           # the policy's chunk sampler (steps, SDE noise level)
     early_termination: bool = True   # judge after every chunk; the first success ends the rollout
     reward: str = "probability"      # the judge's success probability, or its decision as 0 / 1
+    keep_clips: bool = False         # keep the clip each rollout was decided on (Imagined.clips)
 
 
 @dataclasses.dataclass
@@ -84,6 +85,7 @@ class Imagined:
     length: np.ndarray            # (n, G) chunks until termination
     timings: dict[str, float]
     true_success: np.ndarray | None = None  # (n, G) bool, the world's own check where the rollout ended (sim only)
+    clips: list[np.ndarray] | None = None   # (n*G,) (T, H, W, 3) the clip each rollout was decided on (keep_clips)
 
 
 def imagine(policy: VLAPolicy, backend: RolloutBackend, scorer: RolloutScorer,
@@ -111,6 +113,7 @@ def imagine(policy: VLAPolicy, backend: RolloutBackend, scorer: RolloutScorer,
     reads_truth = bool(getattr(scorer, "reads_ground_truth", False))
     true_success = np.zeros((n, g), bool) if knows_truth else None
     length = np.full((n, g), chunks, np.int64)
+    decided_clips: list[np.ndarray | None] | None = [None] * (n * g) if settings.keep_clips else None
     try:
         for c in range(chunks):
             t0 = time.perf_counter()
@@ -155,6 +158,8 @@ def imagine(policy: VLAPolicy, backend: RolloutBackend, scorer: RolloutScorer,
                             success[i, j], alive[i, j], length[i, j] = ok, False, c + 1
                             if knows_truth:
                                 true_success[i, j] = truth[k]
+                            if decided_clips is not None:
+                                decided_clips[i * g + j] = inputs[0][k]
                 timings["judge_s"] += time.perf_counter() - t2
             if stop_when_done and not alive.any():
                 break
@@ -162,7 +167,7 @@ def imagine(policy: VLAPolicy, backend: RolloutBackend, scorer: RolloutScorer,
         backend.close(groups)
     stack = (lambda xs: torch.stack(xs, 1) if xs else None)
     return Imagined(stack(images), stack(states), stack(latents), stack(log_probs), stack(means), instructions,
-                    np.stack(masks, axis=2), rewards, success, length, timings, true_success)
+                    np.stack(masks, axis=2), rewards, success, length, timings, true_success, decided_clips)
 
 
 def truth_metrics(imagined: Imagined, prefix: str) -> dict[str, float]:
@@ -198,4 +203,5 @@ def concatenate(parts: Sequence[Imagined]) -> Imagined:
                     np.concatenate([part.rewards for part in parts]), np.concatenate([part.success for part in parts]),
                     np.concatenate([part.length for part in parts]),
                     {key: sum(part.timings[key] for part in parts) for key in parts[0].timings},
-                    None if parts[0].true_success is None else np.concatenate([part.true_success for part in parts]))
+                    None if parts[0].true_success is None else np.concatenate([part.true_success for part in parts]),
+                    None if parts[0].clips is None else [clip for part in parts for clip in part.clips])

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from prophrl_common.config_io import ConfigError, dataclass_from_mapping, require_finite_numbers
 from prophrl_common.outputs import OutputKind
-from prophrl_trainer.checkpointing import SELECTED_POLICY_DIR
+from prophrl_trainer.checkpointing import MINED_CLIPS_DIR, SELECTED_POLICY_DIR
 from prophrl_nn.flow_matching import SamplerConfig
 from prophrl_trainer.fa_grpo import FAGRPOConfig, FlowScaleConfig
 from prophrl_worldmodel.judge_ensemble import DEFAULT_DISAGREEMENT
@@ -209,5 +209,6 @@ ADDED_LATER = ("milestone_every", "mixed_precision", "judge_disagreement", "vali
 
 # What a run directory (`prophrl train --out`) holds; a run is resumed in it, never replaced.
 RL_RUN_OUTPUT = OutputKind("FA-GRPO run directory", frozenset({"checkpoints", "tensorboard", "progress.jsonl",
-                                                                "progress.jsonl.tmp", SELECTED_POLICY_DIR}),
+                                                                "progress.jsonl.tmp", SELECTED_POLICY_DIR,
+                                                                MINED_CLIPS_DIR}),
                            prefixes=(f".{SELECTED_POLICY_DIR}.", f"..{SELECTED_POLICY_DIR}."))  # its temporaries

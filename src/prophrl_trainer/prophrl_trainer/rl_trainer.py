@@ -22,6 +22,10 @@ imagined with the deterministic policy every `eval_every` updates and once befor
 update 0); the policy with the highest mean judge reward there is kept as RUN_DIR/best_policy, so a run that
 starts to fool the world model keeps its best policy instead of its last (no simulator in the loop).
 
+Mining (`mine_clips`, rollouts in the sim only): after every update's rollouts, the clip each was judged on and
+the sim's own success where it ended go to RUN_DIR/mined_clips (prophrl_worldmodel.judge_mined_clips), the hard
+negatives of a judge that RL fooled (`prophrl judge train --mined RUN_DIR/mined_clips`).
+
 The trainer logs to TensorBoard (RUN_DIR/tensorboard) and tqdm, appends one JSON line per finished
 update to RUN_DIR/progress.jsonl, checkpoints atomically (checkpointing.py) and calls an
 on_checkpoint(policy_dir, update) hook (the trainer node pushes LoadPolicy from it). Data-parallel
@@ -83,7 +87,8 @@ class Trainer:
                  ref_policy: VLAPolicy | None = None,
                  on_checkpoint: Callable[[Path, int], None] | None = None,
                  on_update: Callable[[dict], None] | None = None,
-                 show_progress: bool = True, dist: DistContext | None = None, run_info: dict | None = None):
+                 show_progress: bool = True, dist: DistContext | None = None, run_info: dict | None = None,
+                 mine_clips: bool = False):
         pc = policy.config
         if pc.horizon != backend.action_horizon:
             raise ConfigError(f"the policy's chunk horizon is {pc.horizon} but the world model executes "
@@ -97,6 +102,9 @@ class Trainer:
         if getattr(scorer, "reads_ground_truth", False) and not getattr(backend, "knows_ground_truth", False):
             raise ConfigError(f"the reward reads the world's own success, which {type(backend).__name__} does not "
                               "know (the sim's success reward needs rollouts in the sim: prophrl train --sim)")
+        if mine_clips and not getattr(backend, "knows_ground_truth", False):
+            raise ConfigError(f"mining clips labels them by the world's own success, which {type(backend).__name__} "
+                              "does not know (prophrl train --sim ROBOT/TASK)")
         if config.shared_world_model_noise and not getattr(backend, "supports_shared_noise", False):
             raise ConfigError("shared_world_model_noise needs in-process imagination (`prophrl train`); "
                               f"{type(backend).__name__} does not share noise within a group")
@@ -107,6 +115,7 @@ class Trainer:
         self.show_progress = show_progress
         self.dist = dist or DistContext()
         self.run_info = run_info or {}
+        self.mine_clips = self.out_dir / ckpt.MINED_CLIPS_DIR if mine_clips else None
         self.device = policy.action_pos.device
         params = [p for p in policy.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
@@ -133,7 +142,8 @@ class Trainer:
     def imagine(self, starts: Sequence[ImaginationStart], seeds: Sequence[int], num_rollouts: int, mode: str,
                 generator: torch.Generator, stop_when_done: bool = True) -> Imagined:
         cfg = self.config
-        settings = ImaginationSettings(cfg.chunks_per_rollout, cfg.chunk_sampler, cfg.early_termination, cfg.reward)
+        settings = ImaginationSettings(cfg.chunks_per_rollout, cfg.chunk_sampler, cfg.early_termination, cfg.reward,
+                                       keep_clips=mode == "sde" and self.mine_clips is not None)
         return imagine(self.policy, self.backend, self.scorer, starts, seeds, num_rollouts, mode, generator, settings,
                        stop_when_done)
 
@@ -183,6 +193,8 @@ class Trainer:
     def train_step(self) -> dict[str, float]:
         t0 = time.perf_counter()
         imagined = self.collect_rollouts()
+        if self.mine_clips is not None:
+            self.save_mined_clips(imagined)
         t1 = time.perf_counter()
         stats = self.learn(imagined)
         t2 = time.perf_counter()
@@ -201,6 +213,16 @@ class Trainer:
         }
         self.local_rewards.append(metrics["rollout/reward_mean"])  # this rank's own, before averaging
         return self.dist.mean(metrics)
+
+    def save_mined_clips(self, imagined: Imagined) -> Path:
+        """This update's rollouts, each the clip it was judged on with the sim's own success, for the judge's
+        training (prophrl_worldmodel.judge_mined_clips)."""
+        from prophrl_worldmodel.judge_mined_clips import mined_clip_path, save_mined_clips
+
+        g = imagined.rewards.shape[1]
+        return save_mined_clips(mined_clip_path(self.mine_clips, self.update + 1, self.dist.rank), imagined.clips,
+                                imagined.true_success.reshape(-1), imagined.rewards.reshape(-1), imagined.instructions,
+                                np.arange(imagined.rewards.size) // g, self.update + 1)
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:

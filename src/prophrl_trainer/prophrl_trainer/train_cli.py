@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     reward.add_argument("--test-reward", choices=sorted(EndEffectorDisplacementReward.DIRECTIONS),
                         help="FOR TESTS ONLY: a programmatic reward on the integrated end-effector motion")
     parser.add_argument("--test-reward-scale", type=float, default=0.02, help="metres (with --test-reward)")
+    parser.add_argument("--mine-clips", action="store_true",
+                        help="with --sim: keep every rollout's judged clip and the sim's own success in "
+                             "OUT/mined_clips, hard negatives for `prophrl judge train --mined OUT/mined_clips`")
     parser.add_argument("--data", nargs="+", default=[],
                         help="bags2dataset output(s): the initial states (with --world-model)")
     parser.add_argument("--out", required=True, help="run directory (checkpoints, tensorboard, progress.jsonl)")
@@ -110,6 +113,7 @@ class TrainSettings:
     config: str = ""                   # RL config JSON ("": the built-in RLConfig)
     resume: bool = False               # continue the newest checkpoint in out
     device: str = "cpu"
+    mine_clips: bool = False           # with sim: the rollouts' judged clips to OUT/mined_clips
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "TrainSettings":
@@ -117,7 +121,7 @@ class TrainSettings:
                    sim=args.sim or "", sim_states=args.sim_states, sim_reward=args.sim_reward,
                    judges=tuple(args.judge or ()), test_reward=args.test_reward or "",
                    test_reward_scale=args.test_reward_scale, updates=args.updates, config=args.config,
-                   resume=args.resume, device=args.device)
+                   resume=args.resume, device=args.device, mine_clips=args.mine_clips)
 
 
 def build_trainer(settings: TrainSettings, dist: DistContext | None = None, show_progress: bool = True,
@@ -133,6 +137,8 @@ def build_trainer(settings: TrainSettings, dist: DistContext | None = None, show
         raise ConfigError("--sim draws its starts from sim seeds; --data is for --world-model")
     if settings.sim_reward and sim is None:
         raise ConfigError("--sim-reward is the sim's own success: it needs --sim ROBOT/TASK")
+    if settings.mine_clips and sim is None:
+        raise ConfigError("--mine-clips labels the clips by the sim's own success: it needs --sim ROBOT/TASK")
     device = _device(settings.device)
     inputs = [p for p in (settings.policy, settings.world_model, *settings.judges, *settings.data) if p]
     out = check_run_dir(settings.out, RL_RUN_OUTPUT, inputs=inputs)
@@ -156,7 +162,8 @@ def build_trainer(settings: TrainSettings, dist: DistContext | None = None, show
     policy = VLAPolicy.from_pretrained(settings.policy).to(device)
     ref_policy = VLAPolicy.from_pretrained(settings.policy).to(device) if config.fa_grpo.kl_beta > 0 else None
     if backend is None and sim is not None:
-        backend = SimRollouts(*sim, policy.config.horizon, every_frame=not settings.sim_reward)
+        # the sim's reward reads no frames: only what the policy sees next is rendered, unless clips are mined
+        backend = SimRollouts(*sim, policy.config.horizon, every_frame=settings.mine_clips or not settings.sim_reward)
     if backend is None:
         from prophrl_worldmodel.modeling_prophet import Prophet
 
@@ -185,7 +192,7 @@ def build_trainer(settings: TrainSettings, dist: DistContext | None = None, show
                 "data": [str(d) for d in settings.data], "world_size": dist.world_size}
     trainer = Trainer(policy, backend, scorer, sampler, config, out, ref_policy=ref_policy,
                       on_checkpoint=on_checkpoint, on_update=on_update, show_progress=show_progress, dist=dist,
-                      run_info=run_info)
+                      run_info=run_info, mine_clips=settings.mine_clips)
     if settings.resume:
         trainer.resume()
     return trainer, config.updates

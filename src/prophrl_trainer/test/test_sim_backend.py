@@ -112,6 +112,8 @@ def test_the_sim_reward_is_refused_where_the_world_cannot_know_success(setup, tm
     (["--sim", "franka_fr3/lift", "--sim-reward"], "--sim wants ROBOT/TASK"),
     (["--sim", "panda_sim/lift", "--sim-reward", "--data", "D"], "--data is for --world-model"),
     (["--world-model", "W", "--test-reward", "ee_right"], "--data is needed"),
+    (["--world-model", "W", "--test-reward", "ee_right", "--data", "D", "--mine-clips"],
+     "--mine-clips labels the clips by the sim's own success"),
 ])
 def test_bad_sim_arguments_get_one_line_and_exit_2(setup, tmp_path, capsys, argv, message):
     assert main(["--policy", str(setup.policy), "--out", str(tmp_path / "run"), *argv]) == 2
@@ -137,6 +139,42 @@ def test_prophrl_train_in_the_sim_rewards_the_sim_success(setup, tmp_path, capsy
     assert state["run"]["world_model"] == "sim:panda_sim/lift" and state["run"]["reward"] == "sim:success"
 
 
+def test_prophrl_train_in_the_sim_mines_the_judged_clips_for_the_judge(setup, tmp_path):
+    """--mine-clips keeps, per update, the clip each rollout was judged on with the sim's own success: what the judge
+    rewarded is in the file, every frame of the clip was rendered, and a resumed run adds to the same directory."""
+    import torch
+
+    from prophrl_worldmodel.configuration_judge import get_judge_config
+    from prophrl_worldmodel.judge_mined_clips import load_mined_clips
+    from prophrl_worldmodel.modeling_judge import RewardJudge
+
+    torch.manual_seed(0)
+    judge = RewardJudge(get_judge_config("tiny", image_size=32, num_frames=4)).save_pretrained(tmp_path / "judge")
+    out = tmp_path / "run"
+    config = setup.rl_config("sim_mine.json", group_size=2, states_per_update=1, chunks_per_rollout=2,
+                             shared_world_model_noise=True)
+    argv = ["--policy", str(setup.policy), "--sim", "panda_sim/lift", "--judge", str(judge), "--sim-states", "2",
+            "--out", str(out), "--config", str(config), "--threads", "1", "--no-progress", "--mine-clips"]
+    assert main([*argv, "--updates", "1"]) == 0
+    assert main([*argv, "--updates", "2", "--resume"]) == 0, "the run directory holds its mined clips"
+    rows = [json.loads(line) for line in (out / "progress.jsonl").read_text().splitlines()]
+    files = sorted(p.name for p in (out / "mined_clips").iterdir())
+    assert files == ["update_000001.safetensors", "update_000002.safetensors"]
+    for name, row in zip(files, rows):
+        clips = load_mined_clips([out / "mined_clips"])
+        mined = [i for i, group in enumerate(clips.groups) if f"/{name[:-12]}/" in group]
+        assert len(mined) == 2, "one clip per rollout"
+        horizon = 4
+        lengths = [len(clips.clips[i]) for i in mined]
+        assert np.mean(lengths) == pytest.approx(row["rollout/length_chunks"] * horizon), \
+            "every frame of every judged chunk, up to where the rollout ended"
+        assert np.mean(clips.labels[mined]) == pytest.approx(row["rollout/true_success_rate"])
+    from safetensors.numpy import load_file
+
+    rewards = load_file(str(out / "mined_clips" / files[0]))["rewards"]
+    assert float(rewards.mean()) == pytest.approx(rows[0]["rollout/reward_mean"], abs=1e-6)
+
+
 def test_groups_beyond_the_sims_in_memory_are_rolled_out_a_few_at_a_time(setup):
     """With room for 2 sims, 2 groups of 2 rollouts run one after the other on 2 sims. The first group is what 4 sims
     at once give it (the policy's noise is drawn in another order for the second)."""
@@ -148,7 +186,7 @@ def test_groups_beyond_the_sims_in_memory_are_rolled_out_a_few_at_a_time(setup):
 
     policy = VLAPolicy.from_pretrained(setup.policy)
     starts = sim_starts("panda_sim", "lift", 2)
-    settings = ImaginationSettings(chunks=2, sampler=SamplerConfig(3, 0.7), early_termination=False)
+    settings = ImaginationSettings(chunks=2, sampler=SamplerConfig(3, 0.7), early_termination=False, keep_clips=True)
     results = {}
     for room in (2, 4):
         backend = SimRollouts("panda_sim", "lift", policy.config.horizon, every_frame=False, max_rollouts=room)
@@ -167,6 +205,9 @@ def test_groups_beyond_the_sims_in_memory_are_rolled_out_a_few_at_a_time(setup):
     assert few.instructions == all_at_once.instructions == [starts[0].instruction] * 2 + [starts[1].instruction] * 2
     assert few.true_success.shape == (2, 2)
     np.testing.assert_array_equal(few.true_success, few.success)
+    assert len(few.clips) == 4 and all(clip.shape[0] == 2 for clip in few.clips), "each rollout's 2 rendered frames"
+    for clip, same in zip(few.clips[:2], all_at_once.clips[:2]):  # the first chunk's frame (the noise then differs)
+        np.testing.assert_array_equal(clip[0], same[0])
 
 
 class _FooledJudge:

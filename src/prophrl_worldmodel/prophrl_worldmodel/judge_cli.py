@@ -1,19 +1,23 @@
 """`prophrl judge train|eval`: train the reward judge (video success classifier) and measure it.
 
     prophrl judge train --data DIR [DIR ...] --out JUDGE --steps N [--config tiny]
-                        [--imagined-from PROPHET [--imagined-episodes K]] [--log-dir DIR]
+                        [--imagined-from PROPHET [--imagined-episodes K]] [--mined RUN/mined_clips ...] [--log-dir DIR]
     prophrl judge eval --judge JUDGE [JUDGE ...] --data DIR [DIR ...] [--backend auto|classifier|vlm]
-                       [--imagined-from PROPHET] [--chunk N] [--threshold T] [--disagreement W] [--out DIR]
+                       [--imagined-from PROPHET] [--mined RUN/mined_clips ...] [--chunk N] [--threshold T]
+                       [--disagreement W] [--out DIR]
 
 train: clips are cut from the bags2dataset episodes and labelled by the sim's ground truth
 (judge_clips module docstring); with --imagined-from, the same episodes are also replayed
 through that Prophet and the imagined clips, labelled by the same ground truth, join the
-training set (the paper's recipe for domain match). The threshold is picked on the validation
+training set (the paper's recipe for domain match); with --mined, so do the clips RL's rollouts in the sim were
+judged on, labelled by the sim's own success (`prophrl train --sim --mine-clips`, judge_mined_clips: RL's
+exploits of a judge, its hard negatives). The threshold is picked on the validation
 split for recall >= --target-recall. Writes the judge (config.json + model.safetensors +
 judge_training.json) and JUDGE/summary.json.
 
 eval: accuracy / precision / recall / balanced accuracy / AUC of a judge (or, given several, of their
-ensemble: judge_ensemble) on the clips of the given datasets (real, and imagined with --imagined-from),
+ensemble: judge_ensemble) on the clips of the given datasets (real, and imagined with --imagined-from) and of
+mined RL rollouts (--mined: "rl"; a judge's precision on another run's rollouts),
 and per episode, judged after every chunk of N actions as RL and the imagined evaluation judge (judge_episodes:
 each judging rule's precision / recall / AUC over the episodes; N is the Prophet's clip with --imagined-from,
 else --chunk), printed as tables and written to OUT/summary.json (default JUDGE_eval/summary.json).
@@ -106,6 +110,14 @@ def _imagined(args, episodes, settings):
     return prophet, videos, clips, steps
 
 
+def _mined(args):
+    """The --mined directories' clips (source "rl"), or an empty ClipSet."""
+    from prophrl_worldmodel.judge_clips import ClipSet
+    from prophrl_worldmodel.judge_mined_clips import load_mined_clips
+
+    return load_mined_clips(args.mined) if args.mined else ClipSet([], [], [], [], [])
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from prophrl_worldmodel.configuration_judge import get_judge_config
     from prophrl_common.outputs import check_output_dir
@@ -113,7 +125,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from prophrl_worldmodel.judge_training import JUDGE_OUTPUT, JudgeTrainConfig, train_judge
 
     _check_datasets(args.data)
-    check_output_dir(args.out, JUDGE_OUTPUT, overwrite=args.overwrite, inputs=[*args.data, args.imagined_from])
+    check_output_dir(args.out, JUDGE_OUTPUT, overwrite=args.overwrite,
+                     inputs=[*args.data, args.imagined_from, *args.mined])
     overrides = {"image_size": args.image_size} if args.image_size else {}
     if args.num_frames:
         overrides["num_frames"] = args.num_frames
@@ -130,6 +143,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.imagined_from:
         _, _, imagined, imagined_steps = _imagined(args, episodes, settings)
         clips = clips + imagined
+    clips = clips + _mined(args)
     print(f"judge training on {clips.counts()} from {len(args.data)} dataset(s); config {config.name}")
     out = Path(args.out)
     result = train_judge(clips.clips, clips.labels, clips.instructions, config, out, args.steps, groups=clips.groups,
@@ -137,7 +151,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
                          log_dir=args.log_dir or out.with_name(out.name + "_tensorboard"))
     summary = {"judge": str(result.path), "config": dataclasses.asdict(config) | {"threshold": result.threshold},
                "datasets": [str(d) for d in args.data], "imagined_from": args.imagined_from,
-               "imagined_num_steps": imagined_steps, "clips": clips.counts(), "train_set": result.train_counts,
+               "imagined_num_steps": imagined_steps, "mined": [str(d) for d in args.mined], "clips": clips.counts(),
+               "train_set": result.train_counts,
                "val_set": result.val_counts,
                "threshold": result.threshold, "target_recall": train_config.target_recall, "val_auc": result.val_auc,
                "val_metrics": result.val_metrics.as_dict() if result.val_metrics else None,
@@ -172,7 +187,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if len(args.judge) > 1 and not args.out:
         raise ConfigError("several judges (an ensemble) need --out for the evaluation")
     out = Path(args.out) if args.out else Path(str(Path(args.judge[0])) + "_eval")
-    check_run_dir(out, JUDGE_EVAL_OUTPUT, inputs=[*args.data, *args.judge, args.imagined_from])
+    check_run_dir(out, JUDGE_EVAL_OUTPUT, inputs=[*args.data, *args.judge, args.imagined_from, *args.mined])
     judge = load_judges(args.judge, backend=args.backend, device=args.device, disagreement=args.disagreement)
     name = judge.describe() if isinstance(judge, JudgeEnsemble) else f"{args.judge[0]} ({judge.config.backend})"
     settings = _clip_settings(args)
@@ -182,6 +197,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if args.imagined_from:
         prophet, videos, imagined, imagined_steps = _imagined(args, episodes, settings)
         clips = clips + imagined
+    clips = clips + _mined(args)
     chunk = _episode_chunk(args, prophet)
     threshold = judge.threshold if args.threshold is None else args.threshold
     metrics = evaluate_judge(judge, clips, threshold)
@@ -195,7 +211,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                                              "backend": backend,
                                              "datasets": [str(d) for d in args.data],
                                              "imagined_from": args.imagined_from,
-                                             "imagined_num_steps": imagined_steps, "threshold": threshold,
+                                             "imagined_num_steps": imagined_steps,
+                                             "mined": [str(d) for d in args.mined], "threshold": threshold,
                                              "clip_settings": dataclasses.asdict(settings), "metrics": metrics,
                                              "chunk_actions": chunk, "per_episode": per_episode})
     print(format_table(f"\nreward judge {name} on {len(episodes)} episode(s)",
@@ -238,6 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--data", nargs="+", required=True, metavar="DIR", help="bags2dataset output directories")
         p.add_argument("--imagined-from", metavar="PROPHET",
                        help="also replay the episodes through this Prophet checkpoint (imagined clips)")
+        p.add_argument("--mined", nargs="+", default=[], metavar="DIR",
+                       help="also the clips RL's rollouts in the sim were judged on, labelled by the sim "
+                            "(`prophrl train --sim ... --mine-clips`: RUN/mined_clips)")
         p.add_argument("--imagined-episodes", type=int, help="replay at most this many episodes (default all)")
         p.add_argument("--num-steps", type=int, help="Prophet sampling steps (default: its config's)")
         p.add_argument("--positive-tail", type=int, default=3,

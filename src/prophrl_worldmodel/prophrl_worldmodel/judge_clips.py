@@ -81,7 +81,7 @@ class ClipSet:
     labels: np.ndarray                # (N,) int64, 1 = success
     instructions: list[str]
     groups: list[str]                 # episode name per clip ("dataset/episode_id"): splits never cut an episode
-    sources: list[str]                # "real" | "imagined"
+    sources: list[str]                # "real" | "imagined" | "rl" (RL rollouts in the sim: judge_mined_clips)
 
     def __post_init__(self):
         self.labels = np.asarray(self.labels, np.int64).reshape(-1)

@@ -601,3 +601,37 @@ def test_cli_train_and_eval_write_summaries(lift_dataset, tmp_path, capsys):
     assert main(["train", "--data", str(lift_dataset), "--out", str(tmp_path / "j3"), "--steps", "2",
                  "--threshold-on", "imagined"]) == 2
     assert "needs --imagined-from" in capsys.readouterr().err and not (tmp_path / "j3").exists()
+
+
+def test_cli_trains_and_evaluates_on_mined_rl_clips(lift_dataset, tmp_path, capsys):
+    """--mined adds the clips RL's rollouts were judged on (source "rl") to the training clips and to the evaluation,
+    which reports the judge's figures on them apart."""
+    from prophrl_worldmodel.judge_cli import main
+    from prophrl_worldmodel.judge_mined_clips import mined_clip_path, save_mined_clips
+
+    episodes = load_episodes(lift_dataset)
+    mined = tmp_path / "run" / "mined_clips"
+    for update, start in ((1, 0), (2, 3)):  # failed and successful episodes' frames as four rollouts per update
+        picked = episodes[start:start + 4]
+        save_mined_clips(mined_clip_path(mined, update), [ep.frames for ep in picked],
+                         [int(ep.success) for ep in picked], [0.9] * 4, [ep.instruction for ep in picked],
+                         [0, 0, 1, 1], update)
+    out = tmp_path / "judge"
+    assert main(["train", "--data", str(lift_dataset), "--mined", str(mined), "--out", str(out), "--steps", "4",
+                 "--batch-size", "4", "--image-size", "32"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    n_real = len(clips_from_datasets(lift_dataset))
+    assert summary["clips"]["clips"] == n_real + 8 and summary["mined"] == [str(mined)]
+    capsys.readouterr()
+    assert main(["eval", "--judge", str(out), "--data", str(lift_dataset), "--mined", str(mined),
+                 "--out", str(tmp_path / "eval")]) == 0
+    assert "rl" in capsys.readouterr().out
+    metrics = json.loads((tmp_path / "eval" / "summary.json").read_text())["metrics"]
+    successes = sum(int(ep.success) for ep in episodes[0:4] + episodes[3:7])
+    assert metrics["rl"]["clips"] == 8 and metrics["rl"]["positives"] == successes
+    assert metrics["real"]["clips"] == n_real and metrics["all"]["clips"] == n_real + 8
+
+    assert main(["train", "--data", str(lift_dataset), "--mined", str(tmp_path / "nowhere"),
+                 "--out", str(tmp_path / "j2"), "--steps", "2"]) == 2
+    assert "no mined rollout clips" in capsys.readouterr().err
+    assert not (tmp_path / "j2").exists()
