@@ -24,8 +24,9 @@ from prophrl_common.config_io import (ConfigError, dataclass_from_json_file, dat
 
 BACKENDS = ("classifier", "vlm")
 # The validation clips a trained judge's threshold may be picked on (judge_training.JudgeTrainConfig.threshold_on):
-# all of them, or those of one source of judge_clips.ClipSet ("real" recorded, "imagined" by Prophet).
-THRESHOLD_SOURCES = ("all", "real", "imagined")
+# all of them, or those of one source of judge_clips.ClipSet ("real" recorded, "imagined" by Prophet, "rl" RL's
+# rollouts in the sim, judge_mined_clips).
+THRESHOLD_SOURCES = ("all", "real", "imagined", "rl")
 
 # (keyword, template): the first keyword found as a word of the instruction picks the template;
 # `{instruction}` is replaced by the instruction. Prompts ask about the final state only: the judge

@@ -136,6 +136,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
                                     seed=args.seed).validate()
     if args.threshold_on == "imagined" and not args.imagined_from:
         raise ConfigError("--threshold-on imagined needs --imagined-from (there are no imagined clips without it)")
+    if args.threshold_on == "rl" and not args.mined:
+        raise ConfigError("--threshold-on rl needs --mined (there are no clips of RL's rollouts without it)")
     settings = _clip_settings(args)
     episodes = load_episodes(args.data)
     clips = clips_from_episodes(episodes, settings)
@@ -280,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-recall", type=float, default=0.9, help="validation recall the threshold must keep")
     p.add_argument("--threshold-on", choices=THRESHOLD_SOURCES, default="all",
                    help="validation clips the threshold is picked on: all, or only the real / the imagined ones "
-                        "(those RL's reward scores)")
+                        "(those RL's reward scores in Prophet) / the mined RL rollouts' (--mined)")
     p.add_argument("--log-dir", help="TensorBoard directory (default OUT_tensorboard)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it is a previous judge")
     p.set_defaults(func=_cmd_train)

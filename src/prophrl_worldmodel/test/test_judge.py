@@ -634,4 +634,7 @@ def test_cli_trains_and_evaluates_on_mined_rl_clips(lift_dataset, tmp_path, caps
     assert main(["train", "--data", str(lift_dataset), "--mined", str(tmp_path / "nowhere"),
                  "--out", str(tmp_path / "j2"), "--steps", "2"]) == 2
     assert "no mined rollout clips" in capsys.readouterr().err
+    assert main(["train", "--data", str(lift_dataset), "--threshold-on", "rl", "--out", str(tmp_path / "j2"),
+                 "--steps", "2"]) == 2
+    assert "--threshold-on rl needs --mined" in capsys.readouterr().err
     assert not (tmp_path / "j2").exists()
