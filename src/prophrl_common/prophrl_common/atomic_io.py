@@ -80,17 +80,25 @@ def write_json_atomic(path: str | Path, content) -> None:
     write_text_atomic(path, json.dumps(jsonable(content), indent=2))
 
 
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """`text` written to a temporary file beside `path` and renamed into place."""
+@contextlib.contextmanager
+def atomic_file(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary file path beside `path` for the caller to write; on a clean exit it becomes `path`
+    (mode 0644), on an exception it is removed and `path` is left as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        yield Path(tmp)
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """`text` written to a temporary file beside `path` and renamed into place."""
+    with atomic_file(path) as tmp:
+        tmp.write_text(text)

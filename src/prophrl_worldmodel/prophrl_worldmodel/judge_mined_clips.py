@@ -21,12 +21,12 @@ metadata: "format" (FORMAT), "update" and "instructions" (a JSON list, one per c
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from prophrl_common.atomic_io import atomic_file
 from prophrl_common.config_io import ConfigError
 from prophrl_common.frames import resize_frames
 from prophrl_worldmodel.judge_clips import ClipSet
@@ -57,7 +57,7 @@ def reduce_clip(clip: np.ndarray, frame_size: int = MINED_FRAME_SIZE, max_frames
 
 def save_mined_clips(path: str | Path, clips: Sequence[np.ndarray], labels, rewards, instructions: Sequence[str],
                      starts, update: int) -> Path:
-    """Write one update's judged rollout clips (see the module docstring) to `path`, atomically."""
+    """Write one update's judged rollout clips (see the module docstring) to `path`, atomically; returns it."""
     from safetensors.numpy import save_file
 
     n = len(clips)
@@ -73,19 +73,11 @@ def save_mined_clips(path: str | Path, clips: Sequence[np.ndarray], labels, rewa
     lengths = np.array([len(clip) for clip in reduced], np.int64)
     frames = np.stack([np.concatenate([clip, np.repeat(clip[-1:], lengths.max() - len(clip), 0)])
                        for clip in reduced])
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
+    with atomic_file(path) as tmp:
         save_file({"frames": frames, "lengths": lengths, "labels": labels, "rewards": rewards, "starts": starts},
                   str(tmp), metadata={"format": FORMAT, "update": str(int(update)),
                                       "instructions": json.dumps(list(instructions))})
-        os.chmod(tmp, 0o644)   # safetensors writes 0600
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return Path(path)
 
 
 def _read(path: Path) -> tuple[dict[str, np.ndarray], list[str]]:
