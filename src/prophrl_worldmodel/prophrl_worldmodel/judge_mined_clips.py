@@ -1,11 +1,11 @@
 """Clips of RL's own rollouts in the sim, labelled by the sim's success: the reward judge's hard negatives.
 
 RL drives its policy towards the clips its judge scores highest, so the judge's false positives on RL's rollouts
-are the clips it most needs to learn from. `prophrl train --sim ROBOT/TASK --judge J --mine-clips DIR` writes,
-after every update, the clip each rollout was judged on together with the sim's own success where it ended;
-`prophrl judge train --mined DIR` adds them to the judge's training clips (source "rl").
+are the clips it most needs to learn from. `prophrl train --sim ROBOT/TASK --judge J --mine-clips --out RUN` writes
+to RUN/mined_clips, after every update, the clip each rollout was judged on together with the sim's own success
+where it ended; `prophrl judge train --mined RUN/mined_clips` adds them to the judge's training clips (source "rl").
 
-One file per update (and rank), DIR/update_000012.safetensors (rank r > 0: update_000012_rank<r>.safetensors),
+One file per update (and rank), update_000012.safetensors (rank r > 0: update_000012_rank<r>.safetensors),
 replaced whole when a resumed run repeats that update:
 - frames uint8 (N, T, S, S, 3): each clip reduced to S = MINED_FRAME_SIZE px (prophrl_common.frames) and to at
   most MINED_FRAMES frames spread evenly over it, first and last kept (a judge reads num_frames of them); shorter
