@@ -32,6 +32,7 @@ from prophrl_trainer.rl_trainer import Trainer
 from prophrl_trainer.rollouts import (EndEffectorDisplacementReward, InProcessImagination, JudgeScorer,
                                       RolloutBackend, RolloutScorer)
 from prophrl_trainer.sim_backend import SimRollouts, SimSuccessScorer, parse_sim, sim_starts
+from prophrl_trainer.training_curves import REWARD_TRUTH_HEADER, reward_truth_blocks, reward_truth_rows
 
 # `prophrl train --sim`: the sim seeds RL's starts are drawn from (the demo's imagination draws from its ~90
 # recorded episodes' starts).
@@ -201,6 +202,7 @@ def build_trainer(settings: TrainSettings, dist: DistContext | None = None, show
 SUMMARY_HEADER = ["update", "reward", "success", "eval success", "clip frac", "policy KL", "ratio pseudo-KL", "KL ref",
                   "s/update"]
 TRUE_SUCCESS_HEADER = "true success"   # the world's own check beside the reward's, where the sim knows it
+TRUTH_BLOCK = 10   # updates pooled per row of the judge-against-the-sim table
 
 
 def _knows_truth(history: list[dict]) -> bool:
@@ -301,6 +303,10 @@ def _train(args: argparse.Namespace) -> int:
         print_table(f"FA-GRPO ({trainer.config.variant}, FlowScale {'on' if trainer.config.use_flowscale else 'off'}) "
                     f"in {args.out}: {trainer.update} updates",
                     summary_header(history), summary_rows(history))
+        if _knows_truth(history) and not args.sim_reward:
+            print_table(f"the reward's successes against the sim's own on RL's rollouts, per {TRUTH_BLOCK} updates",
+                        REWARD_TRUTH_HEADER, reward_truth_rows(reward_truth_blocks(history, TRUTH_BLOCK)),
+                        float_format=".2f")
         rate = f"{3600 * done / elapsed:.1f} updates/hour" if done else "nothing to do"
         print(f"\nthis session: {done} updates in {elapsed:.1f} s ({rate}) on {dist.world_size} rank(s) x "
               f"{torch.get_num_threads()} torch thread(s); "

@@ -11,12 +11,18 @@ sim on the held-out initial states, beside what the run logged in imagination at
 
 A gap that widens over updates means the policy is exploiting the world model or the judge. `prophrl eval
 --over-training LABEL=RUN[,RUN...]` writes the table and ``imagined_vs_true.png``.
+
+Where the rollouts themselves ran in the sim with a judge as the reward (`prophrl train --sim ROBOT/TASK --judge J`),
+every update also logged the sim's own success of the rollouts it judged (``rollout/true_success_rate``,
+``rollout/false_success_rate``): ``reward_truth_blocks`` pools them per block of updates into the judge's precision
+and recall on RL's own rollouts, the figure that falls when RL learns to fool the judge.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -51,6 +57,54 @@ def read_progress(run_dir: str | Path) -> list[dict]:
             except json.JSONDecodeError as exc:
                 raise ConfigError(f"{path}:{number}: not a JSON line ({exc.msg})") from None
     return records
+
+
+@dataclasses.dataclass(frozen=True)
+class RewardTruthBlock:
+    """Updates ``first``..``last`` of a run whose rollouts the sim also checked: per-update rates, averaged."""
+
+    first: int
+    last: int
+    judged: float          # rollout/success_rate: share of rollouts the reward called successful
+    true: float            # rollout/true_success_rate: share the sim's own check passed where they ended
+    false_success: float   # rollout/false_success_rate: judged successful, truly not
+
+    @property
+    def precision(self) -> float:
+        """Share of the judged successes that were true ones (NaN where nothing was judged successful)."""
+        return (self.judged - self.false_success) / self.judged if self.judged > 0 else math.nan
+
+    @property
+    def recall(self) -> float:
+        """Share of the true successes the reward called successful (NaN where there were none)."""
+        return (self.judged - self.false_success) / self.true if self.true > 0 else math.nan
+
+
+def reward_truth_blocks(history: Sequence[dict], block: int = 10) -> list[RewardTruthBlock]:
+    """The judged against the sim's own success of RL's rollouts, per ``block`` consecutive updates (the last block
+    may be shorter), from a run's per-update metrics (progress.jsonl). Updates that did not log the sim's success
+    are left out; [] when none did. Every update of a run has the same number of rollouts, so the mean rates of a
+    block pool its rollouts."""
+    if block < 1:
+        raise ValueError(f"block must be >= 1, got {block}")
+    rows = [m for m in history if "rollout/true_success_rate" in m and "rollout/false_success_rate" in m]
+    blocks = []
+    for i in range(0, len(rows), block):
+        part = rows[i:i + block]
+
+        def mean(key: str) -> float:
+            return sum(float(m[key]) for m in part) / len(part)
+
+        blocks.append(RewardTruthBlock(int(part[0]["update"]), int(part[-1]["update"]), mean("rollout/success_rate"),
+                                       mean("rollout/true_success_rate"), mean("rollout/false_success_rate")))
+    return blocks
+
+
+REWARD_TRUTH_HEADER = ["updates", "judged success", "true success", "judged, truly failed", "precision", "recall"]
+
+
+def reward_truth_rows(blocks: Sequence[RewardTruthBlock]) -> list[list]:
+    return [[f"{b.first}-{b.last}", b.judged, b.true, b.false_success, b.precision, b.recall] for b in blocks]
 
 
 def run_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:

@@ -134,14 +134,17 @@ def test_prophrl_train_in_the_sim_rewards_the_sim_success(setup, tmp_path, capsy
     assert row["rollout/success_rate"] == 0.0 and row["rollout/reward_mean"] == 0.0
     assert row["rollout/groups_without_signal"] == 1.0
     assert row["rollout/true_success_rate"] == 0.0 and row["rollout/false_success_rate"] == 0.0
-    assert "true success" in capsys.readouterr().out, "the summary table shows the sim's own success"
+    printed = capsys.readouterr().out
+    assert "true success" in printed, "the summary table shows the sim's own success"
+    assert "against the sim's own" not in printed, "the sim's own reward has no precision to report"
     state = json.loads((out / "checkpoints" / "update_000001" / "trainer_state.json").read_text())
     assert state["run"]["world_model"] == "sim:panda_sim/lift" and state["run"]["reward"] == "sim:success"
 
 
-def test_prophrl_train_in_the_sim_mines_the_judged_clips_for_the_judge(setup, tmp_path):
+def test_prophrl_train_in_the_sim_mines_the_judged_clips_for_the_judge(setup, tmp_path, capsys):
     """--mine-clips keeps, per update, the clip each rollout was judged on with the sim's own success: what the judge
-    rewarded is in the file, every frame of the clip was rendered, and a resumed run adds to the same directory."""
+    rewarded is in the file, every frame of the clip was rendered, and a resumed run adds to the same directory.
+    The summary pools the judge's successes against the sim's over the run's updates."""
     import torch
 
     from prophrl_worldmodel.configuration_judge import get_judge_config
@@ -156,8 +159,15 @@ def test_prophrl_train_in_the_sim_mines_the_judged_clips_for_the_judge(setup, tm
     argv = ["--policy", str(setup.policy), "--sim", "panda_sim/lift", "--judge", str(judge), "--sim-states", "2",
             "--out", str(out), "--config", str(config), "--threads", "1", "--no-progress", "--mine-clips"]
     assert main([*argv, "--updates", "1"]) == 0
+    capsys.readouterr()
     assert main([*argv, "--updates", "2", "--resume"]) == 0, "the run directory holds its mined clips"
     rows = [json.loads(line) for line in (out / "progress.jsonl").read_text().splitlines()]
+    printed = capsys.readouterr().out
+    (line,) = [line for line in printed.splitlines() if line.startswith("1-2 ")]
+    judged = np.mean([row["rollout/success_rate"] for row in rows])
+    true = np.mean([row["rollout/true_success_rate"] for row in rows])
+    assert "against the sim's own on RL's rollouts" in printed
+    assert line.split()[1:3] == [f"{judged:.2f}", f"{true:.2f}"], "both updates, resumed one included, pooled"
     files = sorted(p.name for p in (out / "mined_clips").iterdir())
     assert files == ["update_000001.safetensors", "update_000002.safetensors"]
     for name, row in zip(files, rows):
