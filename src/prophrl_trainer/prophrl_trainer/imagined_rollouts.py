@@ -170,14 +170,22 @@ def imagine(policy: VLAPolicy, backend: RolloutBackend, scorer: RolloutScorer,
                     np.stack(masks, axis=2), rewards, success, length, timings, true_success, decided_clips)
 
 
-def truth_metrics(imagined: Imagined, prefix: str) -> dict[str, float]:
+def truth_metrics(imagined: Imagined, prefix: str, advantages: np.ndarray | None = None) -> dict[str, float]:
     """Where the world knows the ground truth (the sim): the share of rollouts that truly succeeded, and the share
     the scorer called successful that had not (the scorer's precision on them: 1 - false / success rate).
-    Empty for a world model."""
+    With the rollouts' (groups, G) advantages, also the mean positive advantage per rollout and the part of it on
+    rollouts that truly succeeded: their ratio is the share of what RL reinforces that is true success (1 with
+    the sim's own reward; a judge that ranks a group's failures above its mean pays them too). Empty for a world
+    model."""
     if imagined.true_success is None:
         return {}
-    return {f"{prefix}/true_success_rate": float(imagined.true_success.mean()),
-            f"{prefix}/false_success_rate": float((imagined.success & ~imagined.true_success).mean())}
+    metrics = {f"{prefix}/true_success_rate": float(imagined.true_success.mean()),
+               f"{prefix}/false_success_rate": float((imagined.success & ~imagined.true_success).mean())}
+    if advantages is not None:
+        positive = np.clip(np.asarray(advantages, np.float64).reshape(imagined.true_success.shape), 0.0, None)
+        metrics[f"{prefix}/positive_advantage"] = float(positive.mean())
+        metrics[f"{prefix}/positive_advantage_on_true_success"] = float((positive * imagined.true_success).mean())
+    return metrics
 
 
 def concatenate(parts: Sequence[Imagined]) -> Imagined:

@@ -173,11 +173,14 @@ class Trainer:
         seeds = [derived_seed(cfg.seed, self.dist.rank, self.update, i) for i in range(len(starts))]
         return self.imagine(starts, seeds, cfg.group_size, "sde", self.generator, stop_when_done=not self.dist.enabled)
 
+    def advantages(self, imagined: Imagined) -> torch.Tensor:
+        """(groups, G) group-normalised advantages of `imagined`'s rewards."""
+        return group_advantages(torch.from_numpy(imagined.rewards).double(), self.config.algorithm.advantage_eps)
+
     def learn(self, imagined: Imagined) -> dict[str, float]:
         """Step 4 of an update: FA-GRPO epochs on `imagined`; returns the loss statistics."""
         cfg = self.config
-        rewards = torch.from_numpy(imagined.rewards).double()
-        advantages = group_advantages(rewards, cfg.algorithm.advantage_eps).flatten()
+        advantages = self.advantages(imagined).flatten()
         batch = self.rollout_batch(imagined, advantages, drop_masked=not self.dist.enabled)
         stats = policy_update(self.train_policy, self.optimizer, batch, cfg.algorithm, cfg.chunk_sampler,
                               epochs=cfg.ppo_epochs, minibatch_size=cfg.minibatch_size or None,
@@ -209,7 +212,7 @@ class Trainer:
             **{f"train/{k}": float(v) for k, v in stats.items()},
             "time/rollout_s": t1 - t0, "time/update_s": t2 - t1,
             **{f"time/{k}": v for k, v in imagined.timings.items()},
-            **truth_metrics(imagined, "rollout"),
+            **truth_metrics(imagined, "rollout", self.advantages(imagined).numpy()),
         }
         self.local_rewards.append(metrics["rollout/reward_mean"])  # this rank's own, before averaging
         return self.dist.mean(metrics)

@@ -15,7 +15,9 @@ A gap that widens over updates means the policy is exploiting the world model or
 Where the rollouts themselves ran in the sim with a judge as the reward (`prophrl train --sim ROBOT/TASK --judge J`),
 every update also logged the sim's own success of the rollouts it judged (``rollout/true_success_rate``,
 ``rollout/false_success_rate``): ``reward_truth_blocks`` pools them per block of updates into the judge's precision
-and recall on RL's own rollouts, the figure that falls when RL learns to fool the judge.
+and recall on RL's own rollouts, the figure that falls when RL learns to fool the judge, and the share of the
+positive advantage that went to true successes (what RL was taught: a judge that ranks well can still pay failures
+above their group's mean).
 """
 
 from __future__ import annotations
@@ -68,6 +70,16 @@ class RewardTruthBlock:
     judged: float          # rollout/success_rate: share of rollouts the reward called successful
     true: float            # rollout/true_success_rate: share the sim's own check passed where they ended
     false_success: float   # rollout/false_success_rate: judged successful, truly not
+    positive_advantage: float = math.nan           # rollout/positive_advantage (NaN: not logged)
+    positive_advantage_on_true: float = math.nan   # rollout/positive_advantage_on_true_success
+
+    @property
+    def advantage_on_true_success(self) -> float:
+        """Share of the positive advantage that went to true successes: what RL reinforced that the sim calls a
+        success (NaN where no group had a reward difference, or the run did not log it)."""
+        if not self.positive_advantage > 0:
+            return math.nan
+        return self.positive_advantage_on_true / self.positive_advantage
 
     @property
     def precision(self) -> float:
@@ -93,18 +105,22 @@ def reward_truth_blocks(history: Sequence[dict], block: int = 10) -> list[Reward
         part = rows[i:i + block]
 
         def mean(key: str) -> float:
-            return sum(float(m[key]) for m in part) / len(part)
+            return sum(float(m.get(key, math.nan)) for m in part) / len(part)
 
         blocks.append(RewardTruthBlock(int(part[0]["update"]), int(part[-1]["update"]), mean("rollout/success_rate"),
-                                       mean("rollout/true_success_rate"), mean("rollout/false_success_rate")))
+                                       mean("rollout/true_success_rate"), mean("rollout/false_success_rate"),
+                                       mean("rollout/positive_advantage"),
+                                       mean("rollout/positive_advantage_on_true_success")))
     return blocks
 
 
-REWARD_TRUTH_HEADER = ["updates", "judged success", "true success", "judged, truly failed", "precision", "recall"]
+REWARD_TRUTH_HEADER = ["updates", "judged success", "true success", "judged, truly failed", "precision", "recall",
+                       "advantage+ on true successes"]
 
 
 def reward_truth_rows(blocks: Sequence[RewardTruthBlock]) -> list[list]:
-    return [[f"{b.first}-{b.last}", b.judged, b.true, b.false_success, b.precision, b.recall] for b in blocks]
+    return [[f"{b.first}-{b.last}", b.judged, b.true, b.false_success, b.precision, b.recall,
+             b.advantage_on_true_success] for b in blocks]
 
 
 def run_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:

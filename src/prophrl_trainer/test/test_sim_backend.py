@@ -181,8 +181,14 @@ def test_prophrl_train_in_the_sim_mines_the_judged_clips_for_the_judge(setup, tm
         assert np.mean(clips.labels[mined]) == pytest.approx(row["rollout/true_success_rate"])
     from safetensors.numpy import load_file
 
-    rewards = load_file(str(out / "mined_clips" / files[0]))["rewards"]
+    mined = load_file(str(out / "mined_clips" / files[0]))
+    rewards = mined["rewards"]
     assert float(rewards.mean()) == pytest.approx(rows[0]["rollout/reward_mean"], abs=1e-6)
+    advantages = (rewards - rewards.mean()) / (rewards.std() + 1e-6)  # one group of 2
+    positive = np.clip(advantages, 0, None)
+    assert rows[0]["rollout/positive_advantage"] == pytest.approx(positive.mean(), rel=1e-4)
+    assert rows[0]["rollout/positive_advantage_on_true_success"] == pytest.approx(
+        (positive * mined["labels"]).mean(), abs=1e-6)
 
 
 def test_groups_beyond_the_sims_in_memory_are_rolled_out_a_few_at_a_time(setup):
@@ -249,6 +255,10 @@ def test_a_judge_s_decisions_are_checked_against_the_sim_s_own_success(setup):
     assert imagined.success.all() and (imagined.length == 1).all(), "the first judged success ends each rollout"
     assert not imagined.true_success.any()
     assert truth_metrics(imagined, "rollout") == {"rollout/true_success_rate": 0.0, "rollout/false_success_rate": 1.0}
+    imagined.true_success = np.array([[True, False, False]])
+    paid = truth_metrics(imagined, "rollout", np.array([[1.0, 0.5, -1.5]]))
+    assert paid["rollout/positive_advantage"] == pytest.approx(1.5 / 3), "positive advantage per rollout"
+    assert paid["rollout/positive_advantage_on_true_success"] == pytest.approx(1.0 / 3), "a third of it on failure"
     imagined.true_success = None
     assert truth_metrics(imagined, "rollout") == {}
 

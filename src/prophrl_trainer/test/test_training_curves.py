@@ -24,6 +24,20 @@ def test_blocks_pool_the_updates_into_precision_and_recall():
     assert reward_truth_rows([first])[0][0] == "1-2"
 
 
+def test_the_share_of_positive_advantage_on_true_successes_is_pooled_over_the_block():
+    """Update 1 put 0.2 of its 0.4 positive advantage per rollout on true successes, update 2 0.3 of 0.4: the block
+    0.5 / 0.8. A block of updates that did not log it shows NaN, not a number."""
+    history = [{**_update(1, 0.5, 0.5, 0.0), "rollout/positive_advantage": 0.4,
+                "rollout/positive_advantage_on_true_success": 0.2},
+               {**_update(2, 0.5, 0.5, 0.0), "rollout/positive_advantage": 0.4,
+                "rollout/positive_advantage_on_true_success": 0.3},
+               _update(3, 0.5, 0.5, 0.0)]
+    paid, unlogged = reward_truth_blocks(history, block=2)
+    assert paid.advantage_on_true_success == pytest.approx(0.5 / 0.8)
+    assert math.isnan(unlogged.advantage_on_true_success)
+    assert reward_truth_rows([paid])[0][-1] == pytest.approx(0.625)
+
+
 def test_updates_without_the_sims_success_are_left_out():
     """A run in imagination logs no true success: no blocks. Mixed histories pool only the updates that did."""
     imagined = [{"update": n, "rollout/success_rate": 1.0} for n in (1, 2)]
