@@ -268,8 +268,13 @@ def plot_learning_curves(policies: dict[str, list[PolicySource]], path: Path) ->
         evals = [(m["update"], m["eval/success_rate"]) for m in progress if "eval/success_rate" in m]
         if evals:
             axes[1].plot(*zip(*evals), "o--", label=f"{label} #{seed} (eval)")
+        # where the sim knew the truth (--sim, --replay-in-sim): the same rollouts' true success beside the judged
+        for key, style, name in (("rollout/true_success_rate", ":", "true"), ("eval/true_success_rate", "s:", "eval, true")):
+            truth = [(m["update"], m[key]) for m in progress if key in m]
+            if truth:
+                axes[1].plot(*zip(*truth), style, label=f"{label} #{seed} ({name})")
     axes[0].set(title="imagined reward (judge)", xlabel="RL update")
-    axes[1].set(title="imagined success rate (judge)", xlabel="RL update")
+    axes[1].set(title="success rate: judged, and true where the sim knows it", xlabel="RL update")
     axes[1].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

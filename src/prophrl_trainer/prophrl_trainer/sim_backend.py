@@ -45,15 +45,16 @@ class SimStart(ImaginationStart):
     seed: int = 0
 
 
-def parse_sim(text: str) -> tuple[str, str]:
-    """`ROBOT/TASK` (e.g. panda_sim/lift) -> (robot, task): a simulated robot and a sim task."""
+def parse_sim(text: str, option: str = "--sim") -> tuple[str, str]:
+    """`ROBOT/TASK` (e.g. panda_sim/lift) -> (robot, task): a simulated robot and a sim task (`option` names the
+    argument in the error)."""
     from prophrl_common.robots import available_robots, load_robot_config
     from prophrl_sim.tasks import TASKS
 
     robot, _, task = text.partition("/")
     simulated = [name for name in available_robots() if load_robot_config(name).sim_model]
     if robot not in simulated or task not in TASKS:
-        raise ConfigError(f"--sim wants ROBOT/TASK with ROBOT one of {simulated} and TASK one of {sorted(TASKS)}, "
+        raise ConfigError(f"{option} wants ROBOT/TASK with ROBOT one of {simulated} and TASK one of {sorted(TASKS)}, "
                           f"got {text!r}")
     return robot, task
 

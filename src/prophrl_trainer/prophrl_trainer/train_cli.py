@@ -32,6 +32,7 @@ from prophrl_trainer.rl_trainer import Trainer
 from prophrl_trainer.rollouts import (EndEffectorDisplacementReward, InProcessImagination, JudgeScorer,
                                       RolloutBackend, RolloutScorer)
 from prophrl_trainer.sim_backend import SimRollouts, SimSuccessScorer, parse_sim, sim_starts
+from prophrl_trainer.sim_replay import REPLAY_IMAGE_SIZE, ReplayedInSim
 from prophrl_trainer.training_curves import REWARD_TRUTH_HEADER, reward_truth_blocks, reward_truth_rows
 
 # `prophrl train --sim`: the sim seeds RL's starts are drawn from (the demo's imagination draws from its ~90
@@ -50,20 +51,28 @@ def build_parser() -> argparse.ArgumentParser:
     world.add_argument("--sim", metavar="ROBOT/TASK",
                        help="roll out in the physics sim instead of a world model (e.g. panda_sim/lift; starts: sim "
                             "seeds, --sim-states of them): the ceiling of RL in imagination")
+    parser.add_argument("--replay-in-sim", metavar="ROBOT/TASK", default="",
+                        help="with --world-model: start from sim seeds and execute every imagined rollout's actions "
+                             "in the physics sim too (sim_replay), so each rollout's true success is logged beside "
+                             "its reward: the judge's precision on RL's imagined rollouts, --mine-clips, and with "
+                             "--sim-reward RL whose only error is the world model's frames")
     parser.add_argument("--sim-states", type=int, default=SIM_STATES,
-                        help=f"with --sim: how many sim seeds the starts are drawn from (default {SIM_STATES})")
+                        help=f"with --sim or --replay-in-sim: how many sim seeds the starts are drawn from "
+                             f"(default {SIM_STATES})")
     reward = parser.add_mutually_exclusive_group(required=True)
     reward.add_argument("--judge", nargs="+", metavar="JUDGE",
                         help="reward judge checkpoint directory; several: their ensemble, penalised by their "
                              "disagreement (RLConfig.judge_disagreement)")
     reward.add_argument("--sim-reward", action="store_true",
-                        help="with --sim: the sim's own task success as the reward (what the true evaluation counts)")
+                        help="with --sim or --replay-in-sim: the sim's own task success as the reward (what the "
+                             "true evaluation counts)")
     reward.add_argument("--test-reward", choices=sorted(EndEffectorDisplacementReward.DIRECTIONS),
                         help="FOR TESTS ONLY: a programmatic reward on the integrated end-effector motion")
     parser.add_argument("--test-reward-scale", type=float, default=0.02, help="metres (with --test-reward)")
     parser.add_argument("--mine-clips", action="store_true",
-                        help="with --sim: keep every rollout's judged clip and the sim's own success in "
-                             "OUT/mined_clips, hard negatives for `prophrl judge train --mined OUT/mined_clips`")
+                        help="with --sim or --replay-in-sim: keep every rollout's judged clip and the sim's own "
+                             "success in OUT/mined_clips, hard negatives for `prophrl judge train --mined "
+                             "OUT/mined_clips`")
     parser.add_argument("--data", nargs="+", default=[],
                         help="bags2dataset output(s): the initial states (with --world-model)")
     parser.add_argument("--out", required=True, help="run directory (checkpoints, tensorboard, progress.jsonl)")
@@ -105,8 +114,9 @@ class TrainSettings:
     out: str                           # run directory
     world_model: str = ""              # Prophet checkpoint (in-process imagination)
     sim: str = ""                      # ROBOT/TASK: rollouts in the physics sim instead (sim_backend)
-    sim_states: int = SIM_STATES       # with sim: the number of sim seeds the starts are drawn from
-    sim_reward: bool = False           # with sim: the sim's own success as the reward
+    replay_in_sim: str = ""            # ROBOT/TASK: the world model's rollouts also executed in the sim (sim_replay)
+    sim_states: int = SIM_STATES       # with sim or replay_in_sim: the number of sim seeds the starts are drawn from
+    sim_reward: bool = False           # with sim or replay_in_sim: the sim's own success as the reward
     judges: tuple[str, ...] = ()       # judge checkpoint(s) (in-process scoring; several: an ensemble)
     test_reward: str = ""              # FOR TESTS ONLY: EndEffectorDisplacementReward direction
     test_reward_scale: float = 0.02    # metres (with test_reward)
@@ -114,12 +124,12 @@ class TrainSettings:
     config: str = ""                   # RL config JSON ("": the built-in RLConfig)
     resume: bool = False               # continue the newest checkpoint in out
     device: str = "cpu"
-    mine_clips: bool = False           # with sim: the rollouts' judged clips to OUT/mined_clips
+    mine_clips: bool = False           # with sim or replay_in_sim: the rollouts' judged clips to OUT/mined_clips
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "TrainSettings":
         return cls(policy=args.policy, data=tuple(args.data), out=args.out, world_model=args.world_model or "",
-                   sim=args.sim or "", sim_states=args.sim_states, sim_reward=args.sim_reward,
+                   sim=args.sim or "", replay_in_sim=args.replay_in_sim, sim_states=args.sim_states, sim_reward=args.sim_reward,
                    judges=tuple(args.judge or ()), test_reward=args.test_reward or "",
                    test_reward_scale=args.test_reward_scale, updates=args.updates, config=args.config,
                    resume=args.resume, device=args.device, mine_clips=args.mine_clips)
@@ -132,14 +142,23 @@ def build_trainer(settings: TrainSettings, dist: DistContext | None = None, show
     the in-process world model / judge (the ROS node passes its clients)."""
     dist = dist or DistContext()
     sim = parse_sim(settings.sim) if settings.sim else None
-    if sim is None and backend is None and not settings.data:
+    replay = parse_sim(settings.replay_in_sim, "--replay-in-sim") if settings.replay_in_sim else None
+    starts_sim = sim or replay     # the robot and task whose sim seeds are the starts
+    if sim is not None and replay is not None:
+        raise ConfigError("--replay-in-sim executes a world model's rollouts in the sim too; with --sim they are in "
+                          "the sim already")
+    if starts_sim is None and backend is None and not settings.data:
         raise ConfigError("--data is needed: the recorded episodes whose starts RL imagines from")
     if sim is not None and settings.data:
         raise ConfigError("--sim draws its starts from sim seeds; --data is for --world-model")
-    if settings.sim_reward and sim is None:
-        raise ConfigError("--sim-reward is the sim's own success: it needs --sim ROBOT/TASK")
-    if settings.mine_clips and sim is None:
-        raise ConfigError("--mine-clips labels the clips by the sim's own success: it needs --sim ROBOT/TASK")
+    if replay is not None and settings.data:
+        raise ConfigError("--replay-in-sim starts from sim seeds (the sim replays them); drop --data")
+    if settings.sim_reward and starts_sim is None:
+        raise ConfigError("--sim-reward is the sim's own success: it needs --sim ROBOT/TASK or --replay-in-sim "
+                          "ROBOT/TASK")
+    if settings.mine_clips and starts_sim is None:
+        raise ConfigError("--mine-clips labels the clips by the sim's own success: it needs --sim ROBOT/TASK or "
+                          "--replay-in-sim ROBOT/TASK")
     device = _device(settings.device)
     inputs = [p for p in (settings.policy, settings.world_model, *settings.judges, *settings.data) if p]
     out = check_run_dir(settings.out, RL_RUN_OUTPUT, inputs=inputs)
@@ -173,6 +192,9 @@ def build_trainer(settings: TrainSettings, dist: DistContext | None = None, show
         mismatch = eyes_mismatch(policy, prophet.config.image_size)
         if mismatch:
             warnings.warn(mismatch, stacklevel=2)
+    if replay is not None:
+        backend = ReplayedInSim(backend, SimRollouts(*replay, policy.config.horizon, image_size=REPLAY_IMAGE_SIZE,
+                                                     every_frame=False))
     if scorer is None:
         if settings.sim_reward:
             scorer = SimSuccessScorer()
@@ -180,8 +202,8 @@ def build_trainer(settings: TrainSettings, dist: DistContext | None = None, show
             scorer = JudgeScorer.from_pretrained(settings.judges, str(device), config.judge_disagreement)
         else:
             scorer = EndEffectorDisplacementReward.named(settings.test_reward, settings.test_reward_scale)
-    if sim is not None:
-        sampler = InitialStateSampler.from_starts(sim_starts(*sim, settings.sim_states), seed=config.seed,
+    if starts_sim is not None:
+        sampler = InitialStateSampler.from_starts(sim_starts(*starts_sim, settings.sim_states), seed=config.seed,
                                                   rank=dist.rank, held_out=config.validation_states)
     else:
         sampler = InitialStateSampler(settings.data, seed=config.seed, context_frames=config.context_frames,
@@ -190,7 +212,8 @@ def build_trainer(settings: TrainSettings, dist: DistContext | None = None, show
                 "world_model": (f"sim:{settings.sim}" if sim else settings.world_model or type(backend).__name__),
                 "reward": ("sim:success" if settings.sim_reward else
                            f"judge:{','.join(settings.judges)}" if settings.judges else f"test:{settings.test_reward}"),
-                "data": [str(d) for d in settings.data], "world_size": dist.world_size}
+                "data": [str(d) for d in settings.data], "world_size": dist.world_size,
+                **({"replayed_in": f"sim:{settings.replay_in_sim}"} if replay else {})}
     trainer = Trainer(policy, backend, scorer, sampler, config, out, ref_policy=ref_policy,
                       on_checkpoint=on_checkpoint, on_update=on_update, show_progress=show_progress, dist=dist,
                       run_info=run_info, mine_clips=settings.mine_clips)
@@ -290,7 +313,7 @@ def _train(args: argparse.Namespace) -> int:
         try:
             history = trainer.run(updates)
         finally:
-            if hasattr(trainer.backend, "shutdown"):  # the sims of --sim
+            if hasattr(trainer.backend, "shutdown"):  # the sims of --sim and --replay-in-sim
                 trainer.backend.shutdown()
         elapsed = time.perf_counter() - start
     finally:
@@ -304,7 +327,8 @@ def _train(args: argparse.Namespace) -> int:
                     f"in {args.out}: {trainer.update} updates",
                     summary_header(history), summary_rows(history))
         if _knows_truth(history) and not args.sim_reward:
-            print_table(f"the reward's successes against the sim's own on RL's rollouts, per {TRUTH_BLOCK} updates",
+            rollouts = "imagined rollouts, their actions replayed in the sim" if args.replay_in_sim else "rollouts"
+            print_table(f"the reward's successes against the sim's own on RL's {rollouts}, per {TRUTH_BLOCK} updates",
                         REWARD_TRUTH_HEADER, reward_truth_rows(reward_truth_blocks(history, TRUTH_BLOCK)),
                         float_format=".2f")
         rate = f"{3600 * done / elapsed:.1f} updates/hour" if done else "nothing to do"
