@@ -9,9 +9,10 @@
 train: clips are cut from the bags2dataset episodes and labelled by the sim's ground truth
 (judge_clips module docstring); with --imagined-from, the same episodes are also replayed
 through that Prophet and the imagined clips, labelled by the same ground truth, join the
-training set (the paper's recipe for domain match); with --mined, so do the clips RL's rollouts in the sim were
-judged on, labelled by the sim's own success (`prophrl train --sim --mine-clips`, judge_mined_clips: RL's
-exploits of a judge, its hard negatives). The threshold is picked on the validation
+training set (the paper's recipe for domain match); with --mined, so do the clips RL's rollouts were judged on,
+labelled by the sim's own success (`prophrl train --sim --mine-clips`: the camera's frames; `prophrl train
+--world-model P --replay-in-sim --mine-clips`: Prophet's frames; judge_mined_clips: RL's exploits of a judge, its
+hard negatives). The threshold is picked on the validation
 split for recall >= --target-recall. Writes the judge (config.json + model.safetensors +
 judge_training.json) and JUDGE/summary.json.
 
@@ -258,8 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--imagined-from", metavar="PROPHET",
                        help="also replay the episodes through this Prophet checkpoint (imagined clips)")
         p.add_argument("--mined", nargs="+", default=[], metavar="DIR",
-                       help="also the clips RL's rollouts in the sim were judged on, labelled by the sim "
-                            "(`prophrl train --sim ... --mine-clips`: RUN/mined_clips)")
+                       help="also the clips RL's rollouts were judged on, labelled by the sim (`prophrl train "
+                            "--sim ... --mine-clips` or `--replay-in-sim ... --mine-clips`: RUN/mined_clips)")
         p.add_argument("--imagined-episodes", type=int, help="replay at most this many episodes (default all)")
         p.add_argument("--num-steps", type=int, help="Prophet sampling steps (default: its config's)")
         p.add_argument("--positive-tail", type=int, default=3,

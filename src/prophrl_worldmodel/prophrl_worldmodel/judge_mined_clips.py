@@ -1,9 +1,10 @@
-"""Clips of RL's own rollouts in the sim, labelled by the sim's success: the reward judge's hard negatives.
+"""Clips of RL's own rollouts, labelled by the sim's success: the reward judge's hard negatives.
 
 RL drives its policy towards the clips its judge scores highest, so the judge's false positives on RL's rollouts
 are the clips it most needs to learn from. `prophrl train --sim ROBOT/TASK --judge J --mine-clips --out RUN` writes
 to RUN/mined_clips, after every update, the clip each rollout was judged on together with the sim's own success
-where it ended; `prophrl judge train --mined RUN/mined_clips` adds them to the judge's training clips (source "rl").
+where it ended (with `--world-model P --replay-in-sim ROBOT/TASK` instead of `--sim`: Prophet's imagined clip, and
+the success of its actions executed in the sim); `prophrl judge train --mined RUN/mined_clips` adds them to the judge's training clips (source "rl").
 
 One file per update (and rank), update_000012.safetensors (rank r > 0: update_000012_rank<r>.safetensors),
 replaced whole when a resumed run repeats that update:
@@ -118,7 +119,7 @@ def load_mined_clips(directories: str | Path | Sequence[str | Path]) -> ClipSet:
         files = sorted(directory.glob("update_*.safetensors")) if directory.is_dir() else []
         if not files:
             raise ConfigError(f"{directory}: no mined rollout clips (update_*.safetensors, written by "
-                              "`prophrl train --sim ROBOT/TASK --judge J --mine-clips DIR`)")
+                              "`prophrl train --sim ROBOT/TASK --judge J --mine-clips --out RUN` into RUN/mined_clips)")
         for path in files:
             arrays, texts = _read(path)
             for i, length in enumerate(arrays["lengths"]):
