@@ -6,7 +6,9 @@ termination), from the same sim seeds, twice:
 - on Prophet's frames, every chunk also executed by a sim from the same seed (sim_replay.ReplayedInSim): the
   true success of the actions RL would reinforce in imagination.
 The sim's own success is the reward in both, so no judge is involved. Also printed: how far Prophet's integrated
-end-effector position (the proprio the policy reads in imagination) drifts from the replaying sim's, per chunk.
+end-effector position (the proprio the policy reads in imagination) drifts from the replaying sim's, per chunk,
+and, as a diagnosis, the second run again with the policy reading the replaying sim's measured pose instead: the
+part of the gap that Prophet's frames alone make.
 
     python bench/imagined_actions_in_sim.py --policy outputs/demo/policy_sft --world-model outputs/demo/prophet \\
         --starts 20 --rollouts 8
@@ -56,6 +58,16 @@ class DriftRecorded(ReplayedInSim):
                 np.linalg.norm(group.state[:, :3] - true[:, :3], axis=1))
 
 
+class TrueProprio(ReplayedInSim):
+    """ReplayedInSim whose rollouts read the replaying sim's measured end-effector pose instead of the world
+    model's integrated one: what Prophet's frames alone cost (a diagnosis; no world model can do this)."""
+
+    def step(self, groups, chunks):
+        super().step(groups, chunks)
+        for group in groups:
+            group.states[-1] = self._replays[id(group)].state.copy()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--policy", type=Path, required=True)
@@ -79,10 +91,15 @@ def main() -> int:
     starts = sim_starts(robot, task, args.starts, first_seed=FIRST_SEED)
     seeds = [derived_seed(args.seed, i) for i in range(args.starts)]
     settings = ImaginationSettings(config.chunks_per_rollout, config.chunk_sampler, early_termination=False)
+    def imagination():
+        return InProcessImagination(prophet, config.imagination_steps, config.shared_world_model_noise)
+
+    def replay():
+        return SimRollouts(robot, task, horizon, image_size=REPLAY_IMAGE_SIZE, every_frame=False)
+
     worlds = {"sim's own frames": SimRollouts(robot, task, horizon, every_frame=False),
-              "Prophet's frames, replayed in the sim": DriftRecorded(
-                  InProcessImagination(prophet, config.imagination_steps, config.shared_world_model_noise),
-                  SimRollouts(robot, task, horizon, image_size=REPLAY_IMAGE_SIZE, every_frame=False))}
+              "Prophet's frames, replayed in the sim": DriftRecorded(imagination(), replay()),
+              "Prophet's frames, the sim's pose (diagnosis)": TrueProprio(imagination(), replay())}
     rows, figures = [], {}
     for name, backend in worlds.items():
         try:
