@@ -42,6 +42,7 @@ class Probe:
     def __init__(self):
         self.node = Node("sim_node_test_probe")
         self.latest = {}
+        self.camera_stamps = {"/camera/image_raw": set(), "/camera/camera_info": set()}  # (sec, nanosec) seen
         self.events: list[tuple[float, EpisodeEvent]] = []
         for topic, msg_type, qos in (
             ("/camera/image_raw", Image, RELIABLE), ("/camera/camera_info", CameraInfo, RELIABLE),
@@ -49,12 +50,16 @@ class Probe:
             (ROBOT.ee_pose_topic, PoseStamped, RELIABLE), ("/prophrl/sim/object_poses", PoseArray, RELIABLE),
             ("/prophrl/instruction", String, LATCHED), ("/prophrl/action_chunk", ActionChunk, RELIABLE),
         ):
-            self.node.create_subscription(msg_type, topic, lambda msg, topic=topic: self.latest.__setitem__(topic, msg),
-                                          qos)
+            self.node.create_subscription(msg_type, topic, lambda msg, topic=topic: self._record(topic, msg), qos)
         self.node.create_subscription(EpisodeEvent, "/prophrl/episode",
                                       lambda msg: self.events.append((time.monotonic(), msg)), RELIABLE)
         self.twist_pub = self.node.create_publisher(TwistStamped, ROBOT.twist_topic, RELIABLE)
         self.trajectory_pub = self.node.create_publisher(JointTrajectory, ROBOT.joint_trajectory_topic, RELIABLE)
+
+    def _record(self, topic: str, msg) -> None:
+        self.latest[topic] = msg
+        if topic in self.camera_stamps:
+            self.camera_stamps[topic].add((msg.header.stamp.sec, msg.header.stamp.nanosec))
 
     def sim_time_s(self) -> float:
         """The sim's clock: the stamp of its latest joint state."""
@@ -136,7 +141,10 @@ class TestSimNodeInterfaces:
         info = probe.latest["/camera/camera_info"]
         assert (info.height, info.width) == (128, 128) and info.k[0] > 0 and info.k[2] == 64.0
         assert info.header.frame_id == image.header.frame_id == "camera_optical_frame"
-        assert info.header.stamp == image.header.stamp
+        # a driver stamps each frame's camera_info with the frame's stamp; the latest of each may be one frame apart
+        stamps = probe.camera_stamps
+        assert probe.wait_for(lambda: stamps["/camera/image_raw"] & stamps["/camera/camera_info"], 10), \
+            "no camera_info carries the stamp of an image"
         assert probe.latest["/camera/pose"].header.frame_id == ROBOT.base_frame
         joints = probe.latest["/joint_states"]
         assert tuple(joints.name[:ROBOT.num_joints]) == ROBOT.joint_names
