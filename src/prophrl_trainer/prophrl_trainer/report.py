@@ -269,7 +269,8 @@ def plot_learning_curves(policies: dict[str, list[PolicySource]], path: Path) ->
         if evals:
             axes[1].plot(*zip(*evals), "o--", label=f"{label} #{seed} (eval)")
         # where the sim knew the truth (--sim, --replay-in-sim): the same rollouts' true success beside the judged
-        for key, style, name in (("rollout/true_success_rate", ":", "true"), ("eval/true_success_rate", "s:", "eval, true")):
+        for key, style, name in (("rollout/true_success_rate", ":", "true"),
+                                 ("eval/true_success_rate", "s:", "eval, true")):
             truth = [(m["update"], m[key]) for m in progress if key in m]
             if truth:
                 axes[1].plot(*zip(*truth), style, label=f"{label} #{seed} ({name})")

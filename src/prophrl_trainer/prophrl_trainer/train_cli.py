@@ -129,7 +129,8 @@ class TrainSettings:
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "TrainSettings":
         return cls(policy=args.policy, data=tuple(args.data), out=args.out, world_model=args.world_model or "",
-                   sim=args.sim or "", replay_in_sim=args.replay_in_sim, sim_states=args.sim_states, sim_reward=args.sim_reward,
+                   sim=args.sim or "", replay_in_sim=args.replay_in_sim, sim_states=args.sim_states,
+                   sim_reward=args.sim_reward,
                    judges=tuple(args.judge or ()), test_reward=args.test_reward or "",
                    test_reward_scale=args.test_reward_scale, updates=args.updates, config=args.config,
                    resume=args.resume, device=args.device, mine_clips=args.mine_clips)
