@@ -37,8 +37,8 @@ from prophrl_trainer.sim_backend import SimRollouts, SimSuccessScorer, parse_sim
 from prophrl_trainer.sim_replay import REPLAY_IMAGE_SIZE, ReplayedInSim
 from prophrl_trainer.success_statistics import wilson_interval
 
-# Sim seeds of the starts: beside RL's training pool (sim_backend.SIM_RL_FIRST_SEED, 200 seeds) and below nothing
-# else that is evaluated.
+# Sim seeds of the starts: above RL's training pool (sim_backend.SIM_RL_FIRST_SEED, `prophrl train --sim-states`
+# seeds from there) and every held-out evaluation seed, so RL never trained on them.
 FIRST_SEED = 950_000
 
 
@@ -53,7 +53,7 @@ class DriftRecorded(ReplayedInSim):
     def step(self, groups, chunks):
         super().step(groups, chunks)
         for group in groups:
-            true = self._replays[id(group)].state
+            true = self.replay_of(group).state
             self.drift.setdefault(len(group.states) - 1, []).append(
                 np.linalg.norm(group.state[:, :3] - true[:, :3], axis=1))
 
@@ -65,7 +65,7 @@ class TrueProprio(ReplayedInSim):
     def step(self, groups, chunks):
         super().step(groups, chunks)
         for group in groups:
-            group.states[-1] = self._replays[id(group)].state.copy()
+            group.states[-1] = self.replay_of(group).state.copy()
 
 
 def main() -> int:
@@ -91,6 +91,7 @@ def main() -> int:
     starts = sim_starts(robot, task, args.starts, first_seed=FIRST_SEED)
     seeds = [derived_seed(args.seed, i) for i in range(args.starts)]
     settings = ImaginationSettings(config.chunks_per_rollout, config.chunk_sampler, early_termination=False)
+
     def imagination():
         return InProcessImagination(prophet, config.imagination_steps, config.shared_world_model_noise)
 

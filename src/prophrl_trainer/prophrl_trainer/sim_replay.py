@@ -54,9 +54,13 @@ class ReplayedInSim:
             self._replays[id(group)] = replay
         return groups
 
+    def replay_of(self, group: RolloutGroup) -> RolloutGroup:
+        """The sim's copy of an open group: its arms, and their measured proprio (`.state`)."""
+        return self._replays[id(group)]
+
     def step(self, groups: Sequence[RolloutGroup], chunks: Sequence[np.ndarray]) -> None:
         self.world.step(groups, chunks)
-        replays = [self._replays[id(group)] for group in groups]
+        replays = [self.replay_of(group) for group in groups]
         self.sim.step(replays, chunks)
         for group, replay in zip(groups, replays):
             group.success = replay.success.copy()

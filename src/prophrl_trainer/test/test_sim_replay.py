@@ -44,7 +44,7 @@ def test_replayed_rollouts_see_the_world_model_and_carry_the_sim_s_success_of_th
         (same,) = plain.open(starts, 2, [0])
         assert not group.success.any()
         np.testing.assert_array_equal(group.current_frames[0], starts[0].context_frames[-1]), "the start is the sim's"
-        replay = backend._replays[id(group)]
+        replay = backend.replay_of(group)
         expert = ExpertController("lift", replay.handle[0].sim.control_period_s, horizon=horizon)
         expert.reset(starts[0].seed)
         for _ in range(80):
