@@ -36,6 +36,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     import json
 
     from prophrl_worldmodel.configuration_prophet import get_prophet_config
+    from prophrl_worldmodel.pretrained import resolve_prophet
     from prophrl_worldmodel.training import SUMMARY_NAME, pretrain
 
     overrides = {"image_size": args.image_size} if args.image_size else {}
@@ -54,7 +55,8 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     if args.action_guidance is not None:
         overrides["action_guidance"] = args.action_guidance
     config = get_prophet_config(args.config, **overrides)
-    out = pretrain(args.data, config, args.out, vae_steps=args.vae_steps, steps=args.steps, vae_from=args.vae_from,
+    vae_from = resolve_prophet(args.vae_from) if args.vae_from else None
+    out = pretrain(args.data, config, args.out, vae_steps=args.vae_steps, steps=args.steps, vae_from=vae_from,
                    batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                    log_dir=args.log_dir or Path(args.out).with_name(Path(args.out).name + "_tensorboard"),
                    device=args.device, overwrite=args.overwrite, state_dir=args.state_dir, save_every=args.save_every)
@@ -145,7 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, help="override the config's image size")
     p.add_argument("--steps", type=int, default=2000, help="denoiser steps")
     p.add_argument("--vae-steps", type=int, default=500, help="VAE steps before the denoiser (0: none)")
-    p.add_argument("--vae-from", metavar="CKPT", help="start from this Prophet's VAE (with --vae-steps 0: keep it)")
+    p.add_argument("--vae-from", metavar="CKPT", help="start from this Prophet's VAE, a checkpoint or a shipped Prophet's name "
+                   "(with --vae-steps 0: keep it)")
     p.add_argument("--residual", choices=("on", "off"), help="predict each future latent's change from the start "
                                                             "frame (default: the config's predict_residual)")
     p.add_argument("--flow-source", choices=FLOW_SOURCES, help="where sampling starts: noise, or the "

@@ -110,6 +110,19 @@ def test_pretrain_from_another_prophets_vae_keeps_it_and_fits_residual_statistic
     assert not (tmp_path / "bad").exists()
 
 
+def test_pretrain_takes_the_vae_of_the_shipped_prophet_by_its_name(worlds, tmp_path):
+    from prophrl_worldmodel.pretrained import PRETRAINED_PROPHETS
+
+    _, source, _, _ = worlds
+    shipped = next(iter(PRETRAINED_PROPHETS.values()))
+    out = tmp_path / "from_shipped"
+    assert main(["pretrain", "--data", str(source), "--out", str(out), "--config", shipped.config,
+                 "--vae-from", shipped.name, "--vae-steps", "0", "--steps", "1", "--batch-size", "2"]) == 0
+    base, model = Prophet.from_pretrained(shipped.path), Prophet.from_pretrained(out)
+    for name, tensor in base.vae.state_dict().items():
+        torch.testing.assert_close(model.vae.state_dict()[name], tensor)
+
+
 def test_pretrain_records_the_vae_colour_weight_and_rejects_a_negative_one(worlds, tmp_path, capsys):
     root, source, _, checkpoint = worlds
     common = ["pretrain", "--data", str(source), "--config", "tiny", "--image-size", str(SIZE), "--vae-from",
