@@ -6,9 +6,12 @@ termination), from the same sim seeds, twice:
 - on Prophet's frames, every chunk also executed by a sim from the same seed (sim_replay.ReplayedInSim): the
   true success of the actions RL would reinforce in imagination.
 The sim's own success is the reward in both, so no judge is involved. Also printed: how far Prophet's integrated
-end-effector position (the proprio the policy reads in imagination) drifts from the replaying sim's, per chunk,
-and, as a diagnosis, the second run again with the policy reading the replaying sim's measured pose instead: the
-part of the gap that Prophet's frames alone make.
+end-effector position (the proprio the policy reads in imagination) drifts from the replaying sim's, per chunk.
+Four more rows say where the gap comes from (diagnoses; no world model can run them):
+- Prophet's frames with the policy reading the replaying sim's measured pose: what Prophet's frames alone cost;
+- Prophet imagining every chunk from the sim's frames and pose: only one chunk of Prophet's error, none compounded;
+- the sim's frames reduced to Prophet's image size, and through Prophet's VAE: what its resolution and its
+  autoencoder cost, before any prediction.
 
     python bench/imagined_actions_in_sim.py --policy outputs/demo/policy_sft --world-model outputs/demo/prophet \\
         --starts 20 --rollouts 8
@@ -28,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from prophrl_common.geometry import EndEffectorPose
 from prophrl_common.tables import print_table
 from prophrl_policy.modeling_vla import VLAPolicy
 from prophrl_trainer.imagined_rollouts import ImaginationSettings, derived_seed, imagine
@@ -40,6 +44,9 @@ from prophrl_trainer.success_statistics import wilson_interval
 # Sim seeds of the starts: above RL's training pool (sim_backend.SIM_RL_FIRST_SEED, `prophrl train --sim-states`
 # seeds from there) and every held-out evaluation seed, so RL never trained on them.
 FIRST_SEED = 950_000
+# --rows: the sim's own frames, Prophet's replayed, Prophet's with the sim's pose, Prophet's one chunk from the sim's,
+# the sim's at Prophet's image size, the sim's through Prophet's VAE
+ROWS = ("sim", "replayed", "sim-pose", "reanchored", "sim-small", "sim-vae")
 
 
 class DriftRecorded(ReplayedInSim):
@@ -68,6 +75,52 @@ class TrueProprio(ReplayedInSim):
             group.states[-1] = self.replay_of(group).state.copy()
 
 
+class SeenThrough:
+    """SimRollouts whose policy reads each camera frame after the first as `see` turns it (a diagnosis: which
+    step of Prophet's image pipeline costs the policy its success)."""
+
+    def __init__(self, sim: SimRollouts, see):
+        self.sim, self.see = sim, see
+        self.action_horizon, self.max_rollouts = sim.action_horizon, sim.max_rollouts
+        self.knows_ground_truth = True
+
+    def open(self, starts, num_rollouts, seeds):
+        return self.sim.open(starts, num_rollouts, seeds)
+
+    def step(self, groups, chunks):
+        self.sim.step(groups, chunks)
+        for group in groups:
+            group.current_frames = self.see(group.current_frames)
+
+    def close(self, groups):
+        self.sim.close(groups)
+
+    def shutdown(self):
+        self.sim.shutdown()
+
+
+class Reanchored(TrueProprio):
+    """TrueProprio whose world model imagines every chunk from the replaying sim's frames and pose instead of its
+    own earlier clips: the policy still reads Prophet's frames, but each is only one chunk ahead of the truth. The
+    part of the gap this row closes is Prophet's error compounding over chunks; what is left, the error of a single
+    chunk's prediction (a diagnosis; the replaying sims render every control step at the camera's size)."""
+
+    def step(self, groups, chunks):
+        before = [(group.handle._history, group.handle._start) for group in groups]
+        super().step(groups, chunks)
+        for group, (history, start) in zip(groups, before):
+            rollouts, replay = group.handle, self.replay_of(group)
+            model, apf = rollouts.model, rollouts.model.config.actions_per_frame
+            # the sim's clip holds the frame after every action; Prophet's frames come every apf actions
+            true = torch.as_tensor(replay.clips[-1][:, apf - 1::apf], dtype=torch.float32, device=model.device)
+            true = model._resized(true, "context_frames", 5)
+            rollouts._history = torch.cat([history, start[:, None], true[:, :-1]],
+                                          dim=1)[:, -model.config.history_length:]
+            rollouts._start = true[:, -1]
+            rollouts._poses = [EndEffectorPose.from_quaternion(state[:3], state[3:7], float(state[7]))
+                               for state in replay.state]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--policy", type=Path, required=True)
@@ -78,6 +131,7 @@ def main() -> int:
     parser.add_argument("--config", default="", help="RL config JSON: chunks per rollout, chunk sampler, "
                         "imagination steps (default: RLConfig's)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS), help="the rows to run (default: all)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
 
@@ -95,14 +149,33 @@ def main() -> int:
     def imagination():
         return InProcessImagination(prophet, config.imagination_steps, config.shared_world_model_noise)
 
-    def replay():
+    def replay(camera_frames: bool = False):
+        if camera_frames:
+            return SimRollouts(robot, task, horizon)
         return SimRollouts(robot, task, horizon, image_size=REPLAY_IMAGE_SIZE, every_frame=False)
 
-    worlds = {"sim's own frames": SimRollouts(robot, task, horizon, every_frame=False),
-              "Prophet's frames, replayed in the sim": DriftRecorded(imagination(), replay()),
-              "Prophet's frames, the sim's pose (diagnosis)": TrueProprio(imagination(), replay())}
+    @torch.no_grad()
+    def small(frames: np.ndarray, vae: bool = False) -> np.ndarray:
+        """Frames at Prophet's image size as Prophet reduces them, and through its VAE (encode, decode) if `vae`."""
+        pixels = prophet._resized(torch.as_tensor(frames, dtype=torch.float32)[:, None], "frames", 5)
+        if vae:
+            pixels = prophet.decode_latents(prophet.encode_frames(pixels))
+        return pixels[:, 0].round().clamp(0, 255).to(torch.uint8).numpy()
+
+    worlds = {"sim's own frames": lambda: SimRollouts(robot, task, horizon, every_frame=False),
+              "Prophet's frames, replayed in the sim": lambda: DriftRecorded(imagination(), replay()),
+              "Prophet's frames, the sim's pose (diagnosis)": lambda: TrueProprio(imagination(), replay()),
+              "Prophet's frames, each chunk from the sim's (diagnosis)":
+                  lambda: Reanchored(imagination(), replay(camera_frames=True)),
+              "the sim's frames at Prophet's size (diagnosis)": lambda: SeenThrough(
+                  SimRollouts(robot, task, horizon, every_frame=False), small),
+              "the sim's frames through Prophet's VAE (diagnosis)": lambda: SeenThrough(
+                  SimRollouts(robot, task, horizon, every_frame=False), lambda frames: small(frames, vae=True))}
     rows, figures = [], {}
-    for name, backend in worlds.items():
+    for key, (name, make) in zip(ROWS, worlds.items()):
+        if key not in args.rows:
+            continue
+        backend = make()
         try:
             imagined = imagine(policy, backend, SimSuccessScorer(), starts, seeds, args.rollouts, "sde",
                                torch.Generator().manual_seed(args.seed), settings)
