@@ -47,10 +47,11 @@ def _cmd_params(args: argparse.Namespace) -> int:
 def _cmd_policy_sft(args: argparse.Namespace) -> int:
     import dataclasses
 
+    from prophrl_common.config_io import ConfigError
     from prophrl_common.devices import torch_device
     from prophrl_common.outputs import check_output_dir, check_writable_dir
     from prophrl_policy.configuration_vla import get_vla_config
-    from prophrl_trainer.sft import SFT_OUTPUT, SFTConfig, load_demonstrations, train_sft
+    from prophrl_trainer.sft import SFT_OUTPUT, SFTConfig, add_imagined_views, load_demonstrations, train_sft
 
     torch_device(args.device)  # before the data is read
     overrides = {"horizon": args.horizon} if args.horizon else {}
@@ -58,11 +59,23 @@ def _cmd_policy_sft(args: argparse.Namespace) -> int:
         overrides["camera_size"] = args.camera_size
     policy_config = get_vla_config(args.config, **overrides)
     cfg = SFTConfig(steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed,
-                    only_successful=not args.include_failures)
+                    only_successful=not args.include_failures,
+                    imagined_view_share=args.imagined_share if args.imagined_views else 0.0)
+    if args.imagined_steps < 0:
+        raise ConfigError(f"--imagined-steps must be >= 0, got {args.imagined_steps}")
     log_dir = args.log_dir or f"{args.out}/tensorboard"
     check_output_dir(args.out, SFT_OUTPUT, overwrite=args.overwrite, inputs=[args.dataset])
     check_writable_dir(log_dir, inputs=[args.dataset], option="--log-dir")
+    prophet = None
+    if args.imagined_views:
+        from prophrl_worldmodel.modeling_prophet import Prophet
+        from prophrl_worldmodel.pretrained import resolve_prophet
+
+        prophet = Prophet.from_pretrained(resolve_prophet(args.imagined_views), map_location=args.device).eval()
     data = load_demonstrations(args.dataset, policy_config.horizon, cfg.only_successful)
+    if prophet is not None:
+        data = add_imagined_views(data, prophet, args.imagined_steps or None, seed=args.seed,
+                                  source=str(args.imagined_views))
     print(f"SFT on {len(data)} samples from {len(set(data.episode_index.tolist()))} episodes; "
           f"policy config {policy_config.name}: {dataclasses.asdict(policy_config)}")
     path, losses = train_sft(data, policy_config, cfg, args.out, log_dir=log_dir, overwrite=args.overwrite,
@@ -196,6 +209,14 @@ def build_parser() -> argparse.ArgumentParser:
                      help="reduce camera frames to this resolution first, as Prophet does (its image_size: the same "
                           "eyes on the robot and in imagination); 0: none (default: the config's)")
     sft.add_argument("--seed", type=int, default=0)
+    sft.add_argument("--imagined-views", metavar="PROPHET", default="",
+                     help="also learn from this world model's view of the demonstrations: each frame imagined one "
+                          "chunk ahead of the recording (a checkpoint adapted to this robot)")
+    sft.add_argument("--imagined-share", type=float, default=0.5,
+                     help="with --imagined-views: the share of the samples that read their imagined view")
+    sft.add_argument("--imagined-steps", type=int, default=0,
+                     help="with --imagined-views: Euler steps per imagined clip, those RL imagines with (0: the "
+                          "world model's own)")
     sft.add_argument("--include-failures", action="store_true", help="also clone failed demonstrations")
     sft.add_argument("--log-dir", default="", help="TensorBoard directory (default OUT/tensorboard)")
     sft.add_argument("--overwrite", action="store_true",

@@ -6,6 +6,9 @@ control rate). Past the episode's end the chunk is padded with zero motion and t
 command. The proprio state is the end-effector pose (7) and the gripper command in force, i.e. the
 previous step's gripper action (0 = open at the first frame), the same as the policy node reads
 from the executor's gripper topic.
+
+With imagined views (:func:`add_imagined_views`, ``SFTConfig.imagined_view_share``), a share of the samples
+read the world model's view of their frame instead of the camera's (prophrl_trainer.imagined_views).
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ class SFTConfig:
     log_every: int = 50
     only_successful: bool = True     # behaviour cloning from successful demonstrations
     max_pixel_shift: int = 4         # random-shift augmentation (DrQ-style), pixels at image_size
+    imagined_view_share: float = 0.0  # share of the samples with an imagined view that read it (add_imagined_views)
 
     def __post_init__(self):
         require_finite_numbers(self, "SFT config")
@@ -53,6 +57,8 @@ class SFTConfig:
             raise ConfigError("SFT config: learning_rate and grad_clip must be positive")
         if self.weight_decay < 0 or self.warmup_steps < 0 or self.max_pixel_shift < 0:
             raise ConfigError("SFT config: weight_decay, warmup_steps and max_pixel_shift must be >= 0")
+        if not 0 <= self.imagined_view_share <= 1:
+            raise ConfigError(f"SFT config: imagined_view_share must be in [0, 1], got {self.imagined_view_share}")
 
 
 # What `prophrl policy sft --out` writes: the policy checkpoint, sft.json and the default TensorBoard log.
@@ -69,6 +75,9 @@ class DemoData:
     robot: str = ""            # the dataset's robot config name ("" unknown)
     control_period_s: float = 0.0
     sources: tuple[Path, ...] = ()  # the dataset directories the samples came from
+    imagined: np.ndarray | None = None        # (N, S, S, 3) uint8: the world model's view of each frame
+    imagined_valid: np.ndarray | None = None  # (N,) bool: which samples have one (add_imagined_views)
+    imagined_from: str = ""                   # the world model that imagined them
 
     def embodiment(self) -> Embodiment | None:
         """What a policy trained on this data is for (None when the dataset does not say)."""
@@ -127,6 +136,46 @@ def concatenate_demonstrations(parts: list[DemoData]) -> DemoData:
                     control_period_s=parts[0].control_period_s, sources=tuple(s for p in parts for s in p.sources))
 
 
+def add_imagined_views(data: DemoData, prophet, num_steps: int | None = None, seed: int = 0,
+                       show_progress: bool = True, source: str = "") -> DemoData:
+    """`data` (of one dataset directory, as load_demonstrations reads it) with `prophet`'s imagined view of every
+    frame (imagined_views.imagine_views); its episodes must be the dataset's, step for step."""
+    from prophrl_trainer.imagined_views import imagine_views
+    from prophrl_worldmodel.clips import load_episodes
+
+    if len(data.sources) != 1:
+        raise ConfigError("imagined views are made for the demonstrations of one dataset directory")
+    positions = list(dict.fromkeys(data.episode_index.tolist()))
+    episodes = {e.position: e for e in load_episodes(data.sources[0], prophet.config.image_size)}
+    missing = [p for p in positions if p not in episodes]
+    if missing:
+        raise ConfigError(f"{data.sources[0]}: episodes {missing[:5]} of the demonstrations are not in the dataset")
+    views = dict(zip(positions, imagine_views(prophet, [episodes[p] for p in positions], num_steps, seed=seed,
+                                              show_progress=show_progress)))
+    size = prophet.config.image_size
+    imagined, valid = np.zeros((len(data), size, size, 3), np.uint8), np.zeros(len(data), bool)
+    for position, view in views.items():
+        rows = np.flatnonzero(data.episode_index == position)
+        if len(rows) != len(view.frames) or np.any(np.diff(rows) != 1):
+            raise ConfigError(f"{data.sources[0]}: episode {position} has {len(view.frames)} frames at "
+                              f"{size} px but {len(rows)} demonstration samples")
+        imagined[rows], valid[rows] = view.frames, view.valid
+    return dataclasses.replace(data, imagined=imagined, imagined_valid=valid, imagined_from=source)
+
+
+def with_imagined_views(obs: Observation, data: DemoData, indices: torch.Tensor, share: float,
+                        policy_config: VLAConfig, generator: torch.Generator) -> Observation:
+    """`obs` with the images of a random `share` of the samples that have an imagined view replaced by it."""
+    valid = torch.from_numpy(data.imagined_valid[indices.numpy()])
+    use = valid & (torch.rand(len(indices), generator=generator) < share)
+    if use.any():
+        chosen = indices[use].numpy()
+        imagined = Observation.from_frames(data.imagined[chosen], [""] * len(chosen), data.states[chosen],
+                                           policy_config, device=obs.images.device)
+        obs.images[use.to(obs.images.device)] = imagined.images
+    return obs
+
+
 class _DemoDataset(Dataset):
     def __init__(self, data: DemoData):
         self.data = data
@@ -136,12 +185,12 @@ class _DemoDataset(Dataset):
 
     def __getitem__(self, i: int):
         return (torch.from_numpy(self.data.frames[i]), torch.from_numpy(self.data.states[i]),
-                torch.from_numpy(self.data.chunks[i]), self.data.instructions[i])
+                torch.from_numpy(self.data.chunks[i]), self.data.instructions[i], i)
 
 
 def _collate(items):
-    frames, states, chunks, instructions = zip(*items)
-    return torch.stack(frames), torch.stack(states), torch.stack(chunks), list(instructions)
+    frames, states, chunks, instructions, indices = zip(*items)
+    return torch.stack(frames), torch.stack(states), torch.stack(chunks), list(instructions), torch.tensor(indices)
 
 
 def random_shift(images: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
@@ -174,6 +223,9 @@ def train_sft(data: DemoData, policy_config: VLAConfig, cfg: SFTConfig, out_dir:
     if policy_config.robot_action_dim != ACTION_SPACES["ee_delta_7d"] or policy_config.state_dim != POLICY_STATE_DIM:
         raise ConfigError(f"SFT on ee_delta_7d demonstrations needs robot_action_dim {ACTION_SPACES['ee_delta_7d']} "
                           f"and state_dim {POLICY_STATE_DIM}")
+    imagined = cfg.imagined_view_share > 0
+    if imagined and data.imagined is None:
+        raise ConfigError("imagined_view_share > 0 needs demonstrations with imagined views (add_imagined_views)")
     target = torch_device(device)
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -194,8 +246,10 @@ def train_sft(data: DemoData, policy_config: VLAConfig, cfg: SFTConfig, out_dir:
     policy.train()
     with tqdm(total=cfg.steps, desc="policy sft", unit="step", disable=not show_progress) as bar:
         while step < cfg.steps:
-            for frames, states, chunks, instructions in loader:
+            for frames, states, chunks, instructions, indices in loader:
                 obs = Observation.from_frames(frames, instructions, states, policy_config, device=target)
+                if imagined:
+                    obs = with_imagined_views(obs, data, indices, cfg.imagined_view_share, policy_config, generator)
                 obs.images = random_shift(obs.images, cfg.max_pixel_shift, generator)
                 loss = policy.compute_loss(obs, chunks, generator=generator)
                 losses.append(clipped_step(loss, optimizer, schedule, params, cfg.grad_clip, "SFT", step))
@@ -213,7 +267,9 @@ def train_sft(data: DemoData, policy_config: VLAConfig, cfg: SFTConfig, out_dir:
         writer.add_scalar("sft/wall_time_s", time.time() - start, step)
         writer.close()
     path = policy.eval().save_pretrained(out_dir)
-    (Path(path) / "sft.json").write_text(json.dumps({"sft_config": dataclasses.asdict(cfg), "num_samples": len(data),
-                                                     "final_loss": float(np.mean(losses[-cfg.log_every:]))},
-                                                    indent=2))
+    record = {"sft_config": dataclasses.asdict(cfg), "num_samples": len(data),
+              "final_loss": float(np.mean(losses[-cfg.log_every:]))}
+    if imagined:
+        record["imagined_views"] = {"world_model": data.imagined_from, "samples": int(data.imagined_valid.sum())}
+    (Path(path) / "sft.json").write_text(json.dumps(record, indent=2))
     return Path(path), losses

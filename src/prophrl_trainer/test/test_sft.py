@@ -149,3 +149,106 @@ def test_sft_overwrite_replaces_a_previous_sft_checkpoint_that_records_its_embod
     second, _ = train_sft(data, config, SFTConfig(steps=2, batch_size=4, warmup_steps=1, log_every=1, seed=1),
                           tmp_path / "policy", show_progress=False, overwrite=True)
     assert second == first and not np.allclose(VLAPolicy.from_pretrained(second).action_pos.detach(), before)
+
+
+# ----- imagined views ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_prophet(tmp_path_factory):
+    """A random-initialised 32 px Prophet, saved (what --imagined-views reads)."""
+    import torch
+
+    from prophrl_worldmodel.configuration_prophet import get_prophet_config
+    from prophrl_worldmodel.modeling_prophet import Prophet
+
+    torch.manual_seed(0)
+    config = get_prophet_config("tiny", image_size=32, num_layers=1, head_dim=16, ffn_dim=32, freq_dim=32,
+                                context_dim=32)
+    path = tmp_path_factory.mktemp("prophet") / "prophet"
+    Prophet(config).eval().save_pretrained(path)
+    return path
+
+
+def test_imagined_views_are_prophets_clips_one_chunk_ahead_of_each_recorded_frame(demo_dataset, tiny_prophet):
+    import torch
+
+    from prophrl_trainer.imagined_views import imagine_views
+    from prophrl_worldmodel.clips import ClipSampler, load_episodes
+    from prophrl_worldmodel.modeling_prophet import Prophet
+
+    prophet = Prophet.from_pretrained(tiny_prophet).eval()
+    config = prophet.config
+    span = config.frames_per_clip * config.actions_per_frame
+    episodes = load_episodes(demo_dataset, config.image_size)
+    views = imagine_views(prophet, episodes, num_steps=2, batch_size=16, seed=3, show_progress=False)
+    for episode, view in zip(episodes, views):
+        assert view.frames.shape == (len(episode), 32, 32, 3)
+        np.testing.assert_array_equal(view.valid, np.arange(len(episode)) >= span)
+        assert not view.frames[:span].any()
+    # the first batch, generated directly from the recorded context at step s: its last frame is the view at s + span
+    sampler = ClipSampler(episodes, config)
+    batch = sampler.batch(range(16))
+    clip = prophet.generate(batch["current_frame"], batch["history_frames"], batch["actions"], 2,
+                            torch.Generator().manual_seed(3), action_frames=batch["action_frames"],
+                            calibrated=batch["calibrated"])
+    expected = clip[:, -1].round().clamp(0, 255).to(torch.uint8).numpy()
+    for frame, (e, s) in zip(expected, sampler.starts(range(16))):
+        np.testing.assert_array_equal(views[e].frames[s + span], frame)
+    again = imagine_views(prophet, episodes, num_steps=2, batch_size=16, seed=3, show_progress=False)
+    assert all(np.array_equal(a.frames, b.frames) for a, b in zip(views, again))
+
+
+def test_a_share_of_the_samples_with_an_imagined_view_read_it_and_the_others_the_camera():
+    import dataclasses
+
+    import torch
+
+    from prophrl_policy.modeling_vla import Observation
+    from prophrl_trainer.sft import DemoData, with_imagined_views
+
+    n = 8
+    config = get_vla_config("tiny", image_size=16)
+    data = DemoData(np.full((n, 32, 32, 3), 255, np.uint8), np.zeros((n, 8), np.float32),
+                    np.zeros((n, 4, 7), np.float32), ["lift"] * n, np.zeros(n, int))
+    data = dataclasses.replace(data, imagined=np.zeros((n, 32, 32, 3), np.uint8),
+                               imagined_valid=np.arange(n) % 2 == 0)
+    indices = torch.arange(n)
+
+    def images(share):
+        obs = Observation.from_frames(data.frames, data.instructions, data.states, config)
+        return with_imagined_views(obs, data, indices, share, config, torch.Generator().manual_seed(0)).images
+
+    dark = images(1.0).flatten(1).amax(1) == 0
+    np.testing.assert_array_equal(dark.numpy(), data.imagined_valid)  # every valid sample, no other
+    assert not (images(0.0).flatten(1).amax(1) == 0).any()
+    half = images(0.5).flatten(1).amax(1) == 0
+    assert not half[~torch.from_numpy(data.imagined_valid)].any()  # drawn only among the samples with a view
+    with pytest.raises(ConfigError, match="imagined_view_share must be in"):
+        SFTConfig(imagined_view_share=1.5)
+
+
+def test_policy_sft_with_imagined_views_records_them_and_refuses_a_missing_world_model(demo_dataset, tiny_prophet,
+                                                                                       tmp_path, capsys):
+    from prophrl.cli import main
+
+    out = tmp_path / "policy"
+    assert main(["policy", "sft", "--dataset", str(demo_dataset), "--out", str(out), "--steps", "3",
+                 "--batch-size", "8", "--imagined-views", str(tiny_prophet), "--imagined-share", "1",
+                 "--imagined-steps", "1"]) == 0
+    record = json.loads((out / "sft.json").read_text())
+    from prophrl_worldmodel.modeling_prophet import Prophet
+
+    prophet_config = Prophet.from_pretrained(tiny_prophet).config
+    span = prophet_config.frames_per_clip * prophet_config.actions_per_frame  # no view before the first chunk
+    episodes = len(set(load_demonstrations(demo_dataset, 6).episode_index.tolist()))
+    assert record["imagined_views"] == {"world_model": str(tiny_prophet),
+                                        "samples": record["num_samples"] - span * episodes}
+    assert record["sft_config"]["imagined_view_share"] == 1.0
+    capsys.readouterr()
+    assert main(["policy", "sft", "--dataset", str(demo_dataset), "--out", str(tmp_path / "p2"), "--steps", "1",
+                 "--imagined-views", str(tmp_path / "no_prophet")]) == 2
+    err = capsys.readouterr().err
+    assert "no_prophet" in err and "Traceback" not in err and not (tmp_path / "p2" / "model.safetensors").exists()
+    data = load_demonstrations(demo_dataset, 6)
+    with pytest.raises(ConfigError, match="needs demonstrations with imagined views"):
+        train_sft(data, get_vla_config("tiny"), SFTConfig(steps=1, imagined_view_share=0.5), tmp_path / "p3",
+                  show_progress=False)

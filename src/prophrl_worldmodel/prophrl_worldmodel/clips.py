@@ -183,6 +183,10 @@ class ClipSampler:
     def __len__(self) -> int:
         return len(self._starts)
 
+    def starts(self, indices: Sequence[int]) -> list[tuple[int, int]]:
+        """(episode position in `episodes`, start step) of each clip."""
+        return [(int(e), int(s)) for e, s in self._starts[np.asarray(indices, np.int64)]]
+
     @property
     def keys(self) -> tuple[str, ...]:
         base = ("history_frames", "current_frame", "actions", "future_frames")
