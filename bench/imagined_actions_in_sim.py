@@ -31,7 +31,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from prophrl_common.geometry import EndEffectorPose
 from prophrl_common.tables import print_table
 from prophrl_policy.modeling_vla import VLAPolicy
 from prophrl_trainer.imagined_rollouts import ImaginationSettings, derived_seed, imagine
@@ -106,19 +105,12 @@ class Reanchored(TrueProprio):
     chunk's prediction (a diagnosis; the replaying sims render every control step at the camera's size)."""
 
     def step(self, groups, chunks):
-        before = [(group.handle._history, group.handle._start) for group in groups]
         super().step(groups, chunks)
-        for group, (history, start) in zip(groups, before):
-            rollouts, replay = group.handle, self.replay_of(group)
-            model, apf = rollouts.model, rollouts.model.config.actions_per_frame
+        for group in groups:
+            replay, apf = self.replay_of(group), group.handle.model.config.actions_per_frame
             # the sim's clip holds the frame after every action; Prophet's frames come every apf actions
-            true = torch.as_tensor(replay.clips[-1][:, apf - 1::apf], dtype=torch.float32, device=model.device)
-            true = model._resized(true, "context_frames", 5)
-            rollouts._history = torch.cat([history, start[:, None], true[:, :-1]],
-                                          dim=1)[:, -model.config.history_length:]
-            rollouts._start = true[:, -1]
-            rollouts._poses = [EndEffectorPose.from_quaternion(state[:3], state[3:7], float(state[7]))
-                               for state in replay.state]
+            group.handle.reanchor(replay.clips[-1][:, apf - 1::apf], np.asarray(replay.state)[:, :7],
+                                  np.asarray(replay.state)[:, 7])
 
 
 def main() -> int:

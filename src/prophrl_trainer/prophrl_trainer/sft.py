@@ -30,7 +30,7 @@ from prophrl_data.shards import EpisodeDataset
 from prophrl_nn.optimization import clipped_step, warmup_cosine
 from prophrl_policy.configuration_vla import VLAConfig
 from prophrl_policy.embodiment import Embodiment
-from prophrl_policy.modeling_vla import CHECKPOINT_FILES, Observation, VLAPolicy
+from prophrl_policy.modeling_vla import CHECKPOINT_FILES, Observation, VLAPolicy, camera_view
 from prophrl_policy.transforms import NormStats
 
 
@@ -169,10 +169,8 @@ def with_imagined_views(obs: Observation, data: DemoData, indices: torch.Tensor,
     valid = torch.from_numpy(data.imagined_valid[indices.numpy()])
     use = valid & (torch.rand(len(indices), generator=generator) < share)
     if use.any():
-        chosen = indices[use].numpy()
-        imagined = Observation.from_frames(data.imagined[chosen], [""] * len(chosen), data.states[chosen],
-                                           policy_config, device=obs.images.device)
-        obs.images[use.to(obs.images.device)] = imagined.images
+        frames = torch.from_numpy(data.imagined[indices[use].numpy()]).to(obs.images.device)
+        obs.images[use.to(obs.images.device)] = camera_view(frames, policy_config)
     return obs
 
 

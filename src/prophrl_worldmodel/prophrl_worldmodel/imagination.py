@@ -122,6 +122,40 @@ class ImaginedRollouts:
         """Execute one action chunk per rollout: (G, horizon, 7 or 14) -> the imagined clip (G, F, S, S, 3) uint8."""
         return step_together([self], [chunks])[0]
 
+    def reanchor(self, observed_clip, ee_poses=None, grippers=None) -> None:
+        """Continue from what was observed instead of what was imagined: the last step's clip in each rollout's
+        history buffer becomes `observed_clip` (G, F, H, W, 3) uint8 at any size (the frames the camera gave for
+        that chunk), and the integrated poses become ee_poses (G, 7) and grippers (G,) where given. The next step
+        is then one chunk ahead of the observations (model-predictive imagination). `frames` keeps what was
+        imagined."""
+        if self.chunks_done < 1:
+            raise ConfigError("reanchor replaces the last imagined clip: step at least once first")
+        frames_per_clip = self.model.config.frames_per_clip
+        observed = np.asarray(observed_clip)
+        if observed.ndim != 5 or observed.shape[:2] != (self.num_rollouts, frames_per_clip) or observed.shape[-1] != 3:
+            raise ConfigError(f"observed_clip must be ({self.num_rollouts}, {frames_per_clip}, H, W, 3), "
+                              f"got {observed.shape}")
+        poses = None
+        if ee_poses is not None:
+            vectors = np.asarray(ee_poses, np.float64)
+            gripper = (np.asarray(grippers, np.float64) if grippers is not None
+                       else np.array(self.grippers, np.float64))
+            if vectors.shape != (self.num_rollouts, 7) or gripper.shape != (self.num_rollouts,) \
+                    or not (np.isfinite(vectors).all() and np.isfinite(gripper).all()):
+                raise ConfigError(f"ee_poses must be ({self.num_rollouts}, 7) and grippers ({self.num_rollouts},), "
+                                  "all finite")
+            poses = [EndEffectorPose.from_quaternion(v[:3], v[3:], float(g)) for v, g in zip(vectors, gripper)]
+        elif grippers is not None:
+            raise ConfigError("grippers need ee_poses")
+        clip = torch.as_tensor(observed, dtype=torch.float32, device=self.model.device)
+        clip = self.model._resized(clip, "observed_clip", 5)
+        # after a step the buffer ends with the clip's first F - 1 frames, and the start frame is its last
+        kept = self._history[:, :max(self._history.shape[1] - (frames_per_clip - 1), 0)]
+        self._history = torch.cat([kept, clip[:, :-1]], dim=1)[:, -self.model.config.history_length:]
+        self._start = clip[:, -1]
+        if poses is not None:
+            self._poses = poses
+
     def _inputs(self, chunks) -> dict:
         """The checked chunks and action-frame inputs of this group's next clip (ConfigError for bad chunks)."""
         chunks = np.asarray(chunks, np.float32)

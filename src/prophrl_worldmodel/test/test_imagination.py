@@ -166,3 +166,47 @@ def test_bad_starts_are_rejected():
         ImaginationStart(np.zeros((2, 8, 8)))
     with pytest.raises(ConfigError, match="ee_pose"):
         ImaginationStart(np.zeros((8, 8, 3), np.uint8), ee_pose=np.zeros(7))
+
+
+def test_a_reanchored_rollout_imagines_what_a_rollout_started_from_the_observations_imagines():
+    """reanchor puts the observed clip where the imagined one was: the next chunk equals that of a rollout whose
+    context frames are the start's followed by the observed clip, from the observed pose. (A Prophet whose flow
+    starts at the start frame, so its clips depend visibly on that frame even untrained.)"""
+    torch.manual_seed(0)
+    prophet = Prophet(get_prophet_config("tiny", image_size=32, num_layers=1, ffn_dim=64, predict_residual=True,
+                                         flow_source="start_frame")).eval()
+    config, horizon = prophet.config, prophet.config.action_horizon
+    start = _start()
+    observed = np.random.default_rng(1).integers(0, 255, (1, config.frames_per_clip, 40, 40, 3), dtype=np.uint8)
+    pose = np.array([0.2, 0.1, 0.3, 0, 0, 0, 1.0])
+    rollouts = ImaginedRollouts(prophet, start, num_rollouts=1, num_steps=1, seed=0)
+    imagined = rollouts.step(_chunks(1, horizon, 0.01))
+    rollouts.reanchor(observed, pose[None], np.array([1.0]))
+    np.testing.assert_allclose(rollouts.ee_poses[0], pose, atol=1e-6)
+    np.testing.assert_array_equal(rollouts.grippers, [1.0])
+    np.testing.assert_array_equal(rollouts.frames, imagined)  # what was imagined stays on record
+    fresh = ImaginedRollouts(prophet, ImaginationStart(np.concatenate([start.context_frames, observed[0]]),
+                                                       start.instruction, pose, 1.0, start.calibration),
+                             1, num_steps=1, seed=5)
+    # the model's whole input: the history buffer and the start frame
+    torch.testing.assert_close(rollouts._history, fresh._history)
+    torch.testing.assert_close(rollouts._start, fresh._start)
+    rollouts.generator.manual_seed(5)
+    following = rollouts.step(_chunks(1, horizon, -0.01))
+    np.testing.assert_allclose(following.astype(np.float32), fresh.step(_chunks(1, horizon, -0.01)), atol=1.0)
+    not_reanchored = ImaginedRollouts(prophet, start, 1, num_steps=1, seed=0)
+    not_reanchored.step(_chunks(1, horizon, 0.01))
+    not_reanchored.generator.manual_seed(5)
+    assert np.abs(following.astype(int) - not_reanchored.step(_chunks(1, horizon, -0.01)).astype(int)).mean() > 1.0
+
+
+def test_reanchor_refuses_what_it_cannot_use(prophet):
+    rollouts = ImaginedRollouts(prophet, _start(), num_rollouts=2, num_steps=1, seed=0)
+    clip = np.zeros((2, prophet.config.frames_per_clip, 32, 32, 3), np.uint8)
+    with pytest.raises(ConfigError, match="step at least once"):
+        rollouts.reanchor(clip)
+    rollouts.step(_chunks(2, prophet.config.action_horizon, 0.0))
+    with pytest.raises(ConfigError, match="observed_clip must be"):
+        rollouts.reanchor(clip[:1])
+    with pytest.raises(ConfigError, match="all finite"):
+        rollouts.reanchor(clip, np.full((2, 7), np.nan))
