@@ -108,9 +108,9 @@ class Reanchored(TrueProprio):
         super().step(groups, chunks)
         for group in groups:
             replay, apf = self.replay_of(group), group.handle.model.config.actions_per_frame
+            state = np.asarray(replay.state)  # (G, 8): x y z qx qy qz qw gripper
             # the sim's clip holds the frame after every action; Prophet's frames come every apf actions
-            group.handle.reanchor(replay.clips[-1][:, apf - 1::apf], np.asarray(replay.state)[:, :7],
-                                  np.asarray(replay.state)[:, 7])
+            group.handle.reanchor(replay.clips[-1][:, apf - 1::apf], state[:, :7], state[:, 7])
 
 
 def main() -> int:
