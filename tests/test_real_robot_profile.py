@@ -165,8 +165,12 @@ def test_real_robot_profile_drives_a_driver_double(tmp_path, robot_name, interfa
 
         accepted = lambda: watcher.status.get("accepted", {}).get(interface, 0)  # noqa: E731
         moved = lambda: np.array(watcher.status["ee_position"]) - start_ee  # noqa: E731
+        # The commands this process saw, too: its subscription may match the executor's publisher only after
+        # the arm has begun to move (discovery on a loaded machine), and the command stream goes on while the
+        # policy publishes.
+        seen = lambda: len(watcher.twists if interface == "twist" else watcher.trajectories)  # noqa: E731
         ok = spin_until(node, lambda: watcher.status and len(watcher.chunks) >= 5 and accepted() >= 10
-                        and moved()[0] >= 0.03, 120)
+                        and moved()[0] >= 0.03 and seen() >= 5, 120)
         assert ok, f"the arm did not move 3 cm along +x\n{_diagnose(watcher, procs)}"
         for name, proc in procs.items():
             assert proc.alive(), f"{name} died\n{_diagnose(watcher, procs)}"
