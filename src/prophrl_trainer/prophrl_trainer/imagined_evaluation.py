@@ -86,7 +86,8 @@ def evaluate_in_imagination(policy_dirs: list[str | Path], starts: list[Imaginat
     from tqdm import tqdm
 
     from prophrl_policy.modeling_vla import VLAPolicy
-    from prophrl_trainer.imagined_rollouts import ImaginationSettings, evaluation_seeds, eyes_mismatch, imagine
+    from prophrl_trainer.imagined_rollouts import (ImaginationSettings, evaluation_seeds, eyes_mismatch, imagine,
+                                                  judge_steps_mismatch)
     from prophrl_trainer.rollouts import InProcessImagination, JudgeScorer
     from prophrl_worldmodel.modeling_prophet import Prophet
 
@@ -95,6 +96,9 @@ def evaluate_in_imagination(policy_dirs: list[str | Path], starts: list[Imaginat
     prophet = Prophet.from_pretrained(settings.world_model, map_location=device).eval()
     backend = InProcessImagination(prophet, settings.num_steps)
     scorer = JudgeScorer.from_pretrained(settings.judges, str(device))
+    mismatch = judge_steps_mismatch(settings.judges, settings.num_steps or prophet.config.num_inference_steps)
+    if mismatch:
+        warnings.warn(mismatch, stacklevel=2)
     seeds, policy_seed = evaluation_seeds(settings.seed, len(starts))  # the same for every policy
     results = []
     for policy_dir in tqdm(policy_dirs, desc="eval in imagination", unit="policy", disable=not show_progress):

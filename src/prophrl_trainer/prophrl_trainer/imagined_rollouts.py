@@ -60,6 +60,23 @@ def eyes_mismatch(policy: VLAPolicy, world_model_image_size: int) -> str | None:
     return None
 
 
+def judge_steps_mismatch(judges: Sequence[str], imagination_steps: int) -> str | None:
+    """Why a judge would score imagined clips unlike those it learned (None when each judge's imagined training
+    clips were sampled with `imagination_steps` Euler steps per clip, or it learned none): fewer steps draw the
+    flow's blurred mean, more draw sharper and noisier frames, and a judge trained on one is fooled on the other."""
+    from prophrl_worldmodel.judge_training import imagined_training_steps
+
+    other = {judge: steps for judge in judges
+             if (steps := imagined_training_steps(judge)) is not None and steps != imagination_steps}
+    if not other:
+        return None
+    listed = ", ".join(f"{judge} ({steps})" for judge, steps in other.items())
+    return (f"the judge learned Prophet's replays sampled with another number of Euler steps per clip than the "
+            f"{imagination_steps} this run imagines with ({listed}): it scores frames unlike those it was trained "
+            f"on, which RL learns to exploit (train it with `prophrl judge train --imagined-from PROPHET "
+            f"--num-steps {imagination_steps}`)")
+
+
 @dataclasses.dataclass(frozen=True)
 class ImaginationSettings:
     chunks: int                      # policy chunks per rollout (one world-model clip each)

@@ -25,7 +25,7 @@ from prophrl_common.tables import print_table
 from prophrl_policy.modeling_vla import VLAPolicy
 from prophrl_trainer import checkpointing as ckpt
 from prophrl_trainer.distributed import DistContext
-from prophrl_trainer.imagined_rollouts import eyes_mismatch
+from prophrl_trainer.imagined_rollouts import eyes_mismatch, judge_steps_mismatch
 from prophrl_trainer.initial_states import InitialStateSampler
 from prophrl_trainer.rl_config import RL_RUN_OUTPUT, RLConfig
 from prophrl_trainer.rl_trainer import Trainer
@@ -190,8 +190,10 @@ def build_trainer(settings: TrainSettings, dist: DistContext | None = None, show
 
         prophet = Prophet.from_pretrained(settings.world_model, map_location=device).eval().requires_grad_(False)
         backend = InProcessImagination(prophet, config.imagination_steps, config.shared_world_model_noise)
-        mismatch = eyes_mismatch(policy, prophet.config.image_size)
-        if mismatch:
+        mismatches = [eyes_mismatch(policy, prophet.config.image_size),
+                      judge_steps_mismatch(settings.judges,
+                                           config.imagination_steps or prophet.config.num_inference_steps)]
+        for mismatch in filter(None, mismatches):
             warnings.warn(mismatch, stacklevel=2)
     if replay is not None:
         backend = ReplayedInSim(backend, SimRollouts(*replay, policy.config.horizon, image_size=REPLAY_IMAGE_SIZE,

@@ -88,6 +88,24 @@ def test_judging_only_the_final_clip_never_counts_more_successes_than_judging_ev
         ImaginedEvalSettings(str(smoke.prophet), (str(path),), judging="last").validate()
 
 
+def test_a_judge_of_replays_sampled_with_other_euler_steps_is_warned(setup, starts, tmp_path):
+    import shutil
+    import warnings
+
+    from prophrl_worldmodel.judge_training import JUDGE_SUMMARY
+
+    smoke, judges = setup
+    judge = shutil.copytree(judges["half"], tmp_path / "judge_of_one_step_replays")
+    (judge / JUDGE_SUMMARY).write_text('{"imagined_num_steps": 1}')
+    for steps, warned in ((1, False), (2, True)):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            evaluate_in_imagination([smoke.policy], starts[:1], ImaginedEvalSettings(
+                str(smoke.prophet), (str(judge),), chunks=1, rollouts=1, num_steps=steps), show_progress=False)
+        messages = [str(w.message) for w in caught if "Euler steps" in str(w.message)]
+        assert len(messages) == warned and all(f"{judge} (1)" in m and "--num-steps 2" in m for m in messages)
+
+
 def test_bad_imagined_settings_are_one_clear_error(setup, tmp_path):
     smoke, judges = setup
     with pytest.raises(ConfigError, match="not a Prophet checkpoint"):

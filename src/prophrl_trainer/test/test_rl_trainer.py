@@ -204,6 +204,38 @@ def test_several_judges_score_as_an_ensemble_with_the_configs_disagreement_weigh
     assert RLConfig.from_dict(saved, complete=True).judge_disagreement == RLConfig().judge_disagreement
 
 
+def test_a_judge_trained_on_replays_sampled_with_other_euler_steps_is_warned(setup, tmp_path):
+    """The Euler steps of a judge's imagined training clips (its summary, as `prophrl judge train` records them)
+    against those RL imagines with: a mismatch is warned, naming the judge and the fix; a match, a judge without
+    imagined clips, or one whose summary is missing or malformed is not."""
+    import warnings
+
+    from prophrl_worldmodel.configuration_judge import get_judge_config
+    from prophrl_worldmodel.judge_training import JUDGE_SUMMARY
+    from prophrl_worldmodel.modeling_judge import RewardJudge
+
+    judge = RewardJudge(get_judge_config("tiny", image_size=32, cnn_channels=(8, 16), hidden_dim=32, num_frames=4))
+    config_path = setup.rl_config("steps.json", imagination_steps=2)
+    cases = {"matched": '{"imagined_num_steps": 2}', "real clips only": '{"imagined_num_steps": null}',
+             "no summary": None, "malformed": "[2", "one step": '{"imagined_num_steps": 1}'}
+    for name, summary in cases.items():
+        judge_dir = judge.eval().save_pretrained(tmp_path / name.replace(" ", "_"))
+        if summary is not None:
+            (judge_dir / JUDGE_SUMMARY).write_text(summary)
+        argv = setup.argv(tmp_path / f"run_{judge_dir.name}", 1, config_path, judge=judge_dir)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            build_trainer(TrainSettings.from_args(build_parser().parse_args(map(str, argv))), show_progress=False)
+        messages = [str(w.message) for w in caught if "Euler steps" in str(w.message)]
+        if name == "one step":
+            assert messages == [
+                "the judge learned Prophet's replays sampled with another number of Euler steps per clip than the 2 "
+                f"this run imagines with ({judge_dir} (1)): it scores frames unlike those it was trained on, which "
+                "RL learns to exploit (train it with `prophrl judge train --imagined-from PROPHET --num-steps 2`)"]
+        else:
+            assert messages == [], name
+
+
 # ----- whole runs --------------------------------------------------------------------------------------
 
 def test_a_short_run_checkpoints_logs_and_pushes(setup, tmp_path, capsys):

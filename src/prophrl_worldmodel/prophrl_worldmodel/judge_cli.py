@@ -123,7 +123,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from prophrl_worldmodel.configuration_judge import get_judge_config
     from prophrl_common.outputs import check_output_dir
     from prophrl_worldmodel.judge_clips import clips_from_episodes, load_episodes
-    from prophrl_worldmodel.judge_training import JUDGE_OUTPUT, JudgeTrainConfig, train_judge
+    from prophrl_worldmodel.judge_training import JUDGE_OUTPUT, JUDGE_SUMMARY, JudgeTrainConfig, train_judge
 
     _check_datasets(args.data)
     check_output_dir(args.out, JUDGE_OUTPUT, overwrite=args.overwrite,
@@ -161,7 +161,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
                "val_metrics": result.val_metrics.as_dict() if result.val_metrics else None,
                "threshold_on": train_config.threshold_on, "val_by_source": result.val_by_source,
                "final_train_loss": sum(result.losses[-50:]) / len(result.losses[-50:]), "seconds": result.seconds}
-    write_json_atomic(result.path / "summary.json", summary)
+    write_json_atomic(result.path / JUDGE_SUMMARY, summary)
     rows = [["steps", args.steps], ["train clips (success / failure)",
                                     f"{result.train_counts['positives']} / {result.train_counts['negatives']}"],
             ["validation clips (success / failure)",

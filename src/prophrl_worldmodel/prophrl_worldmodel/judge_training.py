@@ -14,6 +14,7 @@ figures (overall and per source, each with the threshold that source alone would
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import time
 from pathlib import Path
@@ -73,9 +74,22 @@ class JudgeTrainConfig:
         return self
 
 
-# What `prophrl judge train --out` writes (the TensorBoard log goes beside it, OUT_tensorboard).
+# What `prophrl judge train --out` writes (the TensorBoard log goes beside it, OUT_tensorboard); JUDGE_SUMMARY
+# records what it trained on (judge_cli).
+JUDGE_SUMMARY = "summary.json"
 JUDGE_OUTPUT = OutputKind("reward judge", frozenset({"config.json", "model.safetensors", "judge_training.json",
-                                                      "summary.json"}))
+                                                      JUDGE_SUMMARY}))
+
+
+def imagined_training_steps(judge_dir: str | Path) -> int | None:
+    """The Euler steps per Prophet clip of the imagined clips a judge was trained on (`prophrl judge train
+    --imagined-from ... --num-steps`, recorded in its JUDGE_SUMMARY); None when it learned no imagined clips or
+    its directory does not say."""
+    try:
+        steps = json.loads((Path(judge_dir) / JUDGE_SUMMARY).read_text()).get("imagined_num_steps")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return steps if isinstance(steps, int) and not isinstance(steps, bool) else None
 
 
 @dataclasses.dataclass
