@@ -96,7 +96,7 @@ def evaluate_in_imagination(policy_dirs: list[str | Path], starts: list[Imaginat
     prophet = Prophet.from_pretrained(settings.world_model, map_location=device).eval()
     backend = InProcessImagination(prophet, settings.num_steps)
     scorer = JudgeScorer.from_pretrained(settings.judges, str(device))
-    mismatch = judge_steps_mismatch(settings.judges, settings.num_steps or prophet.config.num_inference_steps)
+    mismatch = judge_steps_mismatch(settings.judges, backend.steps_per_clip)
     if mismatch:
         warnings.warn(mismatch, stacklevel=2)
     seeds, policy_seed = evaluation_seeds(settings.seed, len(starts))  # the same for every policy

@@ -110,6 +110,11 @@ class InProcessImagination:
         self.shared_noise = shared_noise
         self.action_horizon = prophet.config.action_horizon
 
+    @property
+    def steps_per_clip(self) -> int:
+        """The Euler steps each imagined clip is sampled with (0 / None: the Prophet's own)."""
+        return self.prophet.sampling_steps(self.num_steps)
+
     def open(self, starts, num_rollouts, seeds):
         from prophrl_worldmodel.imagination import ImaginedRollouts
 

@@ -191,8 +191,7 @@ def build_trainer(settings: TrainSettings, dist: DistContext | None = None, show
         prophet = Prophet.from_pretrained(settings.world_model, map_location=device).eval().requires_grad_(False)
         backend = InProcessImagination(prophet, config.imagination_steps, config.shared_world_model_noise)
         mismatches = [eyes_mismatch(policy, prophet.config.image_size),
-                      judge_steps_mismatch(settings.judges,
-                                           config.imagination_steps or prophet.config.num_inference_steps)]
+                      judge_steps_mismatch(settings.judges, backend.steps_per_clip)]
         for mismatch in filter(None, mismatches):
             warnings.warn(mismatch, stacklevel=2)
     if replay is not None:

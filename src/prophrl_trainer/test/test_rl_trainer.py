@@ -236,6 +236,33 @@ def test_a_judge_trained_on_replays_sampled_with_other_euler_steps_is_warned(set
             assert messages == [], name
 
 
+def test_imagination_steps_0_are_the_prophet_s_own_when_a_judge_s_steps_are_checked(setup, tmp_path):
+    """imagination_steps 0 imagines with the Prophet's num_inference_steps: a judge of replays sampled with them is
+    not warned, one of replays sampled with one more step is, against the Prophet's number."""
+    import warnings
+
+    from prophrl_worldmodel.configuration_judge import get_judge_config
+    from prophrl_worldmodel.judge_training import JUDGE_SUMMARY
+    from prophrl_worldmodel.modeling_judge import RewardJudge
+    from prophrl_worldmodel.modeling_prophet import Prophet
+
+    own = Prophet.from_pretrained(setup.prophet).config.num_inference_steps
+    judge = RewardJudge(get_judge_config("tiny", image_size=32, cnn_channels=(8, 16), hidden_dim=32, num_frames=4))
+    config_path = setup.rl_config("own_steps.json", imagination_steps=0)
+    for steps in (own, own + 1):
+        judge_dir = judge.eval().save_pretrained(tmp_path / f"judge_{steps}")
+        (judge_dir / JUDGE_SUMMARY).write_text(f'{{"imagined_num_steps": {steps}}}')
+        argv = setup.argv(tmp_path / f"run_{steps}", 1, config_path, judge=judge_dir)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            build_trainer(TrainSettings.from_args(build_parser().parse_args(map(str, argv))), show_progress=False)
+        messages = [str(w.message) for w in caught if "Euler steps" in str(w.message)]
+        if steps == own:
+            assert messages == []
+        else:
+            assert len(messages) == 1 and f"than the {own} this run imagines with ({judge_dir} ({steps}))" in messages[0]
+
+
 # ----- whole runs --------------------------------------------------------------------------------------
 
 def test_a_short_run_checkpoints_logs_and_pushes(setup, tmp_path, capsys):

@@ -95,7 +95,7 @@ def _imagined_videos(args, episodes):
     from prophrl_worldmodel.modeling_prophet import Prophet
 
     prophet = Prophet.from_pretrained(args.imagined_from, map_location=args.device)
-    steps = prophet.config.num_inference_steps if args.num_steps is None else args.num_steps
+    steps = prophet.sampling_steps(args.num_steps)
     videos = imagined_videos(prophet, episodes[:args.imagined_episodes], num_steps=steps, seed=args.seed,
                              show_progress=True)
     return prophet, videos, steps

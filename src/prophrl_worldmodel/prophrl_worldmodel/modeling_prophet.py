@@ -461,6 +461,10 @@ class Prophet(nn.Module):
                                 dtype=torch.float32).expand(shape).contiguous()
         return randn_tensor(shape, generator=generator, device=self.device, dtype=torch.float32)
 
+    def sampling_steps(self, num_steps: int | None = None) -> int:
+        """The Euler steps `generate` takes for `num_steps` (None: the config's num_inference_steps)."""
+        return self.config.num_inference_steps if num_steps is None else num_steps
+
     @torch.no_grad()
     def generate(self, start_frame, history_frames, actions, num_steps: int | None = None,
                  generator: torch.Generator | None = None, *, action_frames=None, calibrated=None,
@@ -504,7 +508,7 @@ class Prophet(nn.Module):
                 raise ValueError(f"noise must be {shape}, got {tuple(noise.shape)}")
             x = noise.to(self.device, torch.float32)
         x = self._flow_source(x, conditions.start_latent)
-        steps = self.config.num_inference_steps if num_steps is None else num_steps
+        steps = self.sampling_steps(num_steps)
         sigmas = flow_matching.sigmas(steps, self.config.timestep_shift, dtype=torch.float64).tolist()
         for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
             v = self.guided_velocity(x, torch.full((b,), sigma, device=self.device), conditions, unconditioned,

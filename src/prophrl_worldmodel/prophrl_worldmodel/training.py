@@ -602,7 +602,7 @@ def evaluate_fidelity(model: Prophet | None, dataset_dirs: str | Path | Iterable
     mean = {name: float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
             for name, values in horizon.items()}
     report = {"label": label, "episodes": names, "num_episodes": len(names), "chunks": chunks,
-              "num_steps": None if model is None else (config.num_inference_steps if num_steps is None else num_steps),
+              "num_steps": None if model is None else model.sampling_steps(num_steps),
               "frame_period_s": frame_period, "split": split,
               "horizon": {**{k: v.tolist() for k, v in horizon.items()}, "count": counts[keep].tolist()},
               "mean": mean, "videos": [str(v) for v in videos], "seconds": time.perf_counter() - begin}
