@@ -44,18 +44,21 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
-    from prophrl.demo import DEMO_RL_CONFIG, fill_parts_from_demo
+    from prophrl.demo import demo_rl_config, fill_parts_from_demo
 
     fill_parts_from_demo(args, parser)
     torch.set_num_threads(args.threads)
 
     from prophrl_common.tables import print_table
+    from prophrl_policy.configuration_vla import VLAConfig
+    from prophrl_policy.modeling_vla import CONFIG_NAME
     from prophrl_trainer.imagined_rollouts import derived_seed
     from prophrl_trainer.train_cli import TrainSettings, build_parser, build_trainer
 
     with tempfile.TemporaryDirectory() as tmp:
         config_path = Path(tmp) / "rl.json"
-        base = json.loads(args.rl_config.read_text()) if args.rl_config else dict(DEMO_RL_CONFIG)
+        base = (json.loads(args.rl_config.read_text()) if args.rl_config else
+                demo_rl_config(args.data, VLAConfig.from_json_file(args.policy / CONFIG_NAME).horizon))
         config_path.write_text(json.dumps({**base, "seed": args.seed}))
         train_args = build_parser().parse_args(
             ["--policy", str(args.policy), "--world-model", str(args.world_model), "--judge", str(args.judge),

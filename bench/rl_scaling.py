@@ -2,11 +2,11 @@
 of its policy update, against group size G, initial states per update, chunks per rollout, the world
 model's image size and its Euler steps per imagined clip, one factor at a time around the demo's recipe.
 
-The base cell is `prophrl demo`'s stage 6: Prophet `tiny_32px_start_frame` (2 frames x 5 actions per clip, one
-Euler step per clip, its own), policy `tiny` (96 px input, horizon 10, K = 10 SDE steps), judge `tiny` at the
-world model's image size, and DEMO_RL_CONFIG (G = 8, 2 states, 6 chunks, the KL anchor's reference policy in the
-update, no early termination, so every rollout runs all its chunks and the cost does not depend on what the
-judge says). Weights are random: the cost does not depend on them.
+The base cell is `prophrl demo`'s stage 6 on the Panda lift: Prophet `tiny_32px_start_frame` (2 frames x 5 actions
+per clip, one Euler step per clip, its own), policy `tiny` (96 px input, horizon 10, K = 10 SDE steps), judge `tiny`
+at the world model's image size, and DEMO_RL_CONFIG with that demo's 6 chunks per rollout (G = 8, 2 states, the KL
+anchor's reference policy in the update, no early termination, so every rollout runs all its chunks and the cost
+does not depend on what the judge says). Weights are random: the cost does not depend on them.
 A cell varies one factor; the image size changes the world model's and the judge's frames (the policy
 resizes every frame to its own input).
 

@@ -88,7 +88,7 @@ def main() -> int:
                         help="RL in the physics sim (--robot/--task), rewarded by its own success, instead of inside "
                              "the world model with the judge")
     args = parser.parse_args()
-    from prophrl.demo import DEMO_PARTS, DEMO_RL_CONFIG, fill_parts_from_demo
+    from prophrl.demo import DEMO_PARTS, demo_rl_config, fill_parts_from_demo
 
     if not args.in_sim:
         fill_parts_from_demo(args, parser)
@@ -101,7 +101,17 @@ def main() -> int:
 
     args.out.mkdir(parents=True, exist_ok=True)
 
-    base = json.loads(args.rl_config.read_text()) if args.rl_config else dict(DEMO_RL_CONFIG)
+    if args.rl_config:
+        base = json.loads(args.rl_config.read_text())
+    else:   # the demo's recipe, its rollouts as long as the demonstrations' median
+        from prophrl_policy.configuration_vla import VLAConfig
+        from prophrl_policy.modeling_vla import CONFIG_NAME
+
+        demonstrations = args.data or ([args.demo / DEMO_PARTS["data"]] if args.demo else None)
+        if demonstrations is None:
+            parser.error("--in-sim with --policy needs --rl-config, or --data / --demo: the demonstrations whose "
+                         "median length sets how many chunks a rollout lasts")
+        base = demo_rl_config(demonstrations, VLAConfig.from_json_file(args.policy / CONFIG_NAME).horizon)
     if args.select_on:
         base.update(validation_states=args.select_on, eval_every=args.select_every)
     runs: dict[str, list[Path]] = {label: [] for label in args.variants}

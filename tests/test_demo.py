@@ -150,6 +150,9 @@ def test_demo_runs_the_loop_for_another_robot_and_task(tmp_path, robot, task, pr
     episodes = json.loads((out / "dataset" / "index.json").read_text())
     assert episodes["robot"] == robot
     assert {e["task"] for e in episodes["episodes"]} == {task} and all(e["success"] for e in episodes["episodes"])
+    # RL's rollouts last as long as the median demonstration: 2 here, so their mean length in chunks of 10
+    lengths = [e["num_samples"] for e in episodes["episodes"]]
+    assert json.loads((out / "rl_config.json").read_text())["chunks_per_rollout"] == -(-sum(lengths) // 20), lengths
     assert json.loads((out / "policy_sft" / "embodiment.json").read_text())["robot"] == robot
     summary = json.loads((out / "report" / "summary.json").read_text())
     assert summary["robot"] == robot

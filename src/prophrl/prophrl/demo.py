@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 
@@ -57,9 +58,19 @@ POLICY_EPISODES_FIRST_SEED = 60_000
 # to 40.0 +- 7.3 % (3 RL seeds, 60 held-out states); with it, 50.0 +- 1.7 % (+1.7 pts [-2.3, +5.6], paired by
 # state). Measured with `prophrl train` + `prophrl eval --episodes 60 --first-seed 100040 --replan-steps 10`
 # on a demo's outputs (bench/true_success.py runs the same).
-DEMO_RL_CONFIG = {"group_size": 8, "states_per_update": 2, "chunks_per_rollout": 6, "checkpoint_every": 5,
+# Rollouts last as long as the median demonstration (demo_rl_config): 6 chunks of 10 actions for the Panda lift,
+# 9-10 for the UR5e's, whose scripted lift takes 64-109 steps.
+DEMO_RL_CONFIG = {"group_size": 8, "states_per_update": 2, "checkpoint_every": 5,
                   "eval_every": 0, "learning_rate": 1e-5, "minibatch_size": 32, "early_termination": False,
                   "shared_world_model_noise": True, "imagination_steps": 0, "fa_grpo": {"kl_beta": 1.0}}
+
+
+def demo_rl_config(demonstrations: Sequence[str | Path], horizon: int) -> dict:
+    """DEMO_RL_CONFIG with rollouts of as many chunks of `horizon` actions as the median successful episode of
+    `demonstrations` takes (prophrl_trainer.rollout_length)."""
+    from prophrl_trainer.rollout_length import chunks_to_finish, demonstration_steps
+
+    return {**DEMO_RL_CONFIG, "chunks_per_rollout": chunks_to_finish(demonstration_steps(demonstrations), horizon)}
 # Stage 6's torch threads (`prophrl train --threads`): 0 is torch's default, one per physical core, so every core
 # works on the update. On a 2-vCPU machine, alternating 1 and 2 threads in one process over the same rollouts:
 # imagination 4.2 -> 3.4 s, policy update 9.7 -> 8.1 s (1.05x to 1.4x from one alternation to the next). The
@@ -288,7 +299,8 @@ def run_demo(args: argparse.Namespace) -> int:
         from prophrl_trainer.train_cli import main as train_main
 
         rl_config = out / "rl_config.json"
-        rl_config.write_text(json.dumps({**DEMO_RL_CONFIG, "updates": args.rl_updates}, indent=1))
+        rl_config.write_text(json.dumps({**demo_rl_config([dataset], config.horizon), "updates": args.rl_updates},
+                                        indent=1))
         _verb(train_main(["--policy", str(checkpoint), "--world-model", str(world_model), "--judge", str(judge),
                           "--data", str(dataset), "--out", str(rl_run), "--updates", str(args.rl_updates),
                           "--config", str(rl_config), "--threads", str(DEMO_RL_THREADS), "--resume"]))

@@ -29,6 +29,7 @@ from prophrl_trainer.imagined_rollouts import eyes_mismatch, judge_steps_mismatc
 from prophrl_trainer.initial_states import InitialStateSampler
 from prophrl_trainer.rl_config import RL_RUN_OUTPUT, RLConfig
 from prophrl_trainer.rl_trainer import Trainer
+from prophrl_trainer.rollout_length import short_rollouts
 from prophrl_trainer.rollouts import (EndEffectorDisplacementReward, InProcessImagination, JudgeScorer,
                                       RolloutBackend, RolloutScorer)
 from prophrl_trainer.sim_backend import SimRollouts, SimSuccessScorer, parse_sim, sim_starts
@@ -210,6 +211,9 @@ def build_trainer(settings: TrainSettings, dist: DistContext | None = None, show
     else:
         sampler = InitialStateSampler(settings.data, seed=config.seed, context_frames=config.context_frames,
                                       rank=dist.rank, held_out=config.validation_states)
+        too_short = short_rollouts(settings.data, config.chunks_per_rollout, policy.config.horizon)
+        if too_short:
+            warnings.warn(too_short, stacklevel=2)
     run_info = {"policy": str(settings.policy),
                 "world_model": (f"sim:{settings.sim}" if sim else settings.world_model or type(backend).__name__),
                 "reward": ("sim:success" if settings.sim_reward else

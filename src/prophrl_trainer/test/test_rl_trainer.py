@@ -260,7 +260,8 @@ def test_imagination_steps_0_are_the_prophet_s_own_when_a_judge_s_steps_are_chec
         if steps == own:
             assert messages == []
         else:
-            assert len(messages) == 1 and f"than the {own} this run imagines with ({judge_dir} ({steps}))" in messages[0]
+            assert len(messages) == 1
+            assert f"than the {own} this run imagines with ({judge_dir} ({steps}))" in messages[0]
 
 
 # ----- whole runs --------------------------------------------------------------------------------------
