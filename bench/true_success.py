@@ -99,8 +99,6 @@ def main() -> int:
     world = (["--sim", f"{args.robot}/{args.task}", "--sim-reward"] if args.in_sim else
              ["--world-model", str(args.world_model), "--judge", str(args.judge), "--data", *map(str, args.data)])
 
-    args.out.mkdir(parents=True, exist_ok=True)
-
     if args.rl_config:
         base = json.loads(args.rl_config.read_text())
     else:   # the demo's recipe, its rollouts as long as the demonstrations' median
@@ -112,6 +110,7 @@ def main() -> int:
             parser.error("--in-sim with --policy needs --rl-config, or --data / --demo: the demonstrations whose "
                          "median length sets how many chunks a rollout lasts")
         base = demo_rl_config(demonstrations, VLAConfig.from_json_file(args.policy / CONFIG_NAME).horizon)
+    args.out.mkdir(parents=True, exist_ok=True)
     if args.select_on:
         base.update(validation_states=args.select_on, eval_every=args.select_every)
     runs: dict[str, list[Path]] = {label: [] for label in args.variants}
