@@ -125,11 +125,17 @@ def test_demo_resumes_from_an_interruption_in_any_stage_and_runs_every_stage(tmp
     assert set(summary["policies"]) == {"SFT", "FA-GRPO+FlowScale"}
     assert summary["replan_steps"] == 10 and summary["episodes"] == 1
     assert "true success %" in first.stdout and "FA-GRPO+FlowScale" in first.stdout
+    # One episode of the SFT policy succeeds in none or all of them: the demo says RL has little to learn, under
+    # the SFT stages and again under the result
+    weak = f"warning: SFT: the policy succeeded in {int(policy_episodes[0]['success'])} of its 1 labelled episodes"
+    assert first.stdout.count(weak) == 2 and first.stdout.rindex(weak) > first.stdout.index("true success %"), \
+        first.stdout[-3000:]
 
     # A rerun finds every stage's output and redoes none of them.
     second = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert second.stdout.count("(cached)") == len(STAGES), second.stdout
+    assert second.stdout.count(weak) == 2, second.stdout
 
 
 @pytest.mark.slow

@@ -71,6 +71,8 @@ def demo_rl_config(demonstrations: Sequence[str | Path], horizon: int) -> dict:
     from prophrl_trainer.rollout_length import chunks_to_finish, demonstration_steps
 
     return {**DEMO_RL_CONFIG, "chunks_per_rollout": chunks_to_finish(demonstration_steps(demonstrations), horizon)}
+
+
 # Stage 6's torch threads (`prophrl train --threads`): 0 is torch's default, one per physical core, so every core
 # works on the update. On a 2-vCPU machine, alternating 1 and 2 threads in one process over the same rollouts:
 # imagination 4.2 -> 3.4 s, policy update 9.7 -> 8.1 s (1.05x to 1.4x from one alternation to the next). The
@@ -195,6 +197,7 @@ def prophet_to_adapt(name_or_path: str, horizon: int) -> Path:
 def run_demo(args: argparse.Namespace) -> int:
     from prophrl_common.cli_errors import sigint_count
     from prophrl_policy.configuration_vla import get_vla_config
+    from prophrl_trainer.learning_signal import no_learning_signal
     from prophrl_trainer.sft import SFTConfig, load_demonstrations, train_sft
     from prophrl_data.conversion import bags2dataset
 
@@ -259,12 +262,15 @@ def run_demo(args: argparse.Namespace) -> int:
                                 policy_bags, config.horizon)
     policy_dataset = out / "dataset_policy"
     judge_data = list(world_data)
+    weak_start = None
     if args.policy_episodes:
         stage(f"3b. collect {args.policy_episodes} episodes of the SFT policy (the judge's hard negatives)",
               len(finished_bags(policy_bags)) >= args.policy_episodes, collect_policy)
         stage("3c. bags2dataset of the SFT policy's episodes", (policy_dataset / "index.json").is_file(),
               lambda: bags2dataset([policy_bags], policy_dataset, args.robot, show_progress=True))
         judge_data.append(policy_dataset)
+        if weak_start := no_learning_signal(policy_dataset, DEMO_RL_CONFIG["group_size"]):
+            print(f"warning: SFT: {weak_start}", flush=True)
 
     world_model = out / DEMO_PARTS["world_model"]
 
@@ -328,5 +334,7 @@ def run_demo(args: argparse.Namespace) -> int:
         task = entry["tasks"][args.task]
         print(f"{name:20s} {100 * task['mean']:15.1f}  {ci_text(task):>14s}  {gain_text(task)}")
     print(f"report: {report_dir / 'report.md'}")
+    if weak_start:
+        print(f"warning: SFT: {weak_start}")
     print("\nstage timings: " + ", ".join(f"{k.split(' ')[0]} {v:.0f} s" for k, v in timings.items()))
     return 0
