@@ -8,7 +8,10 @@ initial states (`prophrl eval`). Typical use, on the outputs of `prophrl demo`:
 
 or with explicit parts (--policy, --world-model, --judge, --data). With --in-sim the RL runs roll out in the
 physics sim instead, rewarded by its own success (`prophrl train --sim ROBOT/TASK --sim-reward`; only the
-policy is needed): the same recipe with a perfect world model and judge, the ceiling of RL in imagination.
+policy is needed): the same recipe with a perfect world model and judge, the ceiling of RL in imagination. With
+--replay-in-sim the runs stay inside Prophet, scored by the judge, but start from sim seeds and every imagined
+rollout's actions are executed in the sim too (`prophrl train --replay-in-sim`), so the table gives each run's
+judge precision and recall on its own rollouts: how far RL could trust its reward.
 RL runs are `prophrl train`
 subprocesses (--jobs of them at a time, one torch thread each) and resume when rerun. Prints, and writes
 to OUT/report (report.md, summary.json, learning curves): the true-success table (mean +- std over
@@ -87,8 +90,15 @@ def main() -> int:
     parser.add_argument("--in-sim", action="store_true",
                         help="RL in the physics sim (--robot/--task), rewarded by its own success, instead of inside "
                              "the world model with the judge")
+    parser.add_argument("--replay-in-sim", action="store_true",
+                        help="RL inside the world model with the judge as without it, its starts drawn from sim seeds "
+                             "of --robot/--task and every imagined rollout's actions executed in the sim too: the "
+                             "table then gives the judge's precision and recall on each run's rollouts")
     args = parser.parse_args()
     from prophrl.demo import DEMO_PARTS, demo_rl_config, fill_parts_from_demo
+
+    if args.in_sim and args.replay_in_sim:
+        parser.error("--replay-in-sim replays imagined rollouts in the sim; with --in-sim RL is in the sim already")
 
     if not args.in_sim:
         fill_parts_from_demo(args, parser)
@@ -96,8 +106,12 @@ def main() -> int:
         if args.demo is None:
             parser.error("--in-sim needs --policy or --demo")
         args.policy = args.demo / DEMO_PARTS["policy"]
-    world = (["--sim", f"{args.robot}/{args.task}", "--sim-reward"] if args.in_sim else
-             ["--world-model", str(args.world_model), "--judge", str(args.judge), "--data", *map(str, args.data)])
+    if args.in_sim:
+        world = ["--sim", f"{args.robot}/{args.task}", "--sim-reward"]
+    else:
+        starts = (["--replay-in-sim", f"{args.robot}/{args.task}"] if args.replay_in_sim else
+                  ["--data", *map(str, args.data)])
+        world = ["--world-model", str(args.world_model), "--judge", str(args.judge), *starts]
 
     if args.rl_config:
         base = json.loads(args.rl_config.read_text())
@@ -154,6 +168,7 @@ def main() -> int:
     from prophrl_common.tables import print_table
     from prophrl_trainer.report import gain_text, main as report_main
     from prophrl_trainer.success_statistics import paired_gain
+    from prophrl_trainer.training_curves import reward_truth_blocks
 
     report_args = ["--policy", f"SFT={args.policy}"]
     for label, paths in runs.items():
@@ -180,20 +195,26 @@ def main() -> int:
         for path, seed_entry in zip(paths, true["per_training_seed"]):
             progress = _progress(path)
             seconds = sum(r.get("time/update_total_s", 0.0) for r in progress)
+            truth = reward_truth_blocks(progress, block=max(len(progress), 1))
+            judge_on_rollouts = ([truth[0].precision, truth[0].recall, truth[0].advantage_on_true_success] if truth
+                                 else ["-"] * 3)
             rows.append([label, path.name, len(progress),
                          _window_mean(progress, "rollout/reward_mean", True),
                          _window_mean(progress, "rollout/reward_mean", False),
                          _window_mean(progress, "rollout/success_rate", True),
                          _window_mean(progress, "rollout/success_rate", False),
                          _mean(progress, "train/policy_kl"), _mean(progress, "train/clip_fraction"),
-                         _mean(progress, "train/stopped_early"),
+                         _mean(progress, "train/stopped_early"), *judge_on_rollouts,
                          100 * seed_entry["success_rate"], 3600 * len(progress) / max(seconds, 1e-9)])
     side = "sim side (the sim's success as reward" if args.in_sim else "imagination side (judge reward / judged success"
     print_table(f"{side}, mean of the first and last 3 updates), trust region "
                 "(per update: policy KL to the rollout policy in nats per chunk and clip fraction, mean over its "
-                "minibatches; the fraction of updates target_kl stopped) and true success of each run",
+                "minibatches; the fraction of updates target_kl stopped), the reward against the sim's own success "
+                "on the run's rollouts (with --in-sim or --replay-in-sim: precision, recall and the share of the "
+                "positive advantage on true successes) and true success of each run",
                 ["policy", "run", "updates", "reward first", "reward last", "judged first", "judged last",
-                 "policy KL", "clip frac", "stopped", "true success %", "updates/h"], rows)
+                 "policy KL", "clip frac", "stopped", "precision", "recall", "adv+ on true", "true success %",
+                 "updates/h"], rows)
     table = [["SFT", 100 * sft_mean, 0.0, "-", "-"]]
     evaluated = [name for label in runs for name in ([label, f"{label} selected"] if args.select_on else [label])]
     for label in evaluated:
