@@ -52,8 +52,10 @@ class RLConfig:
     validation_states: 0 (off). > 0: that many recorded episodes (a fixed, seeded choice) are held out of the
         training draws and are the starts of the imagined evaluation instead of `eval_states` training starts;
         the SFT policy is evaluated on them before the first update, and the policy that scores best (judge
-        reward of the ODE rollouts) is kept as RUN_DIR/best_policy (checkpointing.save_selected_policy), so
-        the run's result does not hang on the number of updates. Needs eval_every > 0.
+        reward of the ODE rollouts) is kept as RUN_DIR/best_policy (checkpointing.save_selected_policy). It
+        ranks by the judge RL is paid by, so it cannot catch a judge RL has learned to fool: on the Panda door
+        without the KL anchor it kept updates 60-100, 2.8 points below update 40 and 14.5 below update 20
+        (README). Needs eval_every > 0.
     seed: 0, for the initial-state draws, the policy's sampling noise and the world model's seeds.
     imagination_steps: Euler steps per Prophet clip (0: the world model's own default).
     shared_world_model_noise: False. True: the G rollouts of a group draw the same world-model noise
