@@ -58,6 +58,10 @@ POLICY_EPISODES_FIRST_SEED = 60_000
 # to 40.0 +- 7.3 % (3 RL seeds, 60 held-out states); with it, 50.0 +- 1.7 % (+1.7 pts [-2.3, +5.6], paired by
 # state). Measured with `prophrl train` + `prophrl eval --episodes 60 --first-seed 100040 --replan-steps 10`
 # on a demo's outputs (bench/true_success.py runs the same).
+# A weaker anchor (kl_beta 0.3, 4 states per update, 3 RL seeds, 60 held-out states; README) gained +11.1 points at
+# update 40 and +16.1 at 100 on the Panda door, where kl_beta 1 gained +7.8 and +8.3, but -0.6 and -1.7 on the Panda
+# lift, where the judge's precision on RL's rollouts is 0.04-0.11: at the demo's 40 updates the two anchors differ
+# by +3.3 points on the door and -0.6 [-3.4, +2.3] on the lift, so the demo keeps kl_beta 1.
 # Rollouts last as long as the median demonstration (demo_rl_config): 6 chunks of 10 actions for the Panda lift,
 # 9-10 for the UR5e's, whose scripted lift takes 64-109 steps.
 DEMO_RL_CONFIG = {"group_size": 8, "states_per_update": 2, "checkpoint_every": 5,

@@ -33,8 +33,11 @@ class Interval:
         return self.low > 0.0 or self.high < 0.0
 
     def percent(self, signed: bool = False) -> str:
-        """'23.3 % [13.1, 37.7]' (signed: '+10.0 pts [-2.1, +22.1]')."""
+        """'23.3 % [13.1, 37.7]' (signed: '+10.0 pts [-2.1, +22.1]'; a gain of 0 with no spread, both policies
+        succeeding and failing on exactly the same states: '+0.0 pts (the same outcome on every state)')."""
         if signed:
+            if self.estimate == self.low == self.high == 0.0:
+                return "+0.0 pts (the same outcome on every state)"
             return f"{100 * self.estimate:+.1f} pts [{100 * self.low:+.1f}, {100 * self.high:+.1f}]"
         return f"{100 * self.estimate:.1f} % [{100 * self.low:.1f}, {100 * self.high:.1f}]"
 

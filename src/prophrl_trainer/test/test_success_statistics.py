@@ -39,7 +39,9 @@ def test_paired_gain_is_the_mean_state_difference_with_its_normal_interval():
     assert gain.excludes_zero()
     # the same gain on half the states is not resolved
     assert not paired_gain(baseline[:4], candidate[:4]).excludes_zero()
-    assert paired_gain(baseline, baseline).percent(signed=True) == "+0.0 pts [+0.0, +0.0]"
+    # a zero gain with no spread says so instead of a zero-width interval
+    assert paired_gain(baseline, baseline).percent(signed=True) == "+0.0 pts (the same outcome on every state)"
+    assert paired_gain([0, 1], [1, 0]).percent(signed=True).startswith("+0.0 pts [-")
     with pytest.raises(ValueError, match="same states"):
         paired_gain([0, 1], [0, 1, 1])
 
